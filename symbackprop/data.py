@@ -1,0 +1,524 @@
+"""Datasets: the bundled handwritten digits and users' own ``.npz`` / ``.csv`` files.
+
+Contract
+--------
+``load_dataset(source, outputs=..., classification=...)`` returns a frozen ``Dataset`` with a
+deterministic train/test split.  ``source`` is ``"digits"`` (always the bundled dataset, even
+if a file of that name exists) or a path:
+
+- ``.npz``: arrays ``X`` (n, features) and ``y``, either (n,) or (n, k).
+- ``.csv`` / ``.csv.gz``: comma-separated numbers, one sample per row.  The last column is the
+  target; for regression with ``outputs > 1`` the last ``outputs`` columns are the targets.
+  One header row is allowed (recognised by a non-numeric cell in the first row); blank lines
+  are ignored.  Rows are numbered as lines of the file, from 1, header included.
+
+Targets:
+
+- classification: integer labels 0..outputs-1 (whole-number floats are accepted), or, in an
+  ``.npz``, one-hot rows of ``outputs`` columns.  With ``outputs == 1`` (one sigmoid output,
+  binary cross-entropy) the labels must be 0 or 1 and ``Dataset.classes`` is 2.  Labels come
+  back as int64 of shape (n,);
+- regression: float64 of shape (n, outputs).
+
+Features come back as float64 (n, features); the digits' pixels are scaled to [0, 1].
+
+Every problem with the input raises ``InputError(field, problem)`` whose problem is one line
+naming the file and, where it helps, the row and column (csv) or the array element (npz):
+``--data: train.csv: row 7 has 5 columns, expected 65``.  No NumPy, csv, gzip or zipfile
+exception escapes for a malformed file.  Reading is allowed here; writing is not.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import math
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from symbackprop.errors import InputError
+
+__all__ = [
+    "DIGITS",
+    "Dataset",
+    "accuracy",
+    "check_features",
+    "load_dataset",
+    "load_digits",
+    "one_hot",
+    "predicted_labels",
+    "read_table",
+    "rmse",
+    "split",
+]
+
+DIGITS = "digits"
+_SUFFIXES = (".npz", ".csv", ".csv.gz")
+_NUMERIC_KINDS = "biuf"  # bool, signed, unsigned, float: everything float64 holds as a real
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A train/test split, ready for the generated module.  The arrays are read-only."""
+
+    X_train: np.ndarray  # float64 (n_train, features)
+    y_train: np.ndarray  # int64 (n_train,) labels, or float64 (n_train, outputs) for regression
+    X_test: np.ndarray
+    y_test: np.ndarray
+    name: str  # "digits" or the path as given
+    classes: int | None  # classification: number of classes (2 for one sigmoid output)
+
+    @property
+    def features(self) -> int:
+        return int(self.X_train.shape[1])
+
+
+@dataclass(frozen=True)
+class _Table:
+    """Arrays as read, and where each sample came from, for messages."""
+
+    X: np.ndarray  # float64 (n, features)
+    y: np.ndarray  # float64 (n,) or (n, k)
+    name: str
+    rows: np.ndarray | None  # csv: the file line of each sample; npz: None
+
+    def where(self, i: int) -> str:
+        return f"row {int(self.rows[i])}" if self.rows is not None else f"y[{i}]"
+
+
+# --- the bundled dataset ---------------------------------------------------------------------
+
+
+def load_digits() -> tuple[np.ndarray, np.ndarray]:
+    """The 1,797 8×8 UCI digits: X float64 (1797, 64) in [0, 1] (pixel counts / 16), y int64."""
+    resource = resources.files("symbackprop").joinpath("datasets/digits.npz")
+    # Through a file object rather than a path so that a zipped install works too.
+    with resource.open("rb") as stream, np.load(stream, allow_pickle=False) as archive:
+        X = archive["X"].astype(np.float64) / 16.0
+        y = archive["y"].astype(np.int64)
+    return X, y
+
+
+# --- reading files ---------------------------------------------------------------------------
+
+
+def read_table(
+    path: str, *, targets: int = 1, field: str = "--data"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Raw features and targets of an ``.npz``, ``.csv`` or ``.csv.gz`` file.
+
+    Returns X float64 (n, features) and y float64: an ``.npz``'s ``y`` keeps its shape; a
+    csv's last ``targets`` columns become y, of shape (n,) when ``targets == 1`` and
+    (n, targets) otherwise.  Values are checked to be finite numbers; nothing is checked
+    about what they mean (see ``load_dataset``).
+    """
+    table = _read(path, targets, field)
+    return table.X, table.y
+
+
+def _read(path: str, targets: int, field: str) -> _Table:
+    file = Path(path)
+    if not file.exists():
+        named = not path.lower().endswith(_SUFFIXES) and "/" not in path and "\\" not in path
+        hint = f" (the bundled dataset is called {DIGITS!r})" if named else ""
+        raise InputError(field, f"no such file: {path}{hint}")
+    if not file.is_file():
+        raise InputError(field, f"{path} is not a file")
+    lower = path.lower()
+    if lower.endswith(".npz"):
+        return _read_npz(file, path, field)
+    if lower.endswith((".csv", ".csv.gz")):
+        return _read_csv(file, path, targets, field)
+    raise InputError(field, f"{path}: unknown file type; expected one of {', '.join(_SUFFIXES)}")
+
+
+def _read_npz(file: Path, name: str, field: str) -> _Table:
+    try:
+        with open(file, "rb") as stream:
+            magic = stream.read(4)
+    except OSError as error:
+        raise InputError(field, f"{name}: cannot read: {_one_line(error)}") from None
+    if magic not in (b"PK\x03\x04", b"PK\x05\x06"):  # a zip archive (or an empty one)
+        raise InputError(field, f"{name}: not an .npz archive (not a zip file)")
+    arrays: dict[str, np.ndarray] = {}
+    try:
+        # allow_pickle=False: a data file must never run code.
+        with np.load(file, allow_pickle=False) as archive:
+            names = archive.files
+            if "X" in names and "y" in names:
+                arrays = {key: archive[key] for key in ("X", "y")}
+    except Exception as error:
+        # An untrusted file can fail anywhere in zipfile, zlib or numpy's format parser.
+        raise InputError(
+            field, f"{name}: cannot read as an .npz archive: {_one_line(error)}"
+        ) from None
+    if not arrays:
+        missing = " and ".join(key for key in ("X", "y") if key not in names)
+        found = ", ".join(names) or "none"
+        raise InputError(field, f"{name}: missing array {missing} (arrays found: {found})")
+    X, y = arrays["X"], arrays["y"]
+    for key, array in (("X", X), ("y", y)):
+        if array.dtype.kind not in _NUMERIC_KINDS:
+            raise InputError(field, f"{name}: {key} has dtype {array.dtype}; expected real numbers")
+    if X.ndim != 2:
+        raise InputError(field, f"{name}: X has shape {X.shape}; expected (samples, features)")
+    if X.shape[0] == 0:
+        raise InputError(field, f"{name}: the data is empty (X has no samples)")
+    if X.shape[1] == 0:
+        raise InputError(field, f"{name}: X has no feature columns")
+    if y.ndim not in (1, 2) or y.shape[0] != X.shape[0] or (y.ndim == 2 and y.shape[1] == 0):
+        raise InputError(
+            field, f"{name}: y has shape {y.shape}; expected ({X.shape[0]},) or ({X.shape[0]}, k)"
+        )
+    X, y = X.astype(np.float64), y.astype(np.float64)
+    for key, array in (("X", X), ("y", y)):
+        bad = np.argwhere(~np.isfinite(array))
+        if bad.size:
+            index = ", ".join(str(int(i)) for i in bad[0])
+            value = array[tuple(bad[0])]
+            raise InputError(field, f"{name}: {key}[{index}] is {value}; expected a finite number")
+    return _Table(X, y, name, None)
+
+
+def _read_csv(file: Path, name: str, targets: int, field: str) -> _Table:
+    rows, lines = [], []
+    width = 0
+    try:
+        opener = gzip.open if name.lower().endswith(".gz") else open
+        with opener(file, "rt", encoding="utf-8", newline="") as stream:
+            reader = csv.reader(stream)
+            for cells in reader:
+                if not "".join(cells).strip():
+                    continue  # a blank line
+                line = reader.line_num
+                values = _numbers(cells)
+                if values is None and not rows and not width:
+                    width = len(cells)  # the header: it fixes the width, it is not data
+                    continue
+                if width and len(cells) != width:
+                    raise InputError(
+                        field,
+                        f"{name}: row {line} has {len(cells)} column{'s' * (len(cells) != 1)}, "
+                        f"expected {width}",
+                    )
+                width = len(cells)
+                if values is None:
+                    column, cell = _first_non_number(cells)
+                    raise InputError(
+                        field, f"{name}: row {line}, column {column}: {cell} is not a number"
+                    )
+                rows.append(values)
+                lines.append(line)
+    except (OSError, EOFError, zlib.error, csv.Error, UnicodeDecodeError) as error:
+        raise InputError(field, f"{name}: cannot read as csv: {_one_line(error)}") from None
+    if not rows:
+        raise InputError(field, f"{name}: the data is empty (no rows of numbers)")
+    if width < targets + 1:
+        need = "features, then the target" if targets == 1 else f"features, then {targets} targets"
+        raise InputError(
+            field,
+            f"{name}: rows have {width} column{'s' * (width != 1)}; "
+            f"need at least {targets + 1} ({need})",
+        )
+    table = np.array(rows, dtype=np.float64)
+    bad = np.argwhere(~np.isfinite(table))
+    if bad.size:
+        row, column = (int(i) for i in bad[0])
+        raise InputError(
+            field,
+            f"{name}: row {lines[row]}, column {column + 1}: "
+            f"{table[row, column]} is not a finite number",
+        )
+    y = table[:, -targets:] if targets > 1 else table[:, -1]
+    return _Table(table[:, :-targets], y, name, np.array(lines))
+
+
+def _numbers(cells: Iterable[str]) -> list[float] | None:
+    try:
+        return [float(cell) for cell in cells]
+    except ValueError:
+        return None
+
+
+def _first_non_number(cells: list[str]) -> tuple[int, str]:
+    for column, cell in enumerate(cells, start=1):
+        try:
+            float(cell)
+        except ValueError:
+            shown = repr(cell) if len(cell) <= 40 else repr(cell[:37] + "...")
+            return column, shown
+    raise AssertionError("every cell is a number")  # only called after float() failed
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+# --- targets ---------------------------------------------------------------------------------
+
+
+def _classification_labels(table: _Table, outputs: int, field: str) -> np.ndarray:
+    y = table.y
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim == 2:
+        y = _one_hot_to_labels(table, y, outputs, field)
+    whole = y == np.round(y)
+    if not whole.all():
+        i = int(np.argmin(whole))
+        raise InputError(
+            field,
+            f"{table.name}: {table.where(i)}: label {_show(y[i])} is not an integer "
+            f"(classification needs class labels {_label_range(outputs)})",
+        )
+    bound = max(outputs, 2)  # one sigmoid output still has two classes, 0 and 1
+    inside = (y >= 0) & (y < bound)
+    if not inside.all():
+        i = int(np.argmin(inside))
+        raise InputError(
+            field,
+            f"{table.name}: {table.where(i)}: label {_show(y[i])} is out of range for "
+            f"{outputs} output{'s' * (outputs != 1)} (expected {_label_range(outputs)})",
+        )
+    return y.astype(np.int64)
+
+
+def _one_hot_to_labels(table: _Table, y: np.ndarray, outputs: int, field: str) -> np.ndarray:
+    if y.shape[1] != outputs:
+        raise InputError(
+            field,
+            f"{table.name}: y has {y.shape[1]} columns (one-hot) but the spec has "
+            f"{outputs} output{'s' * (outputs != 1)}",
+        )
+    valid = np.all((y == 0) | (y == 1), axis=1) & (y.sum(axis=1) == 1)
+    if not valid.all():
+        i = int(np.argmin(valid))
+        raise InputError(
+            field,
+            f"{table.name}: {table.where(i)} is not one-hot "
+            f"(expected a single 1 and zeros in {outputs} columns)",
+        )
+    return np.argmax(y, axis=1).astype(np.float64)
+
+
+def _regression_targets(table: _Table, outputs: int, field: str) -> np.ndarray:
+    y = table.y.reshape(-1, 1) if table.y.ndim == 1 else table.y
+    if y.shape[1] != outputs:
+        raise InputError(
+            field,
+            f"{table.name}: the data has {y.shape[1]} target column{'s' * (y.shape[1] != 1)} "
+            f"but the spec has {outputs} output{'s' * (outputs != 1)}",
+        )
+    return y
+
+
+def _label_range(outputs: int) -> str:
+    return "0 or 1" if outputs <= 2 else f"0..{outputs - 1}"
+
+
+def _show(value: float) -> str:
+    whole = value == np.round(value) and abs(value) < 1e15  # no 300-digit integers in messages
+    return str(int(value)) if whole else repr(float(value))
+
+
+# --- splitting -------------------------------------------------------------------------------
+
+
+def split(
+    X: ArrayLike,
+    y: ArrayLike,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    stratify: bool = True,
+    *,
+    field: str = "--data",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Deterministic shuffled split: ``(X_train, y_train, X_test, y_test)``.
+
+    The test part has round(n * test_fraction) samples (half up), kept between 1 and n - 1.
+    Stratified, samples are grouped by their value of y (rows of a 2-D y) and every group of
+    two or more samples lands in both parts whenever the sizes allow (the training part
+    first); within that, each group's test count is its proportional share rounded up or
+    down.  Unstratified, the test part is a plain random draw.
+    """
+    X, y = np.asarray(X), np.asarray(y)
+    _check_fraction(test_fraction)
+    _check_seed(seed)
+    n = len(X)
+    if len(y) != n:
+        raise InputError(field, f"X has {n} samples but y has {len(y)}")
+    if n < 2:
+        raise InputError(field, f"{n} sample{'s' * (n != 1)} cannot be split; need at least 2")
+    n_test = min(max(math.floor(n * test_fraction + 0.5), 1), n - 1)
+    rng = np.random.default_rng(seed)
+    if stratify:
+        _, groups = np.unique(y.reshape(n, -1), axis=0, return_inverse=True)
+        test = _stratified_test(groups.reshape(-1), n_test, rng)
+    else:
+        test = rng.permutation(n)[:n_test]
+    is_test = np.zeros(n, dtype=bool)
+    is_test[test] = True
+    # Shuffled, so that neither part comes out sorted by class.
+    train = rng.permutation(np.flatnonzero(~is_test))
+    test = rng.permutation(np.flatnonzero(is_test))
+    return X[train], y[train], X[test], y[test]
+
+
+def _stratified_test(groups: np.ndarray, n_test: int, rng: np.random.Generator) -> np.ndarray:
+    counts = np.bincount(groups)
+    quota = _allocate(counts, n_test, rng)
+    # Shuffle, then sort stably by group: each group's members in random order, so taking
+    # the first quota of each group is a random draw within the group.
+    shuffled = rng.permutation(len(groups))
+    order = shuffled[np.argsort(groups[shuffled], kind="stable")]
+    rank = np.arange(len(groups)) - np.repeat(np.cumsum(counts) - counts, counts)
+    return order[rank < np.repeat(quota, counts)]
+
+
+def _allocate(counts: np.ndarray, n_test: int, rng: np.random.Generator) -> np.ndarray:
+    """Test samples per group: closest to proportional within bounds, summing to n_test."""
+    ideal = counts * (n_test / counts.sum())
+    low = np.where(counts >= 2, 1, 0)  # a test example of every group that can spare one
+    high = np.where(counts >= 2, counts - 1, counts)  # and a training example of every group
+    # When the sizes cannot honour both, keep the training part complete: a class the model
+    # never saw is worse than one the test never asks about.
+    if n_test < low.sum():
+        low = np.zeros_like(counts)
+    if n_test > high.sum():
+        high = counts.copy()
+    quota = np.clip(np.floor(ideal).astype(np.int64), low, high)
+    # Ties (equal shortfalls) are broken at random, not by label order, so no class is favoured.
+    tiebreak = rng.permutation(len(counts))
+    while (missing := n_test - int(quota.sum())) != 0:
+        step = 1 if missing > 0 else -1
+        room = np.flatnonzero(quota < high if step > 0 else quota > low)
+        need = (ideal - quota)[room] * step  # how far below (or above) its share each group is
+        order = room[np.lexsort((tiebreak[room], -need))]
+        quota[order[: abs(missing)]] += step
+    return quota
+
+
+def _check_fraction(test_fraction: float) -> None:
+    number = isinstance(test_fraction, (int, float, np.integer, np.floating))
+    if isinstance(test_fraction, bool) or not number or not 0 < test_fraction < 1:
+        raise InputError(
+            "--test-fraction",
+            f"expected a number between 0 and 1 (exclusive), got {_plain(test_fraction)!r}",
+        )
+
+
+def _plain(value: object) -> object:
+    # repr(numpy.float64(2.0)) is "np.float64(2.0)"; messages show the number a user typed.
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _check_seed(seed: int) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise InputError("--seed", f"expected a non-negative integer, got {_plain(seed)!r}")
+
+
+# --- the whole job ---------------------------------------------------------------------------
+
+
+def load_dataset(
+    source: str,
+    *,
+    outputs: int,
+    classification: bool,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    field: str = "--data",
+) -> Dataset:
+    """Read ``source`` ("digits" or a path), check its targets against the spec, and split it.
+
+    Classification splits are stratified.  Checking the number of features against the spec
+    is left to the caller (``check_features``), which knows the spec.
+    """
+    if isinstance(outputs, bool) or not isinstance(outputs, int) or outputs < 1:
+        raise ValueError(f"outputs must be a positive integer, got {outputs!r}")
+    _check_fraction(test_fraction)
+    _check_seed(seed)
+    if source == DIGITS:
+        X, labels = load_digits()
+        table = _Table(X, labels.astype(np.float64), DIGITS, None)
+    else:
+        table = _read(source, 1 if classification else outputs, field)
+    if classification:
+        y = _classification_labels(table, outputs, field)
+    else:
+        y = _regression_targets(table, outputs, field)
+    n = len(y)
+    if n < 2:
+        raise InputError(
+            field, f"{table.name}: {n} sample is too few to split into training and test parts"
+        )
+    X_train, y_train, X_test, y_test = split(
+        table.X, y, test_fraction, seed, stratify=classification, field=field
+    )
+    for array in (X_train, y_train, X_test, y_test):
+        array.flags.writeable = False
+    classes = max(outputs, 2) if classification else None
+    return Dataset(X_train, y_train, X_test, y_test, table.name, classes)
+
+
+def check_features(dataset: Dataset, inputs: int, field: str = "--data") -> None:
+    """Raise ``InputError`` unless the data has exactly the spec's number of inputs."""
+    if dataset.features != inputs:
+        raise InputError(
+            field,
+            f"{dataset.name}: the data has {dataset.features} feature"
+            f"{'s' * (dataset.features != 1)} but the spec expects {inputs} "
+            f"input{'s' * (inputs != 1)}",
+        )
+
+
+# --- targets and scores ----------------------------------------------------------------------
+
+
+def one_hot(labels: ArrayLike, classes: int) -> np.ndarray:
+    """float64 (n, classes) with a 1 in each row's label column."""
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or labels.dtype.kind not in "iu":
+        raise ValueError(f"labels must be a 1-D integer array, got {labels.dtype} {labels.shape}")
+    if labels.size and (labels.min() < 0 or labels.max() >= classes):
+        raise ValueError(f"labels must lie in 0..{classes - 1}")
+    encoded = np.zeros((labels.size, classes), dtype=np.float64)
+    encoded[np.arange(labels.size), labels] = 1.0
+    return encoded
+
+
+def predicted_labels(outputs: ArrayLike) -> np.ndarray:
+    """Class indices from network outputs: argmax of several, threshold 0.5 of one sigmoid."""
+    outputs = np.asarray(outputs)
+    if outputs.ndim == 1:
+        return outputs.astype(np.int64)  # already labels
+    if outputs.shape[1] == 1:
+        return (outputs[:, 0] > 0.5).astype(np.int64)
+    return np.argmax(outputs, axis=1).astype(np.int64)
+
+
+def accuracy(predicted: ArrayLike, labels: ArrayLike) -> float:
+    """Fraction of samples whose prediction matches the label.
+
+    ``predicted`` is labels (n,) or network outputs (n, k), turned into labels by
+    ``predicted_labels``.
+    """
+    guesses, labels = predicted_labels(predicted), np.asarray(labels)
+    if guesses.shape != labels.shape:
+        raise ValueError(f"predicted has {guesses.shape} labels, labels {labels.shape}")
+    return float(np.mean(guesses == labels)) if labels.size else float("nan")
+
+
+def rmse(predicted: ArrayLike, targets: ArrayLike) -> float:
+    """Root mean squared error over every sample and output."""
+    predicted, targets = np.asarray(predicted, dtype=np.float64), np.asarray(targets, np.float64)
+    if predicted.shape != targets.shape:
+        raise ValueError(f"predicted has shape {predicted.shape}, targets {targets.shape}")
+    return float(np.sqrt(np.mean((predicted - targets) ** 2)))

@@ -1,0 +1,272 @@
+"""The chain rule, layer by layer: the derivation as a frozen value.
+
+For every layer the activation's derivative comes from ``sympy.diff`` of its expression and
+is rewritten through the activation's output a = f(z) where a validated rewrite exists
+(sigmoid' = a(1 - a), tanh' = 1 - a^2).  The output error dL/dz_L is derived by SymPy from
+the loss: for an elementwise output, as d l(f(z), y)/dz after putting log f and log(1 - f)
+in overflow-free form (so sigmoid + binary cross-entropy becomes sigmoid(z) - y); for a
+softmax output, through the softmax Jacobian dyhat_j/dz_k = yhat_j (delta_jk - yhat_k) (derived
+and checked here), which gives dL/dz_k = q_k - yhat_k sum_j q_j with q = yhat * dl/dyhat (so
+softmax + cross-entropy becomes yhat_k sum_j y_j - y_k).  The rest is the matrix recursion
+delta_l = (W_{l+1}^T delta_{l+1}) * f_l'(z_l), dL/dW_l = delta_l a_{l-1}^T, dL/db_l = delta_l,
+whose cost is linear in depth and independent of width.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import sympy
+
+from symbackprop.functions import A, X, Y, YHAT, Activation, Loss
+from symbackprop.graph import SymbolicNetwork, build
+from symbackprop.primitives import step, to_textbook_form
+from symbackprop.spec import NetworkSpec
+
+Z = sympy.Symbol("z", real=True)
+P = sympy.Symbol("p", real=True)  # softmax probability yhat
+LP = sympy.Symbol("logp", real=True)  # log yhat, computed as a max-shifted log-softmax
+
+_SAMPLE_POINTS = [sympy.Rational(k, 4) for k in range(-20, 21)] + [sympy.Rational(1, 1000)]
+
+
+@dataclass(frozen=True)
+class ActivationDerivative:
+    """f, f' from sympy.diff (in z), the textbook form's derivative, and f' through a."""
+
+    activation: Activation
+    f: sympy.Expr  # f(z)
+    derivative: sympy.Expr  # f'(z) = sympy.diff(f, z)
+    textbook: sympy.Expr  # d/dz of the exp/log form (what a student differentiates by hand)
+    through_output: sympy.Expr | None  # h(a) with h(f(z)) = f'(z), validated; None if none found
+
+    @property
+    def uses_output(self) -> bool:
+        return self.through_output is not None
+
+
+@dataclass(frozen=True)
+class OutputRule:
+    """The loss and dL/dz for the last layer, per sample and output, before the batch mean.
+
+    elementwise: ``loss`` and ``delta`` are expressions in Z (logit), A (output) and Y.
+    softmax: ``loss`` and ``q`` are expressions in P, LP (= log P) and Y, and
+    dL/dz_k = q_k - p_k * sum_j q_j.
+    """
+
+    softmax: bool
+    loss: sympy.Expr
+    delta: sympy.Expr | None = None  # elementwise only
+    q: sympy.Expr | None = None  # softmax only
+    generic_delta: sympy.Expr | None = None  # elementwise: dl/dyhat * f'(z), before simplifying
+
+    @property
+    def fused(self) -> bool:
+        """True when the output error needs no division by yhat (e.g. P - Y, sigmoid(z) - y)."""
+        if self.softmax:
+            assert self.q is not None
+            return P not in self.q.free_symbols
+        assert self.delta is not None
+        return not any(
+            isinstance(e, sympy.Pow) and e.exp.is_negative for e in sympy.preorder_traversal(self.delta)
+        )
+
+
+@dataclass(frozen=True)
+class Equation:
+    number: int
+    key: str
+    title: str
+    latex: str
+
+
+@dataclass(frozen=True)
+class Derivation:
+    network: SymbolicNetwork
+    layers: tuple[ActivationDerivative, ...]  # one per layer (the softmax layer's is trivial)
+    output: OutputRule
+    equations: tuple[Equation, ...]
+
+    def number(self, key: str) -> int:
+        for equation in self.equations:
+            if equation.key == key:
+                return equation.number
+        raise KeyError(key)
+
+    def _repr_latex_(self) -> str:
+        lines = [rf"\text{{({e.number}) {e.title}:}}\quad {e.latex}" for e in self.equations]
+        return "$\\begin{array}{l}" + r"\\ ".join(lines) + r"\end{array}$"
+
+
+# --- activations -----------------------------------------------------------------------------
+
+
+def _simplest(*candidates: sympy.Expr) -> sympy.Expr:
+    # ties keep the earliest candidate: the raw derivative, whose form reads through a
+    return min(candidates, key=sympy.count_ops)
+
+
+def _tidy(expr: sympy.Expr) -> sympy.Expr:
+    candidates = [expr, sympy.expand(expr), sympy.factor(expr)]
+    if sympy.count_ops(expr) < 60:
+        candidates.append(sympy.simplify(expr))
+    return _simplest(*candidates)
+
+
+def _agrees(left: sympy.Expr, right: sympy.Expr) -> bool:
+    """Equal at every sample point (both sides of the kinks) to 1e-12 relative."""
+    for point in _SAMPLE_POINTS:
+        a = complex(left.xreplace({Z: point}).evalf(30))
+        b = complex(right.xreplace({Z: point}).evalf(30))
+        if not (math.isfinite(abs(a)) and math.isfinite(abs(b))):
+            return False
+        if abs(a - b) > 1e-12 * max(1.0, abs(b)):
+            return False
+    return True
+
+
+def _through_output(act: Activation, f: sympy.Expr, derivative: sympy.Expr) -> sympy.Expr | None:
+    """h(a) with h(f(z)) = f'(z), when a hint or direct substitution gives one that checks."""
+    candidates = []
+    if act.via_output_hint is not None:
+        candidates.append(act.via_output_hint)
+    if not derivative.free_symbols - {Z}:
+        if Z not in derivative.free_symbols:
+            candidates.append(derivative)
+        elif f != Z:
+            candidates.append(derivative.xreplace({f: A}))
+    if act.name in ("relu", "leaky_relu"):
+        # f(z) > 0 exactly when z > 0, so the kink's indicator reads the same in a
+        candidates.append(derivative.xreplace({Z: A}))
+    for candidate in candidates:
+        if Z in candidate.free_symbols:
+            continue
+        if _agrees(candidate.xreplace({A: f}), derivative):
+            return _tidy(candidate)
+    return None
+
+
+@lru_cache(maxsize=256)
+def derive_activation(act: Activation) -> ActivationDerivative:
+    f = act.expr.xreplace({X: Z})
+    # Max/Min/abs in custom activations differentiate to Heaviside, whose H(0) = 1/2;
+    # symbackprop's convention is step(0) = 0 (ReLU'(0) = 0, as in PyTorch).
+    derivative = sympy.diff(f, Z).replace(sympy.Heaviside, lambda arg, *_: step(arg))
+    textbook = _tidy(sympy.diff(to_textbook_form(f), Z))
+    derivative = _tidy(derivative)
+    return ActivationDerivative(act, f, derivative, textbook, _through_output(act, f, derivative))
+
+
+# --- the output layer ------------------------------------------------------------------------
+
+
+def _stable_loss_in_logit(act: Activation, loss: Loss) -> sympy.Expr:
+    """l(f(z), y) with log f and log(1 - f) replaced by overflow-free forms of z."""
+    expr = loss.expr
+    if act.log_output is not None:
+        expr = expr.subs(sympy.log(YHAT), act.log_output.xreplace({X: Z}))
+    if act.log_one_minus_output is not None:
+        expr = expr.subs(sympy.log(1 - YHAT), act.log_one_minus_output.xreplace({X: Z}))
+    return expr.xreplace({YHAT: act.expr.xreplace({X: Z})})
+
+
+def _through(expr: sympy.Expr, f: sympy.Expr) -> sympy.Expr:
+    """Write f(z) as the layer output A wherever it occurs (A is already computed)."""
+    return expr if f == Z else expr.xreplace({f: A})
+
+
+@lru_cache(maxsize=256)
+def derive_output(act: Activation, loss: Loss) -> OutputRule:
+    if act.softmax:
+        logged = loss.expr.subs(sympy.log(YHAT), LP)
+        q = _tidy(YHAT * sympy.diff(loss.expr, YHAT))
+        return OutputRule(
+            softmax=True,
+            loss=logged.xreplace({YHAT: P}),
+            q=q.subs(sympy.log(YHAT), LP).xreplace({YHAT: P}),
+        )
+    f = act.expr.xreplace({X: Z})
+    in_logit = _stable_loss_in_logit(act, loss)
+    generic = sympy.diff(loss.expr, YHAT).xreplace({YHAT: f}) * sympy.diff(f, Z)
+    delta = _tidy(sympy.diff(in_logit, Z))
+    return OutputRule(
+        softmax=False,
+        loss=_through(in_logit, f),
+        delta=_through(delta, f),
+        generic_delta=generic,
+    )
+
+
+def softmax_jacobian_check(n: int = 3) -> sympy.Matrix:
+    """SymPy's Jacobian of softmax for n outputs, verified equal to diag(p) - p p^T."""
+    z = sympy.symbols(f"z1:{n + 1}", real=True)
+    total = sum(sympy.exp(zi) for zi in z)
+    p = [sympy.exp(zi) / total for zi in z]
+    jacobian = sympy.Matrix(n, n, lambda j, k: sympy.diff(p[j], z[k]))
+    rule = sympy.Matrix(n, n, lambda j, k: p[j] * ((1 if j == k else 0) - p[k]))
+    assert (jacobian - rule).applyfunc(sympy.simplify) == sympy.zeros(n, n)
+    return jacobian
+
+
+# --- equations -------------------------------------------------------------------------------
+
+
+def _equations(net: SymbolicNetwork, layers: tuple[ActivationDerivative, ...], out: OutputRule) -> tuple[Equation, ...]:
+    rows: list[tuple[str, str, str]] = [
+        ("forward.linear", "pre-activation", r"z^{(l)} = W^{(l)} a^{(l-1)} + b^{(l)},\quad a^{(0)} = x"),
+        ("forward.activation", "activation", r"a^{(l)} = f_l\left(z^{(l)}\right)"),
+    ]
+    if net.output.softmax:
+        rows.append(
+            ("forward.softmax", "softmax output",
+             r"\hat y_k = \frac{e^{z^{(L)}_k}}{\sum_j e^{z^{(L)}_j}},\quad "
+             r"\log \hat y_k = z^{(L)}_k - \max_j z^{(L)}_j - \log \sum_j e^{z^{(L)}_j - \max_i z^{(L)}_i}")
+        )
+    l2 = r" + \frac{\lambda}{2}\sum_l \lVert W^{(l)} \rVert^2" if net.spec.l2 else ""
+    rows.append(
+        ("loss", "loss (batch mean)",
+         rf"L = \frac{{1}}{{B}} \sum_{{s=1}}^{{B}} \sum_k \ell\left(\hat y_{{sk}}, y_{{sk}}\right){l2},\quad "
+         rf"\ell(\hat y, y) = {sympy.latex(net.loss.expr)}")
+    )
+    seen: set[str] = set()
+    for d in layers:
+        name = d.activation.name
+        if d.activation.softmax or name in seen:
+            continue
+        seen.add(name)
+        body = sympy.latex(d.derivative)
+        if d.through_output is not None and d.through_output != d.derivative:
+            body += rf" = {sympy.latex(d.through_output)}\ \text{{with }} a = f(z)"
+        rows.append((f"activation.{name}", f"derivative of {name}", rf"f'(z) = {body}"))
+    if out.softmax:
+        assert out.q is not None
+        rows.append(
+            ("delta.output", "output error (softmax)",
+             rf"\delta^{{(L)}}_k = q_k - \hat y_k \sum_j q_j,\quad q = \hat y\,\frac{{\partial \ell}}{{\partial \hat y}} = {sympy.latex(out.q)}")
+        )
+    else:
+        assert out.delta is not None
+        rows.append(
+            ("delta.output", "output error",
+             rf"\delta^{{(L)}} = \frac{{\partial \ell}}{{\partial z^{{(L)}}}} = {sympy.latex(out.delta)}")
+        )
+    rows += [
+        ("delta.hidden", "error recursion",
+         r"\delta^{(l)} = \left(W^{(l+1)\top} \delta^{(l+1)}\right) \odot f_l'\left(z^{(l)}\right)"),
+        ("grad.W", "weight gradient",
+         r"\frac{\partial L}{\partial W^{(l)}} = \frac{1}{B}\sum_s \delta^{(l)}_s a^{(l-1)\top}_s"
+         + (r" + \lambda W^{(l)}" if net.spec.l2 else "")),
+        ("grad.b", "bias gradient", r"\frac{\partial L}{\partial b^{(l)}} = \frac{1}{B}\sum_s \delta^{(l)}_s"),
+        ("update", "gradient descent", r"\theta \leftarrow \theta - \eta \frac{\partial L}{\partial \theta}"),
+    ]
+    return tuple(Equation(i + 1, key, title, tex) for i, (key, title, tex) in enumerate(rows))
+
+
+def derive(spec_or_network: NetworkSpec | SymbolicNetwork) -> Derivation:
+    """The whole derivation for a spec (validating it) or an already built network."""
+    net = spec_or_network if isinstance(spec_or_network, SymbolicNetwork) else build(spec_or_network)
+    layers = tuple(derive_activation(act) for act in net.activations)
+    out = derive_output(net.output, net.loss)
+    return Derivation(net, layers, out, _equations(net, layers, out))

@@ -1,0 +1,227 @@
+"""The registry of activations and losses: one entry each, data rather than ``if``s.
+
+An ``Activation`` is a SymPy expression in the variable ``x``; a ``Loss`` is a per-output
+SymPy expression in ``yhat`` and ``y`` (the per-sample loss is its sum over outputs).
+Derivatives are not stored: ``symbackprop.derive`` gets them from ``sympy.diff``.
+Custom entries come from spec expression strings through the safe parser.  Each built-in
+entry carries a plain NumPy reference used only by tests.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import sympy
+from sympy import erf, exp, log, sqrt, tanh
+
+from symbackprop.errors import InputError
+from symbackprop.expressions import parse_expression
+from symbackprop.primitives import elu, leaky_relu, relu, sigmoid, softplus
+from symbackprop.spec import FunctionSpec, NetworkSpec
+
+X = sympy.Symbol("x")
+YHAT = sympy.Symbol("yhat")
+Y = sympy.Symbol("y")
+
+Reference = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Activation:
+    """An elementwise activation f(x), or softmax (the one vector-valued activation)."""
+
+    name: str
+    expr: sympy.Expr
+    latex: str  # f applied to x, e.g. r"\operatorname{ReLU}(x)"
+    init: str = "xavier"  # "he" for the ReLU family, "xavier" otherwise
+    reference: Reference | None = None
+    # f'(x) in terms of a = f(x), tried first when rewriting through the output; always
+    # validated against sympy.diff before use (derive.output_derivative).
+    via_output_hint: sympy.Expr | None = None
+    # For probability outputs: log f(x) and log(1 - f(x)) in a form that never overflows,
+    # substituted into the loss so that e.g. sigmoid + BCE is computed from logits.
+    log_output: sympy.Expr | None = None
+    log_one_minus_output: sympy.Expr | None = None
+    softmax: bool = False
+    custom: bool = False
+
+    @property
+    def probability(self) -> bool:
+        return self.softmax or self.log_output is not None
+
+
+@dataclass(frozen=True)
+class Loss:
+    """A per-output loss l(yhat, y); the per-sample loss is the sum over outputs."""
+
+    name: str
+    expr: sympy.Expr
+    latex: str
+    classification: bool = False
+    needs_probability: bool = False
+    custom: bool = False
+    reference: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
+
+
+def _gelu_reference(x: np.ndarray) -> np.ndarray:
+    erf_x = np.vectorize(math.erf)(x / math.sqrt(2))
+    return 0.5 * x * (1 + erf_x)
+
+
+def _stable_sigmoid(x: np.ndarray) -> np.ndarray:
+    return np.exp(-np.logaddexp(0, -x))
+
+
+A = sympy.Symbol("a")
+
+ACTIVATIONS: dict[str, Activation] = {
+    entry.name: entry
+    for entry in (
+        Activation("identity", X, "x", reference=lambda x: x),
+        Activation(
+            "relu",
+            relu(X),
+            r"\operatorname{ReLU}(x)",
+            init="he",
+            reference=lambda x: np.maximum(x, 0),
+        ),
+        Activation(
+            "leaky_relu",
+            leaky_relu(X),
+            r"\operatorname{LeakyReLU}(x)",
+            init="he",
+            reference=lambda x: np.where(x > 0, x, 0.01 * x),
+        ),
+        Activation(
+            "sigmoid",
+            sigmoid(X),
+            r"\sigma(x)",
+            reference=_stable_sigmoid,
+            log_output=-softplus(-X),
+            log_one_minus_output=-softplus(X),
+        ),
+        Activation("tanh", tanh(X), r"\tanh(x)", reference=np.tanh),
+        Activation(
+            "softplus",
+            softplus(X),
+            r"\operatorname{softplus}(x)",
+            reference=lambda x: np.logaddexp(0, x),
+            via_output_hint=1 - exp(-A),
+        ),
+        Activation(
+            "elu",
+            elu(X),
+            r"\operatorname{ELU}(x)",
+            init="he",
+            reference=lambda x: np.where(x > 0, x, np.expm1(np.minimum(x, 0))),
+        ),
+        Activation(
+            "gelu",
+            X / 2 * (1 + erf(X / sqrt(2))),
+            r"\operatorname{GELU}(x)",
+            init="he",
+            reference=_gelu_reference,
+        ),
+        Activation(
+            "silu",
+            X * sigmoid(X),
+            r"\operatorname{SiLU}(x)",
+            init="he",
+            reference=lambda x: x * _stable_sigmoid(x),
+        ),
+        Activation("softmax", X, r"\operatorname{softmax}(z)", softmax=True),
+    )
+}
+
+LOSSES: dict[str, Loss] = {
+    entry.name: entry
+    for entry in (
+        Loss(
+            "mse",
+            (YHAT - Y) ** 2 / 2,
+            r"\tfrac{1}{2}\sum_k (\hat y_k - y_k)^2",
+            reference=lambda yhat, y: 0.5 * (yhat - y) ** 2,
+        ),
+        Loss(
+            "cross_entropy",
+            -Y * log(YHAT),
+            r"-\sum_k y_k \log \hat y_k",
+            classification=True,
+            needs_probability=True,
+            reference=lambda yhat, y: -y * np.log(yhat),
+        ),
+        Loss(
+            "binary_cross_entropy",
+            -(Y * log(YHAT) + (1 - Y) * log(1 - YHAT)),
+            r"-\sum_k \left[y_k \log \hat y_k + (1 - y_k)\log(1 - \hat y_k)\right]",
+            classification=True,
+            needs_probability=True,
+            reference=lambda yhat, y: -(y * np.log(yhat) + (1 - y) * np.log1p(-yhat)),
+        ),
+    )
+}
+
+def activation(spec: FunctionSpec, field: str) -> Activation:
+    """The registry entry for a built-in name, or a custom activation parsed from ``expr``."""
+    if spec.expr is not None:
+        expr = parse_expression(spec.expr, f"{field}.expr", ("x",))
+        expr = expr.xreplace({sympy.Symbol("x"): X})
+        return Activation(spec.name, expr, sympy.latex(expr), custom=True)
+    if spec.name not in ACTIVATIONS:
+        known = ", ".join(ACTIVATIONS)
+        raise InputError(
+            field,
+            f"unknown activation {spec.name!r} (known: {known}; or a table with name and expr)",
+        )
+    return ACTIVATIONS[spec.name]
+
+
+def loss(spec: FunctionSpec, field: str) -> Loss:
+    """The registry entry for a built-in name, or a custom loss parsed from ``expr``."""
+    if spec.expr is not None:
+        expr = parse_expression(spec.expr, f"{field}.expr", ("yhat", "y"))
+        expr = expr.xreplace({sympy.Symbol("yhat"): YHAT, sympy.Symbol("y"): Y})
+        if YHAT not in expr.free_symbols:
+            raise InputError(f"{field}.expr", "the loss does not depend on yhat")
+        return Loss(spec.name, expr, sympy.latex(expr), custom=True)
+    if spec.name not in LOSSES:
+        known = ", ".join(LOSSES)
+        raise InputError(
+            field, f"unknown loss {spec.name!r} (known: {known}; or a table with name and expr)"
+        )
+    return LOSSES[spec.name]
+
+
+def resolve(spec: NetworkSpec) -> tuple[tuple[Activation, ...], Loss]:
+    """Every layer's activation and the loss, with the combinations that make no sense refused."""
+    activations = tuple(
+        activation(layer.activation, f"layers[{i}].activation")
+        for i, layer in enumerate(spec.layers)
+    )
+    for i, act in enumerate(activations[:-1]):
+        if act.softmax:
+            raise InputError(
+                f"layers[{i}].activation",
+                "softmax is supported only as the output layer's activation",
+            )
+    chosen = loss(spec.loss, "loss")
+    output = activations[-1]
+    last = f"layers[{len(activations) - 1}].activation"
+    if chosen.needs_probability and not output.probability:
+        raise InputError(
+            "loss",
+            f"{chosen.name} needs probabilities, but {last} is {output.name!r}; "
+            "use softmax (cross_entropy) or sigmoid (binary_cross_entropy) for the output layer",
+        )
+    if chosen.name == "binary_cross_entropy" and output.softmax:
+        raise InputError(
+            "loss",
+            f"binary_cross_entropy needs a sigmoid output, but {last} is 'softmax'; "
+            "use sigmoid, or cross_entropy with softmax",
+        )
+    if output.softmax and spec.layers[-1].units < 2:
+        raise InputError(f"layers[{len(activations) - 1}].units", "softmax needs at least 2 units")
+    return activations, chosen

@@ -1,0 +1,203 @@
+"""SymPy functions for the kinks and the numerically delicate activations.
+
+Why not plain SymPy: ``Max(0, x)`` differentiates to ``Heaviside(x)`` with SymPy's
+``Heaviside(0) = 1/2`` (PyTorch and symbackprop use ReLU'(0) = 0), ``Piecewise`` nests into
+conditions NumPy cannot run, and ``1/(1 + exp(-x))`` overflows for x = -1e4.  Each function
+here carries its own derivative (``fdiff``), exact value at numbers (``eval``), LaTeX, a
+NumPy spelling that is stable for every finite input, and, where it is smooth, a rewrite
+into ``exp``/``log`` so that independent witnesses can differentiate the textbook form.
+
+Conventions: step(0) = 0, so relu'(0) = 0 and leaky_relu'(0) = slope (PyTorch's).
+"""
+
+from __future__ import annotations
+
+import sympy
+from sympy import Function, Rational, exp, log
+from sympy.printing.printer import Printer
+
+LEAKY_SLOPE = Rational(1, 100)
+
+# NumPy helper functions the generated module defines when a kernel uses them.  Each is
+# stable for every finite input and keeps the dtype of its argument (float32 stays float32).
+NUMPY_HELPERS: dict[str, str] = {
+    "_stable_sigmoid": (
+        "def _stable_sigmoid(x):\n"
+        "    # exp(-log(1 + exp(-x))): never overflows, exact in both tails\n"
+        "    return numpy.exp(-numpy.logaddexp(0, -x))\n"
+    ),
+}
+
+
+class _Primitive(Function):
+    """An elementwise function of one argument with a NumPy spelling and a LaTeX name."""
+
+    latex_name = ""
+
+    @classmethod
+    def numpy_template(cls) -> str:
+        raise NotImplementedError
+
+    def _numpycode(self, printer: Printer) -> str:
+        arg = printer._print(self.args[0])
+        helpers = getattr(printer, "helpers", None)
+        template = self.numpy_template()
+        if helpers is not None:
+            helpers.update(name for name in NUMPY_HELPERS if f"{name}(" in template)
+        return template.format(x=arg)
+
+    def _latex(self, printer: Printer, exp: object = None) -> str:
+        body = rf"{self.latex_name}\left({printer._print(self.args[0])}\right)"
+        return rf"{body}^{{{exp}}}" if exp is not None else body
+
+    def _eval_is_real(self) -> bool | None:
+        return self.args[0].is_real
+
+
+class step(_Primitive):
+    """The unit step with step(0) = 0 (the derivative of ReLU, PyTorch's convention)."""
+
+    latex_name = r"\operatorname{step}"
+
+    @classmethod
+    def eval(cls, x: sympy.Expr) -> sympy.Expr | None:
+        if x.is_extended_positive:
+            return sympy.S.One
+        if x.is_extended_nonpositive:
+            return sympy.S.Zero
+        return None
+
+    def fdiff(self, argindex: int = 1) -> sympy.Expr:
+        return sympy.S.Zero  # zero almost everywhere; the kink is a convention, not a delta
+
+    @classmethod
+    def numpy_template(cls) -> str:
+        return "numpy.heaviside({x}, 0)"
+
+
+class relu(_Primitive):
+    """max(0, x) with relu'(0) = 0."""
+
+    latex_name = r"\operatorname{ReLU}"
+
+    @classmethod
+    def eval(cls, x: sympy.Expr) -> sympy.Expr | None:
+        if x.is_extended_nonnegative:
+            return x
+        if x.is_extended_negative:
+            return sympy.S.Zero
+        return None
+
+    def fdiff(self, argindex: int = 1) -> sympy.Expr:
+        return step(self.args[0])
+
+    @classmethod
+    def numpy_template(cls) -> str:
+        return "numpy.maximum({x}, 0)"
+
+
+class leaky_relu(_Primitive):
+    """x for x > 0, slope·x otherwise (slope 0.01), with derivative slope at 0."""
+
+    latex_name = r"\operatorname{LeakyReLU}"
+
+    @classmethod
+    def eval(cls, x: sympy.Expr) -> sympy.Expr | None:
+        if x.is_extended_nonnegative:
+            return x
+        if x.is_extended_negative:
+            return LEAKY_SLOPE * x
+        return None
+
+    def fdiff(self, argindex: int = 1) -> sympy.Expr:
+        return LEAKY_SLOPE + (1 - LEAKY_SLOPE) * step(self.args[0])
+
+    @classmethod
+    def numpy_template(cls) -> str:
+        return "numpy.where({x} > 0, {x}, 0.01*{x})"
+
+
+class elu(_Primitive):
+    """x for x > 0, exp(x) - 1 otherwise (alpha = 1)."""
+
+    latex_name = r"\operatorname{ELU}"
+
+    @classmethod
+    def eval(cls, x: sympy.Expr) -> sympy.Expr | None:
+        if x.is_extended_nonnegative:
+            return x
+        if x.is_extended_negative:
+            return exp(x) - 1
+        return None
+
+    def fdiff(self, argindex: int = 1) -> sympy.Expr:
+        # exp(x) = elu(x) + 1 on the negative branch; written through elu so that the
+        # derivative never evaluates exp of a large positive number (inf * 0 = nan).
+        return 1 + sympy.Min(elu(self.args[0]), 0)
+
+    @classmethod
+    def numpy_template(cls) -> str:
+        return "numpy.where({x} > 0, {x}, numpy.expm1(numpy.minimum({x}, 0)))"
+
+
+class sigmoid(_Primitive):
+    """The logistic function 1 / (1 + exp(-x))."""
+
+    latex_name = r"\sigma"
+
+    @classmethod
+    def eval(cls, x: sympy.Expr) -> sympy.Expr | None:
+        if x.is_Number:
+            return 1 / (1 + exp(-x))
+        if x.could_extract_minus_sign():
+            return 1 - cls(-x)  # sigma(-x) = 1 - sigma(x): lets SymPy cancel BCE to yhat - y
+        return None
+
+    def fdiff(self, argindex: int = 1) -> sympy.Expr:
+        return self * (1 - self)
+
+    def _eval_rewrite_as_exp(self, x: sympy.Expr, **kwargs: object) -> sympy.Expr:
+        return 1 / (1 + exp(-x))
+
+    @classmethod
+    def numpy_template(cls) -> str:
+        return "_stable_sigmoid({x})"
+
+
+class softplus(_Primitive):
+    """log(1 + exp(x)), evaluated without overflow."""
+
+    latex_name = r"\operatorname{softplus}"
+
+    @classmethod
+    def eval(cls, x: sympy.Expr) -> sympy.Expr | None:
+        if x.is_Number:
+            return log(1 + exp(x))
+        return None
+
+    def fdiff(self, argindex: int = 1) -> sympy.Expr:
+        return sigmoid(self.args[0])
+
+    def _eval_rewrite_as_exp(self, x: sympy.Expr, **kwargs: object) -> sympy.Expr:
+        return log(1 + exp(x))
+
+    _eval_rewrite_as_log = _eval_rewrite_as_exp
+
+    @classmethod
+    def numpy_template(cls) -> str:
+        return "numpy.logaddexp(0, {x})"
+
+
+PRIMITIVES: tuple[type[_Primitive], ...] = (step, relu, leaky_relu, elu, sigmoid, softplus)
+
+
+def to_textbook_form(expr: sympy.Expr) -> sympy.Expr:
+    """The same function with the smooth primitives spelled out in exp/log.
+
+    Used by the independent witnesses, so that SymPy's own differentiation rules (not the
+    ``fdiff`` above) produce their derivatives.  The kinks (step, relu, leaky_relu, elu)
+    stay: they have no smooth closed form.
+    """
+    return expr.replace(
+        lambda e: isinstance(e, (sigmoid, softplus)), lambda e: e.rewrite(exp)
+    )

@@ -1,0 +1,383 @@
+"""The certificate: the generated gradients against independent witnesses, per parameter.
+
+Witnesses (none shares code with the generated backward pass):
+1. ``finite-diff``: central differences (the 4-point stencil, error O(h^4)) of the generated
+   ``loss`` in float64;
+2. ``exact``: SymPy's gradient evaluated at the same point in 40-digit arithmetic, from the
+   fully expanded composite (up to ``EXPANDED_LIMIT`` parameters) or else from the
+   neuron-level graph with reverse accumulation (up to ``GRAPH_LIMIT``); smooth primitives
+   are spelled out in exp/log first, so SymPy's own rules differentiate them;
+3. ``pytorch``: autograd on the same network written with torch's own functions, when
+   ``torch`` is importable (optional; never a dependency).
+
+An entry passes when |g - r| <= tol * max(|r|, floor); the table reports, per parameter and
+witness, the max absolute and relative errors with that floor.
+"""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import sympy
+
+from symbackprop.codegen import generate
+from symbackprop.derive import Derivation, derive
+from symbackprop.graph import (
+    EXPANDED_LIMIT,
+    GRAPH_LIMIT,
+    LOSS,
+    SymbolicNetwork,
+)
+from symbackprop.primitives import to_textbook_form
+from symbackprop.spec import NetworkSpec
+
+PRECISION = 40  # decimal digits for the exact witness
+FD_STEP = 1e-4
+FD_SAMPLE_LIMIT = 64  # entries per parameter checked by finite differences on large nets
+TOLERANCE = {"finite-diff": (1e-6, 1e-7), "exact": (1e-8, 1e-10), "pytorch": (1e-8, 1e-10)}
+
+
+@dataclass(frozen=True)
+class WitnessResult:
+    witness: str
+    max_abs: float
+    max_rel: float
+    checked: int  # entries compared
+    passed: bool
+
+
+@dataclass(frozen=True)
+class ParameterCheck:
+    name: str
+    shape: tuple[int, ...]
+    results: tuple[WitnessResult, ...]
+
+    @property
+    def passed(self) -> bool:
+        return all(r.passed for r in self.results)
+
+
+@dataclass(frozen=True)
+class Certificate:
+    name: str
+    parameters: tuple[ParameterCheck, ...]
+    witnesses: tuple[str, ...]
+    skipped: tuple[tuple[str, str], ...]  # (witness, why)
+    batch: int
+    loss: float
+    exact_view: str = ""
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.parameters) and all(p.passed for p in self.parameters)
+
+    def max_rel(self, witness: str) -> float:
+        values = [r.max_rel for p in self.parameters for r in p.results if r.witness == witness]
+        return max(values) if values else float("nan")
+
+    def table(self) -> str:
+        """The certificate as a plain-text table, one row per parameter and witness."""
+        lines = [
+            f"certificate for {self.name}: batch of {self.batch}, loss {self.loss:.12g}, "
+            f"witnesses: {', '.join(self.witnesses)}",
+        ]
+        if self.exact_view:
+            lines.append(f"exact witness: {self.exact_view}")
+        header = f"{'parameter':<10} {'shape':<12} {'witness':<12} {'entries':>7} {'max abs err':>12} {'max rel err':>12}  result"
+        lines += [header, "-" * len(header)]
+        for p in self.parameters:
+            for r in p.results:
+                shape = "x".join(map(str, p.shape))
+                lines.append(
+                    f"{p.name:<10} {shape:<12} {r.witness:<12} {r.checked:>7} "
+                    f"{r.max_abs:>12.2e} {r.max_rel:>12.2e}  {'pass' if r.passed else 'FAIL'}"
+                )
+        for witness, why in self.skipped:
+            lines.append(f"skipped {witness}: {why}")
+        lines.extend(self.notes)
+        verdict = "PASS" if self.passed else "FAIL"
+        failed = sum(not p.passed for p in self.parameters)
+        lines.append(f"{verdict}: {len(self.parameters) - failed}/{len(self.parameters)} parameters agree with every witness")
+        return "\n".join(lines)
+
+
+def load_module(source: str, name: str = "generated_model") -> types.ModuleType:
+    """Import generated source text as a fresh module object (never written to disk)."""
+    module = types.ModuleType(name)
+    exec(compile(source, f"<{name}>", "exec"), module.__dict__)  # our own generated code
+    return module
+
+
+# --- the check point -------------------------------------------------------------------------
+
+
+def check_point(module: types.ModuleType, net: SymbolicNetwork, batch: int, seed: int) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Parameters, inputs and targets at which every witness is evaluated (float64)."""
+    rng = np.random.default_rng(seed)
+    params = module.init_params(seed=seed, dtype=np.float64)
+    for key, value in params.items():
+        if key.startswith("b"):
+            value[...] = rng.normal(0.0, 0.5, size=value.shape)
+    X = rng.normal(0.0, 1.0, size=(batch, net.sizes[0]))
+    outputs = net.sizes[-1]
+    if net.output.softmax and net.loss.classification:
+        Y = np.eye(outputs)[rng.integers(0, outputs, size=batch)]
+    elif net.output.probability:
+        Y = rng.integers(0, 2, size=(batch, outputs)).astype(np.float64)
+    else:
+        Y = rng.normal(0.0, 1.0, size=(batch, outputs))
+    return params, X, Y
+
+
+# --- witness 1: finite differences -----------------------------------------------------------
+
+
+def finite_differences(module: types.ModuleType, params: dict, X: np.ndarray, Y: np.ndarray, seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(flat indices checked, derivative estimates) per parameter."""
+    rng = np.random.default_rng(seed + 1)
+    estimates = {}
+    for key, value in params.items():
+        flat = value.reshape(-1)
+        if flat.size <= FD_SAMPLE_LIMIT:
+            indices = np.arange(flat.size)
+        else:
+            indices = np.sort(rng.choice(flat.size, size=FD_SAMPLE_LIMIT, replace=False))
+        values = np.empty(len(indices))
+        for n, index in enumerate(indices):
+            original = flat[index]
+            h = FD_STEP * max(1.0, abs(original))
+            f = {}
+            for k in (-2, -1, 1, 2):
+                flat[index] = original + k * h
+                f[k] = module.loss(params, X, Y)
+            flat[index] = original
+            values[n] = (8 * (f[1] - f[-1]) - (f[2] - f[-2])) / (12 * h)
+        estimates[key] = (indices, values)
+    return estimates
+
+
+# --- witness 2: exact symbolic gradient ------------------------------------------------------
+
+
+def _exact(value: float) -> sympy.Float:
+    return sympy.Float(float(value), PRECISION)
+
+
+def _data_values(net: SymbolicNetwork, x: np.ndarray, y: np.ndarray) -> dict:
+    values = {s: _exact(v) for s, v in zip(net.inputs(), x)}
+    values.update({s: _exact(v) for s, v in zip(net.targets(), y)})
+    return values
+
+
+def _parameter_values(net: SymbolicNetwork, params: dict) -> dict:
+    values = {}
+    for key, symbols in net.parameters().items():
+        values.update({s: _exact(v) for s, v in zip(symbols, params[key].reshape(-1))})
+    return values
+
+
+def _l2_term(net: SymbolicNetwork, params: dict, grads: dict[str, np.ndarray]) -> None:
+    if net.spec.l2:
+        for key in grads:
+            if key.startswith("W"):
+                grads[key] = grads[key] + net.spec.l2 * params[key]
+
+
+def exact_expanded(net: SymbolicNetwork, params: dict, X: np.ndarray, Y: np.ndarray) -> dict[str, np.ndarray]:
+    """SymPy's gradient of the fully expanded composite, per sample, averaged."""
+    per_sample = to_textbook_form(net.expanded_loss())
+    theta = _parameter_values(net, params)
+    symbols = net.parameters()
+    total = {key: np.zeros(params[key].size) for key in symbols}
+    for x, y in zip(X, Y):
+        loss = per_sample.xreplace(_data_values(net, x, y))
+        for key, group in symbols.items():
+            for n, s in enumerate(group):
+                derivative = sympy.diff(loss, s).xreplace(theta)
+                total[key][n] += float(derivative.evalf(PRECISION))
+    grads = {k: (v / len(X)).reshape(params[k].shape) for k, v in total.items()}
+    _l2_term(net, params, grads)
+    return grads
+
+
+def exact_graph(net: SymbolicNetwork, params: dict, X: np.ndarray, Y: np.ndarray) -> dict[str, np.ndarray]:
+    """The neuron-level graph: local sympy.diff per node, reverse accumulation, 40 digits."""
+    nodes = [(n.symbol, to_textbook_form(n.expr)) for n in net.neuron_graph]
+    local = [
+        (symbol, [(s, sympy.diff(expr, s)) for s in sorted(expr.free_symbols, key=str)])
+        for symbol, expr in nodes
+    ]
+    theta = _parameter_values(net, params)
+    symbols = net.parameters()
+    total = {key: np.zeros(params[key].size) for key in symbols}
+    for x, y in zip(X, Y):
+        values = dict(theta)
+        values.update(_data_values(net, x, y))
+        for symbol, expr in nodes:
+            values[symbol] = expr.xreplace(values).evalf(PRECISION)
+        adjoint = {LOSS: sympy.Float(1, PRECISION)}
+        for symbol, partials in reversed(local):
+            bar = adjoint.get(symbol)
+            if bar is None:
+                continue
+            for s, partial in partials:
+                contribution = bar * partial.xreplace(values).evalf(PRECISION)
+                adjoint[s] = adjoint[s] + contribution if s in adjoint else contribution
+        for key, group in symbols.items():
+            total[key] += [float(adjoint.get(s, 0)) for s in group]
+    grads = {k: (v / len(X)).reshape(params[k].shape) for k, v in total.items()}
+    _l2_term(net, params, grads)
+    return grads
+
+
+# --- witness 3: PyTorch ----------------------------------------------------------------------
+
+
+def _torch_namespace(torch: types.ModuleType) -> dict[str, Callable]:
+    F = torch.nn.functional
+
+    def maximum(*args: object) -> object:
+        result = args[0]
+        for arg in args[1:]:
+            result = torch.maximum(torch.as_tensor(result, dtype=torch.float64), torch.as_tensor(arg, dtype=torch.float64))
+        return result
+
+    def minimum(*args: object) -> object:
+        result = args[0]
+        for arg in args[1:]:
+            result = torch.minimum(torch.as_tensor(result, dtype=torch.float64), torch.as_tensor(arg, dtype=torch.float64))
+        return result
+
+    return {
+        "exp": torch.exp, "log": torch.log, "sqrt": torch.sqrt, "sin": torch.sin,
+        "cos": torch.cos, "tan": torch.tan, "sinh": torch.sinh, "cosh": torch.cosh,
+        "tanh": torch.tanh, "asin": torch.asin, "acos": torch.acos, "atan": torch.atan,
+        "asinh": torch.asinh, "atanh": torch.atanh, "erf": torch.erf, "Abs": torch.abs,
+        "sigmoid": torch.sigmoid, "softplus": F.softplus, "relu": torch.relu,
+        "leaky_relu": lambda v: F.leaky_relu(v, 0.01), "elu": F.elu,
+        "Max": maximum, "Min": minimum, "pi": float(sympy.pi), "E": float(sympy.E),
+    }
+
+
+def _torch_activation(torch: types.ModuleType, name: str) -> Callable | None:
+    F = torch.nn.functional
+    return {
+        "identity": lambda v: v, "relu": torch.relu, "leaky_relu": lambda v: F.leaky_relu(v, 0.01),
+        "sigmoid": torch.sigmoid, "tanh": torch.tanh, "softplus": F.softplus, "elu": F.elu,
+        "gelu": F.gelu, "silu": F.silu,
+    }.get(name)
+
+
+def pytorch_gradients(net: SymbolicNetwork, params: dict, X: np.ndarray, Y: np.ndarray) -> dict[str, np.ndarray]:
+    import torch
+
+    F = torch.nn.functional
+    namespace = _torch_namespace(torch)
+    tensors = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True) for k, v in params.items()}
+    values = torch.tensor(X, dtype=torch.float64)
+    target = torch.tensor(Y, dtype=torch.float64)
+    for index, act in enumerate(net.activations, start=1):
+        z = values @ tensors[f"W{index}"].T + tensors[f"b{index}"]
+        if index == net.depth:
+            break
+        fn = None if act.custom else _torch_activation(torch, act.name)
+        if fn is None:
+            fn = sympy.lambdify(sympy.Symbol("x"), act.expr, modules=[namespace])
+        values = fn(z)
+    act, loss = net.output, net.loss
+    if act.softmax:
+        log_p = F.log_softmax(z, dim=1)
+        p = log_p.exp()
+    else:
+        fn = None if act.custom else _torch_activation(torch, act.name)
+        if fn is None:
+            fn = sympy.lambdify(sympy.Symbol("x"), act.expr, modules=[namespace])
+        p = fn(z)
+    batch = X.shape[0]
+    if loss.name == "cross_entropy" and not loss.custom:
+        log_p = log_p if act.softmax else F.logsigmoid(z)
+        value = -(target * log_p).sum() / batch
+    elif loss.name == "binary_cross_entropy" and not loss.custom:
+        value = F.binary_cross_entropy_with_logits(z, target, reduction="sum") / batch
+    elif loss.name == "mse" and not loss.custom:
+        value = 0.5 * ((p - target) ** 2).sum() / batch
+    else:
+        yhat, y = sympy.symbols("yhat y")
+        fn = sympy.lambdify((yhat, y), loss.expr, modules=[namespace])
+        value = fn(p, target).sum() / batch
+    if net.spec.l2:
+        value = value + 0.5 * net.spec.l2 * sum((t**2).sum() for k, t in tensors.items() if k.startswith("W"))
+    value.backward()
+    return {k: t.grad.numpy().copy() for k, t in tensors.items()}
+
+
+# --- the certificate -------------------------------------------------------------------------
+
+
+def _compare(witness: str, got: np.ndarray, reference: np.ndarray) -> WitnessResult:
+    tol, floor = TOLERANCE[witness]
+    error = np.abs(got - reference)
+    scale = np.maximum(np.abs(reference), floor)
+    rel = error / scale
+    finite = bool(np.all(np.isfinite(got)) and np.all(np.isfinite(reference)))
+    return WitnessResult(
+        witness,
+        float(error.max(initial=0.0)),
+        float(rel.max(initial=0.0)),
+        int(got.size),
+        finite and bool(np.all(rel <= tol)),
+    )
+
+
+def torch_available() -> bool:
+    try:
+        import torch  # noqa: F401
+    except Exception:  # noqa: BLE001 - any import failure means "not available"
+        return False
+    return True
+
+
+def certify(source: NetworkSpec | Derivation, *, batch: int = 4, seed: int = 0, module_source: str | None = None, use_torch: bool | None = None) -> Certificate:
+    """Run every witness on the generated module of a spec; see the module docstring."""
+    derivation = source if isinstance(source, Derivation) else derive(source)
+    net = derivation.network
+    module = load_module(module_source or generate(derivation), net.spec.name)
+    params, X, Y = check_point(module, net, batch, seed)
+    value, grads = module.gradients(params, X, Y)
+    results: dict[str, list[WitnessResult]] = {k: [] for k in params}
+    witnesses = ["finite-diff"]
+    skipped: list[tuple[str, str]] = []
+
+    for key, (indices, estimates) in finite_differences(module, params, X, Y, seed).items():
+        results[key].append(_compare("finite-diff", grads[key].reshape(-1)[indices], estimates))
+
+    count = net.parameter_count
+    exact_view = ""
+    if count <= EXPANDED_LIMIT:
+        exact, exact_view = exact_expanded(net, params, X, Y), "the fully expanded composite"
+    elif count <= GRAPH_LIMIT:
+        exact, exact_view = exact_graph(net, params, X, Y), "the neuron-level graph (reverse accumulation)"
+    else:
+        exact = None
+        skipped.append(("exact", f"{count} parameters is above the neuron-level limit of {GRAPH_LIMIT}; finite differences and PyTorch still check every layer"))
+    if exact is not None:
+        witnesses.append("exact")
+        for key in params:
+            results[key].append(_compare("exact", grads[key], exact[key]))
+
+    if use_torch is None:
+        use_torch = torch_available()
+    if use_torch:
+        witnesses.append("pytorch")
+        reference = pytorch_gradients(net, params, X, Y)
+        for key in params:
+            results[key].append(_compare("pytorch", grads[key], reference[key]))
+    else:
+        skipped.append(("pytorch", "torch is not importable (optional)"))
+
+    parameters = tuple(ParameterCheck(k, params[k].shape, tuple(v)) for k, v in results.items())
+    return Certificate(net.spec.name, parameters, tuple(witnesses), tuple(skipped), batch, value, exact_view)
