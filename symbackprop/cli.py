@@ -26,22 +26,27 @@ class _Parser(argparse.ArgumentParser):
         raise InputError(self.prog, message)
 
 
-def write_outputs(files: dict[Path, str | bytes]) -> None:
-    """Write every file or none: each goes to a temporary file first, then is renamed."""
+def write_outputs(files: dict[Path, str | bytes], field: str = "-o") -> None:
+    """Write every file or none: each goes to a temporary file first, then all are renamed."""
+    for path in files:
+        if not path.name or path.is_dir():
+            raise InputError(field, f"{path} is a directory, expected a file name")
     staged: list[tuple[str, Path]] = []
     try:
         for path, content in files.items():
             path.parent.mkdir(parents=True, exist_ok=True)
             handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            staged.append((temp, path))
             with os.fdopen(handle, "wb") as stream:
                 stream.write(content.encode("utf-8") if isinstance(content, str) else content)
-            staged.append((temp, path))
+        for temp, path in staged:
+            os.replace(temp, path)
     except OSError as err:
         for temp, _ in staged:
-            os.unlink(temp)
-        raise InputError("-o", f"cannot write {err.filename}: {err.strerror}") from None
-    for temp, path in staged:
-        os.replace(temp, path)
+            if os.path.exists(temp):
+                os.unlink(temp)
+        where = err.filename or "the output"
+        raise InputError(field, f"cannot write {where}: {err.strerror}") from None
 
 
 # --- commands --------------------------------------------------------------------------------
@@ -57,7 +62,9 @@ def cmd_codegen(args: argparse.Namespace) -> int:
     from symbackprop.codegen import generate
 
     source = generate(_spec(args))
-    if args.output:
+    if args.output is not None:
+        if not args.output.strip():
+            raise InputError("-o", "expected a file name, got an empty string")
         write_outputs({Path(args.output): source})
         print(f"wrote {args.output}", file=sys.stderr)
     else:

@@ -190,11 +190,16 @@ def derive_output(act: Activation, loss: Loss) -> OutputRule:
     f = act.expr.xreplace({X: Z})
     in_logit = _stable_loss_in_logit(act, loss)
     generic = sympy.diff(loss.expr, YHAT).xreplace({YHAT: f}) * sympy.diff(f, Z)
-    delta = _tidy(sympy.diff(in_logit, Z))
+    raw = sympy.diff(in_logit, Z)
+    # Prefer a form in the output a = f(z) (already computed, and bounded for sigmoid and
+    # tanh): SymPy's simplest form of tanh + mse, (a - y)/cosh(z)**2, overflows for |z| > 355.
+    candidates = [_through(e, f) for e in (raw, sympy.expand(raw), sympy.factor(raw), _tidy(raw))]
+    in_output = [e for e in candidates if Z not in e.free_symbols]
+    delta = _simplest(*(in_output or candidates))
     return OutputRule(
         softmax=False,
         loss=_through(in_logit, f),
-        delta=_through(delta, f),
+        delta=delta,
         generic_delta=generic,
     )
 

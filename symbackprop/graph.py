@@ -24,7 +24,7 @@ from symbackprop.functions import X, Y, YHAT, Activation, Loss, resolve
 from symbackprop.spec import NetworkSpec
 
 EXPANDED_LIMIT = 50  # parameters; beyond this SymPy takes minutes to differentiate
-GRAPH_LIMIT = 5000  # parameters; beyond this the neuron-level view is slow and unreadable
+GRAPH_LIMIT = 10_000  # parameters; the exact witness takes ~1 s per 2,000 at batch 4
 
 
 class SizeLimitError(InputError):

@@ -1,0 +1,161 @@
+"""Train a generated module on real data: generate, certify on a data batch, fit, evaluate.
+
+Pure orchestration: progress is reported through a callback and the result is a value; the
+CLI prints it and writes the files.  Training refuses to start when the certificate fails.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import types
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from symbackprop.codegen import generate
+from symbackprop.data import Dataset, check_features, load_dataset
+from symbackprop.derive import Derivation, derive
+from symbackprop.errors import InputError
+from symbackprop.spec import OPTIMIZERS, NetworkSpec, TrainSpec
+from symbackprop.verify import Certificate, certify, load_module
+
+CHECK_BATCH = 4
+
+
+class CheckFailed(Exception):
+    """The certificate did not pass, so training was refused."""
+
+    def __init__(self, certificate: Certificate) -> None:
+        self.certificate = certificate
+        super().__init__(f"the certificate for {certificate.name} failed; not training")
+
+
+@dataclass(frozen=True)
+class Progress:
+    epoch: int
+    epochs: int
+    loss: float
+    test_metric: float
+    seconds: float
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    derivation: Derivation
+    source: str  # the generated module's text
+    module: types.ModuleType
+    dataset: Dataset
+    certificate: Certificate
+    options: TrainSpec
+    params: dict[str, np.ndarray]
+    history: tuple[float, ...]
+    train_loss: float
+    test_loss: float
+    train_metric: float  # accuracy (classification) or RMSE (regression)
+    test_metric: float
+    seconds: float
+
+    @property
+    def classification(self) -> bool:
+        return self.dataset.classes is not None
+
+    def final_line(self) -> str:
+        """The machine-readable last line of ``train`` and ``demo``."""
+        metric = "accuracy" if self.classification else "rmse"
+        return (
+            f"final: train_loss={self.train_loss:.6g} test_loss={self.test_loss:.6g} "
+            f"train_{metric}={self.train_metric:.6g} test_{metric}={self.test_metric:.6g}"
+        )
+
+
+def options(spec: NetworkSpec, **overrides: object) -> TrainSpec:
+    """The spec's ``[train]`` defaults with command-line overrides (None = keep), checked."""
+    chosen = {k: v for k, v in overrides.items() if v is not None}
+    for key in ("epochs", "batch_size"):
+        if key in chosen and (not isinstance(chosen[key], int) or chosen[key] < 1):
+            flag = "--" + key.replace("_", "-")
+            raise InputError(flag, f"expected a positive integer, got {chosen[key]!r}")
+    if "lr" in chosen and not (isinstance(chosen["lr"], float) and math.isfinite(chosen["lr"]) and chosen["lr"] > 0):
+        raise InputError("--lr", f"expected a positive number, got {chosen['lr']!r}")
+    if "optimizer" in chosen and chosen["optimizer"] not in OPTIMIZERS:
+        raise InputError("--optimizer", f"expected one of {', '.join(OPTIMIZERS)}, got {chosen['optimizer']!r}")
+    if "seed" in chosen and (not isinstance(chosen["seed"], int) or chosen["seed"] < 0):
+        raise InputError("--seed", f"expected a non-negative integer, got {chosen['seed']!r}")
+    return replace(spec.train, **chosen)
+
+
+def _metric(module: types.ModuleType, params: dict, X: np.ndarray, y: np.ndarray, classification: bool) -> float:
+    if classification:
+        return float(np.mean(module.predict(params, X) == y))
+    outputs = module.forward(params, X)
+    return float(np.sqrt(np.mean((outputs - y.reshape(outputs.shape)) ** 2)))
+
+
+def train(
+    spec: NetworkSpec,
+    data: str,
+    train_options: TrainSpec | None = None,
+    *,
+    test_fraction: float = 0.2,
+    progress: Callable[[Progress], None] | None = None,
+    checked: Callable[[Certificate], None] | None = None,
+) -> TrainResult:
+    """Generate, certify on a batch of the data, train, evaluate; raises CheckFailed."""
+    derivation = derive(spec)
+    net = derivation.network
+    opts = train_options or spec.train
+    dataset = load_dataset(
+        data,
+        outputs=net.sizes[-1],
+        classification=net.loss.classification,
+        test_fraction=test_fraction,
+        seed=opts.seed,
+    )
+    check_features(dataset, net.sizes[0])
+    source = generate(derivation)
+    module = load_module(source, spec.name)
+    sample = (dataset.X_train[:CHECK_BATCH], dataset.y_train[:CHECK_BATCH])
+    certificate = certify(derivation, batch=len(sample[0]), seed=opts.seed, module_source=source, data=sample)
+    if checked is not None:
+        checked(certificate)
+    if not certificate.passed:
+        raise CheckFailed(certificate)
+
+    classification = dataset.classes is not None
+    params = module.init_params(seed=opts.seed)
+    start = time.perf_counter()
+
+    def report(epoch: int, loss: float) -> None:
+        if progress is not None:
+            metric = _metric(module, params, dataset.X_test, dataset.y_test, classification)
+            progress(Progress(epoch, opts.epochs, loss, metric, time.perf_counter() - start))
+
+    history = module.fit(
+        params,
+        dataset.X_train,
+        dataset.y_train,
+        epochs=opts.epochs,
+        batch_size=opts.batch_size,
+        lr=opts.lr,
+        optimizer=opts.optimizer,
+        seed=opts.seed,
+        callback=report,
+    )
+    seconds = time.perf_counter() - start
+    return TrainResult(
+        derivation=derivation,
+        source=source,
+        module=module,
+        dataset=dataset,
+        certificate=certificate,
+        options=opts,
+        params=params,
+        history=tuple(history),
+        train_loss=module.loss(params, dataset.X_train, dataset.y_train),
+        test_loss=module.loss(params, dataset.X_test, dataset.y_test),
+        train_metric=_metric(module, params, dataset.X_train, dataset.y_train, classification),
+        test_metric=_metric(module, params, dataset.X_test, dataset.y_test, classification),
+        seconds=seconds,
+    )
