@@ -77,9 +77,175 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     if args.batch < 1:
         raise InputError("--batch", f"expected a positive integer, got {args.batch}")
-    certificate = certify(_spec(args), batch=args.batch, seed=args.seed, use_torch=False if args.no_torch else None)
+    certificate = certify(
+        _spec(args), batch=args.batch, seed=args.seed, use_torch=False if args.no_torch else None
+    )
     print(certificate.table())
     return EXIT_OK if certificate.passed else EXIT_CHECK_FAILED
+
+
+def _print_progress(p: object) -> None:
+    metric = "test accuracy" if p.classification else "test rmse"
+    print(
+        f"epoch {p.epoch:>{len(str(p.epochs))}}/{p.epochs}  loss {p.loss:.6f}  "
+        f"{metric} {p.test_metric:.4f}  {p.seconds:6.1f} s",
+        flush=True,
+    )
+
+
+def _train(spec: object, args: argparse.Namespace) -> object:
+    """Shared by train and demo: check, train with progress, print the summary."""
+    from symbackprop import training
+
+    opts = training.options(
+        spec,
+        epochs=args.epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        optimizer=args.optimizer,
+        seed=args.seed,
+    )
+
+    def checked(certificate: object) -> None:
+        print(certificate.table(), flush=True)
+        print(flush=True)
+
+    print(
+        f"training {spec.name} on {args.data}: {opts.optimizer}, lr {opts.lr}, "
+        f"{opts.epochs} epochs, batch size {opts.batch_size}, seed {opts.seed}",
+        flush=True,
+    )
+    return training.train(
+        spec,
+        args.data,
+        opts,
+        test_fraction=args.test_fraction,
+        progress=_print_progress,
+        checked=checked,
+    )
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from symbackprop.training import CheckFailed
+
+    spec = _spec(args)
+    if args.out is not None and not args.out.strip():
+        raise InputError("--out", "expected a file name, got an empty string")
+    try:
+        result = _train(spec, args)
+    except CheckFailed as failed:
+        print(f"symbackprop: {failed}", file=sys.stderr)
+        return EXIT_CHECK_FAILED
+    _summary(result)
+    if args.out:
+        write_outputs({Path(args.out): _weights_bytes(result)}, "--out")
+    print(result.final_line())
+    if args.out:
+        print(f"saved weights to {args.out} (load them with the generated module's load())")
+    return EXIT_OK
+
+
+def _weights_bytes(result: object) -> bytes:
+    import io
+
+    import numpy
+
+    buffer = io.BytesIO()
+    numpy.savez(buffer, **result.params)
+    return buffer.getvalue()
+
+
+def _summary(result: object) -> None:
+    metric = "accuracy" if result.classification else "rmse"
+    print(
+        f"trained in {result.seconds:.1f} s: train loss {result.train_loss:.6f}, test loss "
+        f"{result.test_loss:.6f}, train {metric} {result.train_metric:.4f}, "
+        f"test {metric} {result.test_metric:.4f} ({len(result.dataset.y_test)} test samples)"
+    )
+
+
+DEMO_SPEC = "digits_mlp"
+DEMO_DIR = "symbackprop-demo"
+
+
+def _demo_files(out: Path, name: str, with_pdf: bool) -> dict[str, Path]:
+    files = {kind: out / f"{name}.{kind}" for kind in ("py", "tex", "md")}
+    if with_pdf:
+        files["pdf"] = out / f"{name}.pdf"
+    files["npz"] = out / f"{name}_weights.npz"
+    return files
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import shutil
+
+    from symbackprop.render import compile_pdf, render_markdown, render_tex
+    from symbackprop.spec import load_spec
+    from symbackprop.training import CheckFailed
+
+    out = Path(args.out if args.out is not None else DEMO_DIR)
+    if not str(out).strip():
+        raise InputError("--out", "expected a folder name, got an empty string")
+    if out.exists() and not out.is_dir():
+        raise InputError("--out", f"{out} exists and is not a folder")
+    spec = load_spec(DEMO_SPEC)
+    with_pdf = shutil.which("pdflatex") is not None
+    files = _demo_files(out, spec.name, with_pdf)
+    existing = [str(p) for p in files.values() if p.exists()]
+    if existing and not args.force:
+        raise InputError(
+            "--out",
+            f"{existing[0]} exists; use --force to overwrite or --out to choose another folder",
+        )
+
+    sizes = "-".join(map(str, spec.sizes))
+    print(
+        "symbackprop demo: the article's network -- two ReLU hidden layers and a softmax output --"
+    )
+    print(
+        f"sized for the bundled 8x8 handwritten digits ({sizes}, "
+        f"{spec.parameter_count} parameters)."
+    )
+    print()
+    args.data = "digits"
+    try:
+        result = _train(spec, args)
+    except CheckFailed as failed:
+        print(f"symbackprop: {failed}", file=sys.stderr)
+        return EXIT_CHECK_FAILED
+    _summary(result)
+    print("\nthe derivation, as SymPy found it:")
+    for equation in result.derivation.equations:
+        print(f"  ({equation.number}) {equation.title}")
+    tex = render_tex(result.derivation, result.certificate)
+    contents: dict[Path, str | bytes] = {
+        files["py"]: result.source,
+        files["tex"]: tex,
+        files["md"]: render_markdown(result.derivation, result.certificate),
+        files["npz"]: _weights_bytes(result),
+    }
+    if with_pdf:
+        contents[files["pdf"]] = compile_pdf(tex)
+    write_outputs(contents, "--out")
+    print()
+    print(
+        f"test accuracy: {100 * result.test_metric:.2f}% "
+        f"on {len(result.dataset.y_test)} held-out digits"
+    )
+    print("try next:")
+    print(f"  python {files['py']} --help          # the generated trainer needs only NumPy")
+    print(
+        "  symbackprop derive seed_mlp --format pdf   # the article's 2-3-3-2 network, every weight"
+    )
+    print('  symbackprop chain "sin(exp(x**2))"          # the chain rule on any function')
+    print('  symbackprop descent "w1**2 + 3*w2**2" --start w1=3,w2=1')
+    if not with_pdf:
+        print("  (install pdflatex -- Debian: texlive-latex-base -- to get the PDF too)")
+    print(result.final_line())
+    print("files written:")
+    for path in contents:
+        print(f"  {path}")
+    return EXIT_OK
 
 
 # --- the parser ------------------------------------------------------------------------------
@@ -88,13 +254,17 @@ def cmd_check(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="symbackprop",
-        description="Derive backpropagation with SymPy; print it; generate a verified NumPy trainer.",
+        description=(
+            "Derive backpropagation with SymPy; print it; generate a verified NumPy trainer."
+        ),
     )
     parser.add_argument("--version", action="version", version=f"symbackprop {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
 
-    def command(name: str, handler: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
+    def command(
+        name: str, handler: Callable[[argparse.Namespace], int], help: str
+    ) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help, description=help)
         sub.set_defaults(handler=handler)
         return sub
@@ -104,12 +274,44 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("spec", metavar="SPEC", help=spec_help)
     sub.add_argument("-o", "--output", metavar="FILE", help="write here instead of standard output")
 
-    sub = command("check", cmd_check, "the certificate: every gradient against independent witnesses")
+    sub = command(
+        "check", cmd_check, "the certificate: every gradient against independent witnesses"
+    )
     sub.add_argument("spec", metavar="SPEC", help=spec_help)
     sub.add_argument("--batch", type=int, default=4, help="samples in the check batch (default 4)")
     sub.add_argument("--seed", type=int, default=0, help="seed of the check point (default 0)")
     sub.add_argument("--no-torch", action="store_true", help="skip the PyTorch witness")
+
+    sub = command("train", cmd_train, "generate, verify and train on a dataset")
+    sub.add_argument("spec", metavar="SPEC", help=spec_help)
+    _training_arguments(sub, data_required=True)
+    sub.add_argument("--out", metavar="WEIGHTS", help="save the trained weights (.npz)")
+
+    sub = command(
+        "demo", cmd_demo, "the main job: derive, generate, check and train the digits network"
+    )
+    sub.add_argument("--out", metavar="DIR", help=f"output folder (default: ./{DEMO_DIR})")
+    sub.add_argument("--force", action="store_true", help="overwrite files of an earlier demo")
+    _training_arguments(sub, data_required=False)
     return parser
+
+
+def _training_arguments(sub: argparse.ArgumentParser, data_required: bool) -> None:
+    if data_required:
+        sub.add_argument(
+            "--data",
+            required=True,
+            metavar="DATA",
+            help="'digits' (bundled) or a .npz / .csv / .csv.gz file",
+        )
+    sub.add_argument("--epochs", type=int, help="default: the spec's [train] epochs")
+    sub.add_argument("--lr", type=float, help="learning rate (default: the spec's)")
+    sub.add_argument("--batch-size", type=int, help="mini-batch size (default: the spec's)")
+    sub.add_argument("--optimizer", choices=("sgd", "momentum", "adam"), help="default: the spec's")
+    sub.add_argument("--seed", type=int, help="seed for initialisation, shuffling and the split")
+    sub.add_argument(
+        "--test-fraction", type=float, default=0.2, help="held-out share of the data (default 0.2)"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -16,7 +16,7 @@ import jinja2
 import sympy
 
 from symbackprop import __version__
-from symbackprop.derive import LP, P, Z, Derivation, derive
+from symbackprop.derive import LP, Derivation, P, Z, derive
 from symbackprop.functions import A, Y
 from symbackprop.numpy_erf import _erf
 from symbackprop.primitives import NUMPY_HELPERS
@@ -114,7 +114,9 @@ def context(derivation: Derivation) -> dict[str, object]:
     if out.softmax:
         assert out.q is not None
         loss_order = (P, LP, Y)
-        loss_kernel = _kernel("_loss_terms", out.loss, _args(out.loss, loss_order), "per-output loss")
+        loss_kernel = _kernel(
+            "_loss_terms", out.loss, _args(out.loss, loss_order), "per-output loss"
+        )
         q_kernel = _kernel("_q", out.q, _args(out.q, loss_order), "q = yhat * dl/dyhat")
         kernels["_loss_terms"] = loss_kernel
         kernels["_q"] = q_kernel
@@ -123,7 +125,9 @@ def context(derivation: Derivation) -> dict[str, object]:
     else:
         assert out.delta is not None
         loss_order = (Z, A, Y)
-        loss_kernel = _kernel("_loss_terms", out.loss, _args(out.loss, loss_order), "per-output loss")
+        loss_kernel = _kernel(
+            "_loss_terms", out.loss, _args(out.loss, loss_order), "per-output loss"
+        )
         delta_kernel = _kernel(
             "_output_error", out.delta, _args(out.delta, loss_order), "dl/dz of the output layer"
         )
@@ -133,9 +137,7 @@ def context(derivation: Derivation) -> dict[str, object]:
         q_args = []
     loss_args = [array[a] for a in loss_kernel.args if a != "Y"]
     loss_call = f"_loss_terms({', '.join(array[a] for a in loss_kernel.args)})"
-    delta_args = (
-        [array[a] for a in kernels["_output_error"].args] if not out.softmax else []
-    )
+    delta_args = [array[a] for a in kernels["_output_error"].args] if not out.softmax else []
     # _forward returns what _gradients uses, and the output last (for forward());
     # names _gradients does not read are unpacked with a leading underscore.
     used = set(loss_args) | set(q_args) | set(delta_args)
@@ -165,7 +167,11 @@ def context(derivation: Derivation) -> dict[str, object]:
             helpers.append(NUMPY_HELPERS[helper].rstrip("\n"))
 
     classification = net.loss.classification
-    if classification and not (net.output.softmax or sizes[-1] == 1) or net.loss.name == "binary_cross_entropy":
+    if (
+        classification
+        and not (net.output.softmax or sizes[-1] == 1)
+        or net.loss.name == "binary_cross_entropy"
+    ):
         predict = "threshold"
         predict_doc = "0/1 labels: output > 0.5 (shape (batch,) for one output)."
     elif classification:

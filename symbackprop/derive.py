@@ -20,7 +20,7 @@ from functools import lru_cache
 
 import sympy
 
-from symbackprop.functions import A, X, Y, YHAT, Activation, Loss
+from symbackprop.functions import YHAT, A, Activation, Loss, X
 from symbackprop.graph import SymbolicNetwork, build
 from symbackprop.primitives import step, to_textbook_form
 from symbackprop.spec import NetworkSpec
@@ -70,7 +70,8 @@ class OutputRule:
             return P not in self.q.free_symbols
         assert self.delta is not None
         return not any(
-            isinstance(e, sympy.Pow) and e.exp.is_negative for e in sympy.preorder_traversal(self.delta)
+            isinstance(e, sympy.Pow) and e.exp.is_negative
+            for e in sympy.preorder_traversal(self.delta)
         )
 
 
@@ -94,6 +95,12 @@ class Derivation:
             if equation.key == key:
                 return equation.number
         raise KeyError(key)
+
+    def _repr_markdown_(self) -> str:
+        """The whole derivation document, for Jupyter."""
+        from symbackprop.render import render_markdown  # render builds on this module
+
+        return render_markdown(self)
 
     def _repr_latex_(self) -> str:
         lines = [rf"\text{{({e.number}) {e.title}:}}\quad {e.latex}" for e in self.equations]
@@ -218,22 +225,36 @@ def softmax_jacobian_check(n: int = 3) -> sympy.Matrix:
 # --- equations -------------------------------------------------------------------------------
 
 
-def _equations(net: SymbolicNetwork, layers: tuple[ActivationDerivative, ...], out: OutputRule) -> tuple[Equation, ...]:
+def _equations(
+    net: SymbolicNetwork, layers: tuple[ActivationDerivative, ...], out: OutputRule
+) -> tuple[Equation, ...]:
     rows: list[tuple[str, str, str]] = [
-        ("forward.linear", "pre-activation", r"z^{(l)} = W^{(l)} a^{(l-1)} + b^{(l)},\quad a^{(0)} = x"),
+        (
+            "forward.linear",
+            "pre-activation",
+            r"z^{(l)} = W^{(l)} a^{(l-1)} + b^{(l)},\quad a^{(0)} = x",
+        ),
         ("forward.activation", "activation", r"a^{(l)} = f_l\left(z^{(l)}\right)"),
     ]
     if net.output.softmax:
         rows.append(
-            ("forward.softmax", "softmax output",
-             r"\hat y_k = \frac{e^{z^{(L)}_k}}{\sum_j e^{z^{(L)}_j}},\quad "
-             r"\log \hat y_k = z^{(L)}_k - \max_j z^{(L)}_j - \log \sum_j e^{z^{(L)}_j - \max_i z^{(L)}_i}")
+            (
+                "forward.softmax",
+                "softmax output",
+                r"\hat y_k = \frac{e^{z^{(L)}_k}}{\sum_j e^{z^{(L)}_j}},\quad "
+                r"\log \hat y_k = z^{(L)}_k - \max_j z^{(L)}_j"
+                r" - \log \sum_j e^{z^{(L)}_j - \max_i z^{(L)}_i}",
+            )
         )
     l2 = r" + \frac{\lambda}{2}\sum_l \lVert W^{(l)} \rVert^2" if net.spec.l2 else ""
     rows.append(
-        ("loss", "loss (batch mean)",
-         rf"L = \frac{{1}}{{B}} \sum_{{s=1}}^{{B}} \sum_k \ell\left(\hat y_{{sk}}, y_{{sk}}\right){l2},\quad "
-         rf"\ell(\hat y, y) = {sympy.latex(net.loss.expr)}")
+        (
+            "loss",
+            "loss (batch mean)",
+            r"L = \frac{1}{B} \sum_{s=1}^{B} \sum_k \ell\left(\hat y_{sk}, y_{sk}\right)"
+            rf"{l2},\quad "
+            rf"\ell(\hat y, y) = {sympy.latex(net.loss.expr)}",
+        )
     )
     seen: set[str] = set()
     for d in layers:
@@ -248,30 +269,56 @@ def _equations(net: SymbolicNetwork, layers: tuple[ActivationDerivative, ...], o
     if out.softmax:
         assert out.q is not None
         rows.append(
-            ("delta.output", "output error (softmax)",
-             rf"\delta^{{(L)}}_k = q_k - \hat y_k \sum_j q_j,\quad q = \hat y\,\frac{{\partial \ell}}{{\partial \hat y}} = {sympy.latex(out.q)}")
+            (
+                "delta.output",
+                "output error (softmax)",
+                r"\delta^{(L)}_k = q_k - \hat y_k \sum_j q_j,\quad "
+                r"q = \hat y\,\frac{\partial \ell}{\partial \hat y} = " + sympy.latex(out.q),
+            )
         )
     else:
         assert out.delta is not None
         rows.append(
-            ("delta.output", "output error",
-             rf"\delta^{{(L)}} = \frac{{\partial \ell}}{{\partial z^{{(L)}}}} = {sympy.latex(out.delta)}")
+            (
+                "delta.output",
+                "output error",
+                r"\delta^{(L)} = \frac{\partial \ell}{\partial z^{(L)}} = "
+                + sympy.latex(out.delta),
+            )
         )
     rows += [
-        ("delta.hidden", "error recursion",
-         r"\delta^{(l)} = \left(W^{(l+1)\top} \delta^{(l+1)}\right) \odot f_l'\left(z^{(l)}\right)"),
-        ("grad.W", "weight gradient",
-         r"\frac{\partial L}{\partial W^{(l)}} = \frac{1}{B}\sum_s \delta^{(l)}_s a^{(l-1)\top}_s"
-         + (r" + \lambda W^{(l)}" if net.spec.l2 else "")),
-        ("grad.b", "bias gradient", r"\frac{\partial L}{\partial b^{(l)}} = \frac{1}{B}\sum_s \delta^{(l)}_s"),
-        ("update", "gradient descent", r"\theta \leftarrow \theta - \eta \frac{\partial L}{\partial \theta}"),
+        (
+            "delta.hidden",
+            "error recursion",
+            r"\delta^{(l)} = \left(W^{(l+1)\top} \delta^{(l+1)}\right)"
+            r" \odot f_l'\left(z^{(l)}\right)",
+        ),
+        (
+            "grad.W",
+            "weight gradient",
+            r"\frac{\partial L}{\partial W^{(l)}} = "
+            r"\frac{1}{B}\sum_s \delta^{(l)}_s a^{(l-1)\top}_s"
+            + (r" + \lambda W^{(l)}" if net.spec.l2 else ""),
+        ),
+        (
+            "grad.b",
+            "bias gradient",
+            r"\frac{\partial L}{\partial b^{(l)}} = \frac{1}{B}\sum_s \delta^{(l)}_s",
+        ),
+        (
+            "update",
+            "gradient descent",
+            r"\theta \leftarrow \theta - \eta \frac{\partial L}{\partial \theta}",
+        ),
     ]
     return tuple(Equation(i + 1, key, title, tex) for i, (key, title, tex) in enumerate(rows))
 
 
 def derive(spec_or_network: NetworkSpec | SymbolicNetwork) -> Derivation:
     """The whole derivation for a spec (validating it) or an already built network."""
-    net = spec_or_network if isinstance(spec_or_network, SymbolicNetwork) else build(spec_or_network)
+    net = (
+        spec_or_network if isinstance(spec_or_network, SymbolicNetwork) else build(spec_or_network)
+    )
     layers = tuple(derive_activation(act) for act in net.activations)
     out = derive_output(net.output, net.loss)
     return Derivation(net, layers, out, _equations(net, layers, out))

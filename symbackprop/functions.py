@@ -164,6 +164,7 @@ LOSSES: dict[str, Loss] = {
     )
 }
 
+
 def activation(spec: FunctionSpec, field: str) -> Activation:
     """The registry entry for a built-in name, or a custom activation parsed from ``expr``."""
     if spec.expr is not None:

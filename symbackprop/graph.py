@@ -20,7 +20,7 @@ from functools import cached_property
 import sympy
 
 from symbackprop.errors import InputError
-from symbackprop.functions import X, Y, YHAT, Activation, Loss, resolve
+from symbackprop.functions import YHAT, Activation, Loss, X, Y, resolve
 from symbackprop.spec import NetworkSpec
 
 EXPANDED_LIMIT = 50  # parameters; beyond this SymPy takes minutes to differentiate
@@ -144,7 +144,7 @@ class SymbolicNetwork:
         return sympy.Add(
             *(
                 self.loss.expr.xreplace({YHAT: out, Y: tgt})
-                for out, tgt in zip(outputs, self.targets())
+                for out, tgt in zip(outputs, self.targets(), strict=True)
             )
         )
 
@@ -172,7 +172,7 @@ class SymbolicNetwork:
                 nodes.append(Node(zs[-1], expr, "z", layer))
             outs = self.apply(layer, zs)
             previous = [activation(layer, i + 1) for i in range(self.sizes[layer])]
-            nodes.extend(Node(s, e, "a", layer) for s, e in zip(previous, outs))
+            nodes.extend(Node(s, e, "a", layer) for s, e in zip(previous, outs, strict=True))
         nodes.append(Node(LOSS, self.sample_loss(previous), "loss", self.depth + 1))
         return tuple(nodes)
 

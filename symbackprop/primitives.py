@@ -198,6 +198,4 @@ def to_textbook_form(expr: sympy.Expr) -> sympy.Expr:
     ``fdiff`` above) produce their derivatives.  The kinks (step, relu, leaky_relu, elu)
     stay: they have no smooth closed form.
     """
-    return expr.replace(
-        lambda e: isinstance(e, (sigmoid, softplus)), lambda e: e.rewrite(exp)
-    )
+    return expr.replace(lambda e: isinstance(e, (sigmoid, softplus)), lambda e: e.rewrite(exp))

@@ -91,7 +91,7 @@ class NetworkSpec:
     @property
     def parameter_count(self) -> int:
         sizes = self.sizes
-        return sum(n_out * n_in + n_out for n_in, n_out in zip(sizes, sizes[1:]))
+        return sum(n_out * n_in + n_out for n_in, n_out in zip(sizes, sizes[1:], strict=False))
 
 
 # --- reading ------------------------------------------------------------------------------
@@ -244,7 +244,9 @@ def _layers(value: Any) -> tuple[LayerSpec, ...]:
     for i, layer in enumerate(value):
         path = f"layers[{i}]"
         if not isinstance(layer, Mapping):
-            raise InputError(path, f"expected a table with units and activation, got {_kind(layer)}")
+            raise InputError(
+                path, f"expected a table with units and activation, got {_kind(layer)}"
+            )
         _reject_unknown(layer, {"units", "activation"}, f"{path}.")
         units = _positive_int(_required(layer, "units", f"{path}."), f"{path}.units")
         activation = _function(_required(layer, "activation", f"{path}."), f"{path}.activation")

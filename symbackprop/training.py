@@ -37,8 +37,9 @@ class Progress:
     epoch: int
     epochs: int
     loss: float
-    test_metric: float
+    test_metric: float  # accuracy (classification) or RMSE (regression) on the test part
     seconds: float
+    classification: bool
 
 
 @dataclass(frozen=True)
@@ -77,16 +78,22 @@ def options(spec: NetworkSpec, **overrides: object) -> TrainSpec:
         if key in chosen and (not isinstance(chosen[key], int) or chosen[key] < 1):
             flag = "--" + key.replace("_", "-")
             raise InputError(flag, f"expected a positive integer, got {chosen[key]!r}")
-    if "lr" in chosen and not (isinstance(chosen["lr"], float) and math.isfinite(chosen["lr"]) and chosen["lr"] > 0):
+    if "lr" in chosen and not (
+        isinstance(chosen["lr"], float) and math.isfinite(chosen["lr"]) and chosen["lr"] > 0
+    ):
         raise InputError("--lr", f"expected a positive number, got {chosen['lr']!r}")
     if "optimizer" in chosen and chosen["optimizer"] not in OPTIMIZERS:
-        raise InputError("--optimizer", f"expected one of {', '.join(OPTIMIZERS)}, got {chosen['optimizer']!r}")
+        raise InputError(
+            "--optimizer", f"expected one of {', '.join(OPTIMIZERS)}, got {chosen['optimizer']!r}"
+        )
     if "seed" in chosen and (not isinstance(chosen["seed"], int) or chosen["seed"] < 0):
         raise InputError("--seed", f"expected a non-negative integer, got {chosen['seed']!r}")
     return replace(spec.train, **chosen)
 
 
-def _metric(module: types.ModuleType, params: dict, X: np.ndarray, y: np.ndarray, classification: bool) -> float:
+def _metric(
+    module: types.ModuleType, params: dict, X: np.ndarray, y: np.ndarray, classification: bool
+) -> float:
     if classification:
         return float(np.mean(module.predict(params, X) == y))
     outputs = module.forward(params, X)
@@ -117,7 +124,9 @@ def train(
     source = generate(derivation)
     module = load_module(source, spec.name)
     sample = (dataset.X_train[:CHECK_BATCH], dataset.y_train[:CHECK_BATCH])
-    certificate = certify(derivation, batch=len(sample[0]), seed=opts.seed, module_source=source, data=sample)
+    certificate = certify(
+        derivation, batch=len(sample[0]), seed=opts.seed, module_source=source, data=sample
+    )
     if checked is not None:
         checked(certificate)
     if not certificate.passed:
@@ -130,7 +139,11 @@ def train(
     def report(epoch: int, loss: float) -> None:
         if progress is not None:
             metric = _metric(module, params, dataset.X_test, dataset.y_test, classification)
-            progress(Progress(epoch, opts.epochs, loss, metric, time.perf_counter() - start))
+            progress(
+                Progress(
+                    epoch, opts.epochs, loss, metric, time.perf_counter() - start, classification
+                )
+            )
 
     history = module.fit(
         params,

@@ -26,13 +26,13 @@ import sympy
 
 from symbackprop.codegen import generate
 from symbackprop.derive import Derivation, derive
+from symbackprop.functions import X as X_SYMBOL
 from symbackprop.graph import (
     EXPANDED_LIMIT,
     GRAPH_LIMIT,
     LOSS,
     SymbolicNetwork,
 )
-from symbackprop.functions import X as X_SYMBOL
 from symbackprop.numpy_erf import _erf
 from symbackprop.primitives import NUMPY_HELPERS, to_textbook_form
 from symbackprop.printing import numpy_code
@@ -91,7 +91,10 @@ class Certificate:
         ]
         if self.exact_view:
             lines.append(f"exact witness: {self.exact_view}")
-        header = f"{'parameter':<10} {'shape':<12} {'witness':<12} {'entries':>7} {'max abs err':>12} {'max rel err':>12}  result"
+        header = (
+            f"{'parameter':<10} {'shape':<12} {'witness':<12} {'entries':>7} "
+            f"{'max abs err':>12} {'max rel err':>12}  result"
+        )
         lines += [header, "-" * len(header)]
         for p in self.parameters:
             for r in p.results:
@@ -105,7 +108,10 @@ class Certificate:
         lines.extend(self.notes)
         verdict = "PASS" if self.passed else "FAIL"
         failed = sum(not p.passed for p in self.parameters)
-        lines.append(f"{verdict}: {len(self.parameters) - failed}/{len(self.parameters)} parameters agree with every witness")
+        lines.append(
+            f"{verdict}: {len(self.parameters) - failed}/{len(self.parameters)} "
+            "parameters agree with every witness"
+        )
         return "\n".join(lines)
 
 
@@ -188,7 +194,9 @@ def check_point(
 # --- witness 1: finite differences -----------------------------------------------------------
 
 
-def finite_differences(module: types.ModuleType, params: dict, X: np.ndarray, Y: np.ndarray, seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def finite_differences(
+    module: types.ModuleType, params: dict, X: np.ndarray, Y: np.ndarray, seed: int
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """(flat indices checked, derivative estimates) per parameter."""
     rng = np.random.default_rng(seed + 1)
     estimates = {}
@@ -220,15 +228,15 @@ def _exact(value: float) -> sympy.Float:
 
 
 def _data_values(net: SymbolicNetwork, x: np.ndarray, y: np.ndarray) -> dict:
-    values = {s: _exact(v) for s, v in zip(net.inputs(), x)}
-    values.update({s: _exact(v) for s, v in zip(net.targets(), y)})
+    values = {s: _exact(v) for s, v in zip(net.inputs(), x, strict=True)}
+    values.update({s: _exact(v) for s, v in zip(net.targets(), y, strict=True)})
     return values
 
 
 def _parameter_values(net: SymbolicNetwork, params: dict) -> dict:
     values = {}
     for key, symbols in net.parameters().items():
-        values.update({s: _exact(v) for s, v in zip(symbols, params[key].reshape(-1))})
+        values.update({s: _exact(v) for s, v in zip(symbols, params[key].reshape(-1), strict=True)})
     return values
 
 
@@ -239,13 +247,15 @@ def _l2_term(net: SymbolicNetwork, params: dict, grads: dict[str, np.ndarray]) -
                 grads[key] = grads[key] + net.spec.l2 * params[key]
 
 
-def exact_expanded(net: SymbolicNetwork, params: dict, X: np.ndarray, Y: np.ndarray) -> dict[str, np.ndarray]:
+def exact_expanded(
+    net: SymbolicNetwork, params: dict, X: np.ndarray, Y: np.ndarray
+) -> dict[str, np.ndarray]:
     """SymPy's gradient of the fully expanded composite, per sample, averaged."""
     per_sample = to_textbook_form(net.expanded_loss())
     theta = _parameter_values(net, params)
     symbols = net.parameters()
     total = {key: np.zeros(params[key].size) for key in symbols}
-    for x, y in zip(X, Y):
+    for x, y in zip(X, Y, strict=True):
         loss = per_sample.xreplace(_data_values(net, x, y))
         for key, group in symbols.items():
             for n, s in enumerate(group):
@@ -284,7 +294,20 @@ def local_partials(expr: sympy.Expr) -> list[tuple[sympy.Symbol, sympy.Expr]]:
     return [(s, sympy.diff(expr, s)) for s in sorted(expr.free_symbols, key=str)]
 
 
-def exact_graph(net: SymbolicNetwork, params: dict, X: np.ndarray, Y: np.ndarray) -> dict[str, np.ndarray]:
+def _evaluate(expr: sympy.Expr, numbers: dict, values: dict) -> mpmath.mpf:
+    """One node or partial in high precision; ``numbers`` and ``values`` hold the same point."""
+    # most local partials are a single symbol (a weight or an activation) or a number; only
+    # activation and loss nodes need SymPy's evaluation
+    if expr.is_Symbol:
+        return numbers[expr]
+    if expr.is_Number:
+        return mpmath.mpf(sympy.Float(expr, PRECISION))
+    return mpmath.mpf(sympy.Float(expr.xreplace(values).evalf(PRECISION), PRECISION))
+
+
+def exact_graph(
+    net: SymbolicNetwork, params: dict, X: np.ndarray, Y: np.ndarray
+) -> dict[str, np.ndarray]:
     """The neuron-level graph: local sympy.diff per node, reverse accumulation, 40 digits."""
     nodes = [(n.symbol, to_textbook_form(n.expr)) for n in net.neuron_graph]
     local = [(symbol, local_partials(expr)) for symbol, expr in nodes]
@@ -292,22 +315,12 @@ def exact_graph(net: SymbolicNetwork, params: dict, X: np.ndarray, Y: np.ndarray
     symbols = net.parameters()
     total = {key: np.zeros(params[key].size) for key in symbols}
     with mpmath.workdps(PRECISION):
-        for x, y in zip(X, Y):
+        for x, y in zip(X, Y, strict=True):
             values = dict(theta)
             values.update(_data_values(net, x, y))
             numbers = {s: mpmath.mpf(v) for s, v in values.items()}
-
-            def evaluate(expr: sympy.Expr) -> mpmath.mpf:
-                # most local partials are a single symbol (a weight or an activation) or a
-                # number; only the activation and loss nodes need SymPy's evaluation
-                if expr.is_Symbol:
-                    return numbers[expr]
-                if expr.is_Number:
-                    return mpmath.mpf(sympy.Float(expr, PRECISION))
-                return mpmath.mpf(sympy.Float(expr.xreplace(values).evalf(PRECISION), PRECISION))
-
             for symbol, expr in nodes:
-                numbers[symbol] = evaluate(expr)
+                numbers[symbol] = _evaluate(expr, numbers, values)
                 values[symbol] = sympy.Float(numbers[symbol], PRECISION)
             adjoint = {LOSS: mpmath.mpf(1)}
             for symbol, partials in reversed(local):
@@ -315,7 +328,7 @@ def exact_graph(net: SymbolicNetwork, params: dict, X: np.ndarray, Y: np.ndarray
                 if bar is None:
                     continue
                 for s, partial in partials:
-                    adjoint[s] = adjoint.get(s, 0) + bar * evaluate(partial)
+                    adjoint[s] = adjoint.get(s, 0) + bar * _evaluate(partial, numbers, values)
             for key, group in symbols.items():
                 total[key] += [float(adjoint.get(s, 0)) for s in group]
     grads = {k: (v / len(X)).reshape(params[k].shape) for k, v in total.items()}
@@ -332,41 +345,75 @@ def _torch_namespace(torch: types.ModuleType) -> dict[str, Callable]:
     def maximum(*args: object) -> object:
         result = args[0]
         for arg in args[1:]:
-            result = torch.maximum(torch.as_tensor(result, dtype=torch.float64), torch.as_tensor(arg, dtype=torch.float64))
+            result = torch.maximum(
+                torch.as_tensor(result, dtype=torch.float64),
+                torch.as_tensor(arg, dtype=torch.float64),
+            )
         return result
 
     def minimum(*args: object) -> object:
         result = args[0]
         for arg in args[1:]:
-            result = torch.minimum(torch.as_tensor(result, dtype=torch.float64), torch.as_tensor(arg, dtype=torch.float64))
+            result = torch.minimum(
+                torch.as_tensor(result, dtype=torch.float64),
+                torch.as_tensor(arg, dtype=torch.float64),
+            )
         return result
 
     return {
-        "exp": torch.exp, "log": torch.log, "sqrt": torch.sqrt, "sin": torch.sin,
-        "cos": torch.cos, "tan": torch.tan, "sinh": torch.sinh, "cosh": torch.cosh,
-        "tanh": torch.tanh, "asin": torch.asin, "acos": torch.acos, "atan": torch.atan,
-        "asinh": torch.asinh, "atanh": torch.atanh, "erf": torch.erf, "Abs": torch.abs,
-        "sigmoid": torch.sigmoid, "softplus": F.softplus, "relu": torch.relu,
-        "leaky_relu": lambda v: F.leaky_relu(v, 0.01), "elu": F.elu,
-        "Max": maximum, "Min": minimum, "pi": float(sympy.pi), "E": float(sympy.E),
+        "exp": torch.exp,
+        "log": torch.log,
+        "sqrt": torch.sqrt,
+        "sin": torch.sin,
+        "cos": torch.cos,
+        "tan": torch.tan,
+        "sinh": torch.sinh,
+        "cosh": torch.cosh,
+        "tanh": torch.tanh,
+        "asin": torch.asin,
+        "acos": torch.acos,
+        "atan": torch.atan,
+        "asinh": torch.asinh,
+        "atanh": torch.atanh,
+        "erf": torch.erf,
+        "Abs": torch.abs,
+        "sigmoid": torch.sigmoid,
+        "softplus": F.softplus,
+        "relu": torch.relu,
+        "leaky_relu": lambda v: F.leaky_relu(v, 0.01),
+        "elu": F.elu,
+        "Max": maximum,
+        "Min": minimum,
+        "pi": float(sympy.pi),
+        "E": float(sympy.E),
     }
 
 
 def _torch_activation(torch: types.ModuleType, name: str) -> Callable | None:
     F = torch.nn.functional
     return {
-        "identity": lambda v: v, "relu": torch.relu, "leaky_relu": lambda v: F.leaky_relu(v, 0.01),
-        "sigmoid": torch.sigmoid, "tanh": torch.tanh, "softplus": F.softplus, "elu": F.elu,
-        "gelu": F.gelu, "silu": F.silu,
+        "identity": lambda v: v,
+        "relu": torch.relu,
+        "leaky_relu": lambda v: F.leaky_relu(v, 0.01),
+        "sigmoid": torch.sigmoid,
+        "tanh": torch.tanh,
+        "softplus": F.softplus,
+        "elu": F.elu,
+        "gelu": F.gelu,
+        "silu": F.silu,
     }.get(name)
 
 
-def pytorch_gradients(net: SymbolicNetwork, params: dict, X: np.ndarray, Y: np.ndarray) -> dict[str, np.ndarray]:
+def pytorch_gradients(
+    net: SymbolicNetwork, params: dict, X: np.ndarray, Y: np.ndarray
+) -> dict[str, np.ndarray]:
     import torch
 
     F = torch.nn.functional
     namespace = _torch_namespace(torch)
-    tensors = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True) for k, v in params.items()}
+    tensors = {
+        k: torch.tensor(v, dtype=torch.float64, requires_grad=True) for k, v in params.items()
+    }
     values = torch.tensor(X, dtype=torch.float64)
     target = torch.tensor(Y, dtype=torch.float64)
     for index, act in enumerate(net.activations, start=1):
@@ -399,7 +446,9 @@ def pytorch_gradients(net: SymbolicNetwork, params: dict, X: np.ndarray, Y: np.n
         fn = sympy.lambdify((yhat, y), loss.expr, modules=[namespace])
         value = fn(p, target).sum() / batch
     if net.spec.l2:
-        value = value + 0.5 * net.spec.l2 * sum((t**2).sum() for k, t in tensors.items() if k.startswith("W"))
+        value = value + 0.5 * net.spec.l2 * sum(
+            (t**2).sum() for k, t in tensors.items() if k.startswith("W")
+        )
     value.backward()
     return {k: t.grad.numpy().copy() for k, t in tensors.items()}
 
@@ -407,7 +456,9 @@ def pytorch_gradients(net: SymbolicNetwork, params: dict, X: np.ndarray, Y: np.n
 # --- the certificate -------------------------------------------------------------------------
 
 
-def _compare(witness: str, got: np.ndarray, reference: np.ndarray, noise: float = 0.0) -> WitnessResult:
+def _compare(
+    witness: str, got: np.ndarray, reference: np.ndarray, noise: float = 0.0
+) -> WitnessResult:
     """Pass when |got - ref| <= tol * max(|ref|, floor); the floor is at least noise / tol."""
     tol, floor = TOLERANCE[witness]
     floor = max(floor, noise / tol)
@@ -454,17 +505,28 @@ def certify(
     # rounding in the stencil: each loss carries ~eps*|L|, divided by ~h (a generous 10x)
     noise = 10 * np.finfo(np.float64).eps * max(1.0, abs(value)) / FD_STEP
     for key, (indices, estimates) in finite_differences(module, params, X, Y, seed).items():
-        results[key].append(_compare("finite-diff", grads[key].reshape(-1)[indices], estimates, noise))
+        results[key].append(
+            _compare("finite-diff", grads[key].reshape(-1)[indices], estimates, noise)
+        )
 
     count = net.parameter_count
     exact_view = ""
     if count <= EXPANDED_LIMIT:
         exact, exact_view = exact_expanded(net, params, X, Y), "the fully expanded composite"
     elif count <= GRAPH_LIMIT:
-        exact, exact_view = exact_graph(net, params, X, Y), "the neuron-level graph (reverse accumulation)"
+        exact, exact_view = (
+            exact_graph(net, params, X, Y),
+            "the neuron-level graph (reverse accumulation)",
+        )
     else:
         exact = None
-        skipped.append(("exact", f"{count} parameters is above the neuron-level limit of {GRAPH_LIMIT}; finite differences and PyTorch still check every layer"))
+        skipped.append(
+            (
+                "exact",
+                f"{count} parameters is above the neuron-level limit of {GRAPH_LIMIT}; "
+                "finite differences and PyTorch still check every layer",
+            )
+        )
     if exact is not None:
         witnesses.append("exact")
         for key in params:
@@ -481,4 +543,6 @@ def certify(
         skipped.append(("pytorch", "torch is not importable (optional)"))
 
     parameters = tuple(ParameterCheck(k, params[k].shape, tuple(v)) for k, v in results.items())
-    return Certificate(net.spec.name, parameters, tuple(witnesses), tuple(skipped), batch, value, exact_view)
+    return Certificate(
+        net.spec.name, parameters, tuple(witnesses), tuple(skipped), batch, value, exact_view
+    )

@@ -7,7 +7,10 @@ import pytest
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
-        "--update", action="store_true", default=False, help="rewrite the golden files in generated/"
+        "--update",
+        action="store_true",
+        default=False,
+        help="rewrite the golden files in generated/",
     )
 
 

@@ -38,7 +38,15 @@ CUSTOM_ACTIVATIONS = [
 ]
 
 
-def spec(hidden: list, output: str, loss: object, inputs: int = 3, units: int = 3, outputs: int = 2, l2: float = 0.0) -> object:
+def spec(
+    hidden: list,
+    output: str,
+    loss: object,
+    inputs: int = 3,
+    units: int = 3,
+    outputs: int = 2,
+    l2: float = 0.0,
+) -> object:
     layers = [{"units": units, "activation": act} for act in hidden]
     layers.append({"units": outputs, "activation": output})
     return from_dict({"name": "net", "inputs": inputs, "loss": loss, "l2": l2, "layers": layers})
@@ -60,12 +68,16 @@ def test_ci_has_the_torch_witness() -> None:
         assert torch_available(), "CI installs torch so that the PyTorch witness runs"
 
 
-@pytest.mark.parametrize("activation", HIDDEN + CUSTOM_ACTIVATIONS, ids=lambda a: a if isinstance(a, str) else a["name"])
+@pytest.mark.parametrize(
+    "activation", HIDDEN + CUSTOM_ACTIVATIONS, ids=lambda a: a if isinstance(a, str) else a["name"]
+)
 def test_each_hidden_activation(activation: object) -> None:
     assert_certified(spec([activation], "softmax", "cross_entropy"))
 
 
-@pytest.mark.parametrize("output,loss", OUTPUTS, ids=lambda v: v if isinstance(v, str) else v["name"])
+@pytest.mark.parametrize(
+    "output,loss", OUTPUTS, ids=lambda v: v if isinstance(v, str) else v["name"]
+)
 def test_each_output_and_loss(output: str, loss: object) -> None:
     outputs = 1 if loss == "binary_cross_entropy" else 2
     assert_certified(spec(["tanh"], output, loss, outputs=outputs))
@@ -81,7 +93,9 @@ def test_depths(depth: int) -> None:
 
 @pytest.mark.slow
 def test_graph_mode_witness_above_the_expanded_limit() -> None:
-    network = spec(["relu", "gelu"], "softmax", "cross_entropy", inputs=6, units=8, outputs=4, l2=0.01)
+    network = spec(
+        ["relu", "gelu"], "softmax", "cross_entropy", inputs=6, units=8, outputs=4, l2=0.01
+    )
     assert network.parameter_count > EXPANDED_LIMIT
     certificate = certify(network, batch=3)
     assert certificate.passed, certificate.table()
@@ -136,8 +150,12 @@ def test_layer_sizes_and_params(seed_module: object) -> None:
     assert params["W1"].shape == (3, 2) and params["b3"].shape == (2,)
     assert params["W1"].dtype == np.float64
     assert seed_module.init_params(seed=0, dtype=np.float32)["W2"].dtype == np.float32
-    np.testing.assert_array_equal(seed_module.init_params(seed=5)["W1"], seed_module.init_params(seed=5)["W1"])
-    assert not np.array_equal(seed_module.init_params(seed=5)["W1"], seed_module.init_params(seed=6)["W1"])
+    np.testing.assert_array_equal(
+        seed_module.init_params(seed=5)["W1"], seed_module.init_params(seed=5)["W1"]
+    )
+    assert not np.array_equal(
+        seed_module.init_params(seed=5)["W1"], seed_module.init_params(seed=6)["W1"]
+    )
 
 
 def test_forward_gives_probabilities(seed_module: object) -> None:
@@ -165,7 +183,9 @@ def test_train_step_is_sgd_in_place(seed_module: object) -> None:
     assert value == expected_loss
     assert params["W1"] is W1
     for key in params:
-        np.testing.assert_allclose(params[key], before[key] - 0.5 * grads[key], rtol=1e-15, atol=1e-17)
+        np.testing.assert_allclose(
+            params[key], before[key] - 0.5 * grads[key], rtol=1e-15, atol=1e-17
+        )
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam"])
@@ -174,12 +194,17 @@ def test_fit_lowers_the_loss(seed_module: object, optimizer: str) -> None:
     X = rng.normal(size=(200, 2))
     y = (X[:, 0] + X[:, 1] > 0).astype(int)
     params = seed_module.init_params(seed=0)
-    history = seed_module.fit(params, X, y, epochs=15, batch_size=16, lr=0.05, optimizer=optimizer, seed=0)
+    history = seed_module.fit(
+        params, X, y, epochs=15, batch_size=16, lr=0.05, optimizer=optimizer, seed=0
+    )
     assert len(history) == 15
     assert history[-1] < 0.6 * history[0]
     assert (seed_module.predict(params, X) == y).mean() > 0.9
     again = seed_module.init_params(seed=0)
-    assert seed_module.fit(again, X, y, epochs=15, batch_size=16, lr=0.05, optimizer=optimizer, seed=0) == history
+    assert (
+        seed_module.fit(again, X, y, epochs=15, batch_size=16, lr=0.05, optimizer=optimizer, seed=0)
+        == history
+    )
 
 
 def test_fit_matches_pytorch_optimizers() -> None:
@@ -205,7 +230,9 @@ def test_fit_matches_pytorch_optimizers() -> None:
             loss.backward()
             opt.step()
         for key in params:
-            np.testing.assert_allclose(params[key], tensors[key].detach().numpy(), rtol=1e-10, atol=1e-12)
+            np.testing.assert_allclose(
+                params[key], tensors[key].detach().numpy(), rtol=1e-10, atol=1e-12
+            )
 
 
 def test_last_partial_batch_is_used(seed_module: object) -> None:
@@ -253,7 +280,9 @@ def test_bad_params_raise_value_error(seed_module: object, mutate: object, messa
         (np.zeros((4, 2)), np.array([0, 1]), "Y has shape"),
     ],
 )
-def test_bad_data_raise_value_error(seed_module: object, X: np.ndarray, Y: np.ndarray, message: str) -> None:
+def test_bad_data_raise_value_error(
+    seed_module: object, X: np.ndarray, Y: np.ndarray, message: str
+) -> None:
     with pytest.raises(ValueError, match=message):
         seed_module.gradients(seed_module.init_params(), X, Y)
 

@@ -40,7 +40,9 @@ def test_golden_files_are_current(current: dict[str, str], update_golden: bool) 
             continue
         old = path.read_text(encoding="utf-8")
         if old != text:
-            diff = difflib.unified_diff(old.splitlines(), text.splitlines(), f"generated/{name}", "now", lineterm="")
+            diff = difflib.unified_diff(
+                old.splitlines(), text.splitlines(), f"generated/{name}", "now", lineterm=""
+            )
             problems.append("\n".join(list(diff)[:40]))
     assert not problems, "\n".join(problems)
 

@@ -10,7 +10,7 @@ import pytest
 import sympy
 
 from symbackprop.derive import Z, derive_activation, softmax_jacobian_check
-from symbackprop.functions import ACTIVATIONS, LOSSES, YHAT, Y, A, X
+from symbackprop.functions import ACTIVATIONS, LOSSES, YHAT, A, X, Y
 from symbackprop.primitives import PRIMITIVES, to_textbook_form
 from symbackprop.printing import numpy_code
 
@@ -26,7 +26,9 @@ def _evaluate(expr: sympy.Expr, symbol: sympy.Symbol, points: np.ndarray) -> np.
 @pytest.mark.parametrize("name", ELEMENTWISE)
 def test_expression_matches_numpy_reference(name: str) -> None:
     act = ACTIVATIONS[name]
-    np.testing.assert_allclose(_evaluate(act.expr, X, POINTS), act.reference(POINTS), rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(
+        _evaluate(act.expr, X, POINTS), act.reference(POINTS), rtol=1e-13, atol=1e-15
+    )
 
 
 @pytest.mark.parametrize("name", ELEMENTWISE)
@@ -61,7 +63,9 @@ def test_rewrite_through_output_agrees(name: str) -> None:
         assert name in ("gelu", "silu"), f"{name}: expected a rewrite through a = f(z)"
         return
     through = d.through_output.xreplace({A: d.f})
-    np.testing.assert_allclose(_evaluate(through, Z, POINTS), _evaluate(d.derivative, Z, POINTS), rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(
+        _evaluate(through, Z, POINTS), _evaluate(d.derivative, Z, POINTS), rtol=1e-13, atol=1e-15
+    )
 
 
 def test_textbook_rewrites() -> None:
@@ -79,7 +83,9 @@ def test_kink_conventions() -> None:
     assert derive_activation(ACTIVATIONS["elu"]).derivative.xreplace({Z: 0}) == 1
 
 
-@pytest.mark.parametrize("primitive", [p for p in PRIMITIVES if p.__name__ in ("sigmoid", "softplus")])
+@pytest.mark.parametrize(
+    "primitive", [p for p in PRIMITIVES if p.__name__ in ("sigmoid", "softplus")]
+)
 def test_smooth_primitive_fdiff_equals_textbook_diff(primitive: type) -> None:
     expr = primitive(X)
     ours = to_textbook_form(sympy.diff(expr, X))  # through the primitive's own fdiff
@@ -93,7 +99,10 @@ def test_loss_expression_matches_reference(name: str) -> None:
     yhat = np.array([0.1, 0.35, 0.62, 0.93])
     y = np.array([0.0, 1.0, 0.3, 1.0])
     expected = loss.reference(yhat, y)
-    got = [float(loss.expr.xreplace({YHAT: sympy.Float(a, 30), Y: sympy.Float(b, 30)}).evalf(30)) for a, b in zip(yhat, y)]
+    got = [
+        float(loss.expr.xreplace({YHAT: sympy.Float(a, 30), Y: sympy.Float(b, 30)}).evalf(30))
+        for a, b in zip(yhat, y, strict=True)
+    ]
     np.testing.assert_allclose(got, expected, rtol=1e-13)
 
 
