@@ -72,6 +72,71 @@ def cmd_codegen(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_derive(args: argparse.Namespace) -> int:
+    from symbackprop.derive import derive
+    from symbackprop.render import compile_pdf, render_markdown, render_tex
+
+    derivation = derive(_spec(args))
+    fmt = args.format or _format_from_suffix(args.output)
+    certificate = None
+    if not args.no_check:
+        from symbackprop.verify import certify
+
+        certificate = certify(derivation, use_torch=False if args.no_torch else None)
+    if fmt == "md":
+        document: str | bytes = render_markdown(derivation, certificate)
+    else:
+        document = render_tex(derivation, certificate)
+        if fmt == "pdf":
+            document = compile_pdf(document)
+    if args.output is None and fmt != "pdf":
+        sys.stdout.write(document)
+        return EXIT_OK
+    path = Path(args.output or f"{derivation.network.spec.name}.pdf")
+    if not str(path).strip():
+        raise InputError("-o", "expected a file name, got an empty string")
+    write_outputs({path: document})
+    print(f"wrote {path}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _format_from_suffix(output: str | None) -> str:
+    suffix = Path(output).suffix.lower() if output else ""
+    return {".md": "md", ".pdf": "pdf"}.get(suffix, "tex")
+
+
+def cmd_chain(args: argparse.Namespace) -> int:
+    from symbackprop.calculus import chain_report
+
+    print(chain_report(args.expr, args.var, args.format).rstrip("\n"))
+    return EXIT_OK
+
+
+def cmd_descent(args: argparse.Namespace) -> int:
+    from symbackprop.calculus import descent, descent_figure
+
+    if args.plot is not None and not args.plot.strip():
+        raise InputError("--plot", "expected a file name, got an empty string")
+    result = descent(args.expr, args.start, lr=args.lr, steps=args.steps, tol=args.tol)
+    if args.plot:
+        import io
+
+        figure = descent_figure(result)
+        buffer = io.BytesIO()
+        suffix = Path(args.plot).suffix.lower().lstrip(".") or "png"
+        try:
+            figure.savefig(buffer, format=suffix, dpi=120)
+        except ValueError as err:
+            raise InputError("--plot", str(err).splitlines()[0]) from None
+        write_outputs({Path(args.plot): buffer.getvalue()}, "--plot")
+    lines = result.text.rstrip("\n").splitlines()
+    print("\n".join(lines[:-1]))
+    if args.plot:
+        print(f"plot written to {args.plot}")
+    print(lines[-1])
+    return EXIT_CHECK_FAILED if result.diverged else EXIT_OK
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from symbackprop.verify import certify
 
@@ -273,6 +338,37 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("codegen", cmd_codegen, "generate the standalone NumPy module")
     sub.add_argument("spec", metavar="SPEC", help=spec_help)
     sub.add_argument("-o", "--output", metavar="FILE", help="write here instead of standard output")
+
+    sub = command("derive", cmd_derive, "the derivation document (LaTeX, Markdown or PDF)")
+    sub.add_argument("spec", metavar="SPEC", help=spec_help)
+    sub.add_argument(
+        "-o",
+        "--output",
+        metavar="FILE",
+        help="write here (default: standard output; pdf: NAME.pdf)",
+    )
+    sub.add_argument(
+        "--format", choices=("tex", "md", "pdf"), help="default: -o's suffix, else tex"
+    )
+    sub.add_argument("--no-check", action="store_true", help="leave the certificate out")
+    sub.add_argument(
+        "--no-torch", action="store_true", help="skip the certificate's PyTorch witness"
+    )
+
+    sub = command("chain", cmd_chain, "the chain rule on a composite function, step by step")
+    sub.add_argument("expr", metavar="EXPR", help='e.g. "sin(exp(x**2))"')
+    sub.add_argument("--var", help="the variable to differentiate by (default: x or the only one)")
+    sub.add_argument("--format", choices=("text", "md", "tex"), default="text")
+
+    sub = command("descent", cmd_descent, "gradient descent on a function of one or more variables")
+    sub.add_argument("expr", metavar="EXPR", help='e.g. "w1**2 + 3*w2**2"')
+    sub.add_argument("--start", required=True, help="start point, e.g. w1=3,w2=1")
+    sub.add_argument("--lr", type=float, default=0.1, help="learning rate (default 0.1)")
+    sub.add_argument("--steps", type=int, default=100, help="most iterations (default 100)")
+    sub.add_argument(
+        "--tol", type=float, default=1e-8, help="stop when |grad| < tol (default 1e-8)"
+    )
+    sub.add_argument("--plot", metavar="FILE", help="draw the path (.png; needs matplotlib)")
 
     sub = command(
         "check", cmd_check, "the certificate: every gradient against independent witnesses"

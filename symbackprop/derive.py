@@ -161,7 +161,10 @@ def derive_activation(act: Activation) -> ActivationDerivative:
     # Max/Min/abs in custom activations differentiate to Heaviside, whose H(0) = 1/2;
     # symbackprop's convention is step(0) = 0 (ReLU'(0) = 0, as in PyTorch).
     derivative = sympy.diff(f, Z).replace(sympy.Heaviside, lambda arg, *_: step(arg))
-    textbook = _tidy(sympy.diff(to_textbook_form(f), Z))
+    # as a student would write it by hand: simplify() turns swish' into cosh(z/2) forms
+    textbook = sympy.diff(to_textbook_form(f), Z).replace(
+        sympy.Heaviside, lambda arg, *_: step(arg)
+    )
     derivative = _tidy(derivative)
     return ActivationDerivative(act, f, derivative, textbook, _through_output(act, f, derivative))
 

@@ -164,12 +164,14 @@ def check_point(
     Parameters are the module's initialisation with random biases (so that every bias path
     is exercised); inputs and targets are random, or the first rows of ``data``.
     """
-    rng = np.random.default_rng(seed)
+    # separate streams: data drawn from the initialisation's own stream would copy W1 into X
+    data_rng = np.random.default_rng((seed, 1))
+    rng = np.random.default_rng((seed, 2))
     params = module.init_params(seed=seed, dtype=np.float64)
     if data is not None:
         X, y = np.array(data[0][:batch], dtype=np.float64), _targets(net, data[1][:batch])
     else:
-        X, y = rng.normal(0.0, 1.0, size=(batch, net.sizes[0])), None
+        X, y = data_rng.normal(0.0, 1.0, size=(batch, net.sizes[0])), None
     # Biases are random so that every bias path is exercised, and redrawn while a
     # pre-activation sits so close to 0 (where ReLU-like functions kink) that the
     # finite-difference stencil would straddle the kink.
@@ -183,11 +185,11 @@ def check_point(
         return params, X, y
     outputs = net.sizes[-1]
     if net.output.softmax and net.loss.classification:
-        Y = np.eye(outputs)[rng.integers(0, outputs, size=batch)]
+        Y = np.eye(outputs)[data_rng.integers(0, outputs, size=batch)]
     elif net.output.probability:
-        Y = rng.integers(0, 2, size=(batch, outputs)).astype(np.float64)
+        Y = data_rng.integers(0, 2, size=(batch, outputs)).astype(np.float64)
     else:
-        Y = rng.normal(0.0, 1.0, size=(batch, outputs))
+        Y = data_rng.normal(0.0, 1.0, size=(batch, outputs))
     return params, X, Y
 
 

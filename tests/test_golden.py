@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from symbackprop.codegen import generate
+from symbackprop.render import golden_documents
 from symbackprop.spec import bundled_examples, load_spec
 
 GENERATED = Path(__file__).resolve().parent.parent / "generated"
@@ -19,6 +20,7 @@ GENERATED = Path(__file__).resolve().parent.parent / "generated"
 def golden_files() -> dict[str, str]:
     """Relative path in generated/ -> the text symbackprop produces now."""
     files = {f"{name}.py": generate(load_spec(name)) for name in bundled_examples()}
+    files.update({path.removeprefix("generated/"): text for path, text in golden_documents().items()})
     return files
 
 

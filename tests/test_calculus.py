@@ -1,0 +1,230 @@
+"""The chain and descent commands: correct derivatives, contract last lines, clear errors."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import pytest
+import sympy
+
+from symbackprop.calculus import DescentResult, chain_report, descent, descent_figure
+from symbackprop.errors import InputError
+from symbackprop.primitives import sigmoid
+
+FINAL_RE = re.compile(r"final: ((?:\w+=\S+, )+)f=(\S+)")
+SYMPY_LOCALS = {"sigmoid": sigmoid}
+
+
+def _last_line_derivative(report: str, name: str) -> sympy.Expr:
+    last = report.rstrip("\n").splitlines()[-1]
+    prefix = f"f'({name}) = "
+    assert last.startswith(prefix), last
+    return sympy.sympify(last[len(prefix) :], locals=SYMPY_LOCALS)
+
+
+@pytest.mark.parametrize(
+    ("text", "var", "nested"),
+    [
+        ("sin(exp(x**2))", "x", ("u", "v")),
+        ("exp(sin(x))", "x", ("u",)),
+        ("log(1+x**2)", "x", ("u",)),
+        ("sqrt(1+tanh(x))", "x", ("u",)),
+        ("sigmoid(3*x)", "x", ("u",)),
+        ("(x**2+1)**10", "x", ("u",)),
+        ("sin(3*exp(x**2))", "x", ("u", "v")),
+        ("log(cosh(exp(-x)))", "x", ("u", "v", "w")),
+        ("7", "x", ()),
+        ("x", "x", ()),
+        ("x**2", "x", ()),
+        ("x*exp(x) + x**3", "x", ()),
+        ("sin(t**2)", "t", ("u",)),
+    ],
+)
+def test_chain_single_variable(text: str, var: str, nested: tuple[str, ...]) -> None:
+    report = chain_report(text)
+    symbol = sympy.Symbol(var)
+    expected = sympy.diff(sympy.sympify(text, locals=SYMPY_LOCALS), symbol)
+    got = _last_line_derivative(report, var)
+    assert sympy.simplify(got - expected) == 0
+    for name in nested:
+        assert re.search(rf"^  {name} = ", report, re.MULTILINE), report
+    if nested:
+        assert "chain rule" in report
+        assert "A(B(" in report
+
+
+def test_chain_names_sin_exp_square() -> None:
+    report = chain_report("sin(exp(x**2))")
+    assert "  u = C(x) = x**2" in report
+    assert "  v = B(u) = exp(u)" in report
+    assert "  f = A(v) = sin(v)" in report
+    assert "  dv/du = exp(u)" in report
+    assert "chain rule: df/dx = df/dv * dv/du * du/dx" in report
+    assert report.endswith("f'(x) = 2*x*exp(x**2)*cos(exp(x**2))\n")
+
+
+def test_chain_multi_variable_lists_every_partial_main_last() -> None:
+    report = chain_report("x*y")
+    lines = report.rstrip("\n").splitlines()
+    assert lines[-2] == "f'(y) = x"
+    assert lines[-1] == "f'(x) = y"
+    report = chain_report("sin(x*b**2) + a", var="b")
+    lines = report.rstrip("\n").splitlines()
+    assert [line.split(" = ")[0] for line in lines[-3:]] == ["f'(a)", "f'(x)", "f'(b)"]
+    b, x = sympy.symbols("b x")
+    got = _last_line_derivative(report, "b")
+    assert sympy.simplify(got - 2 * x * b * sympy.cos(x * b**2)) == 0
+
+
+def test_chain_multi_variable_without_x_uses_last_name() -> None:
+    lines = chain_report("p*q**2").rstrip("\n").splitlines()
+    assert lines[-2:] == ["f'(p) = q**2", "f'(q) = 2*p*q"]
+
+
+def test_chain_var_not_in_expression_is_zero() -> None:
+    report = chain_report("x**2", var="z")
+    assert report.rstrip("\n").splitlines()[-1] == "f'(z) = 0"
+    assert chain_report("5").rstrip("\n").splitlines()[-1] == "f'(x) = 0"
+
+
+def test_chain_abs_uses_real_variables() -> None:
+    assert chain_report("abs(x)").rstrip("\n").splitlines()[-1] == "f'(x) = sign(x)"
+
+
+def test_chain_markdown_and_latex() -> None:
+    markdown = chain_report("sin(exp(x**2))", fmt="md")
+    assert "$$" in markdown
+    assert r"\frac{dv}{du}" in markdown
+    tex = chain_report("sin(exp(x**2))", fmt="tex")
+    assert r"\begin{align*}" in tex and r"\end{align*}" in tex
+    assert r"\documentclass" not in tex
+    partial = chain_report("x*y", fmt="tex")
+    assert r"\frac{\partial f}{\partial x}" in partial
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"text": "foo(x)"}, "EXPR"),
+        ({"text": "x.__class__"}, "EXPR"),
+        ({"text": "x", "var": "1x"}, "--var"),
+        ({"text": "x", "var": "exp"}, "--var"),
+        ({"text": "x", "fmt": "pdf"}, "--format"),
+    ],
+)
+def test_chain_errors(kwargs: dict[str, str], field: str) -> None:
+    with pytest.raises(InputError) as caught:
+        chain_report(**kwargs)
+    assert caught.value.field == field
+
+
+def _final(result: DescentResult) -> tuple[dict[str, float], float]:
+    last = result.text.rstrip("\n").splitlines()[-1]
+    match = FINAL_RE.fullmatch(last)
+    assert match, last
+    pairs = dict(item.split("=") for item in match.group(1).rstrip(", ").split(", "))
+    return {name: float(value) for name, value in pairs.items()}, float(match.group(2))
+
+
+def test_descent_two_variables_converges() -> None:
+    result = descent("w1**2 + w2**2", "w1=3, w2=1", lr=0.1, steps=200)
+    values, f = _final(result)
+    assert list(values) == ["w1", "w2"]
+    assert result.converged and not result.diverged
+    assert abs(values["w1"]) < 1e-7 and abs(values["w2"]) < 1e-7 and f < 1e-12
+    assert result.partials == (2 * sympy.Symbol("w1"), 2 * sympy.Symbol("w2"))
+    assert "df/dw1 = 2*w1" in result.text
+    assert "gradient: grad f = (2*w1, 2*w2)" in result.text
+    assert "\n   ...  " in result.text  # long traces are shortened
+    assert result.trace[0] == (0, (3.0, 1.0), 10.0, math.sqrt(40.0))
+    last = result.text.rstrip("\n").splitlines()[-1]
+    assert last == f"final: w1={values['w1']!r}, w2={values['w2']!r}, f={f!r}"
+
+
+def test_descent_one_variable_converges_to_two() -> None:
+    result = descent("(w-2)**2", "w=0", lr=0.1, steps=500)
+    values, _ = _final(result)
+    assert abs(values["w"] - 2) < 1e-6
+    assert result.final_values == (values["w"],)
+
+
+def test_descent_rosenbrock_small_lr() -> None:
+    result = descent("(1-a)**2 + 100*(b-a**2)**2", "a=-1,b=1", lr=0.001, steps=20000, tol=1e-3)
+    values, f = _final(result)
+    assert result.converged
+    assert abs(values["a"] - 1) < 1e-2 and abs(values["b"] - 1) < 2e-2 and f < 1e-4
+    fs = [row[2] for row in result.trace]
+    assert all(b <= a for a, b in zip(fs, fs[1:], strict=False))  # small lr: f never rises
+
+
+def test_descent_diverges_when_lr_too_large() -> None:
+    result = descent("w**2", "w=1", lr=1.5)
+    assert result.diverged and not result.converged
+    assert "diverged" in result.stop_reason
+    _final(result)
+    overflow = descent("w**2", "w=1", lr=1.5, steps=2000)
+    assert overflow.diverged
+
+
+def test_descent_stops_at_tol() -> None:
+    result = descent("w**2", "w=1", lr=0.1, steps=1000, tol=1e-3)
+    assert result.converged
+    assert result.trace[-1][3] < 1e-3 <= result.trace[-2][3]
+    assert len(result.trace) < 100
+
+
+def test_descent_step_limit_and_start_order() -> None:
+    result = descent("w1*w2*w3", "w3=1,w1=2,w2=3", lr=0.01, steps=3)
+    values, _ = _final(result)
+    assert list(values) == ["w3", "w1", "w2"]
+    assert len(result.trace) == 4 and not result.converged and not result.diverged
+
+
+def test_descent_leaving_the_domain_is_diverged() -> None:
+    result = descent("log(w)", "w=1", lr=0.5, steps=10)
+    assert result.diverged
+    assert "undefined" in result.stop_reason
+
+
+def test_descent_primitives_evaluate() -> None:
+    result = descent("softplus(w) + sigmoid(w) + relu(w)", "w=3", lr=0.1, steps=5)
+    expected = math.log1p(math.exp(3)) + 1 / (1 + math.exp(-3)) + 3
+    assert math.isclose(result.trace[0][2], expected)
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "field"),
+    [
+        (("w**2", "w=1"), {"lr": 0}, "--lr"),
+        (("w**2", "w=1"), {"lr": math.inf}, "--lr"),
+        (("w**2", "w=1"), {"steps": 0}, "--steps"),
+        (("w**2", "w=1"), {"steps": 2.5}, "--steps"),
+        (("w**2", "w=1"), {"tol": -1}, "--tol"),
+        (("w**2", "w=1,v=2"), {}, "--start"),
+        (("w**2 + v", "w=1"), {}, "--start"),
+        (("w**2", "w=abc"), {}, "--start"),
+        (("w**2", "w=nan"), {}, "--start"),
+        (("w**2", "w=1,w=2"), {}, "--start"),
+        (("w**2", "w"), {}, "--start"),
+        (("w**2", ""), {}, "--start"),
+        (("log(w)", "w=-1"), {}, "--start"),
+        (("w^2", "w=1"), {}, "EXPR"),
+        (("3", "w=1"), {}, "EXPR"),
+    ],
+)
+def test_descent_errors(args: tuple[str, str], kwargs: dict[str, float], field: str) -> None:
+    with pytest.raises(InputError) as caught:
+        descent(*args, **kwargs)
+    assert caught.value.field == field
+
+
+@pytest.mark.parametrize(
+    ("text", "start"),
+    [("w1**2 + 3*w2**2", "w1=3,w2=1"), ("(w-2)**2", "w=0"), ("a**2+b**2+c**2", "a=1,b=2,c=3")],
+)
+def test_descent_figure(text: str, start: str) -> None:
+    pytest.importorskip("matplotlib")
+    figure = descent_figure(descent(text, start, steps=20))
+    assert figure.axes
+    figure.savefig(__import__("io").BytesIO(), format="png")

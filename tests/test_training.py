@@ -1,0 +1,149 @@
+"""train: certify, train with progress, final: line; the generated script with NumPy alone."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from symbackprop.cli import main
+from symbackprop.codegen import generate
+from symbackprop.spec import load_spec
+from symbackprop.verify import load_module
+
+FINAL_CLASSIFICATION = re.compile(
+    r"^final: train_loss=(\S+) test_loss=(\S+) train_accuracy=(\S+) test_accuracy=(\S+)$"
+)
+FINAL_REGRESSION = re.compile(r"^final: train_loss=(\S+) test_loss=(\S+) train_rmse=(\S+) test_rmse=(\S+)$")
+
+
+def last_line(text: str) -> str:
+    return text.rstrip("\n").splitlines()[-1]
+
+
+@pytest.fixture
+def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_train_digits_reaches_97_percent(in_tmp: Path, capsys: pytest.CaptureFixture) -> None:
+    code = main(["train", "digits_mlp", "--data", "digits", "--out", "w.npz"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "PASS" in out and "epoch 30/30" in out
+    lines = out.rstrip("\n").splitlines()
+    final = next(line for line in lines if line.startswith("final:"))
+    match = FINAL_CLASSIFICATION.match(final)
+    assert match, final
+    train_loss, test_loss, train_acc, test_acc = map(float, match.groups())
+    assert test_acc >= 0.97 and 0 <= train_acc <= 1 and train_loss < test_loss
+    module = load_module(generate(load_spec("digits_mlp")))
+    params = module.load("w.npz")
+    assert params["W1"].shape == (64, 64)
+
+
+def test_train_is_reproducible_and_overridable(in_tmp: Path, capsys: pytest.CaptureFixture) -> None:
+    args = ["train", "seed_mlp", "--data", "data.csv", "--epochs", "3", "--lr", "0.05"]
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(120, 2))
+    y = (X[:, 0] * X[:, 1] > 0).astype(int)
+    np.savetxt("data.csv", np.c_[X, y], delimiter=",", header="x1,x2,label", comments="")
+    assert main([*args, "--optimizer", "adam", "--seed", "4"]) == 0
+    first = capsys.readouterr().out
+    assert main([*args, "--optimizer", "adam", "--seed", "4"]) == 0
+    second = capsys.readouterr().out
+    assert last_line(first) == last_line(second)
+    assert "adam, lr 0.05, 3 epochs" in first
+    assert main([*args, "--optimizer", "sgd", "--seed", "5"]) == 0
+    assert last_line(capsys.readouterr().out) != last_line(first)
+
+
+def test_train_regression_prints_rmse(in_tmp: Path, capsys: pytest.CaptureFixture) -> None:
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(200, 3))
+    np.savez("reg.npz", X=X, y=np.sin(X[:, 0]) + 0.3 * X[:, 1])
+    assert main(["train", "tanh_regression", "--data", "reg.npz", "--epochs", "40"]) == 0
+    match = FINAL_REGRESSION.match(last_line(capsys.readouterr().out))
+    assert match
+    assert float(match.group(4)) < 0.5
+
+
+BAD_DATA = {
+    "missing.csv": None,
+    "ragged.csv": "1,2,0\n3,4\n",
+    "text.csv": "1,2,0\n3,abc,1\n",
+    "nan.csv": "1,2,0\nnan,4,1\n",
+    "narrow.csv": "1\n2\n",
+    "labels.csv": "1,2,0\n3,4,7\n",
+    "features.csv": "1,2,3,0\n4,5,6,1\n",
+    "fraction.csv": "1,2,0\n3,4,1\n5,6,0\n7,8,1\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_DATA))
+def test_bad_data_exits_2_with_one_line(name: str, in_tmp: Path, capsys: pytest.CaptureFixture) -> None:
+    if BAD_DATA[name] is not None:
+        Path(name).write_text(BAD_DATA[name])
+    extra = ["--test-fraction", "1.5"] if name == "fraction.csv" else []
+    code = main(["train", "seed_mlp", "--data", name, "--out", "w.npz", *extra])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and err.startswith("symbackprop: error:")
+    assert "Traceback" not in err
+    assert not Path("w.npz").exists()
+
+
+@pytest.mark.parametrize("flag,value", [("--epochs", "0"), ("--lr", "-1"), ("--batch-size", "0"), ("--seed", "-2")])
+def test_bad_training_flags(flag: str, value: str, in_tmp: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["train", "seed_mlp", "--data", "digits", flag, value]) == 2
+    assert flag in capsys.readouterr().err
+
+
+def test_generated_script_trains_with_numpy_alone(tmp_path: Path) -> None:
+    """python model.py DATA ... in a subprocess where symbackprop, SymPy and Jinja2 cannot load."""
+    (tmp_path / "model.py").write_text(generate(load_spec("seed_mlp")))
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(100, 2))
+    y = (X[:, 0] > X[:, 1]).astype(int)
+    np.savez(tmp_path / "data.npz", X=X, y=y)
+    np.savetxt(tmp_path / "data.csv", np.c_[X, y], delimiter=",", header="a,b,y", comments="")
+    runner = textwrap.dedent(
+        """
+        import runpy, sys
+        for name in ("symbackprop", "sympy", "jinja2", "mpmath", "torch"):
+            sys.modules[name] = None  # any import of these now raises ImportError
+        sys.argv = ["model.py", *sys.argv[1:]]
+        try:
+            runpy.run_path("model.py", run_name="__main__")
+        except SystemExit as stop:
+            code = stop.code
+        else:
+            code = 0
+        leaked = [m for m in ("symbackprop", "sympy", "jinja2") if sys.modules.get(m) is not None]
+        assert not leaked, leaked
+        sys.exit(code)
+        """
+    )
+    for data in ("data.npz", "data.csv"):
+        result = subprocess.run(
+            [sys.executable, "-c", runner, data, "--epochs", "30", "--lr", "0.5", "--out", "w.npz"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+        )
+        assert result.returncode == 0, result.stderr
+        assert "epoch 30/30" in result.stdout
+        final = next(line for line in result.stdout.splitlines() if line.startswith("final:"))
+        assert float(final.split("train_accuracy=")[1]) > 0.9
+        params = load_module(generate(load_spec("seed_mlp"))).load(str(tmp_path / "w.npz"))
+        assert params["W3"].shape == (2, 3)
+    help_run = subprocess.run([sys.executable, "model.py", "--help"], cwd=tmp_path, capture_output=True, text=True)
+    assert help_run.returncode == 0 and "--epochs" in help_run.stdout
+    bad = subprocess.run([sys.executable, "model.py", "nothing.npz"], cwd=tmp_path, capture_output=True, text=True)
+    assert bad.returncode == 2 and "error:" in bad.stderr
