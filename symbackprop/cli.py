@@ -39,7 +39,10 @@ def write_outputs(files: dict[Path, str | bytes], field: str = "-o") -> None:
             staged.append((temp, path))
             with os.fdopen(handle, "wb") as stream:
                 stream.write(content.encode("utf-8") if isinstance(content, str) else content)
+        mask = os.umask(0)
+        os.umask(mask)
         for temp, path in staged:
+            os.chmod(temp, 0o666 & ~mask)  # mkstemp makes 0600; a written file follows umask
             os.replace(temp, path)
     except OSError as err:
         for temp, _ in staged:
@@ -233,20 +236,54 @@ DEMO_SPEC = "digits_mlp"
 DEMO_DIR = "symbackprop-demo"
 
 
+ARTICLE_SPEC = "seed_mlp"
+
+
 def _demo_files(out: Path, name: str, with_pdf: bool) -> dict[str, Path]:
-    files = {kind: out / f"{name}.{kind}" for kind in ("py", "tex", "md")}
-    if with_pdf:
-        files["pdf"] = out / f"{name}.pdf"
+    kinds = ("py", "tex", "md", "pdf") if with_pdf else ("py", "tex", "md")
+    files = {kind: out / f"{name}.{kind}" for kind in kinds}
     files["npz"] = out / f"{name}_weights.npz"
+    for kind in kinds[1:]:
+        files[f"article.{kind}"] = out / f"{ARTICLE_SPEC}.{kind}"
     return files
+
+
+def _derivation_summary(derivation: object) -> list[str]:
+    """The derived rules in plain text (the documents have them in full)."""
+    lines = []
+    seen = set()
+    for layer in derivation.layers[:-1]:
+        name = layer.activation.name
+        if name in seen:
+            continue
+        seen.add(name)
+        eq = derivation.number(f"activation.{name}")
+        text = f"  ({eq}) {name}'(z) = {layer.derivative}"
+        if layer.through_output is not None and layer.through_output != layer.derivative:
+            text += f" = {layer.through_output} with a = {name}(z)"
+        lines.append(text)
+    out = derivation.output
+    eq = derivation.number("delta.output")
+    if out.softmax:
+        lines.append(f"  ({eq}) output error: delta_k = q_k - p_k * sum_j q_j with q = {out.q}")
+    else:
+        lines.append(f"  ({eq}) output error: delta = {out.delta}")
+    lines.append(
+        f"  ({derivation.number('delta.hidden')}) delta_l = (W_(l+1)^T delta_(l+1)) * f_l'(z_l);"
+        f"  ({derivation.number('grad.W')}) dL/dW_l = delta_l a_(l-1)^T;"
+        f"  ({derivation.number('grad.b')}) dL/db_l = delta_l"
+    )
+    return lines
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     import shutil
 
+    from symbackprop.derive import derive
     from symbackprop.render import compile_pdf, render_markdown, render_tex
     from symbackprop.spec import load_spec
     from symbackprop.training import CheckFailed
+    from symbackprop.verify import certify
 
     out = Path(args.out if args.out is not None else DEMO_DIR)
     if not str(out).strip():
@@ -279,31 +316,39 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"symbackprop: {failed}", file=sys.stderr)
         return EXIT_CHECK_FAILED
     _summary(result)
-    print("\nthe derivation, as SymPy found it:")
-    for equation in result.derivation.equations:
-        print(f"  ({equation.number}) {equation.title}")
+    print("\nthe chain rule, as SymPy derived it (equation numbers of the documents):")
+    print("\n".join(_derivation_summary(result.derivation)))
     tex = render_tex(result.derivation, result.certificate)
+    article = derive(load_spec(ARTICLE_SPEC))
+    article_certificate = certify(article)
+    article_tex = render_tex(article, article_certificate)
     contents: dict[Path, str | bytes] = {
         files["py"]: result.source,
         files["tex"]: tex,
         files["md"]: render_markdown(result.derivation, result.certificate),
         files["npz"]: _weights_bytes(result),
+        files["article.tex"]: article_tex,
+        files["article.md"]: render_markdown(article, article_certificate),
     }
     if with_pdf:
         contents[files["pdf"]] = compile_pdf(tex)
+        contents[files["article.pdf"]] = compile_pdf(article_tex)
     write_outputs(contents, "--out")
     print()
     print(
         f"test accuracy: {100 * result.test_metric:.2f}% "
         f"on {len(result.dataset.y_test)} held-out digits"
     )
+    article_doc = files.get("article.pdf", files["article.tex"])
     print("try next:")
-    print(f"  python {files['py']} --help          # the generated trainer needs only NumPy")
-    print(
-        "  symbackprop derive seed_mlp --format pdf   # the article's 2-3-3-2 network, every weight"
-    )
-    print('  symbackprop chain "sin(exp(x**2))"          # the chain rule on any function')
-    print('  symbackprop descent "w1**2 + 3*w2**2" --start w1=3,w2=1')
+    for command, why in (
+        (f"open {article_doc}", "the article's 2-3-3-2 network, neuron by neuron"),
+        (f"python {files['py']} --help", "the generated trainer needs only NumPy"),
+        ("symbackprop check swish_mlp", "a custom activation x*sigmoid(x), certified"),
+        ('symbackprop chain "sin(exp(x**2))"', "the chain rule on any function"),
+        ('symbackprop descent "w1**2 + 3*w2**2" --start w1=3,w2=1', "gradient descent"),
+    ):
+        print(f"  {command:<56} # {why}")
     if not with_pdf:
         print("  (install pdflatex -- Debian: texlive-latex-base -- to get the PDF too)")
     print(result.final_line())

@@ -19,7 +19,9 @@ from symbackprop.verify import load_module
 FINAL_CLASSIFICATION = re.compile(
     r"^final: train_loss=(\S+) test_loss=(\S+) train_accuracy=(\S+) test_accuracy=(\S+)$"
 )
-FINAL_REGRESSION = re.compile(r"^final: train_loss=(\S+) test_loss=(\S+) train_rmse=(\S+) test_rmse=(\S+)$")
+FINAL_REGRESSION = re.compile(
+    r"^final: train_loss=(\S+) test_loss=(\S+) train_rmse=(\S+) test_rmse=(\S+)$"
+)
 
 
 def last_line(text: str) -> str:
@@ -87,7 +89,9 @@ BAD_DATA = {
 
 
 @pytest.mark.parametrize("name", sorted(BAD_DATA))
-def test_bad_data_exits_2_with_one_line(name: str, in_tmp: Path, capsys: pytest.CaptureFixture) -> None:
+def test_bad_data_exits_2_with_one_line(
+    name: str, in_tmp: Path, capsys: pytest.CaptureFixture
+) -> None:
     if BAD_DATA[name] is not None:
         Path(name).write_text(BAD_DATA[name])
     extra = ["--test-fraction", "1.5"] if name == "fraction.csv" else []
@@ -99,8 +103,12 @@ def test_bad_data_exits_2_with_one_line(name: str, in_tmp: Path, capsys: pytest.
     assert not Path("w.npz").exists()
 
 
-@pytest.mark.parametrize("flag,value", [("--epochs", "0"), ("--lr", "-1"), ("--batch-size", "0"), ("--seed", "-2")])
-def test_bad_training_flags(flag: str, value: str, in_tmp: Path, capsys: pytest.CaptureFixture) -> None:
+@pytest.mark.parametrize(
+    "flag,value", [("--epochs", "0"), ("--lr", "-1"), ("--batch-size", "0"), ("--seed", "-2")]
+)
+def test_bad_training_flags(
+    flag: str, value: str, in_tmp: Path, capsys: pytest.CaptureFixture
+) -> None:
     assert main(["train", "seed_mlp", "--data", "digits", flag, value]) == 2
     assert flag in capsys.readouterr().err
 
@@ -143,7 +151,11 @@ def test_generated_script_trains_with_numpy_alone(tmp_path: Path) -> None:
         assert float(final.split("train_accuracy=")[1]) > 0.9
         params = load_module(generate(load_spec("seed_mlp"))).load(str(tmp_path / "w.npz"))
         assert params["W3"].shape == (2, 3)
-    help_run = subprocess.run([sys.executable, "model.py", "--help"], cwd=tmp_path, capture_output=True, text=True)
+    help_run = subprocess.run(
+        [sys.executable, "model.py", "--help"], cwd=tmp_path, capture_output=True, text=True
+    )
     assert help_run.returncode == 0 and "--epochs" in help_run.stdout
-    bad = subprocess.run([sys.executable, "model.py", "nothing.npz"], cwd=tmp_path, capture_output=True, text=True)
+    bad = subprocess.run(
+        [sys.executable, "model.py", "nothing.npz"], cwd=tmp_path, capture_output=True, text=True
+    )
     assert bad.returncode == 2 and "error:" in bad.stderr
