@@ -10,6 +10,10 @@ Loss: cross_entropy, the batch mean of the per-sample loss plus (l2/2) * sum of 
 Conventions: X has shape (batch, 64); W<l> has shape (units_l, units_{l-1}) and
 b<l> has shape (units_l,); Z<l> = A<l-1> @ W<l>.T + b<l>.  "(eq. N)" cites equation N of the
 derivation document (symbackprop derive digits_mlp).  Needs NumPy only.
+
+Every step works in buffers preallocated per (batch size, dtype) and reused, so a training
+step allocates no arrays after the first; a module object is therefore not meant to be
+shared between threads.
 """
 
 import argparse
@@ -26,43 +30,14 @@ _SHAPES = {'W1': (64, 64), 'b1': (64,), 'W2': (64, 64), 'b2': (64,), 'W3': (10, 
 _HE_INIT = (True, True, False)
 
 
-# --- elementwise kernels, printed by SymPy --------------------------------------------------
-
-
-def _relu(Z):
-    """a = relu(z), elementwise"""
-    return numpy.maximum(Z, 0)
-
-
-def _relu_derivative(A):
-    """f'(z) of relu, written in a = f(z) (eq. 5)"""
-    return numpy.heaviside(A, 0)
-
-
-def _loss_terms(LP, Y):
-    """per-output loss"""
-    return -LP*Y
-
-
-def _q(Y):
-    """q = yhat * dl/dyhat"""
-    return -Y
-
-
-def _log_softmax(Z):
-    """log softmax(Z) row by row, shifted by the row maximum so exp never overflows (eq. 3)."""
-    shifted = Z - Z.max(axis=1, keepdims=True)
-    return shifted - numpy.log(numpy.exp(shifted).sum(axis=1, keepdims=True))
-
-
 # --- checks ---------------------------------------------------------------------------------
 
 
 def _check_params(params):
-    if not isinstance(params, dict) or set(params) != set(_SHAPES):
+    if not isinstance(params, dict) or params.keys() != _SHAPES.keys():
         keys = sorted(params) if isinstance(params, dict) else type(params).__name__
         raise ValueError(f"params has keys {keys}, expected {sorted(_SHAPES)}")
-    dtype = params["W1"].dtype if isinstance(params["W1"], numpy.ndarray) else None
+    dtype = getattr(params["W1"], "dtype", None)
     if dtype not in (numpy.float32, numpy.float64):
         raise ValueError(f"params['W1'] has dtype {dtype}, expected float32 or float64")
     for key, shape in _SHAPES.items():
@@ -75,24 +50,28 @@ def _check_params(params):
 
 def _inputs(X, dtype):
     X = numpy.asarray(X)
-    if X.ndim != 2 or X.shape[1] != LAYER_SIZES[0]:
+    if X.ndim != 2 or X.shape[1] != LAYER_SIZES[0] or X.shape[0] == 0:
         raise ValueError(f"X has shape {X.shape}, expected (batch, {LAYER_SIZES[0]})")
     return X if X.dtype == dtype else X.astype(dtype)
 
 
-def _targets(Y, batch, dtype):
+def _targets(Y, batch, dtype, ws=None):
+    """Y as (batch, outputs) targets of dtype; integer class labels become one-hot rows."""
     Y = numpy.asarray(Y)
     outputs = LAYER_SIZES[-1]
     if Y.ndim == 1 and Y.shape[0] == batch and CLASSIFICATION and Y.dtype.kind in "iub":
-        labels = Y.astype(numpy.int64)
+        low, high = (0, 1) if outputs == 1 else (0, outputs - 1)
+        if Y.min() < low or Y.max() > high:
+            raise ValueError(f"Y holds class labels outside [{low}, {high}]")
         if outputs == 1:
-            if labels.min(initial=0) < 0 or labels.max(initial=0) > 1:
-                raise ValueError("Y holds labels outside {0, 1} for a single sigmoid output")
-            return labels.astype(dtype)[:, None]
-        if labels.min(initial=0) < 0 or labels.max(initial=0) >= outputs:
-            raise ValueError(f"Y holds class labels outside [0, {outputs})")
-        onehot = numpy.zeros((batch, outputs), dtype=dtype)
-        onehot[numpy.arange(batch), labels] = 1
+            return Y.astype(dtype)[:, None]
+        if ws is None:
+            ws = {"Y": numpy.empty((batch, outputs), dtype), "index": numpy.empty(batch, numpy.intp)}
+            ws["rows"] = numpy.arange(batch) * outputs
+        onehot = ws["Y"]
+        onehot.fill(0)
+        numpy.add(ws["rows"], Y, out=ws["index"])  # the flat index of each row's 1
+        onehot.put(ws["index"], 1)
         return onehot
     if Y.ndim == 1 and outputs == 1 and Y.shape[0] == batch:
         Y = Y[:, None]
@@ -101,50 +80,144 @@ def _targets(Y, batch, dtype):
         if CLASSIFICATION:
             expected += f" or ({batch},) integer class labels"
         raise ValueError(f"Y has shape {Y.shape}, expected {expected}")
-    return Y if Y.dtype == dtype else Y.astype(dtype)
+    return numpy.ascontiguousarray(Y, dtype=dtype)
 
 
-def _prepare(params, X, Y):
-    dtype = _check_params(params)
-    X = _inputs(X, dtype)
-    return X, _targets(Y, X.shape[0], dtype)
+# --- buffers ----------------------------------------------------------------------------------
+
+_WORKSPACES = {}
+
+
+def _workspace(batch, dtype):
+    """Every array a step needs, for one batch size and dtype, made once and reused."""
+    key = (batch, numpy.dtype(dtype).char)
+    ws = _WORKSPACES.get(key)
+    if ws is None:
+        if len(_WORKSPACES) >= 4:
+            _WORKSPACES.clear()
+        ws = {name: numpy.empty(shape, dtype=dtype) for name, shape in (
+            ("X", (batch, 64)),
+            ("Y", (batch, 10)),
+            ("S", (batch, 1)),
+            ("Z1", (batch, 64)),
+            ("A1", (batch, 64)),
+            ("dZ1", (batch, 64)),
+            ("G1", (batch, 64)),
+            ("dW1", (64, 64)),
+            ("db1", (64,)),
+            ("R1", (64, 64)),
+            ("Z2", (batch, 64)),
+            ("A2", (batch, 64)),
+            ("dZ2", (batch, 64)),
+            ("G2", (batch, 64)),
+            ("dW2", (64, 64)),
+            ("db2", (64,)),
+            ("R2", (64, 64)),
+            ("Z3", (batch, 10)),
+            ("A3", (batch, 10)),
+            ("dZ3", (batch, 10)),
+            ("dW3", (10, 64)),
+            ("db3", (10,)),
+            ("R3", (10, 64)),
+            ("LP", (batch, 10)),
+        )}
+        ws["rows"] = numpy.arange(batch) * LAYER_SIZES[-1]
+        ws["index"] = numpy.empty(batch, dtype=numpy.intp)
+        _WORKSPACES[key] = ws
+    return ws
 
 
 # --- forward, loss, backward ----------------------------------------------------------------
 
 
-def _forward(params, X):
-    Z1 = X @ params["W1"].T + params["b1"]  # (eq. 1)
-    A1 = _relu(Z1)  # (eq. 2)
-    Z2 = A1 @ params["W2"].T + params["b2"]  # (eq. 1)
-    A2 = _relu(Z2)  # (eq. 2)
-    Z3 = A2 @ params["W3"].T + params["b3"]  # (eq. 1)
-    LP3 = _log_softmax(Z3)  # (eq. 3)
-    A3 = numpy.exp(LP3)
-    return A1, A2, LP3, A3
+def _forward(params, X, ws):
+    """Every layer's Z and A into ws (eq. 1, 2, 3)."""
+    # layer 1: 64 -> 64, relu
+    Z1 = ws["Z1"]
+    numpy.matmul(X, params["W1"].T, out=Z1)  # (eq. 1)
+    Z1 += params["b1"]
+    A1 = ws["A1"]
+    # a = relu(z), elementwise (eq. 2)
+    numpy.maximum(Z1, 0.0, out=A1)
+    # layer 2: 64 -> 64, relu
+    Z2 = ws["Z2"]
+    numpy.matmul(A1, params["W2"].T, out=Z2)  # (eq. 1)
+    Z2 += params["b2"]
+    A2 = ws["A2"]
+    # a = relu(z), elementwise (eq. 2)
+    numpy.maximum(Z2, 0.0, out=A2)
+    # layer 3: 64 -> 10, softmax
+    Z3 = ws["Z3"]
+    numpy.matmul(A2, params["W3"].T, out=Z3)  # (eq. 1)
+    Z3 += params["b3"]
+    LP, P = ws["LP"], ws["A3"]
+    numpy.max(Z3, axis=1, keepdims=True, out=ws["S"])  # (eq. 3): shift by the row max
+    numpy.subtract(Z3, ws["S"], out=LP)
+    numpy.exp(LP, out=P)
+    numpy.sum(P, axis=1, keepdims=True, out=ws["S"])
+    numpy.log(ws["S"], out=ws["S"])
+    LP -= ws["S"]
+    numpy.exp(LP, out=P)
+    return P
 
 
-def _loss_value(params, LP3, Y):
-    total = _loss_terms(LP3, Y).sum() / Y.shape[0]  # (eq. 4)
-    total += 0.5 * L2 * sum(float(numpy.vdot(params[k], params[k])) for k in _SHAPES if k[0] == "W")
-    return float(total)
+def _loss(params, X, Y, ws):
+    """The mean loss over the batch plus the l2 term (eq. 4), after _forward."""
+    total = -float(numpy.vdot(Y, ws["LP"])) / X.shape[0]
+    for key in ('W1', 'W2', 'W3'):
+        total += 0.5 * L2 * float(numpy.vdot(params[key], params[key]))
+    return total
 
 
-def _gradients(params, X, Y):
-    A1, A2, LP3, A3 = _forward(params, X)
-    loss = _loss_value(params, LP3, Y)
-    grads = {}
-    Q = _q(Y)
-    dZ3 = (Q - A3 * Q.sum(axis=1, keepdims=True)) / X.shape[0]  # (eq. 6)
-    grads["W3"] = dZ3.T @ A2 + L2 * params["W3"]  # (eq. 8)
-    grads["b3"] = dZ3.sum(axis=0)  # (eq. 9)
-    dZ2 = (dZ3 @ params["W3"]) * _relu_derivative(A2)  # (eq. 7, 5)
-    grads["W2"] = dZ2.T @ A1 + L2 * params["W2"]  # (eq. 8)
-    grads["b2"] = dZ2.sum(axis=0)  # (eq. 9)
-    dZ1 = (dZ2 @ params["W2"]) * _relu_derivative(A1)  # (eq. 7, 5)
-    grads["W1"] = dZ1.T @ X + L2 * params["W1"]  # (eq. 8)
-    grads["b1"] = dZ1.sum(axis=0)  # (eq. 9)
-    return loss, {key: grads[key] for key in _SHAPES}
+def _backward(params, X, Y, ws, scale, weight_scale):
+    """scale * dL/dZ for every layer, then the gradients into ws["dW<l>"], ws["db<l>"].
+
+    scale is 1/batch for the gradient; train_step passes lr/batch (and weight_scale lr) so
+    that the buffers hold the SGD step itself.
+    """
+    A1 = ws["A1"]
+    A2 = ws["A2"]
+    A3 = ws["A3"]
+    dZ3 = ws["dZ3"]
+    # softmax + cross-entropy: dL/dz = p * sum(y) - y (eq. 6)
+    numpy.sum(Y, axis=1, keepdims=True, out=ws["S"])
+    numpy.multiply(A3, ws["S"], out=dZ3)
+    dZ3 -= Y
+    dZ3 *= scale
+    numpy.matmul(dZ3.T, A2, out=ws["dW3"])  # (eq. 8)
+    numpy.multiply(params["W3"], L2 * weight_scale, out=ws["R3"])
+    ws["dW3"] += ws["R3"]
+    numpy.sum(dZ3, axis=0, out=ws["db3"])  # (eq. 9)
+    dZ2 = ws["dZ2"]
+    numpy.matmul(dZ3, params["W3"], out=dZ2)  # (eq. 7)
+    G = ws["G2"]  # f'(z) of relu (eq. 5)
+    numpy.sign(A2, out=G)
+    numpy.maximum(G, 0.0, out=G)
+    dZ2 *= G
+    numpy.matmul(dZ2.T, A1, out=ws["dW2"])  # (eq. 8)
+    numpy.multiply(params["W2"], L2 * weight_scale, out=ws["R2"])
+    ws["dW2"] += ws["R2"]
+    numpy.sum(dZ2, axis=0, out=ws["db2"])  # (eq. 9)
+    dZ1 = ws["dZ1"]
+    numpy.matmul(dZ2, params["W2"], out=dZ1)  # (eq. 7)
+    G = ws["G1"]  # f'(z) of relu (eq. 5)
+    numpy.sign(A1, out=G)
+    numpy.maximum(G, 0.0, out=G)
+    dZ1 *= G
+    numpy.matmul(dZ1.T, X, out=ws["dW1"])  # (eq. 8)
+    numpy.multiply(params["W1"], L2 * weight_scale, out=ws["R1"])
+    ws["dW1"] += ws["R1"]
+    numpy.sum(dZ1, axis=0, out=ws["db1"])  # (eq. 9)
+
+
+def _step(params, X, Y):
+    """Checked inputs, the workspace, and the loss after a forward pass."""
+    dtype = _check_params(params)
+    X = _inputs(X, dtype)
+    ws = _workspace(X.shape[0], dtype)
+    Y = _targets(Y, X.shape[0], dtype, ws)
+    _forward(params, X, ws)
+    return X, Y, ws, _loss(params, X, Y, ws)
 
 
 # --- public interface -----------------------------------------------------------------------
@@ -172,34 +245,34 @@ def init_params(seed=0, dtype=numpy.float64):
 def forward(params, X):
     """The last layer's outputs (probabilities), shape (batch, 10)."""
     dtype = _check_params(params)
-    return _forward(params, _inputs(X, dtype))[-1]
+    X = _inputs(X, dtype)
+    return _forward(params, X, _workspace(X.shape[0], dtype)).copy()
 
 
 def loss(params, X, Y):
     """The mean loss over the batch plus the l2 term, as a float."""
-    X, Y = _prepare(params, X, Y)
-    cache = _forward(params, X)
-    return _loss_value(params, cache[2], Y)
+    return _step(params, X, Y)[3]
 
 
 def gradients(params, X, Y):
     """(loss, grads): grads has the keys and shapes of params."""
-    X, Y = _prepare(params, X, Y)
-    return _gradients(params, X, Y)
+    X, Y, ws, value = _step(params, X, Y)
+    _backward(params, X, Y, ws, 1.0 / X.shape[0], 1.0)
+    return value, {key: ws["d" + key].copy() for key in _SHAPES}
 
 
 def train_step(params, X, Y, lr):
     """One plain SGD step in place (eq. 10); returns the loss before the step."""
-    X, Y = _prepare(params, X, Y)
-    value, grads = _gradients(params, X, Y)
-    for key, grad in grads.items():
-        grad *= lr
-        params[key] -= grad
+    X, Y, ws, value = _step(params, X, Y)
+    _backward(params, X, Y, ws, lr / X.shape[0], lr)
+    for key, param in params.items():
+        param -= ws["d" + key]
     return value
 
 
 def _optimizer(params, optimizer, lr):
-    """An update function for sgd, momentum or adam (torch.optim's definitions)."""
+    """An in-place update for sgd, momentum or adam (torch.optim's definitions)."""
+    scratch = {key: numpy.empty_like(value) for key, value in params.items()}
     if optimizer == "sgd":
         def update(grads):
             for key, grad in grads.items():
@@ -215,7 +288,8 @@ def _optimizer(params, optimizer, lr):
                 v = velocity[key]
                 v *= mu
                 v += grad
-                params[key] -= lr * v
+                numpy.multiply(v, lr, out=scratch[key])
+                params[key] -= scratch[key]
         return update
     if optimizer == "adam":
         beta1, beta2 = TRAIN_DEFAULTS["beta1"], TRAIN_DEFAULTS["beta2"]
@@ -229,14 +303,20 @@ def _optimizer(params, optimizer, lr):
             correction1 = 1.0 - beta1 ** step[0]
             correction2 = 1.0 - beta2 ** step[0]
             for key, grad in grads.items():
-                m, v = first[key], second[key]
+                m, v, t = first[key], second[key], scratch[key]
                 m *= beta1
-                m += (1.0 - beta1) * grad
+                numpy.multiply(grad, 1.0 - beta1, out=t)
+                m += t
                 v *= beta2
-                v += (1.0 - beta2) * grad * grad
-                denom = numpy.sqrt(v / correction2)
-                denom += eps
-                params[key] -= (lr / correction1) * m / denom
+                numpy.square(grad, out=t)
+                t *= 1.0 - beta2
+                v += t
+                numpy.divide(v, correction2, out=t)
+                numpy.sqrt(t, out=t)
+                t += eps
+                numpy.divide(m, t, out=t)
+                t *= lr / correction1
+                params[key] -= t
         return update
     raise ValueError(f"optimizer is {optimizer!r}, expected 'sgd', 'momentum' or 'adam'")
 
@@ -246,7 +326,9 @@ def fit(params, X, Y, *, epochs, batch_size, lr, optimizer="sgd", seed=0, verbos
 
     callback(epoch, mean_loss), if given, is called after every epoch.
     """
-    X, Y = _prepare(params, X, Y)
+    dtype = _check_params(params)
+    X = _inputs(X, dtype)
+    Y = _targets(Y, X.shape[0], dtype)
     for label, value in (("epochs", epochs), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, (int, numpy.integer)) or value < 1:
             raise ValueError(f"{label} is {value!r}, expected a positive integer")
@@ -261,9 +343,13 @@ def fit(params, X, Y, *, epochs, batch_size, lr, optimizer="sgd", seed=0, verbos
         total = 0.0
         for start in range(0, count, batch_size):
             batch = order[start : start + batch_size]
-            value, grads = _gradients(params, X[batch], Y[batch])
-            total += value * len(batch)
-            update(grads)
+            ws = _workspace(len(batch), dtype)
+            Xb = numpy.take(X, batch, axis=0, out=ws["X"])
+            Yb = numpy.take(Y, batch, axis=0, out=ws["Y"])
+            _forward(params, Xb, ws)
+            total += _loss(params, Xb, Yb, ws) * len(batch)
+            _backward(params, Xb, Yb, ws, 1.0 / len(batch), 1.0)
+            update({key: ws["d" + key] for key in _SHAPES})
         history.append(total / count)
         if verbose:
             print(f"epoch {epoch}/{epochs}: loss {history[-1]:.6f}")

@@ -9,6 +9,10 @@ Loss: mse, the batch mean of the per-sample loss.
 Conventions: X has shape (batch, 3); W<l> has shape (units_l, units_{l-1}) and
 b<l> has shape (units_l,); Z<l> = A<l-1> @ W<l>.T + b<l>.  "(eq. N)" cites equation N of the
 derivation document (symbackprop derive tanh_regression).  Needs NumPy only.
+
+Every step works in buffers preallocated per (batch size, dtype) and reused, so a training
+step allocates no arrays after the first; a module object is therefore not meant to be
+shared between threads.
 """
 
 import argparse
@@ -25,42 +29,14 @@ _SHAPES = {'W1': (4, 3), 'b1': (4,), 'W2': (1, 4), 'b2': (1,)}
 _HE_INIT = (False, False)
 
 
-# --- elementwise kernels, printed by SymPy --------------------------------------------------
-
-
-def _tanh(Z):
-    """a = tanh(z), elementwise"""
-    return numpy.tanh(Z)
-
-
-def _tanh_derivative(A):
-    """f'(z) of tanh, written in a = f(z) (eq. 4)"""
-    return 1 - A**2
-
-
-def _identity(Z):
-    """a = identity(z), elementwise"""
-    return Z
-
-
-def _loss_terms(Z, Y):
-    """per-output loss"""
-    return 0.5*(Y - Z)**2
-
-
-def _output_error(Z, Y):
-    """dl/dz of the output layer"""
-    return -Y + Z
-
-
 # --- checks ---------------------------------------------------------------------------------
 
 
 def _check_params(params):
-    if not isinstance(params, dict) or set(params) != set(_SHAPES):
+    if not isinstance(params, dict) or params.keys() != _SHAPES.keys():
         keys = sorted(params) if isinstance(params, dict) else type(params).__name__
         raise ValueError(f"params has keys {keys}, expected {sorted(_SHAPES)}")
-    dtype = params["W1"].dtype if isinstance(params["W1"], numpy.ndarray) else None
+    dtype = getattr(params["W1"], "dtype", None)
     if dtype not in (numpy.float32, numpy.float64):
         raise ValueError(f"params['W1'] has dtype {dtype}, expected float32 or float64")
     for key, shape in _SHAPES.items():
@@ -73,24 +49,28 @@ def _check_params(params):
 
 def _inputs(X, dtype):
     X = numpy.asarray(X)
-    if X.ndim != 2 or X.shape[1] != LAYER_SIZES[0]:
+    if X.ndim != 2 or X.shape[1] != LAYER_SIZES[0] or X.shape[0] == 0:
         raise ValueError(f"X has shape {X.shape}, expected (batch, {LAYER_SIZES[0]})")
     return X if X.dtype == dtype else X.astype(dtype)
 
 
-def _targets(Y, batch, dtype):
+def _targets(Y, batch, dtype, ws=None):
+    """Y as (batch, outputs) targets of dtype; integer class labels become one-hot rows."""
     Y = numpy.asarray(Y)
     outputs = LAYER_SIZES[-1]
     if Y.ndim == 1 and Y.shape[0] == batch and CLASSIFICATION and Y.dtype.kind in "iub":
-        labels = Y.astype(numpy.int64)
+        low, high = (0, 1) if outputs == 1 else (0, outputs - 1)
+        if Y.min() < low or Y.max() > high:
+            raise ValueError(f"Y holds class labels outside [{low}, {high}]")
         if outputs == 1:
-            if labels.min(initial=0) < 0 or labels.max(initial=0) > 1:
-                raise ValueError("Y holds labels outside {0, 1} for a single sigmoid output")
-            return labels.astype(dtype)[:, None]
-        if labels.min(initial=0) < 0 or labels.max(initial=0) >= outputs:
-            raise ValueError(f"Y holds class labels outside [0, {outputs})")
-        onehot = numpy.zeros((batch, outputs), dtype=dtype)
-        onehot[numpy.arange(batch), labels] = 1
+            return Y.astype(dtype)[:, None]
+        if ws is None:
+            ws = {"Y": numpy.empty((batch, outputs), dtype), "index": numpy.empty(batch, numpy.intp)}
+            ws["rows"] = numpy.arange(batch) * outputs
+        onehot = ws["Y"]
+        onehot.fill(0)
+        numpy.add(ws["rows"], Y, out=ws["index"])  # the flat index of each row's 1
+        onehot.put(ws["index"], 1)
         return onehot
     if Y.ndim == 1 and outputs == 1 and Y.shape[0] == batch:
         Y = Y[:, None]
@@ -99,42 +79,110 @@ def _targets(Y, batch, dtype):
         if CLASSIFICATION:
             expected += f" or ({batch},) integer class labels"
         raise ValueError(f"Y has shape {Y.shape}, expected {expected}")
-    return Y if Y.dtype == dtype else Y.astype(dtype)
+    return numpy.ascontiguousarray(Y, dtype=dtype)
 
 
-def _prepare(params, X, Y):
-    dtype = _check_params(params)
-    X = _inputs(X, dtype)
-    return X, _targets(Y, X.shape[0], dtype)
+# --- buffers ----------------------------------------------------------------------------------
+
+_WORKSPACES = {}
+
+
+def _workspace(batch, dtype):
+    """Every array a step needs, for one batch size and dtype, made once and reused."""
+    key = (batch, numpy.dtype(dtype).char)
+    ws = _WORKSPACES.get(key)
+    if ws is None:
+        if len(_WORKSPACES) >= 4:
+            _WORKSPACES.clear()
+        ws = {name: numpy.empty(shape, dtype=dtype) for name, shape in (
+            ("X", (batch, 3)),
+            ("Y", (batch, 1)),
+            ("S", (batch, 1)),
+            ("Z1", (batch, 4)),
+            ("A1", (batch, 4)),
+            ("dZ1", (batch, 4)),
+            ("G1", (batch, 4)),
+            ("T1_0", (batch, 4)),
+            ("dW1", (4, 3)),
+            ("db1", (4,)),
+            ("Z2", (batch, 1)),
+            ("dZ2", (batch, 1)),
+            ("dW2", (1, 4)),
+            ("db2", (1,)),
+            ("E", (batch, 1)),
+            ("U0", (batch, 1)),
+        )}
+        ws["rows"] = numpy.arange(batch) * LAYER_SIZES[-1]
+        ws["index"] = numpy.empty(batch, dtype=numpy.intp)
+        _WORKSPACES[key] = ws
+    return ws
 
 
 # --- forward, loss, backward ----------------------------------------------------------------
 
 
-def _forward(params, X):
-    Z1 = X @ params["W1"].T + params["b1"]  # (eq. 1)
-    A1 = _tanh(Z1)  # (eq. 2)
-    Z2 = A1 @ params["W2"].T + params["b2"]  # (eq. 1)
-    A2 = _identity(Z2)  # (eq. 2)
-    return A1, Z2, A2
+def _forward(params, X, ws):
+    """Every layer's Z and A into ws (eq. 1, 2)."""
+    # layer 1: 3 -> 4, tanh
+    Z1 = ws["Z1"]
+    numpy.matmul(X, params["W1"].T, out=Z1)  # (eq. 1)
+    Z1 += params["b1"]
+    A1 = ws["A1"]
+    # a = tanh(z), elementwise (eq. 2)
+    numpy.tanh(Z1, out=A1)
+    # layer 2: 4 -> 1, identity
+    Z2 = ws["Z2"]
+    numpy.matmul(A1, params["W2"].T, out=Z2)  # (eq. 1)
+    Z2 += params["b2"]
+    # a = z: the identity activation keeps Z2 (eq. 2)
+    return Z2
 
 
-def _loss_value(params, Z2, Y):
-    total = _loss_terms(Z2, Y).sum() / Y.shape[0]  # (eq. 3)
-    return float(total)
+def _loss(params, X, Y, ws):
+    """The mean loss over the batch (eq. 3), after _forward."""
+    Z2 = ws["Z2"]
+    U0 = ws["U0"]
+    E = ws["E"]
+    numpy.subtract(Z2, Y, out=U0)
+    numpy.square(U0, out=U0)
+    numpy.multiply(U0, 0.5, out=E)
+    total = float(E.sum()) / X.shape[0]
+    return total
 
 
-def _gradients(params, X, Y):
-    A1, Z2, _A2 = _forward(params, X)
-    loss = _loss_value(params, Z2, Y)
-    grads = {}
-    dZ2 = _output_error(Z2, Y) / X.shape[0]  # (eq. 6)
-    grads["W2"] = dZ2.T @ A1  # (eq. 8)
-    grads["b2"] = dZ2.sum(axis=0)  # (eq. 9)
-    dZ1 = (dZ2 @ params["W2"]) * _tanh_derivative(A1)  # (eq. 7, 4)
-    grads["W1"] = dZ1.T @ X  # (eq. 8)
-    grads["b1"] = dZ1.sum(axis=0)  # (eq. 9)
-    return loss, {key: grads[key] for key in _SHAPES}
+def _backward(params, X, Y, ws, scale, weight_scale):
+    """scale * dL/dZ for every layer, then the gradients into ws["dW<l>"], ws["db<l>"].
+
+    scale is 1/batch for the gradient; train_step passes lr/batch (and weight_scale lr) so
+    that the buffers hold the SGD step itself.
+    """
+    A1 = ws["A1"]
+    Z2 = ws["Z2"]
+    dZ2 = ws["dZ2"]
+    # dl/dz of the output layer (eq. 6)
+    numpy.subtract(Z2, Y, out=dZ2)
+    dZ2 *= scale
+    numpy.matmul(dZ2.T, A1, out=ws["dW2"])  # (eq. 8)
+    numpy.sum(dZ2, axis=0, out=ws["db2"])  # (eq. 9)
+    dZ1 = ws["dZ1"]
+    numpy.matmul(dZ2, params["W2"], out=dZ1)  # (eq. 7)
+    T1_0 = ws["T1_0"]
+    G = ws["G1"]  # f'(z) of tanh (eq. 4)
+    numpy.square(A1, out=T1_0)
+    numpy.subtract(1.0, T1_0, out=G)
+    dZ1 *= G
+    numpy.matmul(dZ1.T, X, out=ws["dW1"])  # (eq. 8)
+    numpy.sum(dZ1, axis=0, out=ws["db1"])  # (eq. 9)
+
+
+def _step(params, X, Y):
+    """Checked inputs, the workspace, and the loss after a forward pass."""
+    dtype = _check_params(params)
+    X = _inputs(X, dtype)
+    ws = _workspace(X.shape[0], dtype)
+    Y = _targets(Y, X.shape[0], dtype, ws)
+    _forward(params, X, ws)
+    return X, Y, ws, _loss(params, X, Y, ws)
 
 
 # --- public interface -----------------------------------------------------------------------
@@ -162,34 +210,34 @@ def init_params(seed=0, dtype=numpy.float64):
 def forward(params, X):
     """The last layer's outputs, shape (batch, 1)."""
     dtype = _check_params(params)
-    return _forward(params, _inputs(X, dtype))[-1]
+    X = _inputs(X, dtype)
+    return _forward(params, X, _workspace(X.shape[0], dtype)).copy()
 
 
 def loss(params, X, Y):
     """The mean loss over the batch, as a float."""
-    X, Y = _prepare(params, X, Y)
-    cache = _forward(params, X)
-    return _loss_value(params, cache[1], Y)
+    return _step(params, X, Y)[3]
 
 
 def gradients(params, X, Y):
     """(loss, grads): grads has the keys and shapes of params."""
-    X, Y = _prepare(params, X, Y)
-    return _gradients(params, X, Y)
+    X, Y, ws, value = _step(params, X, Y)
+    _backward(params, X, Y, ws, 1.0 / X.shape[0], 1.0)
+    return value, {key: ws["d" + key].copy() for key in _SHAPES}
 
 
 def train_step(params, X, Y, lr):
     """One plain SGD step in place (eq. 10); returns the loss before the step."""
-    X, Y = _prepare(params, X, Y)
-    value, grads = _gradients(params, X, Y)
-    for key, grad in grads.items():
-        grad *= lr
-        params[key] -= grad
+    X, Y, ws, value = _step(params, X, Y)
+    _backward(params, X, Y, ws, lr / X.shape[0], lr)
+    for key, param in params.items():
+        param -= ws["d" + key]
     return value
 
 
 def _optimizer(params, optimizer, lr):
-    """An update function for sgd, momentum or adam (torch.optim's definitions)."""
+    """An in-place update for sgd, momentum or adam (torch.optim's definitions)."""
+    scratch = {key: numpy.empty_like(value) for key, value in params.items()}
     if optimizer == "sgd":
         def update(grads):
             for key, grad in grads.items():
@@ -205,7 +253,8 @@ def _optimizer(params, optimizer, lr):
                 v = velocity[key]
                 v *= mu
                 v += grad
-                params[key] -= lr * v
+                numpy.multiply(v, lr, out=scratch[key])
+                params[key] -= scratch[key]
         return update
     if optimizer == "adam":
         beta1, beta2 = TRAIN_DEFAULTS["beta1"], TRAIN_DEFAULTS["beta2"]
@@ -219,14 +268,20 @@ def _optimizer(params, optimizer, lr):
             correction1 = 1.0 - beta1 ** step[0]
             correction2 = 1.0 - beta2 ** step[0]
             for key, grad in grads.items():
-                m, v = first[key], second[key]
+                m, v, t = first[key], second[key], scratch[key]
                 m *= beta1
-                m += (1.0 - beta1) * grad
+                numpy.multiply(grad, 1.0 - beta1, out=t)
+                m += t
                 v *= beta2
-                v += (1.0 - beta2) * grad * grad
-                denom = numpy.sqrt(v / correction2)
-                denom += eps
-                params[key] -= (lr / correction1) * m / denom
+                numpy.square(grad, out=t)
+                t *= 1.0 - beta2
+                v += t
+                numpy.divide(v, correction2, out=t)
+                numpy.sqrt(t, out=t)
+                t += eps
+                numpy.divide(m, t, out=t)
+                t *= lr / correction1
+                params[key] -= t
         return update
     raise ValueError(f"optimizer is {optimizer!r}, expected 'sgd', 'momentum' or 'adam'")
 
@@ -236,7 +291,9 @@ def fit(params, X, Y, *, epochs, batch_size, lr, optimizer="sgd", seed=0, verbos
 
     callback(epoch, mean_loss), if given, is called after every epoch.
     """
-    X, Y = _prepare(params, X, Y)
+    dtype = _check_params(params)
+    X = _inputs(X, dtype)
+    Y = _targets(Y, X.shape[0], dtype)
     for label, value in (("epochs", epochs), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, (int, numpy.integer)) or value < 1:
             raise ValueError(f"{label} is {value!r}, expected a positive integer")
@@ -251,9 +308,13 @@ def fit(params, X, Y, *, epochs, batch_size, lr, optimizer="sgd", seed=0, verbos
         total = 0.0
         for start in range(0, count, batch_size):
             batch = order[start : start + batch_size]
-            value, grads = _gradients(params, X[batch], Y[batch])
-            total += value * len(batch)
-            update(grads)
+            ws = _workspace(len(batch), dtype)
+            Xb = numpy.take(X, batch, axis=0, out=ws["X"])
+            Yb = numpy.take(Y, batch, axis=0, out=ws["Y"])
+            _forward(params, Xb, ws)
+            total += _loss(params, Xb, Yb, ws) * len(batch)
+            _backward(params, Xb, Yb, ws, 1.0 / len(batch), 1.0)
+            update({key: ws["d" + key] for key in _SHAPES})
         history.append(total / count)
         if verbose:
             print(f"epoch {epoch}/{epochs}: loss {history[-1]:.6f}")

@@ -20,10 +20,8 @@ from symbackprop.derive import LP, Derivation, P, Z, derive
 from symbackprop.functions import A, Y
 from symbackprop.numpy_erf import _erf
 from symbackprop.primitives import NUMPY_HELPERS
-from symbackprop.printing import kernel_lines
+from symbackprop.printing import inplace_statements
 from symbackprop.spec import NetworkSpec
-
-NAMES = {Z: "Z", A: "A", Y: "Y", P: "P", LP: "LP"}
 
 
 def template_dir() -> Path:
@@ -47,139 +45,155 @@ def environment() -> jinja2.Environment:
 
 
 @dataclass(frozen=True)
-class Kernel:
-    name: str
-    args: tuple[str, ...]
+class Plan:
+    """In-place statements for one kernel, and the buffers they read."""
+
     lines: tuple[str, ...]
-    result: str
-    doc: str
+    fetch: tuple[str, ...]  # local names bound to workspace buffers before the statements
+    temps: int
     helpers: frozenset[str]
 
 
-def _kernel(name: str, expr: sympy.Expr, args: tuple[str, ...], doc: str) -> Kernel:
-    lines, results, helpers = kernel_lines([expr], NAMES)
-    return Kernel(name, args, tuple(lines), results[0], doc, frozenset(helpers))
+def _plan(
+    expr: sympy.Expr, names: dict[sympy.Symbol, str], buffers: dict[str, str], out: str, prefix: str
+) -> Plan:
+    """``expr`` written into ``out``; ``buffers`` maps each local name to its workspace key."""
+    lines, temps, helpers = inplace_statements(expr, names, out, prefix)
+    used = {names[s] for s in expr.free_symbols if s in names}
+    fetch = [f'{local} = ws["{buffers[local]}"]' for local in sorted(used) if local in buffers]
+    fetch += [f'{prefix}{i} = ws["{prefix}{i}"]' for i in range(temps)]
+    return Plan(tuple(lines), tuple(fetch), temps, frozenset(helpers))
 
 
-def _args(expr: sympy.Expr, order: tuple[sympy.Symbol, ...]) -> tuple[str, ...]:
-    """The array arguments a kernel needs, in a fixed order (at least one)."""
-    used = tuple(NAMES[s] for s in order if s in expr.free_symbols)
-    return used or (NAMES[order[0]],)
+def _helper_source(helpers: set[str]) -> list[str]:
+    sources = []
+    for helper in sorted(helpers):
+        if helper == "_erf":
+            sources.append(inspect.getsource(_erf).rstrip("\n"))
+        else:
+            sources.append(NUMPY_HELPERS[helper].rstrip("\n"))
+    return sources
 
 
-def _kernel_name(derivation: Derivation, layer: int) -> str:
-    act = derivation.layers[layer].activation
-    return f"_custom_{act.name}" if act.custom else f"_{act.name}"
+def _predict(derivation: Derivation) -> tuple[str, str]:
+    net = derivation.network
+    outputs = net.sizes[-1]
+    if net.loss.name == "binary_cross_entropy" or (
+        net.loss.classification and not net.output.softmax
+    ):
+        return "threshold", "0/1 labels: output > 0.5 (shape (batch,) for one output)."
+    if net.loss.classification:
+        return "argmax", "Class indices: the argmax of the outputs, shape (batch,)."
+    return "outputs", f"The outputs, shape (batch, {outputs})."
 
 
 def context(derivation: Derivation) -> dict[str, object]:
     net = derivation.network
     spec = net.spec
     sizes = spec.sizes
-    kernels: dict[str, Kernel] = {}
+    depth = net.depth
+    out = derivation.output
+    helpers: set[str] = set()
+    buffers: list[tuple[str, str]] = [("X", f"(batch, {sizes[0]})"), ("Y", f"(batch, {sizes[-1]})")]
+    buffers.append(("S", "(batch, 1)"))
     layers = []
     for index, d in enumerate(derivation.layers, start=1):
-        name = _kernel_name(derivation, index - 1)
-        entry = {
+        units = sizes[index]
+        shape = f"(batch, {units})"
+        alias = not d.activation.softmax and d.f == Z
+        entry: dict[str, object] = {
             "index": index,
             "fan_in": sizes[index - 1],
-            "units": sizes[index],
+            "units": units,
             "activation": d.activation.name,
-            "input": "X" if index == 1 else f"A{index - 1}",
+            "input": "X" if index == 1 else layers[-1]["output"],
             "softmax": d.activation.softmax,
-            "is_output": index == net.depth,
-            "kernel": name,
+            "is_output": index == depth,
+            "alias": alias,
+            "output": f"Z{index}" if alias else f"A{index}",
+            "prime_lines": [],
+            "prime_fetch": [],
+            "forward": [],
+            "temps_fetch": [],
         }
-        if not d.activation.softmax and name not in kernels:
-            kernels[name] = _kernel(name, d.f, ("Z",), f"a = {d.activation.name}(z), elementwise")
-        if index < net.depth:
+        buffers.append((f"Z{index}", shape))
+        if not alias:
+            buffers.append((f"A{index}", shape))
+        buffers.append((f"dZ{index}", shape))
+        temps = 0
+        local = {f"Z{index}": f"Z{index}", f"A{index}": f"Z{index}" if alias else f"A{index}"}
+        if not alias and not d.activation.softmax:
+            plan = _plan(d.f, {Z: f"Z{index}"}, local, f"A{index}", f"T{index}_")
+            entry["forward"] = list(plan.lines)
+            entry["temps_fetch"] = [line for line in plan.fetch if line.startswith("T")]
+            temps, helpers = max(temps, plan.temps), helpers | plan.helpers
+        if index < depth:
             prime = d.through_output if d.uses_output else d.derivative
-            symbol = A if d.uses_output else Z
-            eq = derivation.number(f"activation.{d.activation.name}")
-            if f"{name}_derivative" not in kernels:
-                written = "a = f(z)" if d.uses_output else "z"
-                kernels[f"{name}_derivative"] = _kernel(
-                    f"{name}_derivative",
-                    prime,
-                    (NAMES[symbol],),
-                    f"f'(z) of {d.activation.name}, written in {written} (eq. {eq})",
-                )
-            entry["prime_kernel"] = f"{name}_derivative"
-            entry["prime_arg"] = f"{NAMES[symbol]}{index}"
-            entry["eq_prime"] = eq
+            entry["eq_prime"] = derivation.number(f"activation.{d.activation.name}")
+            if prime != 1:
+                names = {A: entry["output"], Z: f"Z{index}"}
+                plan = _plan(prime, names, local, "G", f"T{index}_")
+                entry["prime_lines"] = list(plan.lines)
+                entry["prime_fetch"] = [line for line in plan.fetch if line.startswith("T")]
+                temps, helpers = max(temps, plan.temps), helpers | plan.helpers
+                buffers.append((f"G{index}", shape))
+        buffers += [(f"T{index}_{i}", shape) for i in range(temps)]
+        buffers += [(f"dW{index}", f"({units}, {sizes[index - 1]})"), (f"db{index}", f"({units},)")]
+        if spec.l2:
+            buffers.append((f"R{index}", f"({units}, {sizes[index - 1]})"))
         layers.append(entry)
 
-    out = derivation.output
-    depth = net.depth
+    # the output layer's kernels read these local names
+    last = f"A{depth}"
+    output_locals = {"P": last, "LP": "LP", f"Z{depth}": f"Z{depth}", f"A{depth}": last}
+    if layers[-1]["alias"]:
+        output_locals[f"A{depth}"] = f"Z{depth}"
+    outputs_shape = f"(batch, {sizes[-1]})"
+    names = {P: last, LP: "LP", Y: "Y", Z: f"Z{depth}", A: layers[-1]["output"]}
+    fused_loss = out.softmax and sympy.expand(out.loss + LP * Y) == 0
+    fused_q = out.softmax and out.q is not None and sympy.expand(out.q + Y) == 0
+    loss_plan = _plan(out.loss, names, output_locals, "E", "U")
     if out.softmax:
-        assert out.q is not None
-        loss_order = (P, LP, Y)
-        loss_kernel = _kernel(
-            "_loss_terms", out.loss, _args(out.loss, loss_order), "per-output loss"
-        )
-        q_kernel = _kernel("_q", out.q, _args(out.q, loss_order), "q = yhat * dl/dyhat")
-        kernels["_loss_terms"] = loss_kernel
-        kernels["_q"] = q_kernel
-        array = {"P": f"A{depth}", "LP": f"LP{depth}", "Y": "Y"}
-        q_args = [array[a] for a in q_kernel.args]
+        q_plan = _plan(out.q, names, output_locals, "E", "U")
+        delta_plan = Plan((), (), 0, frozenset())
     else:
-        assert out.delta is not None
-        loss_order = (Z, A, Y)
-        loss_kernel = _kernel(
-            "_loss_terms", out.loss, _args(out.loss, loss_order), "per-output loss"
-        )
-        delta_kernel = _kernel(
-            "_output_error", out.delta, _args(out.delta, loss_order), "dl/dz of the output layer"
-        )
-        kernels["_loss_terms"] = loss_kernel
-        kernels["_output_error"] = delta_kernel
-        array = {"Z": f"Z{depth}", "A": f"A{depth}", "Y": "Y"}
-        q_args = []
-    loss_args = [array[a] for a in loss_kernel.args if a != "Y"]
-    loss_call = f"_loss_terms({', '.join(array[a] for a in loss_kernel.args)})"
-    delta_args = [array[a] for a in kernels["_output_error"].args] if not out.softmax else []
-    # _forward returns what _gradients uses, and the output last (for forward());
-    # names _gradients does not read are unpacked with a leading underscore.
-    used = set(loss_args) | set(q_args) | set(delta_args)
+        q_plan = Plan((), (), 0, frozenset())
+        delta_plan = _plan(out.delta, names, output_locals, f"dZ{depth}", "U")
     if out.softmax:
-        used.add(f"A{depth}")
+        buffers.append(("LP", outputs_shape))
+    if not fused_loss or (out.softmax and not fused_q):
+        buffers.append(("E", outputs_shape))
+    used_plans = [delta_plan]
+    if not fused_loss:
+        used_plans.append(loss_plan)
+    if out.softmax and not fused_q:
+        used_plans.append(q_plan)
+    output_temps = max(p.temps for p in used_plans)
+    buffers += [(f"U{i}", outputs_shape) for i in range(output_temps)]
+    for plan in used_plans:
+        helpers |= plan.helpers
+
+    # _backward binds the layer outputs it reads: inputs of dW, and the f' arguments
+    reads: set[str] = set()
     for entry in layers:
         if entry["index"] > 1:
-            used.add(entry["input"])
-        if "prime_arg" in entry:
-            used.add(entry["prime_arg"])
-    order = []
-    for entry in layers:
-        order += [f"Z{entry['index']}", f"LP{entry['index']}", f"A{entry['index']}"]
-    cache = [n for n in order if n in used or n == f"A{depth}"]
-    if cache[-1] != f"A{depth}":
-        cache.remove(f"A{depth}")
-        cache.append(f"A{depth}")
-    unpack = [n if n in used else f"_{n}" for n in cache]
-    loss_indices = [cache.index(n) for n in loss_args]
+            reads.add(entry["input"])
+        for line in entry["prime_lines"]:
+            reads |= {n for n in (f"A{entry['index']}", f"Z{entry['index']}") if n in line}
+    if out.softmax:
+        reads.add(last)
+    for plan in (delta_plan,) if not out.softmax else ((q_plan,) if not fused_q else ()):
+        reads |= {line.split(" = ")[0] for line in plan.fetch if not line.startswith("U")}
+    aliases = {f"A{e['index']}": f"Z{e['index']}" for e in layers if e["alias"]}
+    fetch_names = sorted(reads, key=lambda n: (int(n[1:]) if n[1:].isdigit() else 0, n))
+    backward_fetch = [
+        f'{n} = ws["{aliases.get(n, n)}"]' for n in fetch_names if n not in ("P", "LP", "Y", "E")
+    ]
+    backward_fetch += [f'{n} = ws["{n}"]' for n in ("LP",) if n in reads]
+    if out.softmax and not fused_q:
+        backward_fetch.append('E = ws["E"]')
 
-    helper_names = sorted(set().union(*(k.helpers for k in kernels.values())))
-    helpers = []
-    for helper in helper_names:
-        if helper == "_erf":
-            helpers.append(inspect.getsource(_erf).rstrip("\n"))
-        else:
-            helpers.append(NUMPY_HELPERS[helper].rstrip("\n"))
-
-    classification = net.loss.classification
-    if (
-        classification
-        and not (net.output.softmax or sizes[-1] == 1)
-        or net.loss.name == "binary_cross_entropy"
-    ):
-        predict = "threshold"
-        predict_doc = "0/1 labels: output > 0.5 (shape (batch,) for one output)."
-    elif classification:
-        predict = "argmax"
-        predict_doc = "Class indices: the argmax of the outputs, shape (batch,)."
-    else:
-        predict = "outputs"
-        predict_doc = f"The outputs, shape (batch, {sizes[-1]})."
+    predict, predict_doc = _predict(derivation)
     shapes = {}
     for index in range(1, depth + 1):
         shapes[f"W{index}"] = (sizes[index], sizes[index - 1])
@@ -204,23 +218,27 @@ def context(derivation: Derivation) -> dict[str, object]:
         "sizes_tuple": repr(tuple(sizes)),
         "layers": layers,
         "loss_name": net.loss.name,
-        "classification": classification,
+        "classification": net.loss.classification,
         "probability": net.output.probability,
         "l2": spec.l2 != 0.0,
         "l2_repr": repr(spec.l2),
+        "weight_keys": repr(tuple(f"W{i}" for i in range(1, depth + 1))),
         "train_defaults": repr(defaults),
         "shapes": repr(shapes),
         "he_layers": repr(tuple(act.init == "he" for act in net.activations)),
-        "helpers": helpers,
-        "kernels": list(kernels.values()),
-        "softmax": net.output.softmax,
-        "cache_names": cache,
-        "grad_unpack": unpack,
-        "loss_from_cache": ", ".join(f"cache[{i}]" for i in loss_indices),
-        "loss_args": loss_args,
-        "loss_call": loss_call,
-        "q_args": q_args,
-        "delta_args": delta_args,
+        "helpers": _helper_source(helpers),
+        "buffers": buffers,
+        "softmax": out.softmax,
+        "output_name": "P" if out.softmax else (f"Z{depth}" if layers[-1]["alias"] else last),
+        "fused_loss": fused_loss,
+        "fused_q": fused_q,
+        "loss_fetch": [*loss_plan.fetch, 'E = ws["E"]'],
+        "loss_lines": list(loss_plan.lines),
+        "q_fetch": [line for line in q_plan.fetch if line.startswith("U")],
+        "q_lines": list(q_plan.lines),
+        "delta_fetch": [line for line in delta_plan.fetch if line.startswith("U")],
+        "delta_lines": list(delta_plan.lines),
+        "backward_fetch": backward_fetch,
         "predict": predict,
         "predict_doc": predict_doc,
         "eq_linear": derivation.number("forward.linear"),

@@ -81,3 +81,200 @@ def kernel_lines(
 
 def latex(expr: sympy.Expr, names: Mapping[sympy.Symbol, str] | None = None) -> str:
     return LatexPrinter({"symbol_names": dict(names or {})}).doprint(expr)
+
+
+# --- in-place statements: kernels that write into preallocated buffers ----------------------
+
+# ufuncs of one argument, by SymPy class name
+_UNARY = {
+    "exp": "exp", "log": "log", "sin": "sin", "cos": "cos", "tan": "tan", "sinh": "sinh",
+    "cosh": "cosh", "tanh": "tanh", "asin": "arcsin", "acos": "arccos", "atan": "arctan",
+    "asinh": "arcsinh", "acosh": "arccosh", "atanh": "arctanh", "Abs": "absolute",
+    "sign": "sign",
+}  # fmt: skip
+
+# several ufunc calls; {x} is the argument, {t} the target (never the argument's buffer)
+_RECIPES = {
+    "relu": ["numpy.maximum({x}, 0.0, out={t})"],
+    # step(x) = max(sign(x), 0), with step(0) = 0: ~7x faster than numpy.heaviside
+    "step": ["numpy.sign({x}, out={t})", "numpy.maximum({t}, 0.0, out={t})"],
+    "Heaviside": ["numpy.sign({x}, out={t})", "numpy.maximum({t}, 0.0, out={t})"],
+    "softplus": ["numpy.logaddexp(0.0, {x}, out={t})"],
+    # leaky_relu(x) = max(x, 0.01 x) and elu(x) = max(x, expm1(min(x, 0))): both exact
+    "leaky_relu": ["numpy.multiply({x}, 0.01, out={t})", "numpy.maximum({x}, {t}, out={t})"],
+    "elu": [
+        "numpy.minimum({x}, 0.0, out={t})",
+        "numpy.expm1({t}, out={t})",
+        "numpy.maximum({x}, {t}, out={t})",
+    ],
+    # sigmoid(x) = exp(-log(1 + exp(-x))): no overflow for any finite x
+    "sigmoid": [
+        "numpy.negative({x}, out={t})",
+        "numpy.logaddexp(0.0, {t}, out={t})",
+        "numpy.negative({t}, out={t})",
+        "numpy.exp({t}, out={t})",
+    ],
+}
+
+
+class InplacePlan:
+    """Statements computing an elementwise expression into ``out`` with ufunc ``out=`` calls.
+
+    Intermediate results go to scratch buffers named ``<prefix>0``, ``<prefix>1``, ... (the
+    caller preallocates ``count`` of them, each of the kernel's shape), so that evaluating the
+    kernel allocates no array.  Operations NumPy has no ufunc for (``erf``) fall back to an
+    assignment from the allocating printer.
+    """
+
+    def __init__(self, names: Mapping[sympy.Symbol, str], prefix: str) -> None:
+        self.names = dict(names)
+        self.prefix = prefix
+        self.count = 0
+        self.lines: list[str] = []
+        self.helpers: set[str] = set()
+        self._held: set[str] = set()
+
+    def _temp(self) -> str:
+        name = f"{self.prefix}{self.count}"
+        self.count += 1
+        return name
+
+    def _is_temp(self, name: str) -> bool:
+        return name.startswith(self.prefix) and name not in self._held
+
+    def _number(self, value: sympy.Expr) -> str:
+        number = float(value)
+        return repr(number) if number >= 0 else f"({number!r})"
+
+    def operand(self, expr: sympy.Expr) -> str:
+        """The name of a buffer or a scalar literal holding ``expr``'s value."""
+        if expr.is_Symbol:
+            return self.names[expr]
+        if expr.is_number:
+            return self._number(expr)
+        return self.compute(expr, None)
+
+    def _target(self, dest: str | None, children: list[str], reuse: bool) -> str:
+        if dest is not None:
+            return dest
+        if reuse:
+            for child in children:
+                if self._is_temp(child):
+                    return child
+        return self._temp()
+
+    def compute(self, expr: sympy.Expr, dest: str | None) -> str:
+        name = type(expr).__name__
+        if isinstance(expr, sympy.Add):
+            return self._fold(expr.args, "add", dest, negate_with="subtract")
+        if isinstance(expr, sympy.Mul):
+            coeff, rest = expr.as_coeff_Mul()
+            if coeff == -1:
+                inner = self.operand(rest)
+                target = self._target(dest, [inner], True)
+                self.lines.append(f"numpy.negative({inner}, out={target})")
+                return target
+            return self._fold(expr.args, "multiply", dest)
+        if isinstance(expr, sympy.Pow):
+            return self._power(expr, dest)
+        if name in _UNARY:
+            arg = self.operand(expr.args[0])
+            target = self._target(dest, [arg], True)
+            self.lines.append(f"numpy.{_UNARY[name]}({arg}, out={target})")
+            return target
+        if name in _RECIPES and len(expr.args) == 1:
+            arg = self.operand(expr.args[0])
+            # the target may be the argument's own buffer when only the first step reads it
+            single = all("{x}" not in step for step in _RECIPES[name][1:])
+            target = self._target(dest if dest != arg else None, [arg], single)
+            self.lines.extend(step.format(x=arg, t=target) for step in _RECIPES[name])
+            return target
+        if isinstance(expr, (sympy.Max, sympy.Min)):
+            func = "maximum" if isinstance(expr, sympy.Max) else "minimum"
+            return self._fold(expr.args, func, dest)
+        return self._fallback(expr, dest)
+
+    def _fold(
+        self, args: tuple, func: str, dest: str | None, negate_with: str | None = None
+    ) -> str:
+        """a op b op c ... into one target; ``negate_with`` handles -x terms of a sum."""
+        terms = sorted(args, key=lambda a: (a.is_number, sympy.default_sort_key(a)))
+        pieces = []
+        for term in terms:
+            if negate_with and isinstance(term, sympy.Mul) and term.as_coeff_Mul()[0] == -1:
+                pieces.append((negate_with, self.operand(-term)))
+            else:
+                pieces.append((func, self.operand(term)))
+        target = dest
+        if target is None:
+            # write into a temporary child's buffer when one exists: it goes first, so it is
+            # read before it is overwritten
+            reusable = [i for i, (op, p) in enumerate(pieces) if op == func and self._is_temp(p)]
+            if reusable:
+                pieces.insert(0, pieces.pop(reusable[0]))
+                target = pieces[0][1]
+            else:
+                target = self._temp()
+        positive = [i for i, (op, _) in enumerate(pieces) if op == func]
+        if positive:
+            pieces.insert(0, pieces.pop(positive[0]))
+            current = pieces[0][1]
+        else:  # every term negated: start from -first
+            self.lines.append(f"numpy.negative({pieces[0][1]}, out={target})")
+            current = target
+        for op, piece in pieces[1:]:
+            self.lines.append(f"numpy.{op}({current}, {piece}, out={target})")
+            current = target
+        if current != target:
+            self.lines.append(f"numpy.copyto({target}, {current})")
+        return target
+
+    def _power(self, expr: sympy.Pow, dest: str | None) -> str:
+        base, exponent = expr.args
+        arg = self.operand(base)
+        target = self._target(dest, [arg], True)
+        if exponent == 2:
+            self.lines.append(f"numpy.square({arg}, out={target})")
+        elif exponent == -1:
+            self.lines.append(f"numpy.divide(1.0, {arg}, out={target})")
+        elif exponent == sympy.S.Half:
+            self.lines.append(f"numpy.sqrt({arg}, out={target})")
+        elif exponent == -sympy.S.Half:
+            self.lines.append(f"numpy.sqrt({arg}, out={target})")
+            self.lines.append(f"numpy.divide(1.0, {target}, out={target})")
+        else:
+            power = self.operand(exponent)
+            self.lines.append(f"numpy.power({arg}, {power}, out={target})")
+        return target
+
+    def _fallback(self, expr: sympy.Expr, dest: str | None) -> str:
+        printer = NumPyKernelPrinter(self.names)
+        code = printer.doprint(expr)
+        self.helpers |= printer.helpers
+        target = dest or self._temp()
+        self.lines.append(f"{target}[...] = {code}")
+        return target
+
+
+def inplace_statements(
+    expr: sympy.Expr, names: Mapping[sympy.Symbol, str], out: str, prefix: str
+) -> tuple[list[str], int, set[str]]:
+    """(statements, scratch buffers needed, helpers) that write ``expr`` into ``out``.
+
+    Shared subexpressions (``cse``) are computed once into scratch buffers that stay live
+    until the result is written.
+    """
+    plan = InplacePlan(names, prefix)
+    replacements, (reduced,) = sympy.cse([floatify(expr)], symbols=sympy.numbered_symbols("_c"))
+    for symbol, value in replacements:
+        if value.is_Symbol or value.is_number:
+            plan.names[symbol] = plan.operand(value)
+            continue
+        buffer = plan.compute(value, None)
+        plan._held.add(buffer)
+        plan.names[symbol] = buffer
+    if reduced.is_Symbol or reduced.is_number:
+        plan.lines.append(f"numpy.copyto({out}, {plan.operand(reduced)})")
+    else:
+        plan.compute(reduced, out)
+    return plan.lines, plan.count, plan.helpers

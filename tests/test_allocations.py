@@ -1,0 +1,82 @@
+"""After the first step, train_step allocates no arrays: every buffer is reused.
+
+Counted with tracemalloc (NumPy reports its array data to it), not timed.  The only memory a
+step may take is NumPy's fixed-size ufunc iteration buffer for broadcasting (the bias add,
+the softmax row sums: ``numpy.getbufsize()`` elements at most, whatever the batch), so the
+peak of new memory during a step must not grow with the batch and must stay far below the
+size of one activation array."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from symbackprop.codegen import generate
+from symbackprop.spec import from_dict
+from symbackprop.verify import load_module
+
+HIDDEN = 256
+
+
+def module_for(hidden: str, output: str, loss: str, outputs: int, l2: float = 0.0) -> object:
+    layers = [{"units": HIDDEN, "activation": hidden}, {"units": HIDDEN, "activation": hidden}]
+    layers.append({"units": outputs, "activation": output})
+    spec = {"name": "alloc", "inputs": 32, "loss": loss, "l2": l2, "layers": layers}
+    return load_module(generate(from_dict(spec)))
+
+
+def peak_new_bytes(step: object) -> int:
+    tracemalloc.start()
+    try:
+        before, _ = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        step()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return peak - before
+
+
+def step_peak(module: object, loss: str, output: str, outputs: int, dtype: type, batch: int) -> int:
+    params = module.init_params(seed=0, dtype=dtype)
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(batch, 32)).astype(dtype)
+    if loss == "mse":
+        Y = rng.normal(size=(batch, outputs)).astype(dtype)
+    elif output == "softmax":
+        Y = rng.integers(0, outputs, size=batch)
+    else:
+        Y = rng.integers(0, 2, size=(batch, outputs)).astype(dtype)
+    module.train_step(params, X, Y, 0.01)  # the first step makes the buffers
+    return peak_new_bytes(lambda: module.train_step(params, X, Y, 0.01))
+
+
+@pytest.mark.parametrize(
+    "hidden,output,loss,outputs,l2",
+    [
+        ("relu", "softmax", "cross_entropy", 10, 0.0),
+        ("tanh", "softmax", "cross_entropy", 10, 0.01),
+        ("sigmoid", "sigmoid", "binary_cross_entropy", 3, 0.0),
+        ("elu", "identity", "mse", 4, 0.0),
+        ("leaky_relu", "softmax", "mse", 10, 0.0),
+        ("silu", "softmax", "cross_entropy", 10, 0.0),
+    ],
+)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_train_step_reuses_its_buffers(
+    hidden: str, output: str, loss: str, outputs: int, l2: float, dtype: type
+) -> None:
+    module = module_for(hidden, output, loss, outputs, l2)
+    small = step_peak(module, loss, output, outputs, dtype, batch=512)
+    large = step_peak(module, loss, output, outputs, dtype, batch=2048)
+    activation = 2048 * HIDDEN * np.dtype(dtype).itemsize
+    assert large - small < 4096, f"new memory grows with the batch: {small} -> {large} bytes"
+    assert large < activation / 16, f"{large} bytes allocated during a step"
+
+
+def test_the_counter_sees_numpy_arrays() -> None:
+    """The measurement would catch an allocation of one activation-sized array."""
+    X = np.ones((2048, HIDDEN))
+    assert peak_new_bytes(lambda: X * 2.0) >= X.nbytes
