@@ -56,7 +56,10 @@ def _inputs(X, dtype):
 
 
 def _targets(Y, batch, dtype, ws=None):
-    """Y as (batch, outputs) targets of dtype; integer class labels become one-hot rows."""
+    """(Y as (batch, outputs) targets of dtype, True if they came as class labels).
+
+    Integer class labels become one-hot rows (in ws["Y"] when a workspace is given).
+    """
     Y = numpy.asarray(Y)
     outputs = LAYER_SIZES[-1]
     if Y.ndim == 1 and Y.shape[0] == batch and CLASSIFICATION and Y.dtype.kind in "iub":
@@ -64,7 +67,7 @@ def _targets(Y, batch, dtype, ws=None):
         if Y.min() < low or Y.max() > high:
             raise ValueError(f"Y holds class labels outside [{low}, {high}]")
         if outputs == 1:
-            return Y.astype(dtype)[:, None]
+            return Y.astype(dtype)[:, None], False
         if ws is None:
             ws = {"Y": numpy.empty((batch, outputs), dtype), "index": numpy.empty(batch, numpy.intp)}
             ws["rows"] = numpy.arange(batch) * outputs
@@ -72,7 +75,7 @@ def _targets(Y, batch, dtype, ws=None):
         onehot.fill(0)
         numpy.add(ws["rows"], Y, out=ws["index"])  # the flat index of each row's 1
         onehot.put(ws["index"], 1)
-        return onehot
+        return onehot, True
     if Y.ndim == 1 and outputs == 1 and Y.shape[0] == batch:
         Y = Y[:, None]
     if Y.shape != (batch, outputs):
@@ -80,7 +83,7 @@ def _targets(Y, batch, dtype, ws=None):
         if CLASSIFICATION:
             expected += f" or ({batch},) integer class labels"
         raise ValueError(f"Y has shape {Y.shape}, expected {expected}")
-    return numpy.ascontiguousarray(Y, dtype=dtype)
+    return numpy.ascontiguousarray(Y, dtype=dtype), False
 
 
 # --- buffers ----------------------------------------------------------------------------------
@@ -131,27 +134,27 @@ def _forward(params, X, ws):
     """Every layer's Z and A into ws (eq. 1, 2, 3)."""
     # layer 1: 2 -> 3, relu
     Z1 = ws["Z1"]
-    numpy.matmul(X, params["W1"].T, out=Z1)  # (eq. 1)
-    Z1 += params["b1"]
+    numpy.dot(X, params["W1"].T, out=Z1)  # (eq. 1)
+    numpy.add(Z1, params["b1"], out=Z1)
     A1 = ws["A1"]
     # a = relu(z), elementwise (eq. 2)
     numpy.maximum(Z1, 0.0, out=A1)
     # layer 2: 3 -> 3, relu
     Z2 = ws["Z2"]
-    numpy.matmul(A1, params["W2"].T, out=Z2)  # (eq. 1)
-    Z2 += params["b2"]
+    numpy.dot(A1, params["W2"].T, out=Z2)  # (eq. 1)
+    numpy.add(Z2, params["b2"], out=Z2)
     A2 = ws["A2"]
     # a = relu(z), elementwise (eq. 2)
     numpy.maximum(Z2, 0.0, out=A2)
     # layer 3: 3 -> 2, softmax
     Z3 = ws["Z3"]
-    numpy.matmul(A2, params["W3"].T, out=Z3)  # (eq. 1)
-    Z3 += params["b3"]
+    numpy.dot(A2, params["W3"].T, out=Z3)  # (eq. 1)
+    numpy.add(Z3, params["b3"], out=Z3)
     LP, P = ws["LP"], ws["A3"]
-    numpy.max(Z3, axis=1, keepdims=True, out=ws["S"])  # (eq. 3): shift by the row max
+    numpy.maximum.reduce(Z3, axis=1, keepdims=True, out=ws["S"])  # (eq. 3): shift by the row max
     numpy.subtract(Z3, ws["S"], out=LP)
     numpy.exp(LP, out=P)
-    numpy.sum(P, axis=1, keepdims=True, out=ws["S"])
+    numpy.add.reduce(P, axis=1, keepdims=True, out=ws["S"])
     numpy.log(ws["S"], out=ws["S"])
     LP -= ws["S"]
     numpy.exp(LP, out=P)
@@ -164,39 +167,42 @@ def _loss(params, X, Y, ws):
     return total
 
 
-def _backward(params, X, Y, ws, scale, weight_scale):
+def _backward(params, X, Y, ws, scale, weight_scale, unit_rows=False):
     """scale * dL/dZ for every layer, then the gradients into ws["dW<l>"], ws["db<l>"].
 
     scale is 1/batch for the gradient; train_step passes lr/batch (and weight_scale lr) so
-    that the buffers hold the SGD step itself.
+    that the buffers hold the SGD step itself.  unit_rows: every row of Y sums to 1.
     """
     A1 = ws["A1"]
     A2 = ws["A2"]
     A3 = ws["A3"]
     dZ3 = ws["dZ3"]
     # softmax + cross-entropy: dL/dz = p * sum(y) - y (eq. 6)
-    numpy.sum(Y, axis=1, keepdims=True, out=ws["S"])
-    numpy.multiply(A3, ws["S"], out=dZ3)
-    dZ3 -= Y
-    dZ3 *= scale
-    numpy.matmul(dZ3.T, A2, out=ws["dW3"])  # (eq. 8)
-    numpy.sum(dZ3, axis=0, out=ws["db3"])  # (eq. 9)
+    if unit_rows:  # one-hot rows from class labels: sum(y) = 1
+        numpy.subtract(A3, Y, out=dZ3)
+    else:
+        numpy.add.reduce(Y, axis=1, keepdims=True, out=ws["S"])
+        numpy.multiply(A3, ws["S"], out=dZ3)
+        numpy.subtract(dZ3, Y, out=dZ3)
+    numpy.multiply(dZ3, scale, out=dZ3)
+    numpy.dot(dZ3.T, A2, out=ws["dW3"])  # (eq. 8)
+    numpy.add.reduce(dZ3, axis=0, out=ws["db3"])  # (eq. 9)
     dZ2 = ws["dZ2"]
-    numpy.matmul(dZ3, params["W3"], out=dZ2)  # (eq. 7)
+    numpy.dot(dZ3, params["W3"], out=dZ2)  # (eq. 7)
     G = ws["G2"]  # f'(z) of relu (eq. 5)
     numpy.sign(A2, out=G)
     numpy.maximum(G, 0.0, out=G)
-    dZ2 *= G
-    numpy.matmul(dZ2.T, A1, out=ws["dW2"])  # (eq. 8)
-    numpy.sum(dZ2, axis=0, out=ws["db2"])  # (eq. 9)
+    numpy.multiply(dZ2, G, out=dZ2)
+    numpy.dot(dZ2.T, A1, out=ws["dW2"])  # (eq. 8)
+    numpy.add.reduce(dZ2, axis=0, out=ws["db2"])  # (eq. 9)
     dZ1 = ws["dZ1"]
-    numpy.matmul(dZ2, params["W2"], out=dZ1)  # (eq. 7)
+    numpy.dot(dZ2, params["W2"], out=dZ1)  # (eq. 7)
     G = ws["G1"]  # f'(z) of relu (eq. 5)
     numpy.sign(A1, out=G)
     numpy.maximum(G, 0.0, out=G)
-    dZ1 *= G
-    numpy.matmul(dZ1.T, X, out=ws["dW1"])  # (eq. 8)
-    numpy.sum(dZ1, axis=0, out=ws["db1"])  # (eq. 9)
+    numpy.multiply(dZ1, G, out=dZ1)
+    numpy.dot(dZ1.T, X, out=ws["dW1"])  # (eq. 8)
+    numpy.add.reduce(dZ1, axis=0, out=ws["db1"])  # (eq. 9)
 
 
 def _step(params, X, Y):
@@ -204,9 +210,9 @@ def _step(params, X, Y):
     dtype = _check_params(params)
     X = _inputs(X, dtype)
     ws = _workspace(X.shape[0], dtype)
-    Y = _targets(Y, X.shape[0], dtype, ws)
+    Y, unit_rows = _targets(Y, X.shape[0], dtype, ws)
     _forward(params, X, ws)
-    return X, Y, ws, _loss(params, X, Y, ws)
+    return X, Y, ws, unit_rows, _loss(params, X, Y, ws)
 
 
 # --- public interface -----------------------------------------------------------------------
@@ -240,20 +246,20 @@ def forward(params, X):
 
 def loss(params, X, Y):
     """The mean loss over the batch, as a float."""
-    return _step(params, X, Y)[3]
+    return _step(params, X, Y)[4]
 
 
 def gradients(params, X, Y):
     """(loss, grads): grads has the keys and shapes of params."""
-    X, Y, ws, value = _step(params, X, Y)
-    _backward(params, X, Y, ws, 1.0 / X.shape[0], 1.0)
+    X, Y, ws, unit_rows, value = _step(params, X, Y)
+    _backward(params, X, Y, ws, 1.0 / X.shape[0], 1.0, unit_rows)
     return value, {key: ws["d" + key].copy() for key in _SHAPES}
 
 
 def train_step(params, X, Y, lr):
     """One plain SGD step in place (eq. 10); returns the loss before the step."""
-    X, Y, ws, value = _step(params, X, Y)
-    _backward(params, X, Y, ws, lr / X.shape[0], lr)
+    X, Y, ws, unit_rows, value = _step(params, X, Y)
+    _backward(params, X, Y, ws, lr / X.shape[0], lr, unit_rows)
     for key, param in params.items():
         param -= ws["d" + key]
     return value
@@ -317,7 +323,7 @@ def fit(params, X, Y, *, epochs, batch_size, lr, optimizer="sgd", seed=0, verbos
     """
     dtype = _check_params(params)
     X = _inputs(X, dtype)
-    Y = _targets(Y, X.shape[0], dtype)
+    Y, unit_rows = _targets(Y, X.shape[0], dtype)
     for label, value in (("epochs", epochs), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, (int, numpy.integer)) or value < 1:
             raise ValueError(f"{label} is {value!r}, expected a positive integer")
@@ -337,7 +343,7 @@ def fit(params, X, Y, *, epochs, batch_size, lr, optimizer="sgd", seed=0, verbos
             Yb = numpy.take(Y, batch, axis=0, out=ws["Y"])
             _forward(params, Xb, ws)
             total += _loss(params, Xb, Yb, ws) * len(batch)
-            _backward(params, Xb, Yb, ws, 1.0 / len(batch), 1.0)
+            _backward(params, Xb, Yb, ws, 1.0 / len(batch), 1.0, unit_rows)
             update({key: ws["d" + key] for key in _SHAPES})
         history.append(total / count)
         if verbose:
