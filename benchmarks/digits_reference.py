@@ -19,7 +19,7 @@ fixed, and ``--seeds N`` varies only each trainer's own seed (0..N-1), which dri
 initialisation and mini-batch shuffling.  All three train in float64.
 
 (a) ``generated``: ``symbackprop.codegen.generate(spec)`` imported with
-    ``symbackprop.verify.load_module``; ``init_params(seed=s)`` (He-normal for the ReLU
+    ``symbackprop.checkpoint.load_module``; ``init_params(seed=s)`` (He-normal for the ReLU
     layers, Xavier-uniform for the output layer, zero biases), then ``fit`` with the spec's
     [train] defaults and ``seed=s``.
 
@@ -74,10 +74,10 @@ from pathlib import Path
 
 import numpy as np
 
+from symbackprop.checkpoint import load_module
 from symbackprop.codegen import generate
 from symbackprop.data import Dataset, accuracy, load_dataset
 from symbackprop.spec import NetworkSpec, load_spec
-from symbackprop.verify import load_module
 
 SPEC_NAME = "digits_mlp"
 SPLIT_SEED = 0

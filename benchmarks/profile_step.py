@@ -34,8 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from train_step import CONFIGS, make_problem, make_spec  # noqa: E402
 
+from symbackprop.checkpoint import load_module  # noqa: E402
 from symbackprop.codegen import generate  # noqa: E402
-from symbackprop.verify import load_module  # noqa: E402
 
 SKIP = {"init_params", "fit", "predict", "save", "load", "main", "_read_data", "_optimizer"}
 LR = 0.01

@@ -9,7 +9,7 @@ Run on demand, never as a timed test:
 For every configuration x activation (relu, tanh) x dtype (float64, float32) the script
 
 1. generates the module with ``symbackprop.codegen.generate`` from a ``from_dict`` spec and
-   loads it with ``symbackprop.verify.load_module``;
+   loads it with ``symbackprop.checkpoint.load_module``;
 2. checks, before any timing, that the generated ``gradients`` and ``train_step`` agree with
    PyTorch autograd (loss, every gradient, every parameter after one step), with a plain
    hand-written NumPy backprop that shares no code with the generator, and (loss and

@@ -30,6 +30,7 @@ import numpy as np
 import sympy
 from sympy.printing.latex import LatexPrinter
 
+from symbackprop.checkpoint import check_point, load_module
 from symbackprop.codegen import environment, generate
 from symbackprop.derive import LP, Derivation, P, Z, softmax_jacobian_check
 from symbackprop.errors import InputError
@@ -1016,11 +1017,10 @@ class WorkedExample:
 
 def worked_example(derivation: Derivation, seed: int = 0) -> WorkedExample:
     """Parameters and data as the certificate's check point (batch 1), evaluated exactly."""
-    from symbackprop import verify  # the check point's conventions live with the certificate
 
     net = derivation.network
-    module = verify.load_module(generate(derivation), net.spec.name)
-    params, X_, Y_ = verify.check_point(module, net, batch=1, seed=seed)
+    module = load_module(generate(derivation), net.spec.name)
+    params, X_, Y_ = check_point(module, net, batch=1, seed=seed)
     x, y = X_[0], Y_[0]
     values: dict[sympy.Symbol, sympy.Float] = {}
     for key, symbols in net.parameters().items():

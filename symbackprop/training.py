@@ -14,12 +14,13 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from symbackprop.checkpoint import load_module
 from symbackprop.codegen import generate
 from symbackprop.data import Dataset, check_features, load_dataset
 from symbackprop.derive import Derivation, derive
 from symbackprop.errors import InputError
 from symbackprop.spec import OPTIMIZERS, NetworkSpec, TrainSpec
-from symbackprop.verify import Certificate, certify, load_module
+from symbackprop.verify import Certificate, certify
 
 CHECK_BATCH = 4
 

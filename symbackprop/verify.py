@@ -24,22 +24,19 @@ import mpmath
 import numpy as np
 import sympy
 
+from symbackprop.checkpoint import FD_STEP, check_point, load_module
 from symbackprop.codegen import generate
 from symbackprop.derive import Derivation, derive
-from symbackprop.functions import X as X_SYMBOL
 from symbackprop.graph import (
     EXPANDED_LIMIT,
     GRAPH_LIMIT,
     LOSS,
     SymbolicNetwork,
 )
-from symbackprop.numpy_erf import _erf
-from symbackprop.primitives import NUMPY_HELPERS, to_textbook_form
-from symbackprop.printing import numpy_code
+from symbackprop.primitives import to_textbook_form
 from symbackprop.spec import NetworkSpec
 
 PRECISION = 40  # decimal digits for the exact witness
-FD_STEP = 1e-4
 FD_SAMPLE_LIMIT = 64  # entries per parameter checked by finite differences on large nets
 TOLERANCE = {"finite-diff": (1e-6, 1e-7), "exact": (1e-8, 1e-10), "pytorch": (1e-8, 1e-10)}
 
@@ -113,84 +110,6 @@ class Certificate:
             "parameters agree with every witness"
         )
         return "\n".join(lines)
-
-
-def load_module(source: str, name: str = "generated_model") -> types.ModuleType:
-    """Import generated source text as a fresh module object (never written to disk)."""
-    module = types.ModuleType(name)
-    exec(compile(source, f"<{name}>", "exec"), module.__dict__)  # our own generated code
-    return module
-
-
-# --- the check point -------------------------------------------------------------------------
-
-
-def _targets(net: SymbolicNetwork, y: np.ndarray) -> np.ndarray:
-    """Labels (n,) or targets (n, outputs) as float64 targets (n, outputs)."""
-    y = np.asarray(y)
-    outputs = net.sizes[-1]
-    if y.ndim == 2:
-        return y.astype(np.float64)
-    if net.loss.classification and outputs > 1:
-        return np.eye(outputs)[y.astype(np.int64)]
-    return y.astype(np.float64).reshape(-1, 1)
-
-
-def _clear_of_kinks(net: SymbolicNetwork, params: dict, X: np.ndarray) -> bool:
-    values = X
-    for index, act in enumerate(net.activations, start=1):
-        Z = values @ params[f"W{index}"].T + params[f"b{index}"]
-        margin = 8 * FD_STEP * max(1.0, float(np.abs(values).max(initial=0.0)))
-        if not act.softmax and float(np.abs(Z).min(initial=np.inf)) < margin:
-            return False
-        if index < net.depth:
-            code, helpers = numpy_code(act.expr, {X_SYMBOL: "x"})
-            namespace: dict = {"numpy": np, "_erf": _erf}
-            for helper in helpers - {"_erf"}:
-                exec(NUMPY_HELPERS[helper], namespace)  # our own helper source
-            values = eval(code, namespace, {"x": Z})  # printed from a validated expression
-    return True
-
-
-def check_point(
-    module: types.ModuleType,
-    net: SymbolicNetwork,
-    batch: int,
-    seed: int,
-    data: tuple[np.ndarray, np.ndarray] | None = None,
-) -> tuple[dict, np.ndarray, np.ndarray]:
-    """Parameters, inputs and targets at which every witness is evaluated (float64).
-
-    Parameters are the module's initialisation with random biases (so that every bias path
-    is exercised); inputs and targets are random, or the first rows of ``data``.
-    """
-    # separate streams: data drawn from the initialisation's own stream would copy W1 into X
-    data_rng = np.random.default_rng((seed, 1))
-    rng = np.random.default_rng((seed, 2))
-    params = module.init_params(seed=seed, dtype=np.float64)
-    if data is not None:
-        X, y = np.array(data[0][:batch], dtype=np.float64), _targets(net, data[1][:batch])
-    else:
-        X, y = data_rng.normal(0.0, 1.0, size=(batch, net.sizes[0])), None
-    # Biases are random so that every bias path is exercised, and redrawn while a
-    # pre-activation sits so close to 0 (where ReLU-like functions kink) that the
-    # finite-difference stencil would straddle the kink.
-    for _ in range(100):
-        for key, value in params.items():
-            if key.startswith("b"):
-                value[...] = rng.normal(0.0, 0.5, size=value.shape)
-        if _clear_of_kinks(net, params, X):
-            break
-    if y is not None:
-        return params, X, y
-    outputs = net.sizes[-1]
-    if net.output.softmax and net.loss.classification:
-        Y = np.eye(outputs)[data_rng.integers(0, outputs, size=batch)]
-    elif net.output.probability:
-        Y = data_rng.integers(0, 2, size=(batch, outputs)).astype(np.float64)
-    else:
-        Y = data_rng.normal(0.0, 1.0, size=(batch, outputs))
-    return params, X, Y
 
 
 # --- witness 1: finite differences -----------------------------------------------------------

@@ -13,9 +13,9 @@ import tracemalloc
 import numpy as np
 import pytest
 
+from symbackprop.checkpoint import load_module
 from symbackprop.codegen import generate
 from symbackprop.spec import from_dict
-from symbackprop.verify import load_module
 
 HIDDEN = 256
 

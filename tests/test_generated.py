@@ -11,11 +11,12 @@ import os
 import numpy as np
 import pytest
 
+from symbackprop.checkpoint import load_module
 from symbackprop.codegen import generate
 from symbackprop.functions import ACTIVATIONS
 from symbackprop.graph import EXPANDED_LIMIT
 from symbackprop.spec import from_dict
-from symbackprop.verify import certify, load_module, torch_available
+from symbackprop.verify import certify, torch_available
 
 HIDDEN = [name for name, act in ACTIVATIONS.items() if not act.softmax]
 OUTPUTS = [

@@ -20,7 +20,8 @@ GENERATED = Path(__file__).resolve().parent.parent / "generated"
 def golden_files() -> dict[str, str]:
     """Relative path in generated/ -> the text symbackprop produces now."""
     files = {f"{name}.py": generate(load_spec(name)) for name in bundled_examples()}
-    files.update({path.removeprefix("generated/"): text for path, text in golden_documents().items()})
+    documents = golden_documents()
+    files.update({path.removeprefix("generated/"): text for path, text in documents.items()})
     return files
 
 

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 from symbackprop import render
+from symbackprop.checkpoint import check_point, load_module
 from symbackprop.codegen import generate
 from symbackprop.derive import derive
 from symbackprop.errors import InputError
 from symbackprop.graph import EXPANDED_LIMIT
 from symbackprop.spec import bundled_examples, from_dict, load_spec
-from symbackprop.verify import check_point, load_module
 
 BUILT = {
     "linear_stack": {

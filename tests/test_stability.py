@@ -14,7 +14,7 @@ import math
 import numpy as np
 import pytest
 
-from symbackprop import codegen, functions, spec, verify
+from symbackprop import checkpoint, codegen, functions, spec
 
 HIDDEN = [name for name in functions.ACTIVATIONS if name != "softmax"]
 OUTPUTS = [
@@ -42,7 +42,7 @@ def module(hidden: str, loss: str, output: str, *, inputs=INPUTS, units=OUTPUT_U
     network = spec.from_dict(
         {"name": f"stab_{hidden}_{output}", "inputs": inputs, "loss": loss, "layers": layers}
     )
-    return verify.load_module(codegen.generate(network))
+    return checkpoint.load_module(codegen.generate(network))
 
 
 def batch_inputs(dtype) -> np.ndarray:

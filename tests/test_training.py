@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from symbackprop.checkpoint import load_module
 from symbackprop.cli import main
 from symbackprop.codegen import generate
 from symbackprop.spec import load_spec
-from symbackprop.verify import load_module
 
 FINAL_CLASSIFICATION = re.compile(
     r"^final: train_loss=(\S+) test_loss=(\S+) train_accuracy=(\S+) test_accuracy=(\S+)$"
