@@ -22,6 +22,8 @@ in re(x) and im(x)) and handed back as the parser's plain symbols.  Bad input ra
 from __future__ import annotations
 
 import math
+import signal
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
@@ -29,15 +31,21 @@ from typing import TYPE_CHECKING
 import sympy
 from sympy.printing.precedence import PRECEDENCE, precedence
 
+from symbackprop import primitives
 from symbackprop.errors import InputError
 from symbackprop.expressions import check_variable_name, parse_expression
 
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
 FORMATS = ("text", "md", "tex")
-# simplify() is unbounded in time; above this many operations keep the raw chain product.
-SIMPLIFY_MAX_OPS = 100
+# simplify() is unbounded in time; it only runs on derivatives up to this many operations,
+# for at most SIMPLIFY_SECONDS where a timer is available (Unix, main thread), else only up
+# to SIMPLIFY_UNTIMED_OPS operations.
+SIMPLIFY_MAX_OPS = 60
+SIMPLIFY_SECONDS = 2.0
+SIMPLIFY_UNTIMED_OPS = 15
 # Past this |f| a descent run is called diverged, like a non-finite value.
 DIVERGENCE_BOUND = 1e100
 # Small enough steps never increase f (the descent lemma), so f rising at every one of this
@@ -46,7 +54,14 @@ RISING_STEPS = 10
 RISING_FACTOR = 1e6
 TRACE_HEAD = 10
 TRACE_TAIL = 5
+# Every trace row is kept (the figure draws them all): cap the run at a size that fits.
+MAX_STEPS = 1_000_000
 _NAME_POOL = ("u", "v", "w", "p", "q", "r", "s")
+
+# (step, values, f, gradient norm)
+TraceRow = tuple[int, tuple[float, ...], float, float]
+# point -> (f, gradient)
+_Evaluate = Callable[[tuple[float, ...]], tuple[float, tuple[float, ...]]]
 _LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
@@ -66,14 +81,49 @@ def _realify(expr: sympy.Expr) -> tuple[sympy.Expr, dict[sympy.Symbol, sympy.Sym
 
 
 def _simplest(expr: sympy.Expr) -> sympy.Expr:
-    """The shorter (by count_ops) of ``expr`` and its simplification, for small inputs."""
-    candidates = [expr]
-    if sympy.count_ops(expr) <= SIMPLIFY_MAX_OPS:
-        try:
-            candidates.append(sympy.simplify(expr))
-        except Exception:  # noqa: BLE001 - simplify is a nicety; the raw form is correct
-            pass
+    """The shortest (by count_ops) of ``expr``, its factored terms and its simplification.
+
+    ``simplify`` is unbounded: its trigsimp pass took 41 s and 145 s on 55-character
+    derivatives here, and 90 s on a 33-operation one.  So it only sees small expressions,
+    under a time limit where the platform allows one; ``factor_terms`` is always cheap.
+    """
+    candidates = [expr, sympy.factor_terms(expr)]
+    ops = sympy.count_ops(expr)
+    if ops <= SIMPLIFY_MAX_OPS and (ops <= SIMPLIFY_UNTIMED_OPS or _can_time_out()):
+        simplified = _with_time_limit(sympy.simplify, expr, SIMPLIFY_SECONDS)
+        if simplified is not None:
+            candidates.append(simplified)
     return min(candidates, key=sympy.count_ops)
+
+
+class _TimeUp(Exception):
+    """Raised by the alarm signal inside a computation that ran too long."""
+
+
+def _can_time_out() -> bool:
+    return hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+
+
+def _with_time_limit(
+    function: Callable[[sympy.Expr], sympy.Expr], expr: sympy.Expr, seconds: float
+) -> sympy.Expr | None:
+    """``function(expr)``, or None if it fails or (where timers exist) runs past ``seconds``."""
+
+    def alarm(signum: int, frame: object) -> None:
+        raise _TimeUp
+
+    timed = _can_time_out()
+    if timed:
+        previous_handler = signal.signal(signal.SIGALRM, alarm)
+        previous_timer = signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        return function(expr)
+    except Exception:  # noqa: BLE001 - simplification is a nicety; the input is correct
+        return None
+    finally:
+        if timed:
+            signal.setitimer(signal.ITIMER_REAL, *previous_timer)
+            signal.signal(signal.SIGALRM, previous_handler)
 
 
 def _needs_parentheses(expr: sympy.Expr) -> bool:
@@ -234,7 +284,7 @@ def _name_layers(
     outers: list[sympy.Expr], leaf: sympy.Expr, x: sympy.Symbol, t: sympy.Dummy, expr: sympy.Expr
 ) -> list[_Layer]:
     """Name the links u, v, w, ... from the inside out; the outermost is f."""
-    taken = {s.name for s in expr.free_symbols} | {"f"}
+    taken = {s.name for s in expr.free_symbols} | {"f", x.name}
     pool = [n for n in _NAME_POOL if n not in taken]
     pool += [f"u{i}" for i in range(1, len(outers) + 2) if f"u{i}" not in taken]
     first = sympy.Symbol("f") if not outers else sympy.Symbol(pool[0], real=True)
@@ -267,8 +317,21 @@ def _chain_text(chain: _Chain) -> str:
         lines.append(f"simplified: df/d{x} = {sympy.sstr(chain.derivative)}")
     if multi:
         lines.append("partial derivatives:")
-    lines += [f"f'({s}) = {sympy.sstr(d)}" for s, d in chain.partials]
+    lines += [f"f'({s}) = {sympy.sstr(_sympy_native(d))}" for s, d in chain.partials]
     return "\n".join(lines) + "\n"
+
+
+def _sympy_native(expr: sympy.Expr) -> sympy.Expr:
+    """symbackprop's primitives in SymPy's own functions, so that sympify reads the line back."""
+    expr = primitives.to_textbook_form(expr)
+    return expr.replace(
+        lambda e: isinstance(e, (primitives.relu, primitives.step)),
+        lambda e: (
+            sympy.Max(0, e.args[0])
+            if isinstance(e, primitives.relu)
+            else sympy.Heaviside(e.args[0], 0)
+        ),
+    )
 
 
 def _composition_text(chain: _Chain) -> list[str]:
@@ -405,7 +468,7 @@ class DescentResult:
     lr: float
     steps: int
     tol: float
-    trace: tuple[tuple[int, tuple[float, ...], float, float], ...]
+    trace: tuple[TraceRow, ...]
     final_values: tuple[float, ...]
     final_f: float
     converged: bool
@@ -463,6 +526,8 @@ def _check_settings(lr: float, steps: int, tol: float) -> tuple[float, int, floa
         raise InputError("--lr", f"expected a positive finite number, got {lr!r}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise InputError("--steps", f"expected a positive integer, got {steps!r}")
+    if steps > MAX_STEPS:
+        raise InputError("--steps", f"at most {MAX_STEPS} steps, got {steps}")
     try:
         tol = float(tol)
     except (TypeError, ValueError):
@@ -524,9 +589,7 @@ _MATH_FUNCTIONS: dict[str, Callable[..., float]] = {
 }
 
 
-def _numeric(
-    expr: sympy.Expr, partials: Sequence[sympy.Expr], names: Sequence[str]
-) -> Callable[[tuple[float, ...]], tuple[float, tuple[float, ...]]]:
+def _numeric(expr: sympy.Expr, partials: Sequence[sympy.Expr], names: Sequence[str]) -> _Evaluate:
     """``point -> (f, gradient)`` in floats; raises ``_Undefined`` off the real domain."""
     symbols = [sympy.Symbol(name) for name in names]
     # The expression passed the whitelist and every name is a checked identifier, so the
@@ -549,13 +612,13 @@ def _numeric(
 
 
 def _iterate(
-    evaluate: Callable[[tuple[float, ...]], tuple[float, tuple[float, ...]]],
+    evaluate: _Evaluate,
     point: tuple[float, ...],
     lr: float,
     steps: int,
     tol: float,
-) -> tuple[tuple[tuple[int, tuple[float, ...], float, float], ...], bool, bool, str]:
-    trace: list[tuple[int, tuple[float, ...], float, float]] = []
+) -> tuple[tuple[TraceRow, ...], bool, bool, str]:
+    trace: list[TraceRow] = []
     for step in range(steps + 1):
         try:
             f, grad = evaluate(point)
@@ -589,7 +652,7 @@ def _iterate(
     return tuple(trace), False, False, reason
 
 
-def _rising(trace: Sequence[tuple[int, tuple[float, ...], float, float]]) -> bool:
+def _rising(trace: Sequence[TraceRow]) -> bool:
     if len(trace) <= RISING_STEPS:
         return False
     recent = [row[2] for row in trace[-RISING_STEPS - 1 :]]
@@ -623,7 +686,7 @@ def _trace_table(result: DescentResult) -> list[str]:
         return "  ".join(cell.rjust(width) for cell, width in zip(cells, widths, strict=True))
 
     rows = list(result.trace)
-    shown: list[tuple[int, tuple[float, ...], float, float] | None] = rows
+    shown: list[TraceRow | None] = rows
     if len(rows) > TRACE_HEAD + TRACE_TAIL:
         shown = [*rows[:TRACE_HEAD], None, *rows[-TRACE_TAIL:]]
     lines = [row(headers)]
@@ -668,7 +731,7 @@ def descent_figure(result: DescentResult) -> Figure:
 
 
 def _safe_f(
-    evaluate: Callable[[tuple[float, ...]], tuple[float, tuple[float, ...]]],
+    evaluate: _Evaluate,
     point: tuple[float, ...],
 ) -> float:
     try:
@@ -684,7 +747,9 @@ def _span(values: Sequence[float]) -> tuple[float, float]:
     return low - margin, high + margin
 
 
-def _plot_contour(axes: object, evaluate: Callable, rows: list, names: Sequence[str]) -> None:
+def _plot_contour(
+    axes: Axes, evaluate: _Evaluate, rows: Sequence[TraceRow], names: Sequence[str]
+) -> None:
     xs = [r[1][0] for r in rows]
     ys = [r[1][1] for r in rows]
     (x0, x1), (y0, y1) = _span(xs), _span(ys)
@@ -705,7 +770,7 @@ def _plot_contour(axes: object, evaluate: Callable, rows: list, names: Sequence[
     axes.legend()
 
 
-def _plot_curve(axes: object, evaluate: Callable, rows: list, name: str) -> None:
+def _plot_curve(axes: Axes, evaluate: _Evaluate, rows: Sequence[TraceRow], name: str) -> None:
     ws = [r[1][0] for r in rows]
     low, high = _span(ws)
     n = 400

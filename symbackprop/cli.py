@@ -161,8 +161,11 @@ def _print_progress(p: object) -> None:
     )
 
 
-def _train(spec: object, args: argparse.Namespace) -> object:
-    """Shared by train and demo: check, train with progress, print the summary."""
+def _train(spec: object, args: argparse.Namespace) -> object | None:
+    """Shared by train and demo: check, train with progress, print the summary.
+
+    None when the certificate failed (training refused; the table says why).
+    """
     from symbackprop import training
 
     opts = training.options(
@@ -183,28 +186,29 @@ def _train(spec: object, args: argparse.Namespace) -> object:
         f"{opts.epochs} epochs, batch size {opts.batch_size}, seed {opts.seed}",
         flush=True,
     )
-    return training.train(
-        spec,
-        args.data,
-        opts,
-        test_fraction=args.test_fraction,
-        progress=_print_progress,
-        checked=checked,
-    )
+    try:
+        result = training.train(
+            spec,
+            args.data,
+            opts,
+            test_fraction=args.test_fraction,
+            progress=_print_progress,
+            checked=checked,
+        )
+    except training.CheckFailed as failed:
+        print(f"symbackprop: {failed}", file=sys.stderr)
+        return None
+    _summary(result)
+    return result
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from symbackprop.training import CheckFailed
-
     spec = _spec(args)
     if args.out is not None and not args.out.strip():
         raise InputError("--out", "expected a file name, got an empty string")
-    try:
-        result = _train(spec, args)
-    except CheckFailed as failed:
-        print(f"symbackprop: {failed}", file=sys.stderr)
+    result = _train(spec, args)
+    if result is None:
         return EXIT_CHECK_FAILED
-    _summary(result)
     if args.out:
         write_outputs({Path(args.out): _weights_bytes(result)}, "--out")
     print(result.final_line())
@@ -282,7 +286,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from symbackprop.derive import derive
     from symbackprop.render import compile_pdf, render_markdown, render_tex
     from symbackprop.spec import load_spec
-    from symbackprop.training import CheckFailed
     from symbackprop.verify import certify
 
     out = Path(args.out if args.out is not None else DEMO_DIR)
@@ -310,12 +313,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
     print()
     args.data = "digits"
-    try:
-        result = _train(spec, args)
-    except CheckFailed as failed:
-        print(f"symbackprop: {failed}", file=sys.stderr)
+    result = _train(spec, args)
+    if result is None:
         return EXIT_CHECK_FAILED
-    _summary(result)
     print("\nthe chain rule, as SymPy derived it (equation numbers of the documents):")
     print("\n".join(_derivation_summary(result.derivation)))
     tex = render_tex(result.derivation, result.certificate)

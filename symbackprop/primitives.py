@@ -198,4 +198,8 @@ def to_textbook_form(expr: sympy.Expr) -> sympy.Expr:
     ``fdiff`` above) produce their derivatives.  The kinks (step, relu, leaky_relu, elu)
     stay: they have no smooth closed form.
     """
-    return expr.replace(lambda e: isinstance(e, (sigmoid, softplus)), lambda e: e.rewrite(exp))
+    # only the primitive node itself: rewrite(exp) would also turn sin(x) into exp(I*x)
+    return expr.replace(
+        lambda e: isinstance(e, (sigmoid, softplus)),
+        lambda e: e._eval_rewrite_as_exp(*e.args),
+    )

@@ -159,3 +159,23 @@ def test_generated_script_trains_with_numpy_alone(tmp_path: Path) -> None:
         [sys.executable, "model.py", "nothing.npz"], cwd=tmp_path, capture_output=True, text=True
     )
     assert bad.returncode == 2 and "error:" in bad.stderr
+
+
+def test_train_refuses_a_failed_certificate(
+    in_tmp: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    import symbackprop.training as training
+    from symbackprop.verify import Certificate, ParameterCheck, WitnessResult
+
+    def failing(*args: object, **kwargs: object) -> Certificate:
+        bad = WitnessResult("finite-diff", 1.0, 1.0, 6, False)
+        return Certificate(
+            "seed_mlp", (ParameterCheck("W1", (3, 2), (bad,)),), ("finite-diff",), (), 4, 0.7
+        )
+
+    monkeypatch.setattr(training, "certify", failing)
+    code = main(["train", "digits_mlp", "--data", "digits", "--out", "w.npz"])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "FAIL" in captured.out and "not training" in captured.err
+    assert "epoch 1/" not in captured.out and not Path("w.npz").exists()
