@@ -1,0 +1,99 @@
+#!/usr/bin/env python
+"""The certificate over a grid of networks: the largest error each witness saw.
+
+Run on demand (about a minute):
+
+    python benchmarks/certificate_grid.py [--json out.json]
+
+The grid is the one the tests use: every built-in hidden activation and five custom ones
+under a softmax/cross-entropy output, every output/loss pair (custom losses included) after
+a tanh layer, depths 1 to 4, an l2 network and one above the expanded-composite limit (the
+neuron-level witness). For each witness it reports the maximum over all parameters and
+networks of the max relative error (relative to max(|reference|, floor)) and the maximum
+absolute error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from symbackprop.functions import ACTIVATIONS
+from symbackprop.spec import from_dict
+from symbackprop.verify import certify
+
+CUSTOM = [
+    {"name": "swish", "expr": "x*sigmoid(x)"},
+    {"name": "softsign", "expr": "x/(1+abs(x))"},
+    {"name": "bent", "expr": "(sqrt(x**2+1)-1)/2 + x"},
+    {"name": "leaky_max", "expr": "Max(0.1*x, x)"},
+    {"name": "gauss", "expr": "exp(-x**2)"},
+]
+OUTPUTS = [
+    ("softmax", "cross_entropy", 2),
+    ("sigmoid", "cross_entropy", 2),
+    ("sigmoid", "binary_cross_entropy", 1),
+    ("identity", "mse", 2),
+    ("tanh", "mse", 2),
+    ("sigmoid", "mse", 2),
+    ("softmax", "mse", 2),
+    ("identity", {"name": "logcosh", "expr": "log(cosh(yhat - y))"}, 2),
+    ("softmax", {"name": "focal_ish", "expr": "-y*(1-yhat)**2*log(yhat)"}, 2),
+]
+
+
+def spec(hidden: list, output: str, loss: object, outputs: int = 2, **kw: int) -> object:
+    inputs, units, l2 = kw.get("inputs", 3), kw.get("units", 3), kw.get("l2", 0.0)
+    layers = [{"units": units, "activation": act} for act in hidden]
+    layers.append({"units": outputs, "activation": output})
+    return from_dict({"name": "net", "inputs": inputs, "loss": loss, "l2": l2, "layers": layers})
+
+
+def grid() -> list[tuple[str, object]]:
+    networks = []
+    for act in [n for n, a in ACTIVATIONS.items() if not a.softmax] + CUSTOM:
+        name = act if isinstance(act, str) else act["name"]
+        networks.append((f"hidden {name}", spec([act], "softmax", "cross_entropy")))
+    for output, loss, outputs in OUTPUTS:
+        label = loss if isinstance(loss, str) else loss["name"]
+        networks.append((f"{output} + {label}", spec(["tanh"], output, loss, outputs)))
+    for depth in (1, 2, 3, 4):
+        hidden = ["relu", "tanh", "elu", "silu"][: depth - 1]
+        networks.append((f"depth {depth}", spec(hidden, "softmax", "cross_entropy", units=2)))
+    networks.append(("l2", spec(["sigmoid", "softplus"], "softmax", "cross_entropy", l2=0.05)))
+    big = spec(["relu", "gelu"], "softmax", "cross_entropy", outputs=4, inputs=6, units=8, l2=0.01)
+    networks.append(("graph mode (150 params)", big))
+    return networks
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", help="write the numbers here")
+    args = parser.parse_args(argv)
+    worst: dict[str, dict[str, float]] = {}
+    rows = []
+    start = time.perf_counter()
+    for label, network in grid():
+        certificate = certify(network)
+        rows.append({"network": label, "passed": certificate.passed})
+        for check in certificate.parameters:
+            for result in check.results:
+                entry = worst.setdefault(result.witness, {"max_rel": 0.0, "max_abs": 0.0})
+                entry["max_rel"] = max(entry["max_rel"], result.max_rel)
+                entry["max_abs"] = max(entry["max_abs"], result.max_abs)
+        print(f"{label:<28} {'pass' if certificate.passed else 'FAIL'}", file=sys.stderr)
+    print("| witness | networks | max relative error | max absolute error |")
+    print("|---|---|---|---|")
+    for witness, entry in worst.items():
+        print(f"| {witness} | {len(rows)} | {entry['max_rel']:.2e} | {entry['max_abs']:.2e} |")
+    print(f"all passed: {all(r['passed'] for r in rows)}; {time.perf_counter() - start:.1f} s")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as stream:
+            json.dump({"witnesses": worst, "networks": rows}, stream, indent=2)
+    return 0 if all(r["passed"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
