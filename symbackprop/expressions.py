@@ -19,6 +19,12 @@ Numbers are exact: an int literal becomes ``Integer``, a float literal the ``Rat
 its decimal text (``0.01`` -> ``1/100``, ``1e-3`` -> ``1/1000``), and ``1/2`` stays
 ``Rational(1, 2)``.  Exactness lets the certificate's exact witness mean what it says and
 keeps ``0.1`` from turning into ``0.1000000000000000055...``; printing shows ``x/100``.
+
+Limits (each against a denial of service, not a taste): at most 500 characters and 200
+expression nodes; a constant exponent may not contain ``**`` and its numbers are at most
+100 (``x**9**9**9`` is refused, ``x**(1/3)`` and ``2**x`` are fine); exact numbers have at
+most 100 digits (SymPy factors big integers inside sqrt and log); with ``variables=None``
+a name must not be a SymPy name (``I``, ``N``, ``beta``, ...) so printed results read back.
 """
 
 from __future__ import annotations

@@ -22,9 +22,10 @@ from symbackprop.expressions import parse_expression
 from symbackprop.primitives import elu, leaky_relu, relu, sigmoid, softplus
 from symbackprop.spec import FunctionSpec, NetworkSpec
 
-X = sympy.Symbol("x")
-YHAT = sympy.Symbol("yhat")
-Y = sympy.Symbol("y")
+# real: |x|' is sign(x), not an expression in re(x) and im(x)
+X = sympy.Symbol("x", real=True)
+YHAT = sympy.Symbol("yhat", real=True)
+Y = sympy.Symbol("y", real=True)
 
 Reference = Callable[[np.ndarray], np.ndarray]
 

@@ -23,7 +23,7 @@ def floatify(expr: sympy.Expr) -> sympy.Expr:
     """Every non-integer numeric constant as a Float (printed as a Python float literal)."""
     return expr.replace(
         lambda e: isinstance(e, sympy.Expr) and e.is_number and not e.is_Integer and e.is_real,
-        lambda e: sympy.Float(e, 17),
+        lambda e: sympy.Float(e.evalf(17), 17),
     )
 
 

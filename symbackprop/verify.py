@@ -27,6 +27,9 @@ import sympy
 from symbackprop.checkpoint import FD_STEP, check_point, load_module
 from symbackprop.codegen import generate
 from symbackprop.derive import Derivation, derive
+from symbackprop.functions import YHAT
+from symbackprop.functions import X as X_SYMBOL
+from symbackprop.functions import Y as Y_SYMBOL
 from symbackprop.graph import (
     EXPANDED_LIMIT,
     GRAPH_LIMIT,
@@ -261,53 +264,42 @@ def exact_graph(
 
 
 def _torch_namespace(torch: types.ModuleType) -> dict[str, Callable]:
+    """Names a lambdified SymPy expression calls, as torch functions of tensors or numbers."""
     F = torch.nn.functional
 
-    def maximum(*args: object) -> object:
-        result = args[0]
-        for arg in args[1:]:
-            result = torch.maximum(
-                torch.as_tensor(result, dtype=torch.float64),
-                torch.as_tensor(arg, dtype=torch.float64),
-            )
-        return result
+    def tensor(value: object) -> object:
+        return torch.as_tensor(value, dtype=torch.float64)
 
-    def minimum(*args: object) -> object:
-        result = args[0]
-        for arg in args[1:]:
-            result = torch.minimum(
-                torch.as_tensor(result, dtype=torch.float64),
-                torch.as_tensor(arg, dtype=torch.float64),
-            )
-        return result
+    def unary(fn: Callable) -> Callable:
+        return lambda value: fn(tensor(value))  # constants such as log(2) arrive as numbers
 
-    return {
-        "exp": torch.exp,
-        "log": torch.log,
-        "sqrt": torch.sqrt,
-        "sin": torch.sin,
-        "cos": torch.cos,
-        "tan": torch.tan,
-        "sinh": torch.sinh,
-        "cosh": torch.cosh,
-        "tanh": torch.tanh,
-        "asin": torch.asin,
-        "acos": torch.acos,
-        "atan": torch.atan,
-        "asinh": torch.asinh,
-        "atanh": torch.atanh,
-        "erf": torch.erf,
-        "Abs": torch.abs,
-        "sigmoid": torch.sigmoid,
-        "softplus": F.softplus,
-        "relu": torch.relu,
-        "leaky_relu": lambda v: F.leaky_relu(v, 0.01),
-        "elu": F.elu,
-        "Max": maximum,
-        "Min": minimum,
-        "pi": float(sympy.pi),
-        "E": float(sympy.E),
-    }
+    def fold(fn: Callable) -> Callable:
+        def folded(*args: object) -> object:
+            result = tensor(args[0])
+            for arg in args[1:]:
+                result = fn(result, tensor(arg))
+            return result
+
+        return folded
+
+    names = {
+        "exp": torch.exp, "log": torch.log, "sqrt": torch.sqrt, "sin": torch.sin,
+        "cos": torch.cos, "tan": torch.tan, "sinh": torch.sinh, "cosh": torch.cosh,
+        "tanh": torch.tanh, "asin": torch.asin, "acos": torch.acos, "atan": torch.atan,
+        "asinh": torch.asinh, "atanh": torch.atanh, "erf": torch.erf, "Abs": torch.abs,
+        "sign": torch.sign, "sigmoid": torch.sigmoid, "softplus": F.softplus,
+        "relu": torch.relu, "leaky_relu": lambda v: F.leaky_relu(v, 0.01), "elu": F.elu,
+    }  # fmt: skip
+    namespace: dict[str, object] = {name: unary(fn) for name, fn in names.items()}
+    namespace.update(
+        {
+            "Max": fold(torch.maximum),
+            "Min": fold(torch.minimum),
+            "pi": float(sympy.pi),
+            "E": float(sympy.E),
+        }
+    )
+    return namespace
 
 
 def _torch_activation(torch: types.ModuleType, name: str) -> Callable | None:
@@ -343,7 +335,7 @@ def pytorch_gradients(
             break
         fn = None if act.custom else _torch_activation(torch, act.name)
         if fn is None:
-            fn = sympy.lambdify(sympy.Symbol("x"), act.expr, modules=[namespace])
+            fn = sympy.lambdify(X_SYMBOL, act.expr, modules=[namespace])
         values = fn(z)
     act, loss = net.output, net.loss
     if act.softmax:
@@ -352,7 +344,7 @@ def pytorch_gradients(
     else:
         fn = None if act.custom else _torch_activation(torch, act.name)
         if fn is None:
-            fn = sympy.lambdify(sympy.Symbol("x"), act.expr, modules=[namespace])
+            fn = sympy.lambdify(X_SYMBOL, act.expr, modules=[namespace])
         p = fn(z)
     batch = X.shape[0]
     if loss.name == "cross_entropy" and not loss.custom:
@@ -363,7 +355,7 @@ def pytorch_gradients(
     elif loss.name == "mse" and not loss.custom:
         value = 0.5 * ((p - target) ** 2).sum() / batch
     else:
-        yhat, y = sympy.symbols("yhat y")
+        yhat, y = YHAT, Y_SYMBOL
         fn = sympy.lambdify((yhat, y), loss.expr, modules=[namespace])
         value = fn(p, target).sum() / batch
     if net.spec.l2:

@@ -29,6 +29,8 @@ OUTPUTS = [
     ("softmax", "mse"),
     ("identity", {"name": "logcosh", "expr": "log(cosh(yhat - y))"}),
     ("softmax", {"name": "focal_ish", "expr": "-y*(1-yhat)**2*log(yhat)"}),
+    ("tanh", {"name": "l1", "expr": "abs(yhat - y)"}),
+    ("sigmoid", {"name": "quartic", "expr": "(yhat - y)**4/4"}),
 ]
 CUSTOM_ACTIVATIONS = [
     {"name": "swish", "expr": "x*sigmoid(x)"},
@@ -36,6 +38,9 @@ CUSTOM_ACTIVATIONS = [
     {"name": "bent", "expr": "(sqrt(x**2+1)-1)/2 + x"},
     {"name": "leaky_max", "expr": "Max(0.1*x, x)"},
     {"name": "gauss", "expr": "exp(-x**2)"},
+    {"name": "mish", "expr": "x*tanh(softplus(x))"},
+    {"name": "shifted_softplus", "expr": "softplus(x) - log(2)"},
+    {"name": "clipped", "expr": "Min(x, 1) + abs(x)/10"},
 ]
 
 
