@@ -97,10 +97,13 @@ class Derivation:
         raise KeyError(key)
 
     def _repr_markdown_(self) -> str:
-        """The whole derivation document, for Jupyter."""
-        from symbackprop.render import render_markdown  # render builds on this module
-
-        return render_markdown(self)
+        """The numbered core equations for Jupyter (the full document: render.render_markdown)."""
+        spec = self.network.spec
+        sizes = "-".join(map(str, spec.sizes))
+        lines = [f"**Backpropagation for `{spec.name}`** ({sizes}, loss `{spec.loss.name}`)", ""]
+        for e in self.equations:
+            lines += [f"{e.title}:", "", "$$", rf"{e.latex} \tag{{{e.number}}}", "$$", ""]
+        return "\n".join(lines)
 
     def _repr_latex_(self) -> str:
         lines = [rf"\text{{({e.number}) {e.title}:}}\quad {e.latex}" for e in self.equations]

@@ -196,9 +196,14 @@ def test_markdown_math_is_simple() -> None:
         assert block.count(r"\tag{") == 1
 
 
-def test_repr_markdown() -> None:
+def test_notebook_reprs_show_every_core_equation() -> None:
     d = _derivation("tanh_regression")
-    assert d._repr_markdown_() == render.render_markdown(d)
+    markdown, latex = d._repr_markdown_(), d._repr_latex_()
+    for equation in d.equations:
+        assert rf"\tag{{{equation.number}}}" in markdown
+        assert f"({equation.number}) {equation.title}" in latex
+    assert markdown.count("$$") == 2 * len(d.equations)
+    assert latex.startswith("$") and latex.endswith("$")
 
 
 def test_compile_pdf_without_pdflatex(monkeypatch: pytest.MonkeyPatch) -> None:
