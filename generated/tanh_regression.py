@@ -88,36 +88,52 @@ def _targets(Y, batch, dtype, ws=None):
 # --- buffers ----------------------------------------------------------------------------------
 
 _WORKSPACES = {}
+_CACHE_BYTES = 1 << 26  # larger workspaces (say, a forward pass over a whole dataset) are not kept
+
+
+class _Buffers(dict):
+    """The arrays of one batch size and dtype, each made on first use and then reused."""
+
+    def __init__(self, shapes, dtype):
+        super().__init__()
+        self.shapes, self.dtype = shapes, dtype
+
+    def __missing__(self, name):
+        array = self[name] = numpy.empty(self.shapes[name], dtype=self.dtype)
+        return array
 
 
 def _workspace(batch, dtype):
-    """Every array a step needs, for one batch size and dtype, made once and reused."""
+    """Every array a step needs, for one batch size and dtype: made once, then reused."""
     key = (batch, numpy.dtype(dtype).char)
     ws = _WORKSPACES.get(key)
     if ws is None:
-        if len(_WORKSPACES) >= 4:
-            _WORKSPACES.clear()
-        ws = {name: numpy.empty(shape, dtype=dtype) for name, shape in (
-            ("X", (batch, 3)),
-            ("Y", (batch, 1)),
-            ("S", (batch, 1)),
-            ("Z1", (batch, 4)),
-            ("A1", (batch, 4)),
-            ("dZ1", (batch, 4)),
-            ("G1", (batch, 4)),
-            ("T1_0", (batch, 4)),
-            ("dW1", (4, 3)),
-            ("db1", (4,)),
-            ("Z2", (batch, 1)),
-            ("dZ2", (batch, 1)),
-            ("dW2", (1, 4)),
-            ("db2", (1,)),
-            ("E", (batch, 1)),
-            ("U0", (batch, 1)),
-        )}
+        shapes = {
+            "X": (batch, 3),
+            "Y": (batch, 1),
+            "S": (batch, 1),
+            "Z1": (batch, 4),
+            "A1": (batch, 4),
+            "dZ1": (batch, 4),
+            "G1": (batch, 4),
+            "T1_0": (batch, 4),
+            "dW1": (4, 3),
+            "db1": (4,),
+            "Z2": (batch, 1),
+            "dZ2": (batch, 1),
+            "dW2": (1, 4),
+            "db2": (1,),
+            "E": (batch, 1),
+            "U0": (batch, 1),
+        }
+        ws = _Buffers(shapes, dtype)
         ws["rows"] = numpy.arange(batch) * LAYER_SIZES[-1]
         ws["index"] = numpy.empty(batch, dtype=numpy.intp)
-        _WORKSPACES[key] = ws
+        size = sum(int(numpy.prod(shape)) for shape in shapes.values()) * ws.dtype.itemsize
+        if size <= _CACHE_BYTES:
+            if len(_WORKSPACES) >= 4:
+                _WORKSPACES.clear()
+            _WORKSPACES[key] = ws
     return ws
 
 
