@@ -209,11 +209,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = _train(spec, args)
     if result is None:
         return EXIT_CHECK_FAILED
+    if result.diverged:
+        print(
+            "symbackprop: training diverged (the loss is not finite); no weights saved. "
+            "Try a smaller --lr.",
+            file=sys.stderr,
+        )
+        print(result.final_line())
+        return EXIT_CHECK_FAILED
     if args.out:
         write_outputs({Path(args.out): _weights_bytes(result)}, "--out")
-    print(result.final_line())
-    if args.out:
         print(f"saved weights to {args.out} (load them with the generated module's load())")
+    print(result.final_line())
     return EXIT_OK
 
 

@@ -24,6 +24,7 @@ import json
 import keyword
 import math
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,8 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 OPTIMIZERS = ("sgd", "momentum", "adam")
+# a generated module named like these would hide them from its own imports
+_SHADOWED = frozenset(getattr(sys, "stdlib_module_names", ())) | {"numpy", "symbackprop"}
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
 _PACKAGED_EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
@@ -148,6 +151,8 @@ def from_dict(data: Any) -> NetworkSpec:
     name = _required(data, "name", "")
     if not isinstance(name, str) or not _IDENTIFIER.match(name) or keyword.iskeyword(name):
         raise InputError("name", f"expected a Python identifier, got {name!r}")
+    if name in _SHADOWED:
+        raise InputError("name", f"{name!r} would shadow the module {name} when imported")
     inputs = _positive_int(_required(data, "inputs", ""), "inputs")
     layers = _layers(_required(data, "layers", ""))
     loss = _function(_required(data, "loss", ""), "loss")

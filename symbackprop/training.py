@@ -63,6 +63,11 @@ class TrainResult:
     def classification(self) -> bool:
         return self.dataset.classes is not None
 
+    @property
+    def diverged(self) -> bool:
+        """A non-finite loss: the learning rate was too large for this network."""
+        return not (math.isfinite(self.train_loss) and math.isfinite(self.test_loss))
+
     def final_line(self) -> str:
         """The machine-readable last line of ``train`` and ``demo``."""
         metric = "accuracy" if self.classification else "rmse"
@@ -146,18 +151,24 @@ def train(
                 )
             )
 
-    history = module.fit(
-        params,
-        dataset.X_train,
-        dataset.y_train,
-        epochs=opts.epochs,
-        batch_size=opts.batch_size,
-        lr=opts.lr,
-        optimizer=opts.optimizer,
-        seed=opts.seed,
-        callback=report,
-    )
+    with np.errstate(all="ignore"):  # a diverging run is reported once, not per operation
+        history = module.fit(
+            params,
+            dataset.X_train,
+            dataset.y_train,
+            epochs=opts.epochs,
+            batch_size=opts.batch_size,
+            lr=opts.lr,
+            optimizer=opts.optimizer,
+            seed=opts.seed,
+            callback=report,
+        )
     seconds = time.perf_counter() - start
+    with np.errstate(all="ignore"):
+        train_loss = module.loss(params, dataset.X_train, dataset.y_train)
+        test_loss = module.loss(params, dataset.X_test, dataset.y_test)
+        train_metric = _metric(module, params, dataset.X_train, dataset.y_train, classification)
+        test_metric = _metric(module, params, dataset.X_test, dataset.y_test, classification)
     return TrainResult(
         derivation=derivation,
         source=source,
@@ -167,9 +178,9 @@ def train(
         options=opts,
         params=params,
         history=tuple(history),
-        train_loss=module.loss(params, dataset.X_train, dataset.y_train),
-        test_loss=module.loss(params, dataset.X_test, dataset.y_test),
-        train_metric=_metric(module, params, dataset.X_train, dataset.y_train, classification),
-        test_metric=_metric(module, params, dataset.X_test, dataset.y_test, classification),
+        train_loss=train_loss,
+        test_loss=test_loss,
+        train_metric=train_metric,
+        test_metric=test_metric,
         seconds=seconds,
     )

@@ -674,3 +674,16 @@ def test_custom_loss_valid():
     _, chosen = functions.resolve(spec.from_dict(data))
     assert chosen.custom
     assert functions.YHAT in chosen.expr.free_symbols
+
+
+@pytest.mark.parametrize("name", ["numpy", "math", "sys", "json", "symbackprop"])
+def test_names_that_would_shadow_a_module_are_refused(name: str) -> None:
+    data = {
+        "name": name,
+        "inputs": 1,
+        "loss": "mse",
+        "layers": [{"units": 1, "activation": "identity"}],
+    }
+    with pytest.raises(InputError) as info:
+        spec.from_dict(data)
+    assert str(info.value).startswith("name: ")

@@ -39,8 +39,7 @@ def test_train_digits_reaches_97_percent(in_tmp: Path, capsys: pytest.CaptureFix
     out = capsys.readouterr().out
     assert code == 0, out
     assert "PASS" in out and "epoch 30/30" in out
-    lines = out.rstrip("\n").splitlines()
-    final = next(line for line in lines if line.startswith("final:"))
+    final = last_line(out)  # the contract: the last line, also with --out
     match = FINAL_CLASSIFICATION.match(final)
     assert match, final
     train_loss, test_loss, train_acc, test_acc = map(float, match.groups())
@@ -179,3 +178,31 @@ def test_train_refuses_a_failed_certificate(
     assert code == 1
     assert "FAIL" in captured.out and "not training" in captured.err
     assert "epoch 1/" not in captured.out and not Path("w.npz").exists()
+
+
+def test_train_reports_divergence(in_tmp: Path, capsys: pytest.CaptureFixture) -> None:
+    args = ["train", "digits_mlp", "--data", "digits", "--epochs", "2", "--optimizer", "sgd"]
+    code = main([*args, "--lr", "1e30", "--out", "w.npz"])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "diverged" in captured.err and len(captured.err.strip().splitlines()) == 1
+    assert last_line(captured.out).startswith("final: train_loss=nan")
+    assert not Path("w.npz").exists()
+
+
+def test_generated_script_scores_one_hot_targets_and_refuses_nan(tmp_path: Path) -> None:
+    (tmp_path / "model.py").write_text(generate(load_spec("swish_mlp")))
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(90, 4))
+    Y = np.eye(3)[rng.integers(0, 3, size=90)]
+    np.savez(tmp_path / "onehot.npz", X=X, y=Y)
+    X[5, 2] = np.nan
+    np.savez(tmp_path / "nan.npz", X=X, y=Y)
+    run = [sys.executable, "model.py", "onehot.npz", "--epochs", "5", "--out", "w.npz"]
+    result = subprocess.run(run, cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert re.match(r"^final: train_loss=\S+ train_accuracy=\S+$", last_line(result.stdout))
+    run = [sys.executable, "model.py", "nan.npz", "--out", "bad.npz"]
+    result = subprocess.run(run, cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 2 and "NaN" in result.stderr
+    assert not (tmp_path / "bad.npz").exists()
