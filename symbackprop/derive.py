@@ -62,18 +62,6 @@ class OutputRule:
     q: sympy.Expr | None = None  # softmax only
     generic_delta: sympy.Expr | None = None  # elementwise: dl/dyhat * f'(z), before simplifying
 
-    @property
-    def fused(self) -> bool:
-        """True when the output error needs no division by yhat (e.g. P - Y, sigmoid(z) - y)."""
-        if self.softmax:
-            assert self.q is not None
-            return P not in self.q.free_symbols
-        assert self.delta is not None
-        return not any(
-            isinstance(e, sympy.Pow) and e.exp.is_negative
-            for e in sympy.preorder_traversal(self.delta)
-        )
-
 
 @dataclass(frozen=True)
 class Equation:

@@ -1,4 +1,4 @@
-"""Printers: SymPy expressions to NumPy source and to LaTeX (``_print_X`` methods only).
+"""Printers: SymPy expressions to NumPy source (``_print_X`` methods and in-place plans).
 
 ``NumPyKernelPrinter`` prints elementwise kernels for the generated module:
 * every numeric constant becomes a Python float literal, so float32 arrays stay float32
@@ -15,7 +15,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import sympy
-from sympy.printing.latex import LatexPrinter
 from sympy.printing.numpy import NumPyPrinter
 
 
@@ -65,22 +64,6 @@ def numpy_code(expr: sympy.Expr, names: Mapping[sympy.Symbol, str]) -> tuple[str
     """One expression as NumPy source, and the helper functions it calls."""
     printer = NumPyKernelPrinter(names)
     return printer.doprint(expr), printer.helpers
-
-
-def kernel_lines(
-    exprs: list[sympy.Expr], names: Mapping[sympy.Symbol, str], temp: str = "t"
-) -> tuple[list[str], list[str], set[str]]:
-    """Statements (``t0 = ...``) shared by the expressions (per-kernel cse), and the results."""
-    symbols = sympy.numbered_symbols(temp)
-    replacements, reduced = sympy.cse(exprs, symbols=symbols, optimizations="basic")
-    printer = NumPyKernelPrinter(names)
-    lines = [f"{sym.name} = {printer.doprint(value)}" for sym, value in replacements]
-    results = [printer.doprint(expr) for expr in reduced]
-    return lines, results, printer.helpers
-
-
-def latex(expr: sympy.Expr, names: Mapping[sympy.Symbol, str] | None = None) -> str:
-    return LatexPrinter({"symbol_names": dict(names or {})}).doprint(expr)
 
 
 # --- in-place statements: kernels that write into preallocated buffers ----------------------
