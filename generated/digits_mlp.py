@@ -11,9 +11,10 @@ Conventions: X has shape (batch, 64); W<l> has shape (units_l, units_{l-1}) and
 b<l> has shape (units_l,); Z<l> = A<l-1> @ W<l>.T + b<l>.  "(eq. N)" cites equation N of the
 derivation document (symbackprop derive digits_mlp).  Needs NumPy only.
 
-Every step works in buffers preallocated per (batch size, dtype) and reused, so a training
-step allocates no arrays after the first; a module object is therefore not meant to be
-shared between threads.
+Every step works in buffers made per (batch size, dtype) and reused, so a training step
+allocates no arrays after the first (unless X or Y must be converted to the parameters'
+dtype, or a kernel calls a helper such as _erf); a module object is therefore not meant to
+be shared between threads.
 """
 
 import argparse
@@ -67,7 +68,9 @@ def _targets(Y, batch, dtype, ws=None):
         if Y.min() < low or Y.max() > high:
             raise ValueError(f"Y holds class labels outside [{low}, {high}]")
         if outputs == 1:
-            return Y.astype(dtype)[:, None], False
+            target = numpy.empty((batch, 1), dtype) if ws is None else ws["Y"]
+            numpy.copyto(target[:, 0], Y)
+            return target, False
         if ws is None:
             ws = {"Y": numpy.empty((batch, outputs), dtype), "index": numpy.empty(batch, numpy.intp)}
             ws["rows"] = numpy.arange(batch) * outputs
@@ -174,9 +177,9 @@ def _forward(params, X, ws):
     numpy.subtract(Z3, ws["S"], out=LP)
     numpy.exp(LP, out=P)
     numpy.add.reduce(P, axis=1, keepdims=True, out=ws["S"])
+    numpy.divide(P, ws["S"], out=P)
     numpy.log(ws["S"], out=ws["S"])
-    LP -= ws["S"]
-    numpy.exp(LP, out=P)
+    numpy.subtract(LP, ws["S"], out=LP)
     return P
 
 
@@ -287,32 +290,36 @@ def train_step(params, X, Y, lr):
     """One plain SGD step in place (eq. 10); returns the loss before the step."""
     X, Y, ws, unit_rows, value = _step(params, X, Y)
     _backward(params, X, Y, ws, lr / X.shape[0], lr, unit_rows)
-    for key, param in params.items():
-        param -= ws["d" + key]
+    _sgd_update(params, ws)
     return value
 
 
+def _sgd_update(params, ws):
+    """params -= the step the backward pass left in ws (it was scaled by lr there)."""
+    for key, param in params.items():
+        param -= ws["d" + key]
+
+
 def _optimizer(params, optimizer, lr):
-    """An in-place update for sgd, momentum or adam (torch.optim's definitions)."""
-    scratch = {key: numpy.empty_like(value) for key, value in params.items()}
+    """(gradient scale, update(ws)) for sgd, momentum or adam (torch.optim's definitions).
+
+    sgd lets the backward pass scale by lr, so that its buffers hold the step itself.
+    """
     if optimizer == "sgd":
-        def update(grads):
-            for key, grad in grads.items():
-                grad *= lr
-                params[key] -= grad
-        return update
+        return lr, lambda ws: _sgd_update(params, ws)
+    scratch = {key: numpy.empty_like(value) for key, value in params.items()}
     if optimizer == "momentum":
         mu = TRAIN_DEFAULTS["momentum"]
         velocity = {key: numpy.zeros_like(value) for key, value in params.items()}
 
-        def update(grads):
-            for key, grad in grads.items():
+        def update(ws):
+            for key, param in params.items():
                 v = velocity[key]
                 v *= mu
-                v += grad
+                v += ws["d" + key]
                 numpy.multiply(v, lr, out=scratch[key])
-                params[key] -= scratch[key]
-        return update
+                param -= scratch[key]
+        return 1.0, update
     if optimizer == "adam":
         beta1, beta2 = TRAIN_DEFAULTS["beta1"], TRAIN_DEFAULTS["beta2"]
         eps = TRAIN_DEFAULTS["eps"]
@@ -320,12 +327,12 @@ def _optimizer(params, optimizer, lr):
         second = {key: numpy.zeros_like(value) for key, value in params.items()}
         step = [0]
 
-        def update(grads):
+        def update(ws):
             step[0] += 1
             correction1 = 1.0 - beta1 ** step[0]
             correction2 = 1.0 - beta2 ** step[0]
-            for key, grad in grads.items():
-                m, v, t = first[key], second[key], scratch[key]
+            for key, param in params.items():
+                grad, m, v, t = ws["d" + key], first[key], second[key], scratch[key]
                 m *= beta1
                 numpy.multiply(grad, 1.0 - beta1, out=t)
                 m += t
@@ -338,8 +345,8 @@ def _optimizer(params, optimizer, lr):
                 t += eps
                 numpy.divide(m, t, out=t)
                 t *= lr / correction1
-                params[key] -= t
-        return update
+                param -= t
+        return 1.0, update
     raise ValueError(f"optimizer is {optimizer!r}, expected 'sgd', 'momentum' or 'adam'")
 
 
@@ -356,7 +363,7 @@ def fit(params, X, Y, *, epochs, batch_size, lr, optimizer="sgd", seed=0, verbos
             raise ValueError(f"{label} is {value!r}, expected a positive integer")
     if not lr > 0:
         raise ValueError(f"lr is {lr!r}, expected a positive number")
-    update = _optimizer(params, optimizer, lr)
+    scale, update = _optimizer(params, optimizer, lr)
     rng = numpy.random.default_rng(seed)
     count = X.shape[0]
     history = []
@@ -370,8 +377,8 @@ def fit(params, X, Y, *, epochs, batch_size, lr, optimizer="sgd", seed=0, verbos
             Yb = numpy.take(Y, batch, axis=0, out=ws["Y"])
             _forward(params, Xb, ws)
             total += _loss(params, Xb, Yb, ws) * len(batch)
-            _backward(params, Xb, Yb, ws, 1.0 / len(batch), 1.0, unit_rows)
-            update({key: ws["d" + key] for key in _SHAPES})
+            _backward(params, Xb, Yb, ws, scale / len(batch), scale, unit_rows)
+            update(ws)
         history.append(total / count)
         if verbose:
             print(f"epoch {epoch}/{epochs}: loss {history[-1]:.6f}")

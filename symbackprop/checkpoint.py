@@ -12,7 +12,6 @@ import numpy as np
 
 from symbackprop.functions import X as X_SYMBOL
 from symbackprop.graph import SymbolicNetwork
-from symbackprop.numpy_erf import _erf
 from symbackprop.primitives import NUMPY_HELPERS
 from symbackprop.printing import numpy_code
 
@@ -46,8 +45,8 @@ def _clear_of_kinks(net: SymbolicNetwork, params: dict, X: np.ndarray) -> bool:
             return False
         if index < net.depth:
             code, helpers = numpy_code(act.expr, {X_SYMBOL: "x"})
-            namespace: dict = {"numpy": np, "_erf": _erf}
-            for helper in helpers - {"_erf"}:
+            namespace: dict = {"numpy": np}
+            for helper in helpers:
                 exec(NUMPY_HELPERS[helper], namespace)  # our own helper source
             values = eval(code, namespace, {"x": Z})  # printed from a validated expression
     return True

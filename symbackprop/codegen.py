@@ -8,7 +8,6 @@ deterministic text: no timestamps, no absolute paths, sorted everything.
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +17,6 @@ import sympy
 from symbackprop import __version__
 from symbackprop.derive import LP, Derivation, P, Z, derive
 from symbackprop.functions import A, Y
-from symbackprop.numpy_erf import _erf
 from symbackprop.primitives import NUMPY_HELPERS
 from symbackprop.printing import inplace_statements
 from symbackprop.spec import NetworkSpec
@@ -66,21 +64,13 @@ def _plan(
 
 
 def _helper_source(helpers: set[str]) -> list[str]:
-    sources = []
-    for helper in sorted(helpers):
-        if helper == "_erf":
-            sources.append(inspect.getsource(_erf).rstrip("\n"))
-        else:
-            sources.append(NUMPY_HELPERS[helper].rstrip("\n"))
-    return sources
+    return [NUMPY_HELPERS[helper].rstrip("\n") for helper in sorted(helpers)]
 
 
 def _predict(derivation: Derivation) -> tuple[str, str]:
     net = derivation.network
     outputs = net.sizes[-1]
-    if net.loss.name == "binary_cross_entropy" or (
-        net.loss.classification and not net.output.softmax
-    ):
+    if net.loss.classification and not net.output.softmax:
         return "threshold", "0/1 labels: output > 0.5 (shape (batch,) for one output)."
     if net.loss.classification:
         return "argmax", "Class indices: the argmax of the outputs, shape (batch,)."

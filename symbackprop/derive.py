@@ -135,9 +135,6 @@ def _through_output(act: Activation, f: sympy.Expr, derivative: sympy.Expr) -> s
             candidates.append(derivative)
         elif f != Z:
             candidates.append(derivative.xreplace({f: A}))
-    if act.name in ("relu", "leaky_relu"):
-        # f(z) > 0 exactly when z > 0, so the kink's indicator reads the same in a
-        candidates.append(derivative.xreplace({Z: A}))
     for candidate in candidates:
         if Z in candidate.free_symbols:
             continue

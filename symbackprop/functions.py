@@ -19,7 +19,7 @@ from sympy import erf, exp, log, sqrt, tanh
 
 from symbackprop.errors import InputError
 from symbackprop.expressions import parse_expression
-from symbackprop.primitives import elu, leaky_relu, relu, sigmoid, softplus
+from symbackprop.primitives import LEAKY_SLOPE, elu, leaky_relu, relu, sigmoid, softplus, step
 from symbackprop.spec import FunctionSpec, NetworkSpec
 
 # real: |x|' is sign(x), not an expression in re(x) and im(x)
@@ -82,12 +82,14 @@ ACTIVATIONS: dict[str, Activation] = {
     entry.name: entry
     for entry in (
         Activation("identity", X, "x", reference=lambda x: x),
+        # f(z) > 0 exactly when z > 0, so the kink's indicator reads the same in a
         Activation(
             "relu",
             relu(X),
             r"\operatorname{ReLU}(x)",
             init="he",
             reference=lambda x: np.maximum(x, 0),
+            via_output_hint=step(A),
         ),
         Activation(
             "leaky_relu",
@@ -95,6 +97,7 @@ ACTIVATIONS: dict[str, Activation] = {
             r"\operatorname{LeakyReLU}(x)",
             init="he",
             reference=lambda x: np.where(x > 0, x, 0.01 * x),
+            via_output_hint=LEAKY_SLOPE + (1 - LEAKY_SLOPE) * step(A),
         ),
         Activation(
             "sigmoid",
@@ -203,6 +206,15 @@ def resolve(spec: NetworkSpec) -> tuple[tuple[Activation, ...], Loss]:
         activation(layer.activation, f"layers[{i}].activation")
         for i, layer in enumerate(spec.layers)
     )
+    named: dict[str, int] = {}
+    for i, act in enumerate(activations):
+        first = named.setdefault(act.name, i)
+        if activations[first] != act:  # the document and the code refer to f by its name
+            raise InputError(
+                f"layers[{i}].activation.name",
+                f"{act.name!r} already names a different activation in layers[{first}]; "
+                "give each activation its own name",
+            )
     for i, act in enumerate(activations[:-1]):
         if act.softmax:
             raise InputError(

@@ -12,9 +12,13 @@ Conventions: step(0) = 0, so relu'(0) = 0 and leaky_relu'(0) = slope (PyTorch's)
 
 from __future__ import annotations
 
+import inspect
+
 import sympy
 from sympy import Function, Rational, exp, log
 from sympy.printing.printer import Printer
+
+from symbackprop.numpy_erf import _erf
 
 LEAKY_SLOPE = Rational(1, 100)
 
@@ -27,6 +31,8 @@ NUMPY_HELPERS: dict[str, str] = {
         "    return numpy.exp(-numpy.logaddexp(0, -x))\n"
     ),
 }
+# NumPy has no erf: the generated module carries its own, vectorized (numpy_erf.py)
+NUMPY_HELPERS["_erf"] = inspect.getsource(_erf)
 
 
 class _Primitive(Function):

@@ -18,12 +18,18 @@ import sympy
 from sympy.printing.numpy import NumPyPrinter
 
 
-def floatify(expr: sympy.Expr) -> sympy.Expr:
-    """Every non-integer numeric constant as a Float (printed as a Python float literal)."""
-    return expr.replace(
-        lambda e: isinstance(e, sympy.Expr) and e.is_number and not e.is_Integer and e.is_real,
-        lambda e: sympy.Float(e.evalf(17), 17),
-    )
+def floatify(expr: sympy.Expr, digits: int = 17, keep_rationals: bool = False) -> sympy.Expr:
+    """Every non-integer numeric constant (sqrt(2), pi, 1/3) as a Float of ``digits`` digits.
+
+    17 digits print as Python float literals; ``keep_rationals`` leaves exact fractions alone.
+    """
+
+    def constant(e: sympy.Basic) -> bool:
+        if not (isinstance(e, sympy.Expr) and e.is_number and e.is_real):
+            return False
+        return not (e.is_Rational if keep_rationals else e.is_Integer)
+
+    return expr.replace(constant, lambda e: sympy.Float(e.evalf(digits), digits))
 
 
 class NumPyKernelPrinter(NumPyPrinter):

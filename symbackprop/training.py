@@ -80,20 +80,28 @@ class TrainResult:
 def options(spec: NetworkSpec, **overrides: object) -> TrainSpec:
     """The spec's ``[train]`` defaults with command-line overrides (None = keep), checked."""
     chosen = {k: v for k, v in overrides.items() if v is not None}
-    for key in ("epochs", "batch_size"):
-        if key in chosen and (not isinstance(chosen[key], int) or chosen[key] < 1):
+
+    def integer(value: object) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    for key, least in (("epochs", 1), ("batch_size", 1), ("seed", 0)):
+        if key in chosen and not (integer(chosen[key]) and chosen[key] >= least):
+            kind = "a positive" if least else "a non-negative"
             flag = "--" + key.replace("_", "-")
-            raise InputError(flag, f"expected a positive integer, got {chosen[key]!r}")
-    if "lr" in chosen and not (
-        isinstance(chosen["lr"], float) and math.isfinite(chosen["lr"]) and chosen["lr"] > 0
-    ):
-        raise InputError("--lr", f"expected a positive number, got {chosen['lr']!r}")
+            raise InputError(flag, f"expected {kind} integer, got {chosen[key]!r}")
+    if "lr" in chosen:
+        lr = chosen["lr"]
+        if (
+            isinstance(lr, bool)
+            or not isinstance(lr, (int, float))
+            or not (math.isfinite(lr) and lr > 0)
+        ):
+            raise InputError("--lr", f"expected a positive number, got {lr!r}")
+        chosen["lr"] = float(lr)
     if "optimizer" in chosen and chosen["optimizer"] not in OPTIMIZERS:
         raise InputError(
             "--optimizer", f"expected one of {', '.join(OPTIMIZERS)}, got {chosen['optimizer']!r}"
         )
-    if "seed" in chosen and (not isinstance(chosen["seed"], int) or chosen["seed"] < 0):
-        raise InputError("--seed", f"expected a non-negative integer, got {chosen['seed']!r}")
     return replace(spec.train, **chosen)
 
 

@@ -38,6 +38,7 @@ from symbackprop.graph import (
     SymbolicNetwork,
 )
 from symbackprop.primitives import to_textbook_form
+from symbackprop.printing import floatify
 from symbackprop.spec import NetworkSpec
 
 PRECISION = 40  # decimal digits for the exact witness
@@ -173,19 +174,6 @@ def _l2_term(net: SymbolicNetwork, params: dict, grads: dict[str, np.ndarray]) -
                 grads[key] = grads[key] + net.spec.l2 * params[key]
 
 
-def _constants_as_floats(expr: sympy.Expr) -> sympy.Expr:
-    """sqrt(2), pi, ... as 50-digit Floats, so that substituting numbers evaluates each node.
-
-    With exact irrational constants left in, erf(0.3*sqrt(2)) stays unevaluated and evalf of
-    a GELU network's gradient took 1.4 s per entry; with Floats, 0.2 ms.
-    """
-    digits = PRECISION + 10
-    return expr.replace(
-        lambda e: isinstance(e, sympy.Expr) and e.is_number and not e.is_Rational and e.is_real,
-        lambda e: sympy.Float(e.evalf(digits), digits),
-    )
-
-
 class OverBudget(Exception):
     """The expanded composite took longer than its time budget (SymPy's swell)."""
 
@@ -203,7 +191,10 @@ def exact_expanded(
     as well as size (two SiLU layers of 41 parameters took 50 s).
     """
     start = time.perf_counter()
-    per_sample = _constants_as_floats(to_textbook_form(net.expanded_loss()))
+    # sqrt(2), pi as Floats: exact irrationals kept erf(0.3*sqrt(2)) unevaluated, and evalf of
+    # a GELU network's gradient took 1.4 s per entry instead of 0.2 ms
+    textbook = to_textbook_form(net.expanded_loss())
+    per_sample = floatify(textbook, PRECISION + 10, keep_rationals=True)
     theta = _parameter_values(net, params)
     points = [{**theta, **_data_values(net, x, y)} for x, y in zip(X, Y, strict=True)]
     grads = {}

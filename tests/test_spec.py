@@ -687,3 +687,17 @@ def test_names_that_would_shadow_a_module_are_refused(name: str) -> None:
     with pytest.raises(InputError) as info:
         spec.from_dict(data)
     assert str(info.value).startswith("name: ")
+
+
+def test_one_name_cannot_mean_two_activations() -> None:
+    layers = [
+        {"units": 3, "activation": {"name": "f", "expr": "x**2"}},
+        {"units": 3, "activation": {"name": "f", "expr": "sin(x)"}},
+        {"units": 1, "activation": "identity"},
+    ]
+    data = {"name": "twice", "inputs": 2, "loss": "mse", "layers": layers}
+    with pytest.raises(InputError) as info:
+        graph.build(spec.from_dict(data))
+    assert str(info.value).startswith("layers[1].activation.name: 'f' already names")
+    layers[1] = {"units": 3, "activation": {"name": "f", "expr": "x**2"}}
+    graph.build(spec.from_dict(data))  # the same function twice is fine

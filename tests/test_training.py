@@ -14,6 +14,7 @@ import pytest
 from symbackprop.checkpoint import load_module
 from symbackprop.cli import main
 from symbackprop.codegen import generate
+from symbackprop.errors import InputError
 from symbackprop.spec import load_spec
 
 FINAL_CLASSIFICATION = re.compile(
@@ -206,3 +207,19 @@ def test_generated_script_scores_one_hot_targets_and_refuses_nan(tmp_path: Path)
     result = subprocess.run(run, cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 2 and "NaN" in result.stderr
     assert not (tmp_path / "bad.npz").exists()
+
+
+def test_training_options_from_python() -> None:
+    from symbackprop.training import options
+
+    chosen = options(load_spec("seed_mlp"), lr=1, epochs=3, optimizer="adam")
+    assert chosen.lr == 1.0 and chosen.epochs == 3 and chosen.optimizer == "adam"
+    for bad in (
+        {"epochs": True},
+        {"lr": True},
+        {"batch_size": 0},
+        {"seed": -1},
+        {"lr": float("nan")},
+    ):
+        with pytest.raises(InputError):
+            options(load_spec("seed_mlp"), **bad)
