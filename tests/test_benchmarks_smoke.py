@@ -97,3 +97,11 @@ def test_codegen_time_quick(tmp_path: Path) -> None:
     assert exact["passed"] is True
     assert "exact" in exact["witnesses"]
     assert exact["exact_graph_s"] > 0
+
+
+def test_profile_step_runs(tmp_path: Path) -> None:
+    out = tmp_path / "profile.json"
+    args = ("--configs", "tiny", "--activations", "relu", "--dtypes", "float64", "--steps", "30")
+    result = run("profile_step.py", *args, "--json", str(out))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "train_step" in result.stdout and out.exists()
