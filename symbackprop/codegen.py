@@ -47,9 +47,17 @@ class Plan:
     """In-place statements for one kernel, and the buffers they read."""
 
     lines: tuple[str, ...]
-    fetch: tuple[str, ...]  # local names bound to workspace buffers before the statements
-    temps: int
+    arrays: tuple[str, ...]  # local names of the layer arrays the statements read
+    array_fetch: tuple[str, ...]  # `A1 = ws["A1"]`: binds those names to workspace buffers
+    temp_fetch: tuple[str, ...]  # `T1_0 = ws["T1_0"]`: the kernel's scratch buffers
     helpers: frozenset[str]
+
+    @property
+    def fetch(self) -> tuple[str, ...]:
+        return self.array_fetch + self.temp_fetch
+
+
+NO_PLAN = Plan((), (), (), (), frozenset())
 
 
 def _plan(
@@ -57,10 +65,10 @@ def _plan(
 ) -> Plan:
     """``expr`` written into ``out``; ``buffers`` maps each local name to its workspace key."""
     lines, temps, helpers = inplace_statements(expr, names, out, prefix)
-    used = {names[s] for s in expr.free_symbols if s in names}
-    fetch = [f'{local} = ws["{buffers[local]}"]' for local in sorted(used) if local in buffers]
-    fetch += [f'{prefix}{i} = ws["{prefix}{i}"]' for i in range(temps)]
-    return Plan(tuple(lines), tuple(fetch), temps, frozenset(helpers))
+    arrays = tuple(sorted({names[s] for s in expr.free_symbols if s in names}))
+    array_fetch = tuple(f'{name} = ws["{buffers[name]}"]' for name in arrays if name in buffers)
+    temp_fetch = tuple(f'{prefix}{i} = ws["{prefix}{i}"]' for i in range(temps))
+    return Plan(tuple(lines), arrays, array_fetch, temp_fetch, frozenset(helpers))
 
 
 def _helper_source(helpers: set[str]) -> list[str]:
@@ -102,6 +110,7 @@ def context(derivation: Derivation) -> dict[str, object]:
             "alias": alias,
             "output": f"Z{index}" if alias else f"A{index}",
             "prime_lines": [],
+            "prime_arrays": (),
             "prime_fetch": [],
             "forward": [],
             "temps_fetch": [],
@@ -115,8 +124,8 @@ def context(derivation: Derivation) -> dict[str, object]:
         if not alias and not d.activation.softmax:
             plan = _plan(d.f, {Z: f"Z{index}"}, local, f"A{index}", f"T{index}_")
             entry["forward"] = list(plan.lines)
-            entry["temps_fetch"] = [line for line in plan.fetch if line.startswith("T")]
-            temps, helpers = max(temps, plan.temps), helpers | plan.helpers
+            entry["temps_fetch"] = list(plan.temp_fetch)
+            temps, helpers = max(temps, len(plan.temp_fetch)), helpers | plan.helpers
         if index < depth:
             prime = d.through_output if d.uses_output else d.derivative
             entry["eq_prime"] = derivation.number(f"activation.{d.activation.name}")
@@ -124,8 +133,9 @@ def context(derivation: Derivation) -> dict[str, object]:
                 names = {A: entry["output"], Z: f"Z{index}"}
                 plan = _plan(prime, names, local, "G", f"T{index}_")
                 entry["prime_lines"] = list(plan.lines)
-                entry["prime_fetch"] = [line for line in plan.fetch if line.startswith("T")]
-                temps, helpers = max(temps, plan.temps), helpers | plan.helpers
+                entry["prime_fetch"] = list(plan.temp_fetch)
+                entry["prime_arrays"] = plan.arrays
+                temps, helpers = max(temps, len(plan.temp_fetch)), helpers | plan.helpers
                 buffers.append((f"G{index}", shape))
         buffers += [(f"T{index}_{i}", shape) for i in range(temps)]
         buffers += [(f"dW{index}", f"({units}, {sizes[index - 1]})"), (f"db{index}", f"({units},)")]
@@ -135,9 +145,7 @@ def context(derivation: Derivation) -> dict[str, object]:
 
     # the output layer's kernels read these local names
     last = f"A{depth}"
-    output_locals = {"P": last, "LP": "LP", f"Z{depth}": f"Z{depth}", f"A{depth}": last}
-    if layers[-1]["alias"]:
-        output_locals[f"A{depth}"] = f"Z{depth}"
+    output_locals = {"LP": "LP", f"Z{depth}": f"Z{depth}", last: last}
     outputs_shape = f"(batch, {sizes[-1]})"
     names = {P: last, LP: "LP", Y: "Y", Z: f"Z{depth}", A: layers[-1]["output"]}
     fused_loss = out.softmax and sympy.expand(out.loss + LP * Y) == 0
@@ -145,9 +153,9 @@ def context(derivation: Derivation) -> dict[str, object]:
     loss_plan = _plan(out.loss, names, output_locals, "E", "U")
     if out.softmax:
         q_plan = _plan(out.q, names, output_locals, "E", "U")
-        delta_plan = Plan((), (), 0, frozenset())
+        delta_plan = NO_PLAN
     else:
-        q_plan = Plan((), (), 0, frozenset())
+        q_plan = NO_PLAN
         delta_plan = _plan(out.delta, names, output_locals, f"dZ{depth}", "U")
     if out.softmax:
         buffers.append(("LP", outputs_shape))
@@ -158,7 +166,7 @@ def context(derivation: Derivation) -> dict[str, object]:
         used_plans.append(loss_plan)
     if out.softmax and not fused_q:
         used_plans.append(q_plan)
-    output_temps = max(p.temps for p in used_plans)
+    output_temps = max(len(p.temp_fetch) for p in used_plans)
     buffers += [(f"U{i}", outputs_shape) for i in range(output_temps)]
     for plan in used_plans:
         helpers |= plan.helpers
@@ -168,18 +176,15 @@ def context(derivation: Derivation) -> dict[str, object]:
     for entry in layers:
         if entry["index"] > 1:
             reads.add(entry["input"])
-        for line in entry["prime_lines"]:
-            reads |= {n for n in (f"A{entry['index']}", f"Z{entry['index']}") if n in line}
+        reads |= set(entry["prime_arrays"])
     if out.softmax:
         reads.add(last)
-    for plan in (delta_plan,) if not out.softmax else ((q_plan,) if not fused_q else ()):
-        reads |= {line.split(" = ")[0] for line in plan.fetch if not line.startswith("U")}
-    aliases = {f"A{e['index']}": f"Z{e['index']}" for e in layers if e["alias"]}
-    fetch_names = sorted(reads, key=lambda n: (int(n[1:]) if n[1:].isdigit() else 0, n))
-    backward_fetch = [
-        f'{n} = ws["{aliases.get(n, n)}"]' for n in fetch_names if n not in ("P", "LP", "Y", "E")
-    ]
-    backward_fetch += [f'{n} = ws["{n}"]' for n in ("LP",) if n in reads]
+    output_error = q_plan if out.softmax and not fused_q else delta_plan
+    reads |= set(output_error.arrays) - {"Y", "LP"}
+    by_layer = sorted(reads, key=lambda name: (int(name[1:]), name))
+    backward_fetch = [f'{name} = ws["{name}"]' for name in by_layer]
+    if "LP" in output_error.arrays:
+        backward_fetch.append('LP = ws["LP"]')
     if out.softmax and not fused_q:
         backward_fetch.append('E = ws["E"]')
 
@@ -224,9 +229,9 @@ def context(derivation: Derivation) -> dict[str, object]:
         "fused_q": fused_q,
         "loss_fetch": [*loss_plan.fetch, 'E = ws["E"]'],
         "loss_lines": list(loss_plan.lines),
-        "q_fetch": [line for line in q_plan.fetch if line.startswith("U")],
+        "q_fetch": list(q_plan.temp_fetch),
         "q_lines": list(q_plan.lines),
-        "delta_fetch": [line for line in delta_plan.fetch if line.startswith("U")],
+        "delta_fetch": list(delta_plan.temp_fetch),
         "delta_lines": list(delta_plan.lines),
         "backward_fetch": backward_fetch,
         "predict": predict,
