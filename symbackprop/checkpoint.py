@@ -7,6 +7,7 @@ parameters, inputs and targets every witness is evaluated at, away from ReLU-lik
 from __future__ import annotations
 
 import types
+from collections.abc import Callable
 
 import numpy as np
 
@@ -36,7 +37,22 @@ def _targets(net: SymbolicNetwork, y: np.ndarray) -> np.ndarray:
     return y.astype(np.float64).reshape(-1, 1)
 
 
-def _clear_of_kinks(net: SymbolicNetwork, params: dict, X: np.ndarray) -> bool:
+def _activation_functions(net: SymbolicNetwork) -> list[Callable[[np.ndarray], np.ndarray]]:
+    """Each hidden layer's activation as a NumPy function, printed and compiled once."""
+    functions = []
+    for act in net.activations[:-1]:
+        code, helpers = numpy_code(act.expr, {X_SYMBOL: "x"})
+        namespace: dict = {"numpy": np}
+        for helper in helpers:
+            exec(NUMPY_HELPERS[helper], namespace)  # our own helper source
+        # printed from a validated expression, never from user text
+        functions.append(eval(f"lambda x: {code}", namespace))
+    return functions
+
+
+def _clear_of_kinks(
+    net: SymbolicNetwork, params: dict, X: np.ndarray, activations: list[Callable]
+) -> bool:
     values = X
     for index, act in enumerate(net.activations, start=1):
         Z = values @ params[f"W{index}"].T + params[f"b{index}"]
@@ -44,11 +60,7 @@ def _clear_of_kinks(net: SymbolicNetwork, params: dict, X: np.ndarray) -> bool:
         if not act.softmax and float(np.abs(Z).min(initial=np.inf)) < margin:
             return False
         if index < net.depth:
-            code, helpers = numpy_code(act.expr, {X_SYMBOL: "x"})
-            namespace: dict = {"numpy": np}
-            for helper in helpers:
-                exec(NUMPY_HELPERS[helper], namespace)  # our own helper source
-            values = eval(code, namespace, {"x": Z})  # printed from a validated expression
+            values = activations[index - 1](Z)
     return True
 
 
@@ -75,11 +87,12 @@ def check_point(
     # Biases are random so that every bias path is exercised, and redrawn while a
     # pre-activation sits so close to 0 (where ReLU-like functions kink) that the
     # finite-difference stencil would straddle the kink.
+    activations = _activation_functions(net)
     for _ in range(100):
         for key, value in params.items():
             if key.startswith("b"):
                 value[...] = rng.normal(0.0, 0.5, size=value.shape)
-        if _clear_of_kinks(net, params, X):
+        if _clear_of_kinks(net, params, X, activations):
             break
     if y is not None:
         return params, X, y
