@@ -11,7 +11,9 @@ Numbering: the core equations (``derivation.equations``) keep their numbers, bec
 generated module cites them; every other displayed equation is numbered ``N.k`` after the
 core equation N it belongs to.  All mathematics is printed here (SymPy's LaTeX printer, with
 ``graph.latex_name`` for scalar symbols) and every symbolic claim shown is checked with SymPy
-before it is printed; the templates only lay the strings out.
+before it is printed; the templates only lay the strings out.  Wherever a printed expression
+stands next to another factor (juxtaposed, ``\\cdot`` or ``\\odot``), it is printed by ``_factor``
+(or ``_operand`` for a number), which brackets everything that is not atomic for a product.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import sympy
 from sympy.printing.latex import LatexPrinter
+from sympy.printing.precedence import PRECEDENCE, precedence, precedence_traditional
 
 from symbackprop.checkpoint import check_point, load_module
 from symbackprop.codegen import environment, generate
@@ -71,7 +74,30 @@ class Display:
 
 
 def _tex(expr: sympy.Expr, names: Mapping[sympy.Symbol, str] | None = None, **kw: object) -> str:
-    return LatexPrinter({"symbol_names": dict(names or {}), **kw}).doprint(expr)
+    return _printer(names, **kw).doprint(expr)
+
+
+def _factor(expr: sympy.Expr, printer: LatexPrinter) -> str:
+    """``expr`` printed as one factor of a product (juxtaposed, ``\\cdot`` or ``\\odot``).
+
+    Bracketed unless it is atomic for a product: a symbol, a positive number or fraction, a
+    function application, a power, a product, or an already bracketed group, i.e. unless
+    SymPy's precedence for it is below that of Mul (a sum, or anything with a leading sign).
+    Every place that puts a printed expression next to another factor goes through here.
+    """
+    text = printer.doprint(expr)
+    if min(precedence(expr), precedence_traditional(expr)) < PRECEDENCE["Mul"]:
+        return rf"\left({text}\right)"
+    return text
+
+
+def _factors(expr: sympy.Expr, printer: LatexPrinter) -> list[str]:
+    """The factors of a product, each by ``_factor`` (so that a line may break between them)."""
+    return [_factor(f, printer) for f in sympy.Mul.make_args(expr)]
+
+
+def _printer(names: Mapping[sympy.Symbol, str] | None = None, **kw: object) -> LatexPrinter:
+    return LatexPrinter({"symbol_names": dict(names or {}), **kw})
 
 
 def _names(symbols: Iterable[sympy.Symbol]) -> dict[sympy.Symbol, str]:
@@ -110,7 +136,7 @@ def _wrap(left: str, relation: str, pieces: list[str], width: int = WIDTH) -> tu
 
 def _terms(expr: sympy.Expr, names: Mapping[sympy.Symbol, str], **kw: object) -> list[str]:
     """The printed terms of a sum, signs attached, in the order SymPy prints them."""
-    printer = LatexPrinter({"symbol_names": dict(names), **kw})
+    printer = _printer(names, **kw)
     terms = printer._as_ordered_terms(expr) if isinstance(expr, sympy.Add) else [expr]
     out = []
     for i, term in enumerate(terms):
@@ -126,8 +152,7 @@ def _factors_text(term: sympy.Expr, printer: LatexPrinter) -> str:
     if _width(text) <= WIDTH - 12 or not isinstance(term, sympy.Mul):
         return text
     # a long product: print factor by factor so that _wrap may break between them
-    factors = [printer.parenthesize(f, 50) for f in sympy.Mul.make_args(term)]
-    return "\u0000".join(factors)
+    return "\u0000".join(_factors(term, printer))
 
 
 def _broken(
@@ -149,9 +174,14 @@ def _number(value: float) -> str:
 
 
 def _operand(value: float) -> str:
-    """A number to substitute into a formula: negative ones in parentheses."""
+    """A number as one factor (or to substitute into a formula): ``_factor``'s rule for it.
+
+    Bracketed exactly when SymPy's precedence for the number is below Mul: a negative one.
+    """
     text = _number(value)
-    return rf"\left({text}\right)" if float(value) < 0 else text
+    if precedence(sympy.Float(float(value))) < PRECEDENCE["Mul"]:
+        return rf"\left({text}\right)"
+    return text
 
 
 def _tidy_numbers(tex: str) -> str:
@@ -833,7 +863,7 @@ def _section_backward(doc: _Doc) -> None:
     displays = []
     for layer in range(depth - 1, 0, -1):
         ad = d.layers[layer - 1]
-        fp = _tex(ad.derivative, {Z: f"z^{{({layer})}}"})
+        fp = _factor(ad.derivative, _printer({Z: f"z^{{({layer})}}"}))
         displays.append(
             doc.sub(
                 "delta.hidden",
@@ -929,18 +959,16 @@ def _delta_one_level(d: Derivation, layer: int, i: int, names: Mapping, **kw: ob
     """delta^{(layer)}_i expanded one level, as LaTeX pieces that may go on separate lines."""
     net = d.network
     times = r" \cdot " if kw.get("mul_symbol") == "dot" else " "
+    printer = _printer(names, **kw)
     if layer == net.depth:
-        expr = _output_delta_expr(d, i)
-        text = _tidy_numbers(_tex(expr, names, **kw))
-        return [rf"\left({text}\right)" if isinstance(expr, sympy.Add) else text]
+        return [_tidy_numbers(_factor(_output_delta_expr(d, i), printer))]
     terms = [
         f"{names[weight(layer + 1, k, i)]}{times}"
         f"{names[sympy.Symbol(f'delta{layer + 1}_{k}', real=True)]}"
         for k in range(1, net.sizes[layer + 1] + 1)
     ]
     prime = _prime(d.layers[layer - 1], pre_activation(layer, i))
-    printer = LatexPrinter({"symbol_names": dict(names), **kw})
-    factors = [printer.parenthesize(f, 50) for f in sympy.Mul.make_args(prime)]
+    factors = _factors(prime, printer)
     pieces = [rf"\left({' + '.join(terms)}\right)"] + [
         times.strip() + " " + f if times.strip() else f for f in factors
     ]
@@ -1176,8 +1204,12 @@ def _section_example(doc: _Doc) -> None:
                 check,
                 val[dsym],
             )
-            rows = list(_wrap(latex_name(dsym), "=", _delta_one_level(d, layer, i, names)))
-            rows += _wrap("", "=", _delta_one_level(d, layer, i, nums, **dot))
+            if layer == depth:  # on its own here, not a factor: no brackets
+                rows = list(_broken(latex_name(dsym), "=", expr, names))
+                rows += _broken("", "=", expr, nums, **dot)
+            else:
+                rows = list(_wrap(latex_name(dsym), "=", _delta_one_level(d, layer, i, names)))
+                rows += _wrap("", "=", _delta_one_level(d, layer, i, nums, **dot))
             rows.append(("", f" = {_number(val[dsym])}"))
             displays.append(doc.sub(key, rows))
         doc.math(*displays)
@@ -1194,7 +1226,7 @@ def _section_example(doc: _Doc) -> None:
             for j in range(1, net.sizes[layer - 1] + 1):
                 w, a = weight(layer, i, j), activation(layer - 1, j)
                 extra = rf" + \lambda {latex_name(w)}" if net.spec.l2 else ""
-                extra_n = rf" + {_number(net.spec.l2)} \cdot {nums[w]}" if net.spec.l2 else ""
+                extra_n = rf" + {_operand(net.spec.l2)} \cdot {nums[w]}" if net.spec.l2 else ""
                 value = ex.gradients[f"W{layer}"][i - 1, j - 1]
                 displays.append(
                     doc.sub(
@@ -1234,7 +1266,7 @@ def _section_example(doc: _Doc) -> None:
             (
                 (
                     latex_name(w),
-                    rf" \leftarrow {nums[w]} - {_number(lr)} \cdot {_operand(g)}"
+                    rf" \leftarrow {nums[w]} - {_operand(lr)} \cdot {_operand(g)}"
                     rf" = {_number(float(val[w]) - lr * g)}",
                 ),
             ),
