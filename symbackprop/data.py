@@ -26,8 +26,9 @@ Limits (module constants, checked before anything is inflated or allocated): X a
 at most ``MAX_DATA_ELEMENTS`` numbers together, read from the ``.npy`` headers of an
 ``.npz``, whose members number at most ``MAX_NPZ_MEMBERS``; a csv has at most
 ``MAX_CSV_BYTES`` of text (a ``.csv.gz`` once decompressed, counted while streaming) and
-lines of at most ``MAX_CSV_LINE`` characters.  A UTF-8 byte-order mark at the start of a
-csv is ignored; a NUL character is bad input.
+lines of at most ``MAX_CSV_LINE`` characters; a compressed member or ``.csv.gz`` inflates to
+at most ``MAX_COMPRESSION_RATIO`` times its size (past ``RATIO_FREE_BYTES``).  A UTF-8
+byte-order mark at the start of a csv is ignored; a NUL character is bad input.
 
 Every problem with the input raises ``InputError(field, problem)`` whose problem is one line
 naming the file and, where it helps, the row and column (csv) or the array element (npz):
@@ -76,6 +77,11 @@ MAX_DATA_ELEMENTS = 100_000_000  # numbers in X and y together: 800 MB as float6
 MAX_NPZ_MEMBERS = 1000  # arrays in an .npz (only X and y are read)
 MAX_CSV_BYTES = 1 << 30  # 1 GiB of csv text, on disk or once decompressed
 MAX_CSV_LINE = 1 << 20  # 1 MiB: characters in one line of a csv
+# A compressed .csv.gz or .npz member may inflate to at most this many times its size once
+# past RATIO_FREE_BYTES: real data compresses 2-50 times, a bomb of zeros about 1000 times
+# (and parsing csv text runs at a few MB/s, so the ratio bounds the time too).
+MAX_COMPRESSION_RATIO = 100
+RATIO_FREE_BYTES = 1 << 20
 _CHUNK_ELEMENTS = 1 << 16  # csv numbers are gathered in float64 blocks of about this size
 
 
@@ -234,7 +240,20 @@ def _npz_members(archive: zipfile.ZipFile, name: str, field: str) -> dict[str, z
         raise InputError(
             field, f"{name}: missing array {' and '.join(missing)} (arrays found: {found})"
         )
+    for key in "Xy":
+        info = members[key]  # zipfile stops reading a member at its recorded file_size
+        if _inflated(info.file_size, info.compress_size):
+            raise InputError(
+                field,
+                f"{name}: {shorten(info.filename)} decompresses to more than "
+                f"{MAX_COMPRESSION_RATIO} times its size; if that is genuine, save it "
+                "uncompressed (numpy.savez)",
+            )
     return members
+
+
+def _inflated(size: int, compressed_size: int) -> bool:
+    return size > RATIO_FREE_BYTES and size > MAX_COMPRESSION_RATIO * compressed_size
 
 
 def _npy_header(
@@ -278,7 +297,7 @@ def _read_csv(file: Path, name: str, targets: int, field: str) -> _Table:
         opener = gzip.open if compressed else open
         # utf-8-sig: a byte-order mark is not part of the first cell
         with opener(file, "rt", encoding="utf-8-sig", newline="") as stream:
-            reader = csv.reader(_lines(stream, name, compressed, field))
+            reader = csv.reader(_lines(stream, name, size if compressed else None, field))
             for cells in reader:
                 if not "".join(cells).strip():
                     continue  # a blank line
@@ -342,8 +361,14 @@ def _too_few_columns(name: str, width: int, targets: int, field: str) -> None:
     )
 
 
-def _lines(stream: Iterable[str], name: str, compressed: bool, field: str) -> Iterator[str]:
-    """The stream's lines, refusing a line or a whole text past the limits as it goes."""
+def _lines(
+    stream: Iterable[str], name: str, compressed_size: int | None, field: str
+) -> Iterator[str]:
+    """The stream's lines, refusing a line or a whole text past the limits as it goes.
+
+    ``compressed_size``: the size on disk of a .csv.gz (None for a plain csv).
+    """
+    compressed = compressed_size is not None
     total = number = 0
     while line := stream.readline(MAX_CSV_LINE + 1):  # type: ignore[attr-defined]
         number += 1
@@ -356,6 +381,12 @@ def _lines(stream: Iterable[str], name: str, compressed: bool, field: str) -> It
             once = " once decompressed" if compressed else ""
             raise InputError(
                 field, f"{name}: more than {MAX_CSV_BYTES:,} characters{once}; the limit"
+            )
+        if compressed_size is not None and _inflated(total, compressed_size):
+            raise InputError(
+                field,
+                f"{name}: decompresses to more than {MAX_COMPRESSION_RATIO} times its size; "
+                "if that is genuine, decompress it and pass the .csv",
             )
         if "\x00" in line:
             raise InputError(field, f"{name}: row {number} holds a NUL character; not a text file")

@@ -59,6 +59,8 @@ def test_limits_are_named_constants() -> None:
     assert data.MAX_NPZ_MEMBERS == 1000
     assert data.MAX_CSV_BYTES == 1 << 30
     assert data.MAX_CSV_LINE == 1 << 20
+    assert data.MAX_COMPRESSION_RATIO == 100
+    assert data.RATIO_FREE_BYTES == 1 << 20
 
 
 # --- .npz ------------------------------------------------------------------------------------
@@ -213,3 +215,26 @@ def test_csv_nul_is_bad_input(tmp_path, where) -> None:
 def test_path_too_long_for_the_file_system(tmp_path) -> None:
     message = error_of(str(tmp_path / ("x" * 10_000 + ".csv")))
     assert message.startswith("--data: ") and "cannot read" in message
+
+
+def test_csv_gz_compression_ratio_bounded(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(data, "RATIO_FREE_BYTES", 10_000)
+    path = tmp_path / "bomb.csv.gz"
+    path.write_bytes(gzip.compress(b"0,0,1\n" * 100_000))  # 600 kB in about 1.2 kB
+    message = error_of(str(path))
+    assert "decompresses to more than 100 times its size" in message
+    assert "decompress it and pass the .csv" in message
+    # the same text, uncompressed, is only large; ordinary data compresses far less
+    rng = np.random.default_rng(0)
+    rows = "".join(f"{a:.6f},{b:.6f},{i % 3}\n" for i, (a, b) in enumerate(rng.random((5000, 2))))
+    path.write_bytes(gzip.compress(rows.encode()))
+    assert read_table(str(path))[0].shape == (5000, 2)
+
+
+def test_npz_compression_ratio_bounded(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(data, "RATIO_FREE_BYTES", 10_000)
+    path = tmp_path / "d.npz"
+    np.savez_compressed(path, X=np.zeros((10_000, 4)), y=np.zeros(10_000))
+    no_array_reads(monkeypatch)
+    message = error_of(str(path))
+    assert "X.npy decompresses to more than 100 times its size" in message
