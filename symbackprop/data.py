@@ -22,6 +22,14 @@ Targets:
 
 Features come back as float64 (n, features); the digits' pixels are scaled to [0, 1].
 
+Limits (module constants, checked before anything is inflated or allocated): X and y hold
+at most ``MAX_DATA_ELEMENTS`` numbers together, read from the ``.npy`` headers of an
+``.npz``, whose members number at most ``MAX_NPZ_MEMBERS``; a csv has at most
+``MAX_CSV_BYTES`` of text (a ``.csv.gz`` once decompressed, counted while streaming) and
+lines of at most ``MAX_CSV_LINE`` characters; a compressed member or ``.csv.gz`` inflates to
+at most ``MAX_COMPRESSION_RATIO`` times its size (past ``RATIO_FREE_BYTES``).  A UTF-8
+byte-order mark at the start of a csv is ignored; a NUL character is bad input.
+
 Every problem with the input raises ``InputError(field, problem)`` whose problem is one line
 naming the file and, where it helps, the row and column (csv) or the array element (npz):
 ``--data: train.csv: row 7 has 5 columns, expected 65``.  No NumPy, csv, gzip or zipfile
@@ -33,8 +41,10 @@ from __future__ import annotations
 import csv
 import gzip
 import math
+import zipfile
 import zlib
-from collections.abc import Iterable
+from array import array
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -42,7 +52,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import ArrayLike
 
-from symbackprop.errors import InputError
+from symbackprop.errors import InputError, cut_list, shorten
 
 __all__ = [
     "DIGITS",
@@ -61,6 +71,18 @@ __all__ = [
 DIGITS = "digits"
 _SUFFIXES = (".npz", ".csv", ".csv.gz")
 _NUMERIC_KINDS = "biuf"  # bool, signed, unsigned, float: everything float64 holds as a real
+
+# Limits against files that are small on disk and huge once read (a zip or gzip bomb).
+MAX_DATA_ELEMENTS = 100_000_000  # numbers in X and y together: 800 MB as float64
+MAX_NPZ_MEMBERS = 1000  # arrays in an .npz (only X and y are read)
+MAX_CSV_BYTES = 1 << 30  # 1 GiB of csv text, on disk or once decompressed
+MAX_CSV_LINE = 1 << 20  # 1 MiB: characters in one line of a csv
+# A compressed .csv.gz or .npz member may inflate to at most this many times its size once
+# past RATIO_FREE_BYTES: real data compresses 2-50 times, a bomb of zeros about 1000 times
+# (and parsing csv text runs at a few MB/s, so the ratio bounds the time too).
+MAX_COMPRESSION_RATIO = 100
+RATIO_FREE_BYTES = 1 << 20
+_CHUNK_ELEMENTS = 1 << 16  # csv numbers are gathered in float64 blocks of about this size
 
 
 @dataclass(frozen=True)
@@ -124,7 +146,12 @@ def read_table(
 
 def _read(path: str, targets: int, field: str) -> _Table:
     file = Path(path)
-    if not file.exists():
+    try:
+        exists = file.exists()
+    except (OSError, ValueError) as error:  # e.g. a name too long for the file system
+        reason = getattr(error, "strerror", None) or _one_line(error)
+        raise InputError(field, f"cannot read {shorten(path, 80)}: {reason}") from None
+    if not exists:
         named = not path.lower().endswith(_SUFFIXES) and "/" not in path and "\\" not in path
         hint = f" (the bundled dataset is called {DIGITS!r})" if named else ""
         raise InputError(field, f"no such file: {path}{hint}")
@@ -146,66 +173,144 @@ def _read_npz(file: Path, name: str, field: str) -> _Table:
         raise InputError(field, f"{name}: cannot read: {_one_line(error)}") from None
     if magic not in (b"PK\x03\x04", b"PK\x05\x06"):  # a zip archive (or an empty one)
         raise InputError(field, f"{name}: not an .npz archive (not a zip file)")
-    arrays: dict[str, np.ndarray] = {}
     try:
-        # allow_pickle=False: a data file must never run code.
-        with np.load(file, allow_pickle=False) as archive:
-            names = archive.files
-            if "X" in names and "y" in names:
-                arrays = {key: archive[key] for key in ("X", "y")}
+        with zipfile.ZipFile(file) as archive:
+            members = _npz_members(archive, name, field)
+            headers = {key: _npy_header(archive, members[key], name, key, field) for key in "Xy"}
+            elements = sum(math.prod(shape) for shape, _ in headers.values())
+            if elements > MAX_DATA_ELEMENTS:
+                (x_shape, _), (y_shape, _) = headers["X"], headers["y"]
+                raise InputError(
+                    field,
+                    f"{name}: X has shape {shorten(x_shape)} and y {shorten(y_shape)}, "
+                    f"{elements:,} numbers; at most {MAX_DATA_ELEMENTS:,} are read",
+                )
+            arrays = {}
+            for key in "Xy":
+                with archive.open(members[key]) as stream:
+                    # allow_pickle=False: a data file must never run code.
+                    arrays[key] = np.lib.format.read_array(stream, allow_pickle=False)
+    except InputError:
+        raise
     except Exception as error:
         # An untrusted file can fail anywhere in zipfile, zlib or numpy's format parser.
         raise InputError(
             field, f"{name}: cannot read as an .npz archive: {_one_line(error)}"
         ) from None
-    if not arrays:
-        missing = " and ".join(key for key in ("X", "y") if key not in names)
-        found = ", ".join(names) or "none"
-        raise InputError(field, f"{name}: missing array {missing} (arrays found: {found})")
     X, y = arrays["X"], arrays["y"]
-    for key, array in (("X", X), ("y", y)):
-        if array.dtype.kind not in _NUMERIC_KINDS:
-            raise InputError(field, f"{name}: {key} has dtype {array.dtype}; expected real numbers")
     if X.ndim != 2:
-        raise InputError(field, f"{name}: X has shape {X.shape}; expected (samples, features)")
+        raise InputError(
+            field, f"{name}: X has shape {shorten(X.shape)}; expected (samples, features)"
+        )
     if X.shape[0] == 0:
         raise InputError(field, f"{name}: the data is empty (X has no samples)")
     if X.shape[1] == 0:
         raise InputError(field, f"{name}: X has no feature columns")
     if y.ndim not in (1, 2) or y.shape[0] != X.shape[0] or (y.ndim == 2 and y.shape[1] == 0):
         raise InputError(
-            field, f"{name}: y has shape {y.shape}; expected ({X.shape[0]},) or ({X.shape[0]}, k)"
+            field,
+            f"{name}: y has shape {shorten(y.shape)}; "
+            f"expected ({X.shape[0]},) or ({X.shape[0]}, k)",
         )
-    X, y = X.astype(np.float64), y.astype(np.float64)
-    for key, array in (("X", X), ("y", y)):
-        bad = np.argwhere(~np.isfinite(array))
+    X, y = X.astype(np.float64, copy=False), y.astype(np.float64, copy=False)
+    for key, values in (("X", X), ("y", y)):
+        bad = np.argwhere(~np.isfinite(values))
         if bad.size:
             index = ", ".join(str(int(i)) for i in bad[0])
-            value = array[tuple(bad[0])]
+            value = values[tuple(bad[0])]
             raise InputError(field, f"{name}: {key}[{index}] is {value}; expected a finite number")
     return _Table(X, y, name, None)
 
 
+def _npz_members(archive: zipfile.ZipFile, name: str, field: str) -> dict[str, zipfile.ZipInfo]:
+    """The members holding X and y (``X.npy`` or ``X``, as ``numpy.load`` finds them)."""
+    infos = archive.infolist()  # the central directory only: nothing is decompressed
+    if len(infos) > MAX_NPZ_MEMBERS:
+        raise InputError(
+            field, f"{name}: holds {len(infos):,} members; at most {MAX_NPZ_MEMBERS:,} are read"
+        )
+    members: dict[str, zipfile.ZipInfo] = {}
+    for info in infos:
+        key = info.filename.removesuffix(".npy")
+        if key not in members or info.filename.endswith(".npy"):
+            members[key] = info
+    missing = [key for key in "Xy" if key not in members]
+    if missing:
+        found = cut_list(members) or "none"
+        raise InputError(
+            field, f"{name}: missing array {' and '.join(missing)} (arrays found: {found})"
+        )
+    for key in "Xy":
+        info = members[key]  # zipfile stops reading a member at its recorded file_size
+        if _inflated(info.file_size, info.compress_size):
+            raise InputError(
+                field,
+                f"{name}: {shorten(info.filename)} decompresses to more than "
+                f"{MAX_COMPRESSION_RATIO} times its size; if that is genuine, save it "
+                "uncompressed (numpy.savez)",
+            )
+    return members
+
+
+def _inflated(size: int, compressed_size: int) -> bool:
+    return size > RATIO_FREE_BYTES and size > MAX_COMPRESSION_RATIO * compressed_size
+
+
+def _npy_header(
+    archive: zipfile.ZipFile, info: zipfile.ZipInfo, name: str, key: str, field: str
+) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype from a member's ``.npy`` header: its first bytes, nothing more."""
+    with archive.open(info) as stream:
+        try:
+            version = np.lib.format.read_magic(stream)
+        except ValueError:
+            raise InputError(field, f"{name}: {key} is not a .npy array") from None
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(stream)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(stream)
+        else:  # 3.0 exists only for structured dtypes with non-Latin-1 names
+            raise InputError(
+                field, f"{name}: {key} is a .npy file of version {version[0]}.{version[1]}"
+            )
+    if dtype.kind not in _NUMERIC_KINDS:
+        shown = "object" if dtype.hasobject and dtype.kind == "O" else shorten(str(dtype))
+        raise InputError(field, f"{name}: {key} has dtype {shown}; expected real numbers")
+    if any(size < 0 for size in shape):
+        raise InputError(field, f"{name}: {key} has shape {shorten(shape)}")
+    return shape, dtype
+
+
 def _read_csv(file: Path, name: str, targets: int, field: str) -> _Table:
-    rows, lines = [], []
-    width = 0
+    compressed = name.lower().endswith(".gz")
     try:
-        opener = gzip.open if name.lower().endswith(".gz") else open
-        with opener(file, "rt", encoding="utf-8", newline="") as stream:
-            reader = csv.reader(stream)
+        size = file.stat().st_size
+    except OSError as error:
+        raise InputError(field, f"{name}: cannot read: {_one_line(error)}") from None
+    if not compressed and size > MAX_CSV_BYTES:
+        raise InputError(field, f"{name}: is larger than {MAX_CSV_BYTES:,} bytes, the limit")
+    blocks: list[np.ndarray] = []  # float64 blocks of rows: 8 bytes a number, not a float object
+    block: list[list[float]] = []
+    pending = elements = width = 0
+    lines = array("q")  # the file line of each sample
+    try:
+        opener = gzip.open if compressed else open
+        # utf-8-sig: a byte-order mark is not part of the first cell
+        with opener(file, "rt", encoding="utf-8-sig", newline="") as stream:
+            reader = csv.reader(_lines(stream, name, size if compressed else None, field))
             for cells in reader:
                 if not "".join(cells).strip():
                     continue  # a blank line
                 line = reader.line_num
                 values = _numbers(cells)
-                if values is None and not rows and not width:
+                if values is None and not lines and not width:
                     width = len(cells)  # the header: it fixes the width, it is not data
                     continue
                 if width and len(cells) != width:
                     raise InputError(
                         field,
-                        f"{name}: row {line} has {len(cells)} column{'s' * (len(cells) != 1)}, "
-                        f"expected {width}",
+                        f"{name}: row {line} has {len(cells):,} column{'s' * (len(cells) != 1)}, "
+                        f"expected {width:,}",
                     )
                 width = len(cells)
                 if values is None:
@@ -213,30 +318,79 @@ def _read_csv(file: Path, name: str, targets: int, field: str) -> _Table:
                     raise InputError(
                         field, f"{name}: row {line}, column {column}: {cell} is not a number"
                     )
-                rows.append(values)
+                if width < targets + 1:  # known from the first row: refuse before reading on
+                    _too_few_columns(name, width, targets, field)
+                elements += width
+                if elements > MAX_DATA_ELEMENTS:
+                    raise InputError(
+                        field, f"{name}: more than {MAX_DATA_ELEMENTS:,} numbers; the limit"
+                    )
+                block.append(values)
                 lines.append(line)
+                pending += width
+                if pending >= _CHUNK_ELEMENTS:
+                    blocks.append(np.array(block, dtype=np.float64))
+                    block, pending = [], 0
     except (OSError, EOFError, zlib.error, csv.Error, UnicodeDecodeError) as error:
         raise InputError(field, f"{name}: cannot read as csv: {_one_line(error)}") from None
-    if not rows:
+    if block:
+        blocks.append(np.array(block, dtype=np.float64))
+    if not blocks:
         raise InputError(field, f"{name}: the data is empty (no rows of numbers)")
-    if width < targets + 1:
-        need = "features, then the target" if targets == 1 else f"features, then {targets} targets"
-        raise InputError(
-            field,
-            f"{name}: rows have {width} column{'s' * (width != 1)}; "
-            f"need at least {targets + 1} ({need})",
-        )
-    table = np.array(rows, dtype=np.float64)
+    table = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
+    del blocks, block
+    rows = np.frombuffer(lines, dtype=np.int64)
     bad = np.argwhere(~np.isfinite(table))
     if bad.size:
         row, column = (int(i) for i in bad[0])
         raise InputError(
             field,
-            f"{name}: row {lines[row]}, column {column + 1}: "
+            f"{name}: row {rows[row]}, column {column + 1}: "
             f"{table[row, column]} is not a finite number",
         )
     y = table[:, -targets:] if targets > 1 else table[:, -1]
-    return _Table(table[:, :-targets], y, name, np.array(lines))
+    return _Table(table[:, :-targets], y, name, rows)
+
+
+def _too_few_columns(name: str, width: int, targets: int, field: str) -> None:
+    need = "features, then the target" if targets == 1 else f"features, then {targets} targets"
+    raise InputError(
+        field,
+        f"{name}: rows have {width} column{'s' * (width != 1)}; "
+        f"need at least {targets + 1} ({need})",
+    )
+
+
+def _lines(
+    stream: Iterable[str], name: str, compressed_size: int | None, field: str
+) -> Iterator[str]:
+    """The stream's lines, refusing a line or a whole text past the limits as it goes.
+
+    ``compressed_size``: the size on disk of a .csv.gz (None for a plain csv).
+    """
+    compressed = compressed_size is not None
+    total = number = 0
+    while line := stream.readline(MAX_CSV_LINE + 1):  # type: ignore[attr-defined]
+        number += 1
+        if len(line) > MAX_CSV_LINE:
+            raise InputError(
+                field, f"{name}: row {number} is longer than {MAX_CSV_LINE:,} characters"
+            )
+        total += len(line)
+        if total > MAX_CSV_BYTES:
+            once = " once decompressed" if compressed else ""
+            raise InputError(
+                field, f"{name}: more than {MAX_CSV_BYTES:,} characters{once}; the limit"
+            )
+        if compressed_size is not None and _inflated(total, compressed_size):
+            raise InputError(
+                field,
+                f"{name}: decompresses to more than {MAX_COMPRESSION_RATIO} times its size; "
+                "if that is genuine, decompress it and pass the .csv",
+            )
+        if "\x00" in line:
+            raise InputError(field, f"{name}: row {number} holds a NUL character; not a text file")
+        yield line
 
 
 def _numbers(cells: Iterable[str]) -> list[float] | None:
@@ -462,8 +616,8 @@ def load_dataset(
     X_train, y_train, X_test, y_test = split(
         table.X, y, test_fraction, seed, stratify=classification, field=field
     )
-    for array in (X_train, y_train, X_test, y_test):
-        array.flags.writeable = False
+    for part in (X_train, y_train, X_test, y_test):
+        part.flags.writeable = False
     classes = max(outputs, 2) if classification else None
     return Dataset(X_train, y_train, X_test, y_test, table.name, classes)
 

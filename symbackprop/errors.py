@@ -14,3 +14,20 @@ class InputError(ValueError):
         self.field = field
         self.problem = problem
         super().__init__(f"{field}: {problem}" if field else problem)
+
+
+def shorten(text: str, limit: int = 60) -> str:
+    """``text`` cut to at most ``limit`` characters, ending in an ellipsis when cut.
+
+    For echoing user input (a name, a string value, a path) in a one-line message.
+    """
+    text = str(text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def cut_list(items: object, shown: int = 5) -> str:
+    """The first ``shown`` items joined by commas, then "… and N more" if there are more."""
+    items = [str(item) for item in items]  # type: ignore[attr-defined]
+    head = ", ".join(shorten(item) for item in items[:shown])
+    rest = len(items) - shown
+    return head if rest <= 0 else f"{head} … and {rest:,} more"

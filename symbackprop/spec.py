@@ -16,6 +16,12 @@ Schema (DESIGN §2)::
     activation = "relu"        # or { name = "...", expr = "..." } in x
     [train]                    # optional: optimizer, lr, epochs, batch_size, seed,
                                # momentum, beta1, beta2, eps
+
+Limits (``MAX_*`` below): at most 1,000,000 units per layer and inputs, 100 layers and
+50,000,000 trainable parameters; names of at most 64 characters; a spec file of at most
+1 MiB, nested at most 64 levels.  A custom activation or loss may not take a built-in's
+name, a Python keyword or a name starting with ``__``.  A UTF-8 byte-order mark is
+ignored; a JSON object with a duplicate key is refused.
 """
 
 from __future__ import annotations
@@ -24,13 +30,14 @@ import json
 import keyword
 import math
 import re
+import stat
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from symbackprop.errors import InputError
+from symbackprop.errors import InputError, cut_list, shorten
 
 try:  # Python >= 3.11
     import tomllib
@@ -38,6 +45,33 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 OPTIMIZERS = ("sgd", "momentum", "adam")
+# The registry's names (symbackprop.functions; a test keeps the two in step).  A custom
+# function may not take one: the document, the module and the checks refer to f by its name.
+BUILTIN_ACTIVATIONS = (
+    "identity",
+    "relu",
+    "leaky_relu",
+    "sigmoid",
+    "tanh",
+    "softplus",
+    "elu",
+    "gelu",
+    "silu",
+    "softmax",
+)
+BUILTIN_LOSSES = ("mse", "cross_entropy", "binary_cross_entropy")
+
+# Limits, each against a spec that would otherwise fail late (on allocation) or run for
+# hours; README "Limits" cites these numbers.
+MAX_UNITS = 1_000_000  # units of a layer, and inputs
+MAX_LAYERS = 100
+MAX_PARAMETERS = 50_000_000  # trainable parameters in all: weights and biases
+MAX_NAME_LENGTH = 64  # the network's name and every activation or loss name
+MAX_NESTING = 64  # lists and tables inside each other in a spec file (the schema needs 4)
+MAX_SPEC_BYTES = 1 << 20  # 1 MiB; 100 layers with 500-character expressions need ~60 kB
+MAX_COUNT = 2**63 - 1  # train.epochs and train.batch_size: NumPy's int64
+MAX_SEED = 2**64 - 1  # train.seed
+_LONG_INTEGER = 100  # digits: a JSON integer longer than this is never a valid value
 # a generated module named like these would hide them from its own imports
 _SHADOWED = frozenset(getattr(sys, "stdlib_module_names", ())) | {"numpy", "symbackprop"}
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -112,34 +146,117 @@ def bundled_examples() -> dict[str, Path]:
 def resolve_spec_path(spec: str) -> Path:
     """A path as given, or the bundled example of that name."""
     path = Path(spec)
-    if path.suffix in (".toml", ".json") or path.exists():
-        if not path.is_file():
-            raise InputError("SPEC", f"no such file: {spec}")
+    shown = shorten(spec)
+    try:
+        mode = path.stat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        mode = None
+    except (OSError, ValueError) as err:  # e.g. a name too long for the file system, or a NUL
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        raise InputError("SPEC", f"cannot read {shown!r}: {shorten(reason)}") from None
+    if mode is not None:
+        if stat.S_ISDIR(mode):
+            raise InputError("SPEC", f"{shown} is a directory, expected a .toml or .json file")
+        if not stat.S_ISREG(mode):
+            raise InputError("SPEC", f"{shown} is not a regular file")
         return path
+    if path.suffix in (".toml", ".json"):
+        raise InputError("SPEC", f"no such file: {shown}")
     examples = bundled_examples()
     if spec in examples:
         return examples[spec]
-    names = ", ".join(examples) or "none"
-    raise InputError("SPEC", f"no such file or bundled example: {spec!r} (examples: {names})")
+    names = cut_list(examples, shown=10) or "none"
+    raise InputError("SPEC", f"no such file or bundled example: {shown!r} (examples: {names})")
+
+
+class _LongInteger:
+    """A JSON integer too long to be any field's value, kept only to be named in the message."""
+
+    def __init__(self, text: str) -> None:
+        self.digits = len(text.lstrip("-"))
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _json_int(text: str) -> int | _LongInteger:
+    # int() of over 4300 digits raises (CPython's limit); anything past 100 digits is refused
+    # by every field anyway, so it becomes a marker that the field's message can describe.
+    return int(text) if len(text) <= _LONG_INTEGER else _LongInteger(text)
+
+
+def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in data:
+            raise _DuplicateKey(key)
+        data[key] = value
+    return data
+
+
+def _too_deep(data: Any) -> bool:
+    """Whether lists and tables nest more than ``MAX_NESTING`` levels (no recursion)."""
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            value = list(value.values())
+        if isinstance(value, list):
+            if depth > MAX_NESTING:
+                return True
+            stack.extend((child, depth + 1) for child in value)
+    return False
+
+
+def _read_spec_text(path: Path) -> str:
+    try:
+        with open(path, "rb") as stream:
+            raw = stream.read(MAX_SPEC_BYTES + 1)
+    except OSError as err:
+        raise InputError("SPEC", f"cannot read {shorten(path.name)}: {err.strerror}") from None
+    if len(raw) > MAX_SPEC_BYTES:
+        raise InputError(
+            "SPEC", f"{shorten(path.name)} is larger than {MAX_SPEC_BYTES} bytes, a spec's limit"
+        )
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise InputError(
+            "SPEC", f"cannot read {shorten(path.name)}: not UTF-8 (byte {err.start})"
+        ) from None
+    return text.removeprefix("\ufeff")  # a byte-order mark, as some editors write
 
 
 def load_spec(spec: str | Path) -> NetworkSpec:
     """Read a spec from a ``.toml`` / ``.json`` path or a bundled example name."""
     path = resolve_spec_path(str(spec))
+    text = _read_spec_text(path)
+    name = shorten(path.name)
+    deep = f"{name}: nested more than {MAX_NESTING} levels deep"
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise InputError("SPEC", f"cannot read {path.name}: {err}") from None
-    if path.suffix == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise InputError("SPEC", f"invalid JSON in {path.name}: {err}") from None
-    else:
-        try:
+        if path.suffix == ".json":
+            data = json.loads(text, object_pairs_hook=_json_object, parse_int=_json_int)
+        else:
             data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as err:
-            raise InputError("SPEC", f"invalid TOML in {path.name}: {err}") from None
+    except RecursionError:
+        raise InputError("SPEC", deep) from None
+    except _DuplicateKey as err:
+        key = shorten(err.args[0])
+        raise InputError("SPEC", f"invalid JSON in {name}: duplicate key {key!r}") from None
+    except json.JSONDecodeError as err:
+        raise InputError("SPEC", f"invalid JSON in {name}: {shorten(str(err), 120)}") from None
+    except tomllib.TOMLDecodeError as err:
+        raise InputError("SPEC", f"invalid TOML in {name}: {shorten(str(err), 120)}") from None
+    except ValueError as err:  # tomllib's int() of a literal over CPython's digit limit
+        limit = getattr(sys, "get_int_max_str_digits", lambda: 4300)()
+        if "digits" not in str(err):  # pragma: no cover - no other ValueError is known
+            raise
+        raise InputError(
+            "SPEC", f"invalid TOML in {name}: an integer of more than {limit} digits"
+        ) from None
+    if _too_deep(data):
+        raise InputError("SPEC", deep)
     return from_dict(data)
 
 
@@ -150,12 +267,28 @@ def from_dict(data: Any) -> NetworkSpec:
     _reject_unknown(data, {"name", "inputs", "loss", "l2", "layers", "train"}, "")
     name = _required(data, "name", "")
     if not isinstance(name, str) or not _IDENTIFIER.match(name) or keyword.iskeyword(name):
-        raise InputError("name", f"expected a Python identifier, got {name!r}")
+        raise InputError("name", f"expected a Python identifier, got {_kind(name)}")
+    if len(name) > MAX_NAME_LENGTH:
+        raise InputError(
+            "name",
+            f"expected a Python identifier of at most {MAX_NAME_LENGTH} characters, "
+            f"got a name of {len(name)} characters",
+        )
+    if name.startswith("__"):
+        raise InputError("name", f"{name!r}: names starting with '__' are reserved by Python")
     if name in _SHADOWED:
         raise InputError("name", f"{name!r} would shadow the module {name} when imported")
-    inputs = _positive_int(_required(data, "inputs", ""), "inputs")
+    inputs = _positive_int(_required(data, "inputs", ""), "inputs", MAX_UNITS)
     layers = _layers(_required(data, "layers", ""))
-    loss = _function(_required(data, "loss", ""), "loss")
+    sizes = (inputs, *(layer.units for layer in layers))
+    parameters = sum(n_out * n_in + n_out for n_in, n_out in zip(sizes, sizes[1:], strict=False))
+    if parameters > MAX_PARAMETERS:
+        raise InputError(
+            "layers",
+            f"the network has {parameters:,} trainable parameters; "
+            f"at most {MAX_PARAMETERS:,} are supported",
+        )
+    loss = _function(_required(data, "loss", ""), "loss", "loss")
     l2 = _nonnegative_float(data.get("l2", 0.0), "l2")
     train = _train(data.get("train", {}))
     return NetworkSpec(name=name, inputs=inputs, layers=layers, loss=loss, l2=l2, train=train)
@@ -184,13 +317,22 @@ def to_dict(spec: NetworkSpec) -> dict[str, Any]:
 
 
 def _kind(value: Any) -> str:
+    """The value for a message: short, whatever the user wrote."""
     if isinstance(value, bool):
         return f"boolean {value!r}"
     if isinstance(value, (list, tuple)):
         return "a list"
     if isinstance(value, Mapping):
         return "a table"
-    return repr(value)
+    if isinstance(value, _LongInteger):
+        return f"a {value.digits}-digit number"
+    if isinstance(value, int) and abs(value) >= 10**30:
+        if value.bit_length() > 10_000:  # str() of it could exceed CPython's digit limit
+            return "a number of over 3000 digits"
+        return f"a {len(str(abs(value)))}-digit number"
+    if isinstance(value, str):
+        return repr(shorten(value))
+    return shorten(repr(value))
 
 
 def _required(data: Mapping, key: str, prefix: str) -> Any:
@@ -203,40 +345,60 @@ def _reject_unknown(data: Mapping, known: set[str], prefix: str) -> None:
     for key in data:
         if key not in known:
             allowed = ", ".join(sorted(known))
-            raise InputError(f"{prefix}{key}", f"unknown field (allowed: {allowed})")
+            raise InputError(f"{prefix}{shorten(key)}", f"unknown field (allowed: {allowed})")
 
 
-def _positive_int(value: Any, path: str) -> int:
+def _positive_int(value: Any, path: str, maximum: int) -> int:
+    large = isinstance(value, _LongInteger) or (
+        isinstance(value, int) and not isinstance(value, bool) and value > maximum
+    )
+    if large:
+        raise InputError(
+            path, f"expected a positive integer of at most {maximum}, got {_kind(value)}"
+        )
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise InputError(path, f"expected a positive integer, got {_kind(value)}")
     return value
 
 
-def _nonnegative_int(value: Any, path: str) -> int:
+def _nonnegative_int(value: Any, path: str, maximum: int) -> int:
+    large = isinstance(value, _LongInteger) or (
+        isinstance(value, int) and not isinstance(value, bool) and value > maximum
+    )
+    if large:
+        raise InputError(
+            path, f"expected a non-negative integer of at most {maximum}, got {_kind(value)}"
+        )
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise InputError(path, f"expected a non-negative integer, got {_kind(value)}")
     return value
 
 
 def _number(value: Any, path: str) -> float:
+    if isinstance(value, _LongInteger):
+        raise InputError(path, f"expected a finite number, got {_kind(value)}")
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InputError(path, f"expected a number, got {_kind(value)}")
-    if not math.isfinite(value):
-        raise InputError(path, f"expected a finite number, got {value!r}")
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an int past float's range
+        number = math.inf
+    if not math.isfinite(number):
+        raise InputError(path, f"expected a finite number, got {_kind(value)}")
+    return number
 
 
 def _nonnegative_float(value: Any, path: str) -> float:
     number = _number(value, path)
     if number < 0:
-        raise InputError(path, f"expected a non-negative number, got {value!r}")
+        raise InputError(path, f"expected a non-negative number, got {_kind(value)}")
     return number
 
 
 def _positive_float(value: Any, path: str) -> float:
     number = _number(value, path)
     if number <= 0:
-        raise InputError(path, f"expected a positive number, got {value!r}")
+        raise InputError(path, f"expected a positive number, got {_kind(value)}")
     return number
 
 
@@ -245,6 +407,8 @@ def _layers(value: Any) -> tuple[LayerSpec, ...]:
         raise InputError("layers", f"expected a list of layers, got {_kind(value)}")
     if not value:
         raise InputError("layers", "expected at least one layer, got none")
+    if len(value) > MAX_LAYERS:
+        raise InputError("layers", f"{len(value)} layers; at most {MAX_LAYERS} are supported")
     layers = []
     for i, layer in enumerate(value):
         path = f"layers[{i}]"
@@ -253,29 +417,54 @@ def _layers(value: Any) -> tuple[LayerSpec, ...]:
                 path, f"expected a table with units and activation, got {_kind(layer)}"
             )
         _reject_unknown(layer, {"units", "activation"}, f"{path}.")
-        units = _positive_int(_required(layer, "units", f"{path}."), f"{path}.units")
-        activation = _function(_required(layer, "activation", f"{path}."), f"{path}.activation")
+        units = _positive_int(_required(layer, "units", f"{path}."), f"{path}.units", MAX_UNITS)
+        activation = _function(
+            _required(layer, "activation", f"{path}."), f"{path}.activation", "activation"
+        )
         layers.append(LayerSpec(units=units, activation=activation))
     return tuple(layers)
 
 
-def _function(value: Any, path: str) -> FunctionSpec:
+def _function(value: Any, path: str, kind: str) -> FunctionSpec:
+    """A built-in ``kind`` ("activation" or "loss") by name, or a custom one."""
     if isinstance(value, str):
         if not value.strip():
             raise InputError(path, "expected a name, got an empty string")
+        _check_length(value.strip(), path)
         return FunctionSpec(name=value.strip())
     if isinstance(value, Mapping):
         _reject_unknown(value, {"name", "expr"}, f"{path}.")
         name = _required(value, "name", f"{path}.")
         if not isinstance(name, str) or not _IDENTIFIER.match(name):
             raise InputError(f"{path}.name", f"expected an identifier, got {_kind(name)}")
+        _check_length(name, f"{path}.name")
         if "expr" not in value:
             return FunctionSpec(name=name)
+        _check_custom_name(name, f"{path}.name")
         expr = value["expr"]
         if not isinstance(expr, str) or not expr.strip():
             raise InputError(f"{path}.expr", f"expected an expression string, got {_kind(expr)}")
         return FunctionSpec(name=name, expr=expr)
     raise InputError(path, f"expected a name or a table with name and expr, got {_kind(value)}")
+
+
+def _check_length(name: str, path: str) -> None:
+    if len(name) > MAX_NAME_LENGTH:
+        raise InputError(
+            path,
+            f"a name of {len(name)} characters; names are at most {MAX_NAME_LENGTH} characters",
+        )
+
+
+def _check_custom_name(name: str, path: str) -> None:
+    """A custom function's name: its own, not a built-in's, a keyword or a reserved name."""
+    for kind, names in (("activation", BUILTIN_ACTIVATIONS), ("loss", BUILTIN_LOSSES)):
+        if name in names:
+            raise InputError(path, f"{name!r} is a built-in {kind}; choose another name")
+    if keyword.iskeyword(name):
+        raise InputError(path, f"{name!r} is a Python keyword; choose another name")
+    if name.startswith("__"):
+        raise InputError(path, f"{name!r}: names starting with '__' are reserved by Python")
 
 
 def _train(value: Any) -> TrainSpec:
@@ -284,9 +473,10 @@ def _train(value: Any) -> TrainSpec:
     _reject_unknown(value, set(TrainSpec.__dataclass_fields__), "train.")
     defaults = TrainSpec()
     optimizer = value.get("optimizer", defaults.optimizer)
-    if optimizer not in OPTIMIZERS:
+    if not isinstance(optimizer, str) or optimizer not in OPTIMIZERS:
         raise InputError(
-            "train.optimizer", f"unknown optimizer {optimizer!r} (known: {', '.join(OPTIMIZERS)})"
+            "train.optimizer",
+            f"unknown optimizer {_kind(optimizer)} (known: {', '.join(OPTIMIZERS)})",
         )
     beta1 = _number(value.get("beta1", defaults.beta1), "train.beta1")
     beta2 = _number(value.get("beta2", defaults.beta2), "train.beta2")
@@ -297,9 +487,11 @@ def _train(value: Any) -> TrainSpec:
     return TrainSpec(
         optimizer=optimizer,
         lr=_positive_float(value.get("lr", defaults.lr), "train.lr"),
-        epochs=_positive_int(value.get("epochs", defaults.epochs), "train.epochs"),
-        batch_size=_positive_int(value.get("batch_size", defaults.batch_size), "train.batch_size"),
-        seed=_nonnegative_int(value.get("seed", defaults.seed), "train.seed"),
+        epochs=_positive_int(value.get("epochs", defaults.epochs), "train.epochs", MAX_COUNT),
+        batch_size=_positive_int(
+            value.get("batch_size", defaults.batch_size), "train.batch_size", MAX_COUNT
+        ),
+        seed=_nonnegative_int(value.get("seed", defaults.seed), "train.seed", MAX_SEED),
         momentum=momentum,
         beta1=beta1,
         beta2=beta2,
