@@ -218,6 +218,132 @@ def _erf(x: "numpy.typing.ArrayLike") -> "numpy.ndarray | numpy.floating":
         out = out.astype(numpy.float16)
     return out[()] if out.ndim == 0 else out
 
+def _ndtr(x: "numpy.typing.ArrayLike") -> "numpy.ndarray | numpy.floating":
+    """Standard normal CDF Phi(x) = erfc(-x/sqrt(2))/2, elementwise, accurate in both tails.
+
+    1 + erf(x/sqrt(2)) cancels to 0 for x < -8.5 (and loses digits from x < -1); this keeps
+    a few ulps of relative accuracy down to x = -37.5, where Phi reaches 1e-300 (Phi(x) < 1e-340
+    is returned as 0 below x = -39.6).  msun ``s_erf.c`` erfc, with the tail exponent -x*x/2
+    computed exactly: x is split into a high part with its low 32 bits (float32: 13 bits)
+    cleared, whose square is exact, and a small rest, as in msun.  Self-contained like _erf.
+    """
+    erx = 8.45062911510467529297e-01
+    # 0.84375 <= |u| < 1.25: erfc(u) = 1 - erx - P2(s)/Q2(s), s = u - 1
+    p2 = (
+        -2.16637559486879084300e-03,
+        3.54783043256182359371e-02,
+        -1.10894694282396677476e-01,
+        3.18346619901161753674e-01,
+        -3.72207876035701323847e-01,
+        4.14856118683748331666e-01,
+        -2.36211856075265944077e-03,
+    )
+    q2 = (
+        1.19844998467991074170e-02,
+        1.36370839120290507362e-02,
+        1.26171219808761642112e-01,
+        7.18286544141962662868e-02,
+        5.40397917702171048937e-01,
+        1.06420880400844228286e-01,
+        1.0,
+    )
+    # 1.25 <= u < 1/0.35 and 1/0.35 <= u < 28: erfc(u) = exp(-u*u - 0.5625 + R(s)/S(s)) / u
+    r3 = (
+        -9.81432934416914548592e00,
+        -8.12874355063065934246e01,
+        -1.84605092906711035994e02,
+        -1.62396669462573470355e02,
+        -6.23753324503260060396e01,
+        -1.05586262253232909814e01,
+        -6.93858572707181764372e-01,
+        -9.86494403484714822705e-03,
+    )
+    s3 = (
+        -6.04244152148580987438e-02,
+        6.57024977031928170135e00,
+        1.08635005541779435134e02,
+        4.29008140027567833386e02,
+        6.45387271733267880336e02,
+        4.34565877475229228821e02,
+        1.37657754143519042600e02,
+        1.96512716674392571292e01,
+        1.0,
+    )
+    r4 = (
+        -4.83519191608651397019e02,
+        -1.02509513161107724954e03,
+        -6.37566443368389627722e02,
+        -1.60636384855821916062e02,
+        -1.77579549177547519889e01,
+        -7.99283237680523006574e-01,
+        -9.86494292470009928597e-03,
+    )
+    s4 = (
+        -2.24409524465858183362e01,
+        4.74528541206955367215e02,
+        2.55305040643316442583e03,
+        3.19985821950859553908e03,
+        1.53672958608443695994e03,
+        3.25792512996573918826e02,
+        3.03380607434824582924e01,
+        1.0,
+    )
+
+    def horner(t, coeffs):
+        p = t * coeffs[0]
+        p += coeffs[1]
+        for c in coeffs[2:]:
+            p *= t
+            p += c
+        return p
+
+    a = numpy.asarray(x)
+    kind = a.dtype.kind
+    if kind == "c" or kind not in "biuf":
+        raise TypeError(f"_ndtr: unsupported dtype {a.dtype}")
+    if a.dtype == numpy.float64 or a.dtype == numpy.float32:
+        work = a
+    elif a.dtype == numpy.float16:
+        work = a.astype(numpy.float32)
+    else:
+        work = a.astype(numpy.float64)
+    flat = work.ravel()
+    # erfc(u) with u = -x/sqrt(2) > 0.84375 needs the tail forms; elsewhere (Phi >= 0.2)
+    # Phi = (1 + erf(x/sqrt(2)))/2 loses no more than an ulp or two.
+    u = flat * -0.7071067811865476
+    out = 0.5 * _erf(-u) + 0.5
+    mid = numpy.flatnonzero((u >= 0.84375) & (u < 1.25))
+    if mid.size:
+        um = u[mid]
+        res = horner(um - 1.0, p2)
+        res /= horner(um - 1.0, q2)
+        out[mid] = ((1.0 - erx) - res) * 0.5
+    if work.dtype == numpy.float32:
+        bits, mask = numpy.uint32, numpy.uint32(0xFFFFE000)
+    else:
+        bits, mask = numpy.uint64, numpy.uint64(0xFFFFFFFF00000000)
+    for lo, hi, rr, ss in ((1.25, 1.0 / 0.35, r3, s3), (1.0 / 0.35, 28.0, r4, s4)):
+        sel = numpy.flatnonzero((u >= lo) & (u < hi))
+        if sel.size:
+            xs = flat[sel]
+            us = u[sel]
+            s = 2.0 / (xs * xs)  # 1/u**2
+            res = horner(s, rr)
+            res /= horner(s, ss)
+            # -u*u = -x*x/2 = -h*h/2 - (x - h)(x + h)/2 with h*h exact
+            h = (xs.view(bits) & mask).view(xs.dtype)
+            big = numpy.exp(-0.5 * (h * h) - 0.5625)
+            res -= 0.5 * ((xs - h) * (xs + h))
+            numpy.exp(res, out=res)
+            res *= big
+            res /= us
+            out[sel] = 0.5 * res
+    out[u >= 28.0] = 0.0  # Phi(x) < 1e-340: below the smallest double
+    out = out.reshape(a.shape)
+    if a.dtype == numpy.float16:
+        out = out.astype(numpy.float16)
+    return out[()] if out.ndim == 0 else out
+
 # --- checks ---------------------------------------------------------------------------------
 
 
@@ -344,10 +470,8 @@ def _forward(params, X, ws):
     A1 = ws["A1"]
     T1_0 = ws["T1_0"]
     # a = gelu(z), elementwise (eq. 2)
-    T1_0[...] = _erf(0.70710678118654752*Z1)
-    numpy.add(T1_0, 1.0, out=T1_0)
+    T1_0[...] = _ndtr(Z1)
     numpy.multiply(Z1, T1_0, out=A1)
-    numpy.multiply(A1, 0.5, out=A1)
     # layer 2: 4 -> 1, sigmoid
     Z2 = ws["Z2"]
     numpy.dot(A1, params["W2"].T, out=Z2)  # (eq. 1)
@@ -404,10 +528,8 @@ def _backward(params, X, Y, ws, scale, weight_scale, unit_rows=False):
     numpy.exp(T1_0, out=T1_0)
     numpy.multiply(T1_0, Z1, out=T1_0)
     numpy.multiply(T1_0, 0.3989422804014327, out=T1_0)
-    T1_1[...] = _erf(0.70710678118654752*Z1)
-    numpy.multiply(T1_1, 0.5, out=T1_1)
+    T1_1[...] = _ndtr(Z1)
     numpy.add(T1_0, T1_1, out=G)
-    numpy.add(G, 0.5, out=G)
     numpy.multiply(dZ1, G, out=dZ1)
     numpy.dot(dZ1.T, X, out=ws["dW1"])  # (eq. 8)
     numpy.add.reduce(dZ1, axis=0, out=ws["db1"])  # (eq. 9)

@@ -121,7 +121,6 @@ def _workspace(batch, dtype):
             "G1": (batch, 5),
             "T1_0": (batch, 5),
             "T1_1": (batch, 5),
-            "T1_2": (batch, 5),
             "dW1": (5, 4),
             "db1": (5,),
             "R1": (5, 4),
@@ -210,16 +209,17 @@ def _backward(params, X, Y, ws, scale, weight_scale, unit_rows=False):
     numpy.dot(dZ2, params["W2"], out=dZ1)  # (eq. 7)
     T1_0 = ws["T1_0"]
     T1_1 = ws["T1_1"]
-    T1_2 = ws["T1_2"]
     G = ws["G1"]  # f'(z) of swish (eq. 5)
-    numpy.negative(Z1, out=T1_0)
-    numpy.logaddexp(0.0, T1_0, out=T1_0)
+    numpy.logaddexp(0.0, Z1, out=T1_0)
     numpy.negative(T1_0, out=T1_0)
     numpy.exp(T1_0, out=T1_0)
-    numpy.add(T1_0, (-1.0), out=T1_1)
-    numpy.multiply(T1_1, Z1, out=T1_1)
-    numpy.subtract(1.0, T1_1, out=T1_2)
-    numpy.multiply(T1_0, T1_2, out=G)
+    numpy.multiply(T1_0, Z1, out=T1_0)
+    numpy.add(T1_0, 1.0, out=T1_0)
+    numpy.negative(Z1, out=T1_1)
+    numpy.logaddexp(0.0, T1_1, out=T1_1)
+    numpy.negative(T1_1, out=T1_1)
+    numpy.exp(T1_1, out=T1_1)
+    numpy.multiply(T1_0, T1_1, out=G)
     numpy.multiply(dZ1, G, out=dZ1)
     numpy.dot(dZ1.T, X, out=ws["dW1"])  # (eq. 8)
     numpy.multiply(params["W1"], L2 * weight_scale, out=ws["R1"])

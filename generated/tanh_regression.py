@@ -120,6 +120,7 @@ def _workspace(batch, dtype):
             "dZ1": (batch, 4),
             "G1": (batch, 4),
             "T1_0": (batch, 4),
+            "T1_1": (batch, 4),
             "dW1": (4, 3),
             "db1": (4,),
             "Z2": (batch, 1),
@@ -179,6 +180,7 @@ def _backward(params, X, Y, ws, scale, weight_scale, unit_rows=False):
     that the buffers hold the SGD step itself.  unit_rows: every row of Y sums to 1.
     """
     A1 = ws["A1"]
+    Z1 = ws["Z1"]
     Z2 = ws["Z2"]
     dZ2 = ws["dZ2"]
     # dl/dz of the output layer (eq. 6)
@@ -189,9 +191,16 @@ def _backward(params, X, Y, ws, scale, weight_scale, unit_rows=False):
     dZ1 = ws["dZ1"]
     numpy.dot(dZ2, params["W2"], out=dZ1)  # (eq. 7)
     T1_0 = ws["T1_0"]
+    T1_1 = ws["T1_1"]
     G = ws["G1"]  # f'(z) of tanh (eq. 4)
-    numpy.square(A1, out=T1_0)
-    numpy.subtract(1.0, T1_0, out=G)
+    numpy.absolute(Z1, out=T1_0)
+    numpy.multiply(T1_0, (-2.0), out=T1_0)
+    numpy.exp(T1_0, out=T1_0)
+    numpy.add(T1_0, 1.0, out=T1_1)
+    numpy.square(T1_1, out=T1_1)
+    numpy.divide(1.0, T1_1, out=T1_1)
+    numpy.multiply(T1_0, T1_1, out=G)
+    numpy.multiply(G, 4.0, out=G)
     numpy.multiply(dZ1, G, out=dZ1)
     numpy.dot(dZ1.T, X, out=ws["dW1"])  # (eq. 8)
     numpy.add.reduce(dZ1, axis=0, out=ws["db1"])  # (eq. 9)

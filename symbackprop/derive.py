@@ -15,14 +15,17 @@ whose cost is linear in depth and independent of width.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
+import numpy as np
 import sympy
 
-from symbackprop.functions import YHAT, A, Activation, Loss, X
+from symbackprop.functions import YHAT, A, Activation, Loss, X, Y
 from symbackprop.graph import SymbolicNetwork, build
-from symbackprop.primitives import step, to_textbook_form
+from symbackprop.primitives import NUMPY_HELPERS, step, to_textbook_form
+from symbackprop.printing import inplace_statements, numpy_code
 from symbackprop.spec import NetworkSpec
 
 Z = sympy.Symbol("z", real=True)
@@ -125,21 +128,131 @@ def _agrees(left: sympy.Expr, right: sympy.Expr) -> bool:
     return True
 
 
+# f' through a is used only where it is as accurate as f' in z: at the sample points and far
+# into both tails, the float64 kernel as printed (from a = f(z) as the forward pass computes
+# it) must be within ACCURACY (relative) of the truth wherever that is a normal float.
+ACCURACY = 1e-13
+_TAIL_POINTS = (
+    [sympy.Integer(sign * v) for v in (50, 40, 30, 20, 10, 5, 2) for sign in (-1, 1)]
+    + [sympy.Rational(sign * k, 4) for k in (1, 3, 5) for sign in (-1, 1)]
+    + [sympy.Rational(sign, 10**8) for sign in (-1, 1)]
+)
+_TINY = 1e-300  # below this a true value counts as underflow: the kernel must give ~0 there
+_SLOW = ("exp", "log", "cosh", "sinh", "tanh", "_ndtr", "_erf", "power", "sin", "cos", "arc")
+
+
+def _kernel(expr: sympy.Expr) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """The float64 NumPy kernel of ``expr`` in z and a, exactly as the module prints it."""
+    code, helpers = numpy_code(expr, {Z: "z", A: "a", Y: "y"})
+    namespace: dict = {"numpy": np}
+    for helper in sorted(helpers):
+        exec(NUMPY_HELPERS[helper], namespace)  # our own helper source
+    # printed from a validated expression, never from user text
+    return eval(f"lambda z, a, y=0.0: {code}", namespace)
+
+
+def _cost(expr: sympy.Expr) -> int:
+    """Passes over the array, a transcendental one counted as 5."""
+    lines, _, _ = inplace_statements(expr, {Z: "Z", A: "A", Y: "Y"}, "G", "T")
+    return sum(5 if any(name in line for name in _SLOW) else 1 for line in lines)
+
+
+def _occurrences(expr: sympy.Expr, f: sympy.Expr) -> int:
+    return 1 if expr == f else sum(_occurrences(arg, f) for arg in expr.args)
+
+
+def _substitutions(expr: sympy.Expr, f: sympy.Expr, limit: int = 4) -> list[sympy.Expr]:
+    """``expr`` with every nonempty subset of its occurrences of f written as A."""
+    n = _occurrences(expr, f)
+    if n == 0:
+        return []
+    if n > limit:
+        return [expr.xreplace({f: A})]
+    out = []
+    for mask in range(2**n - 1, 0, -1):  # all of them first
+        counter = iter(range(n))
+
+        def rebuild(e: sympy.Basic, mask: int = mask, counter: object = counter) -> sympy.Basic:
+            if e == f:
+                return A if mask >> next(counter) & 1 else e
+            return e.func(*(rebuild(arg) for arg in e.args)) if e.args else e
+
+        out.append(rebuild(expr))
+    return out
+
+
+def _max_error(
+    candidate: sympy.Expr,
+    forward: Callable,
+    zs: np.ndarray,
+    truth: list[float],
+    ys: np.ndarray | float = 0.0,
+) -> float:
+    """The largest relative error of ``candidate``'s float64 kernel at zs (inf: unusable)."""
+    try:
+        with np.errstate(all="ignore"):
+            got = np.broadcast_to(_kernel(candidate)(zs, forward(zs, zs), ys), zs.shape)
+    except (ArithmeticError, TypeError, ValueError, NameError, KeyError):
+        return math.inf
+    worst = 0.0
+    for value, true in zip(got.tolist(), truth, strict=True):
+        if not math.isfinite(value):
+            return math.inf
+        if abs(true) < _TINY:
+            error = 0.0 if abs(value) < 2 * _TINY else math.inf
+        else:
+            error = abs(value - true) / abs(true)
+        worst = max(worst, error)
+    return worst
+
+
+def _true_values(
+    derivative: sympy.Expr, points: list[sympy.Expr], y: sympy.Expr = sympy.S.Zero
+) -> list[float] | None:
+    """f'(z) at the exact points, to 30 digits (SymPy's evalf handles the cancellations)."""
+    values = []
+    for point in points:
+        value = complex(derivative.xreplace({Z: point, Y: y}).evalf(30))
+        if value.imag != 0 or not math.isfinite(value.real):
+            return None
+        values.append(value.real)
+    return values
+
+
 def _through_output(act: Activation, f: sympy.Expr, derivative: sympy.Expr) -> sympy.Expr | None:
-    """h(a) with h(f(z)) = f'(z), when a hint or direct substitution gives one that checks."""
+    """h(a) with h(f(z)) = f'(z), when one is equal and as accurate as the z form, and cheaper.
+
+    Candidates: the registry's hint and f' with some or all of its occurrences of f(z) written
+    as a.  Each must equal f' (30 digits at the sample points) and its printed float64 kernel
+    must be accurate to ACCURACY at the sample points and out to |z| = 50; of those and of f'
+    in z (when it is accurate itself), the cheapest is used, a form through a on a tie.
+    """
+    if not derivative.free_symbols - {Z}:
+        if Z not in derivative.free_symbols:
+            return derivative
+    else:
+        return None
     candidates = []
     if act.via_output_hint is not None:
         candidates.append(act.via_output_hint)
-    if not derivative.free_symbols - {Z}:
-        if Z not in derivative.free_symbols:
-            candidates.append(derivative)
-        elif f != Z:
-            candidates.append(derivative.xreplace({f: A}))
-    for candidate in candidates:
-        if Z in candidate.free_symbols:
-            continue
-        if _agrees(candidate.xreplace({A: f}), derivative):
-            return _tidy(candidate)
+    if f != Z:
+        candidates.extend(_substitutions(derivative, f))
+    candidates = [_tidy(c) for c in candidates if A in c.free_symbols]
+    if not candidates:
+        return None
+    points = _TAIL_POINTS
+    truth = _true_values(derivative, points)
+    if truth is None:
+        return None
+    zs = np.array([float(p) for p in points])
+    forward = _kernel(f)
+    accurate = [c for c in candidates if _max_error(c, forward, zs, truth) <= ACCURACY]
+    in_z = _cost(derivative) if _max_error(derivative, forward, zs, truth) <= ACCURACY else None
+    for best in sorted(accurate, key=_cost):  # stable: the earliest candidate on a tie
+        if in_z is not None and in_z < _cost(best):
+            return None
+        if _agrees(best.xreplace({A: f}), derivative):
+            return best
     return None
 
 
@@ -175,6 +288,43 @@ def _through(expr: sympy.Expr, f: sympy.Expr) -> sympy.Expr:
     return expr if f == Z else expr.xreplace({f: A})
 
 
+def _output_delta(f: sympy.Expr, raw: sympy.Expr) -> sympy.Expr:
+    """dl/dz in the form the module computes: the cheapest accurate one, preferring a.
+
+    Candidates are SymPy's forms of dl/dz, each also with some or all of its occurrences of
+    f(z) written as the output a.  Their printed float64 kernels are compared with the exact
+    dl/dz at the tail points for the target y = -7 (far from a, so that a - y does not
+    cancel; a form through a such as tanh + mse's (a - y)(1 - a^2) is 0 for |z| > 19, where
+    the true value is not), and must not overflow at |z| = 1e4.  When none is accurate to
+    ACCURACY, the most accurate is used.
+    """
+    forms = list(dict.fromkeys((raw, sympy.expand(raw), sympy.factor(raw), _tidy(raw))))
+    if f == Z:
+        return _simplest(*forms)
+    through = [_through(e, f) for e in forms]
+    partial = [p for e in forms for p in _substitutions(e, f)]
+    in_a = [e for e in through if Z not in e.free_symbols]
+    candidates = list(dict.fromkeys(in_a + partial + forms))
+    zs = np.array([float(p) for p in _TAIL_POINTS])
+    forward = _kernel(f)
+    truth = _true_values(raw, _TAIL_POINTS, sympy.Integer(-7))
+    if truth is None:
+        return _simplest(*candidates)
+    huge = np.array([-1e4, -1e3, 1e3, 1e4])
+    scores = {}
+    for c in candidates:
+        scores[c] = _max_error(c, forward, zs, truth, -7.0)
+        try:  # the module must not overflow where the mathematics is finite (cosh(1e3))
+            with np.errstate(over="raise", invalid="raise", divide="raise", under="ignore"):
+                _kernel(c)(huge, forward(huge, huge), -7.0)
+        except (ArithmeticError, ValueError):
+            scores[c] = math.inf
+    accurate = [c for c in candidates if scores[c] <= ACCURACY]
+    if accurate:
+        return min(accurate, key=lambda c: (_cost(c), sympy.count_ops(c)))
+    return min(candidates, key=lambda c: (scores[c], _cost(c)))
+
+
 @lru_cache(maxsize=256)
 def derive_output(act: Activation, loss: Loss) -> OutputRule:
     if act.softmax:
@@ -189,11 +339,7 @@ def derive_output(act: Activation, loss: Loss) -> OutputRule:
     in_logit = _stable_loss_in_logit(act, loss)
     generic = sympy.diff(loss.expr, YHAT).xreplace({YHAT: f}) * sympy.diff(f, Z)
     raw = sympy.diff(in_logit, Z)
-    # Prefer a form in the output a = f(z) (already computed, and bounded for sigmoid and
-    # tanh): SymPy's simplest form of tanh + mse, (a - y)/cosh(z)**2, overflows for |z| > 355.
-    candidates = [_through(e, f) for e in (raw, sympy.expand(raw), sympy.factor(raw), _tidy(raw))]
-    in_output = [e for e in candidates if Z not in e.free_symbols]
-    delta = _simplest(*(in_output or candidates))
+    delta = _output_delta(f, raw)
     return OutputRule(
         softmax=False,
         loss=_through(in_logit, f),

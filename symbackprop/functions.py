@@ -15,11 +15,20 @@ from dataclasses import dataclass
 
 import numpy as np
 import sympy
-from sympy import erf, exp, log, sqrt, tanh
+from sympy import erf, log, sqrt, tanh
 
 from symbackprop.errors import InputError
 from symbackprop.expressions import parse_expression
-from symbackprop.primitives import LEAKY_SLOPE, elu, leaky_relu, relu, sigmoid, softplus, step
+from symbackprop.primitives import (
+    LEAKY_SLOPE,
+    elu,
+    expm1,
+    leaky_relu,
+    relu,
+    sigmoid,
+    softplus,
+    step,
+)
 from symbackprop.spec import FunctionSpec, NetworkSpec
 
 # real: |x|' is sign(x), not an expression in re(x) and im(x)
@@ -113,7 +122,8 @@ ACTIVATIONS: dict[str, Activation] = {
             softplus(X),
             r"\operatorname{softplus}(x)",
             reference=lambda x: np.logaddexp(0, x),
-            via_output_hint=1 - exp(-A),
+            # sigmoid(z) = 1 - exp(-a), with expm1: accurate for a -> 0 (z -> -inf)
+            via_output_hint=-expm1(-A),
         ),
         Activation(
             "elu",

@@ -15,10 +15,11 @@ from __future__ import annotations
 import inspect
 
 import sympy
+from mpmath.libmp import prec_to_dps
 from sympy import Function, Rational, exp, log
 from sympy.printing.printer import Printer
 
-from symbackprop.numpy_erf import _erf
+from symbackprop.numpy_erf import _erf, _ndtr
 
 LEAKY_SLOPE = Rational(1, 100)
 
@@ -33,6 +34,17 @@ NUMPY_HELPERS: dict[str, str] = {
 }
 # NumPy has no erf: the generated module carries its own, vectorized (numpy_erf.py)
 NUMPY_HELPERS["_erf"] = inspect.getsource(_erf)
+NUMPY_HELPERS["_ndtr"] = inspect.getsource(_ndtr)
+# helpers that call other helpers
+HELPER_NEEDS: dict[str, tuple[str, ...]] = {"_ndtr": ("_erf",)}
+
+
+def with_dependencies(helpers: set[str]) -> set[str]:
+    """``helpers`` and every helper they call."""
+    result = set(helpers)
+    for helper in helpers:
+        result.update(HELPER_NEEDS.get(helper, ()))
+    return result
 
 
 class _Primitive(Function):
@@ -49,7 +61,9 @@ class _Primitive(Function):
         helpers = getattr(printer, "helpers", None)
         template = self.numpy_template()
         if helpers is not None:
-            helpers.update(name for name in NUMPY_HELPERS if f"{name}(" in template)
+            helpers.update(
+                with_dependencies({name for name in NUMPY_HELPERS if f"{name}(" in template})
+            )
         return template.format(x=arg)
 
     def _latex(self, printer: Printer, exp: object = None) -> str:
@@ -137,9 +151,10 @@ class elu(_Primitive):
         return None
 
     def fdiff(self, argindex: int = 1) -> sympy.Expr:
-        # exp(x) = elu(x) + 1 on the negative branch; written through elu so that the
-        # derivative never evaluates exp of a large positive number (inf * 0 = nan).
-        return 1 + sympy.Min(elu(self.args[0]), 0)
+        # exp(min(x, 0)): 1 for x > 0 and exp(x) otherwise, never exp of a large positive
+        # number, and accurate to an ulp for x -> -inf, where 1 + elu(x) = 1 + expm1(x) would
+        # cancel (all digits lost below x = -37).
+        return exp(sympy.Min(self.args[0], 0))
 
     @classmethod
     def numpy_template(cls) -> str:
@@ -194,7 +209,68 @@ class softplus(_Primitive):
         return "numpy.logaddexp(0, {x})"
 
 
-PRIMITIVES: tuple[type[_Primitive], ...] = (step, relu, leaky_relu, elu, sigmoid, softplus)
+class expm1(_Primitive):
+    """exp(x) - 1, evaluated without cancellation for small x (NumPy's expm1)."""
+
+    latex_name = ""
+
+    @classmethod
+    def eval(cls, x: sympy.Expr) -> sympy.Expr | None:
+        if x.is_Number:
+            return exp(x) - 1
+        return None
+
+    def fdiff(self, argindex: int = 1) -> sympy.Expr:
+        return exp(self.args[0])
+
+    def _eval_rewrite_as_exp(self, x: sympy.Expr, **kwargs: object) -> sympy.Expr:
+        return exp(x) - 1
+
+    def _latex(self, printer: Printer, exp: object = None) -> str:
+        body = rf"\left(e^{{{printer._print(self.args[0])}}} - 1\right)"
+        return rf"{body}^{{{exp}}}" if exp is not None else body
+
+    def _eval_evalf(self, prec: int) -> sympy.Expr:
+        return (exp(self.args[0]) - 1).evalf(prec_to_dps(prec))
+
+    @classmethod
+    def numpy_template(cls) -> str:
+        return "numpy.expm1({x})"
+
+
+class ndtr(_Primitive):
+    """The standard normal CDF (1 + erf(x/sqrt(2)))/2, a code-only spelling.
+
+    ``printing.stable_form`` writes c*(1 + erf(u)) as 2c*ndtr(sqrt(2)*u) before printing
+    NumPy code, so that the generated module calls ``_ndtr``, accurate in the lower tail where
+    1 + erf cancels; documents keep SymPy's erf form.
+    """
+
+    latex_name = r"\Phi"
+
+    def fdiff(self, argindex: int = 1) -> sympy.Expr:
+        x = self.args[0]
+        return exp(-(x**2) / 2) / sympy.sqrt(2 * sympy.pi)
+
+    def _eval_rewrite_as_erf(self, x: sympy.Expr, **kwargs: object) -> sympy.Expr:
+        return (1 + sympy.erf(x / sympy.sqrt(2))) / 2
+
+    def _eval_evalf(self, prec: int) -> sympy.Expr:
+        return (sympy.erfc(-self.args[0] / sympy.sqrt(2)) / 2).evalf(prec_to_dps(prec))
+
+    @classmethod
+    def numpy_template(cls) -> str:
+        return "_ndtr({x})"
+
+
+PRIMITIVES: tuple[type[_Primitive], ...] = (
+    step,
+    relu,
+    leaky_relu,
+    elu,
+    sigmoid,
+    softplus,
+)
 
 
 def to_textbook_form(expr: sympy.Expr) -> sympy.Expr:

@@ -6,6 +6,9 @@
 * ``Max``/``Min`` become nested ``numpy.maximum``/``numpy.minimum`` (the stock printer needs
   ``functools``);
 * ``erf`` calls the module's own vectorized ``_erf`` (NumPy has none);
+* ``stable_form`` first rewrites the sums that cancel in floating point into forms accurate to
+  a few ulps: c(1 + erf(u)) as 2c Phi(sqrt(2) u) (the module's ``_ndtr``), c(1 - sigmoid(u)) as
+  c exp(-softplus(u)), c(1 - tanh(u)^2) as 4c t/(1 + t)^2 with t = exp(-2|u|);
 * symbols print as the array names given in ``names``;
 * helper functions the printed code needs are collected in ``helpers``.
 """
@@ -16,6 +19,8 @@ from collections.abc import Mapping
 
 import sympy
 from sympy.printing.numpy import NumPyPrinter
+
+from symbackprop.primitives import ndtr, sigmoid, softplus, with_dependencies
 
 
 def floatify(expr: sympy.Expr, digits: int = 17, keep_rationals: bool = False) -> sympy.Expr:
@@ -32,6 +37,39 @@ def floatify(expr: sympy.Expr, digits: int = 17, keep_rationals: bool = False) -
     return expr.replace(constant, lambda e: sympy.Float(e.evalf(digits), digits))
 
 
+def _stable_add(expr: sympy.Add) -> sympy.Expr:
+    """One cancelling pair (a constant and k*erf(u), k*sigmoid(u) or k*tanh(u)**2) rewritten."""
+    constant, terms = expr.as_coeff_Add()
+    if constant == 0:
+        return expr
+    for term in sympy.Add.make_args(terms):
+        k, core = term.as_coeff_Mul()
+        if isinstance(core, sympy.erf) and constant == k:  # k (1 + erf u)
+            u = core.args[0]
+            return expr - term - constant + 2 * k * ndtr(sympy.sqrt(2) * u)
+        if isinstance(core, sympy.erf) and constant == -k:  # -k (1 - erf u)
+            u = core.args[0]
+            return expr - term - constant - 2 * k * ndtr(-sympy.sqrt(2) * u)
+        if isinstance(core, sigmoid) and constant == -k:  # -k (1 - sigmoid u)
+            return expr - term - constant - k * sympy.exp(-softplus(core.args[0]))
+        if (
+            isinstance(core, sympy.Pow)
+            and core.exp == 2
+            and isinstance(core.base, sympy.tanh)
+            and constant == -k
+        ):  # -k (1 - tanh(u)**2) = -k sech(u)**2, without cosh's overflow
+            t = sympy.exp(-2 * sympy.Abs(core.base.args[0]))
+            return expr - term - constant - 4 * k * t / (1 + t) ** 2
+    return expr
+
+
+def stable_form(expr: sympy.Expr) -> sympy.Expr:
+    """``expr`` with the sums that cancel in floating point in an accurate form (see above)."""
+    if not isinstance(expr, sympy.Basic):
+        return expr
+    return expr.replace(lambda e: isinstance(e, sympy.Add), _stable_add)
+
+
 class NumPyKernelPrinter(NumPyPrinter):
     def __init__(self, names: Mapping[sympy.Symbol, str] | None = None) -> None:
         super().__init__({"fully_qualified_modules": True, "allow_unknown_functions": False})
@@ -40,7 +78,7 @@ class NumPyKernelPrinter(NumPyPrinter):
 
     def doprint(self, expr: object, assign_to: object = None) -> str:
         if isinstance(expr, sympy.Expr):
-            expr = floatify(expr)
+            expr = floatify(stable_form(expr))
         return super().doprint(expr, assign_to)
 
     def _print_Symbol(self, expr: sympy.Symbol) -> str:
@@ -69,7 +107,8 @@ class NumPyKernelPrinter(NumPyPrinter):
 def numpy_code(expr: sympy.Expr, names: Mapping[sympy.Symbol, str]) -> tuple[str, set[str]]:
     """One expression as NumPy source, and the helper functions it calls."""
     printer = NumPyKernelPrinter(names)
-    return printer.doprint(expr), printer.helpers
+    code = printer.doprint(expr)
+    return code, with_dependencies(printer.helpers)
 
 
 # --- in-place statements: kernels that write into preallocated buffers ----------------------
@@ -79,7 +118,7 @@ _UNARY = {
     "exp": "exp", "log": "log", "sin": "sin", "cos": "cos", "tan": "tan", "sinh": "sinh",
     "cosh": "cosh", "tanh": "tanh", "asin": "arcsin", "acos": "arccos", "atan": "arctan",
     "asinh": "arcsinh", "acosh": "arccosh", "atanh": "arctanh", "Abs": "absolute",
-    "sign": "sign",
+    "sign": "sign", "expm1": "expm1",
 }  # fmt: skip
 
 # several ufunc calls; {x} is the argument, {t} the target (never the argument's buffer)
@@ -226,6 +265,9 @@ class InplacePlan:
             self.lines.append(f"numpy.square({arg}, out={target})")
         elif exponent == -1:
             self.lines.append(f"numpy.divide(1.0, {arg}, out={target})")
+        elif exponent == -2:
+            self.lines.append(f"numpy.square({arg}, out={target})")
+            self.lines.append(f"numpy.divide(1.0, {target}, out={target})")
         elif exponent == sympy.S.Half:
             self.lines.append(f"numpy.sqrt({arg}, out={target})")
         elif exponent == -sympy.S.Half:
@@ -239,7 +281,7 @@ class InplacePlan:
     def _fallback(self, expr: sympy.Expr, dest: str | None) -> str:
         printer = NumPyKernelPrinter(self.names)
         code = printer.doprint(expr)
-        self.helpers |= printer.helpers
+        self.helpers |= with_dependencies(printer.helpers)
         target = dest or self._temp()
         self.lines.append(f"{target}[...] = {code}")
         return target
@@ -254,7 +296,8 @@ def inplace_statements(
     until the result is written.
     """
     plan = InplacePlan(names, prefix)
-    replacements, (reduced,) = sympy.cse([floatify(expr)], symbols=sympy.numbered_symbols("_c"))
+    stable = floatify(stable_form(expr))
+    replacements, (reduced,) = sympy.cse([stable], symbols=sympy.numbered_symbols("_c"))
     for symbol, value in replacements:
         if value.is_Symbol or value.is_number:
             plan.names[symbol] = plan.operand(value)

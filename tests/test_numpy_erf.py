@@ -207,3 +207,23 @@ def test_embedding_contract() -> None:
     x = numpy.linspace(-7.0, 7.0, 1001)
     assert numpy.array_equal(fresh(x), _erf(x))
     assert fresh(numpy.float32(1.5)).dtype == numpy.float32
+
+
+def test_ndtr_is_accurate_in_both_tails() -> None:
+    """Phi(x) = erfc(-x/sqrt(2))/2 to a few ulps where 1 + erf(x/sqrt(2)) cancels to 0."""
+    import mpmath
+
+    from symbackprop.numpy_erf import _ndtr
+
+    mpmath.mp.dps = 40
+    xs = np.concatenate([np.linspace(-39.5, 9, 1201), [-37.5, -1.7678, -1.1932, -1.19]])
+    with np.errstate(over="raise", invalid="raise", divide="raise", under="ignore"):
+        got = _ndtr(xs)
+    for x, value in zip(xs, got, strict=True):
+        true = mpmath.erfc(-mpmath.mpf(float(x)) / mpmath.sqrt(2)) / 2
+        if true < 1e-300:
+            assert value < 1e-300
+        else:
+            assert abs(value - true) / true < 2e-15, x
+    assert _ndtr(np.float32(-10.0)).dtype == np.float32
+    assert _ndtr(np.array([-50.0, 50.0])).tolist() == [0.0, 1.0]
