@@ -54,6 +54,7 @@ def alive(pid: int, comm: str) -> bool:
     return state != "Z" and f"({comm})" in text
 
 
+@pytest.mark.slow  # a real pdflatex run; the in-process test below is the fast one
 @pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex is not installed")
 def test_sigterm_during_pdflatex_cleans_up(tmp_path):
     temp = tmp_path / "tmp"
@@ -148,7 +149,7 @@ def test_main_restores_the_sigterm_handler(tmp_path, monkeypatch, argv):
     ("argv", "codes"),
     [
         (["codegen", "seed_mlp"], {141}),
-        (["check", "seed_mlp", "--no-torch"], {141}),
+        pytest.param(["check", "seed_mlp", "--no-torch"], {141}, marks=pytest.mark.slow),
         (["chain", "sin(exp(x**2))"], {141}),
         (["--help"], {0, 141}),  # argparse itself ignores a failed write of the help
     ],
