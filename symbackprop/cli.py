@@ -1,22 +1,33 @@
 """The ``symbackprop`` command: parse, call the library, report, return an exit code.
 
 Exit codes: 0 success, 1 a check failed (or descent diverged), 2 bad input (one line on
-stderr, no traceback, no files written).  ``main(argv) -> int`` is tested in-process.
+stderr, no traceback, no files written), 130 interrupted (SIGINT), 141 standard output closed
+early (a broken pipe; quiet), 143 terminated (SIGTERM).  Interrupted or terminated, a command
+leaves no output file, temporary folder or child process behind.  ``main(argv) -> int`` is
+tested in-process.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import signal
+import stat
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 from symbackprop import __version__
 from symbackprop.errors import InputError
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_INTERRUPTED, EXIT_BROKEN_PIPE, EXIT_TERMINATED = 130, 141, 143  # 128 + the signal's number
+
+# what derive's -o suffixes say about the document (other suffixes say nothing)
+FORMAT_OF_SUFFIX = {".tex": "tex", ".md": "md", ".pdf": "pdf"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -26,16 +37,88 @@ class _Parser(argparse.ArgumentParser):
         raise InputError(self.prog, message)
 
 
-def write_outputs(files: dict[Path, str | bytes], field: str = "-o") -> None:
-    """Write every file or none: each goes to a temporary file first, then all are renamed."""
-    for path in files:
-        if not path.name or path.is_dir():
+def output_path(text: str, field: str) -> Path:
+    """A file name given on the command line for writing, checked by ``check_outputs``."""
+    if not text.strip():
+        raise InputError(field, "expected a file name, got an empty string")
+    if text.endswith(("/", os.sep)) or Path(text).name in ("", ".", ".."):
+        raise InputError(field, f"{text} names a folder, expected a file name")
+    path = Path(text)
+    check_outputs([path], field)
+    return path
+
+
+_KINDS = (
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def check_outputs(
+    paths: Iterable[Path], field: str, inputs: Mapping[str, Path | None] | None = None
+) -> None:
+    """Refuse to write anything but a regular file, and never onto one of the inputs.
+
+    An existing path must be a regular file (or a symbolic link to one: the link is then
+    replaced and its target left alone); ``inputs`` maps a flag (``SPEC``, ``--data``) to
+    the file it read, and no output may be the same file as one of them.
+    """
+    for path in paths:
+        try:
+            mode = os.stat(path).st_mode  # follows symbolic links: a link to a device is refused
+        except (FileNotFoundError, NotADirectoryError):
+            mode = None  # a new file (or one under a file: writing it says so)
+        except OSError as err:
+            raise InputError(field, f"cannot use {path}: {err.strerror}") from None
+        except ValueError:
+            raise InputError(field, f"{str(path)!r} is not a valid file name") from None
+        if mode is not None and stat.S_ISDIR(mode):
             raise InputError(field, f"{path} is a directory, expected a file name")
+        if mode is not None and not stat.S_ISREG(mode):
+            kind = next((name for test, name in _KINDS if test(mode)), "not a plain file")
+            raise InputError(
+                field, f"{path} exists and is not a regular file ({kind}); choose a file name"
+            )
+        for flag, source in (inputs or {}).items():
+            if source is not None and _same_file(path, source):
+                raise InputError(
+                    field,
+                    f"{path} is the same file as {flag} ({source}); an output must not "
+                    "overwrite an input: choose another name",
+                )
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """The same file: os.path.samefile when both exist (hard and symbolic links), else the
+    same resolved path."""
+    try:
+        if os.path.exists(a) and os.path.exists(b):
+            return os.path.samefile(a, b)
+        return a.resolve() == b.resolve()
+    except (OSError, ValueError, RuntimeError):  # unreadable, a NUL byte, a symlink loop
+        return False
+
+
+def write_outputs(
+    files: dict[Path, str | bytes],
+    field: str = "-o",
+    inputs: Mapping[str, Path | None] | None = None,
+) -> None:
+    """Write every file or none: each goes to a temporary file first, then all are renamed.
+
+    Only regular files are written, never onto an input (``check_outputs``); interrupted or
+    failed, no temporary file is left behind.
+    """
+    check_outputs(files, field, inputs)
     staged: list[tuple[str, Path]] = []
     try:
         for path, content in files.items():
             path.parent.mkdir(parents=True, exist_ok=True)
-            handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            # a short prefix: the staging name must fit wherever the output name fits
+            prefix = f".{path.name[:32]}."
+            handle, temp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=".tmp")
             staged.append((temp, path))
             with os.fdopen(handle, "wb") as stream:
                 stream.write(content.encode("utf-8") if isinstance(content, str) else content)
@@ -44,12 +127,21 @@ def write_outputs(files: dict[Path, str | bytes], field: str = "-o") -> None:
         for temp, path in staged:
             os.chmod(temp, 0o666 & ~mask)  # mkstemp makes 0600; a written file follows umask
             os.replace(temp, path)
-    except OSError as err:
+    except BaseException as err:  # an OSError, or SIGINT / SIGTERM while staging
         for temp, _ in staged:
-            if os.path.exists(temp):
+            if os.path.lexists(temp):
                 os.unlink(temp)
+        if not isinstance(err, OSError):
+            raise
         where = err.filename or "the output"
         raise InputError(field, f"cannot write {where}: {err.strerror}") from None
+
+
+def _spec_input(spec: str) -> dict[str, Path]:
+    """The spec file SPEC names (a path or a bundled example), an input outputs must spare."""
+    from symbackprop.spec import resolve_spec_path
+
+    return {"SPEC": resolve_spec_path(spec)}
 
 
 # --- commands --------------------------------------------------------------------------------
@@ -64,11 +156,13 @@ def _spec(args: argparse.Namespace):  # noqa: ANN202 - NetworkSpec, imported laz
 def cmd_codegen(args: argparse.Namespace) -> int:
     from symbackprop.codegen import generate
 
+    path = None if args.output is None else output_path(args.output, "-o")
+    inputs = _spec_input(args.spec)
+    if path is not None:
+        check_outputs([path], "-o", inputs)
     source = generate(_spec(args))
-    if args.output is not None:
-        if not args.output.strip():
-            raise InputError("-o", "expected a file name, got an empty string")
-        write_outputs({Path(args.output): source})
+    if path is not None:
+        write_outputs({path: source}, "-o", inputs)
         print(f"wrote {args.output}", file=sys.stderr)
     else:
         sys.stdout.write(source)
@@ -79,8 +173,22 @@ def cmd_derive(args: argparse.Namespace) -> int:
     from symbackprop.derive import derive
     from symbackprop.render import compile_pdf, render_markdown, render_tex
 
-    derivation = derive(_spec(args))
-    fmt = args.format or _format_from_suffix(args.output)
+    path = None if args.output is None else output_path(args.output, "-o")
+    implied = None if path is None else FORMAT_OF_SUFFIX.get(path.suffix.lower())
+    if args.format and implied and implied != args.format:
+        raise InputError(
+            "-o",
+            f"{path.name} has the suffix of a {implied} file but --format is {args.format}; "
+            "change the suffix or leave --format out",
+        )
+    fmt = args.format or implied or "tex"
+    inputs = _spec_input(args.spec)
+    spec = _spec(args)
+    if path is None and fmt == "pdf":
+        path = output_path(f"{spec.name}.pdf", "-o")
+    if path is not None:
+        check_outputs([path], "-o", inputs)
+    derivation = derive(spec)
     certificate = None
     if not args.no_check:
         from symbackprop.verify import certify
@@ -92,20 +200,12 @@ def cmd_derive(args: argparse.Namespace) -> int:
         document = render_tex(derivation, certificate)
         if fmt == "pdf":
             document = compile_pdf(document)
-    if args.output is None and fmt != "pdf":
+    if path is None:
         sys.stdout.write(document)
         return EXIT_OK
-    path = Path(args.output or f"{derivation.network.spec.name}.pdf")
-    if not str(path).strip():
-        raise InputError("-o", "expected a file name, got an empty string")
-    write_outputs({path: document})
+    write_outputs({path: document}, "-o", inputs)
     print(f"wrote {path}", file=sys.stderr)
     return EXIT_OK
-
-
-def _format_from_suffix(output: str | None) -> str:
-    suffix = Path(output).suffix.lower() if output else ""
-    return {".md": "md", ".pdf": "pdf"}.get(suffix, "tex")
 
 
 def cmd_chain(args: argparse.Namespace) -> int:
@@ -118,23 +218,22 @@ def cmd_chain(args: argparse.Namespace) -> int:
 def cmd_descent(args: argparse.Namespace) -> int:
     from symbackprop.calculus import descent, descent_figure
 
-    if args.plot is not None and not args.plot.strip():
-        raise InputError("--plot", "expected a file name, got an empty string")
+    plot = None if args.plot is None else output_path(args.plot, "--plot")
     result = descent(args.expr, args.start, lr=args.lr, steps=args.steps, tol=args.tol)
-    if args.plot:
+    if plot is not None:
         import io
 
         figure = descent_figure(result)
         buffer = io.BytesIO()
-        suffix = Path(args.plot).suffix.lower().lstrip(".") or "png"
+        suffix = plot.suffix.lower().lstrip(".") or "png"
         try:
             figure.savefig(buffer, format=suffix, dpi=120)
         except ValueError as err:
             raise InputError("--plot", str(err).splitlines()[0]) from None
-        write_outputs({Path(args.plot): buffer.getvalue()}, "--plot")
+        write_outputs({plot: buffer.getvalue()}, "--plot")
     lines = result.text.rstrip("\n").splitlines()
     print("\n".join(lines[:-1]))
-    if args.plot:
+    if plot is not None:
         print(f"plot written to {args.plot}")
     print(lines[-1])
     return EXIT_CHECK_FAILED if result.diverged else EXIT_OK
@@ -152,13 +251,24 @@ def cmd_check(args: argparse.Namespace) -> int:
     return EXIT_OK if certificate.passed else EXIT_CHECK_FAILED
 
 
-def _print_progress(p: object) -> None:
+def _number(value: float, digits: int) -> str:
+    """Fixed point for ordinary magnitudes, exponent form for huge or tiny ones (a diverging
+    loss of 2.9e61 is not printed with 62 digits)."""
+    if math.isfinite(value) and value != 0 and not 1e-4 <= abs(value) < 1e6:
+        return f"{value:.{digits}e}"
+    return f"{value:.{digits}f}"
+
+
+def _progress_line(p: object) -> str:
     metric = "test accuracy" if p.classification else "test rmse"
-    print(
-        f"epoch {p.epoch:>{len(str(p.epochs))}}/{p.epochs}  loss {p.loss:.6f}  "
-        f"{metric} {p.test_metric:.4f}  {p.seconds:6.1f} s",
-        flush=True,
+    return (
+        f"epoch {p.epoch:>{len(str(p.epochs))}}/{p.epochs}  loss {_number(p.loss, 6)}  "
+        f"{metric} {_number(p.test_metric, 4)}  {p.seconds:6.1f} s"
     )
+
+
+def _print_progress(p: object) -> None:
+    print(_progress_line(p), flush=True)
 
 
 def _train(spec: object, args: argparse.Namespace) -> object | None:
@@ -203,9 +313,11 @@ def _train(spec: object, args: argparse.Namespace) -> object | None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    out = None if args.out is None else output_path(args.out, "--out")
+    inputs = {**_spec_input(args.spec), "--data": _data_input(args.data)}
+    if out is not None:
+        check_outputs([out], "--out", inputs)
     spec = _spec(args)
-    if args.out is not None and not args.out.strip():
-        raise InputError("--out", "expected a file name, got an empty string")
     result = _train(spec, args)
     if result is None:
         return EXIT_CHECK_FAILED
@@ -217,11 +329,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
         print(result.final_line())
         return EXIT_CHECK_FAILED
-    if args.out:
-        write_outputs({Path(args.out): _weights_bytes(result)}, "--out")
+    if out is not None:
+        write_outputs({out: _weights_bytes(result)}, "--out", inputs)
         print(f"saved weights to {args.out} (load them with the generated module's load())")
     print(result.final_line())
     return EXIT_OK
+
+
+def _data_input(data: str) -> Path | None:
+    """The file --data names (None for the bundled digits)."""
+    from symbackprop.data import DIGITS
+
+    return None if data == DIGITS else Path(data)
 
 
 def _weights_bytes(result: object) -> bytes:
@@ -237,9 +356,11 @@ def _weights_bytes(result: object) -> bytes:
 def _summary(result: object) -> None:
     metric = "accuracy" if result.classification else "rmse"
     print(
-        f"trained in {result.seconds:.1f} s: train loss {result.train_loss:.6f}, test loss "
-        f"{result.test_loss:.6f}, train {metric} {result.train_metric:.4f}, "
-        f"test {metric} {result.test_metric:.4f} ({len(result.dataset.y_test)} test samples)"
+        f"trained in {result.seconds:.1f} s: train loss {_number(result.train_loss, 6)}, "
+        f"test loss {_number(result.test_loss, 6)}, "
+        f"train {metric} {_number(result.train_metric, 4)}, "
+        f"test {metric} {_number(result.test_metric, 4)} "
+        f"({len(result.dataset.y_test)} test samples)"
     )
 
 
@@ -303,7 +424,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     spec = load_spec(DEMO_SPEC)
     with_pdf = shutil.which("pdflatex") is not None
     files = _demo_files(out, spec.name, with_pdf)
-    existing = [str(p) for p in files.values() if p.exists()]
+    inputs = {
+        f"the bundled spec {name}": _spec_input(name)["SPEC"] for name in (DEMO_SPEC, ARTICLE_SPEC)
+    }
+    check_outputs(files.values(), "--out", inputs)
+    existing = [str(p) for p in files.values() if os.path.lexists(p)]
     if existing and not args.force:
         raise InputError(
             "--out",
@@ -340,7 +465,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if with_pdf:
         contents[files["pdf"]] = compile_pdf(tex)
         contents[files["article.pdf"]] = compile_pdf(article_tex)
-    write_outputs(contents, "--out")
+    write_outputs(contents, "--out", inputs)
     print()
     print(
         f"test accuracy: {100 * result.test_metric:.2f}% "
@@ -368,21 +493,43 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # --- the parser ------------------------------------------------------------------------------
 
 
+# ASCII: help must print under any locale
+LOSSES_EPILOG = """\
+losses, per sample; the batch loss is their mean over the samples of the batch (+ l2):
+  mse                   1/2 * sum_k (yhat_k - y_k)^2: half the sum over the outputs,
+                        not PyTorch's MSELoss (the mean over every output of every sample)
+  cross_entropy         -sum_k y_k * log(yhat_k)  (softmax or sigmoid output)
+  binary_cross_entropy  -sum_k [y_k * log(yhat_k) + (1 - y_k) * log(1 - yhat_k)]
+                        (sigmoid output)
+  custom                its expression in yhat and y, summed over the outputs"""
+EXIT_EPILOG = """\
+exit codes: 0 success, 1 a check failed (or descent diverged), 2 bad input,
+  130 interrupted (SIGINT), 141 standard output closed early, 143 terminated (SIGTERM)"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="symbackprop",
         description=(
             "Derive backpropagation with SymPy; print it; generate a verified NumPy trainer."
         ),
+        epilog=f"{LOSSES_EPILOG}\n\n{EXIT_EPILOG}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"symbackprop {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
 
     def command(
-        name: str, handler: Callable[[argparse.Namespace], int], help: str
+        name: str, handler: Callable[[argparse.Namespace], int], help: str, epilog: str = ""
     ) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help, description=help)
+        sub = commands.add_parser(
+            name,
+            help=help,
+            description=help,
+            epilog=epilog or None,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         sub.set_defaults(handler=handler)
         return sub
 
@@ -430,7 +577,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--seed", type=int, default=0, help="seed of the check point (default 0)")
     sub.add_argument("--no-torch", action="store_true", help="skip the PyTorch witness")
 
-    sub = command("train", cmd_train, "generate, verify and train on a dataset")
+    sub = command("train", cmd_train, "generate, verify and train on a dataset", LOSSES_EPILOG)
     sub.add_argument("spec", metavar="SPEC", help=spec_help)
     _training_arguments(sub, data_required=True)
     sub.add_argument("--out", metavar="WEIGHTS", help="save the trained weights (.npz)")
@@ -462,16 +609,76 @@ def _training_arguments(sub: argparse.ArgumentParser, data_required: bool) -> No
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+class Terminated(BaseException):
+    """SIGTERM, raised where the main thread runs, so that the command unwinds as on SIGINT:
+    ``with TemporaryDirectory`` removes its folder and ``subprocess.run`` kills its child.
+
+    A BaseException, like KeyboardInterrupt, so that no ``except Exception`` swallows it.
+    """
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: a second SIGTERM must not cut cleanup
+    raise Terminated
+
+
+def _catch_sigterm() -> Callable[[], None]:
+    """Install the SIGTERM handler; return what puts the previous one back."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None  # only the main thread may set handlers (and receives signals)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+
+    def restore() -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+    return restore
+
+
+def _stdout_closed() -> int:
+    """The reader of standard output went away (``| head -1``): stop quietly.
+
+    Python's recipe: point the descriptor at /dev/null, so that the interpreter's last flush
+    of what is still buffered does not fail once more.
+    """
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return EXIT_BROKEN_PIPE  # not a file (a test's capture): nothing to flush at exit
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+    return EXIT_BROKEN_PIPE
+
+
+def _run(argv: Sequence[str] | None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        return args.handler(args)
+        code = args.handler(args)
+        sys.stdout.flush()  # a closed pipe is found here, not in the interpreter's exit
+        return code
     except InputError as err:
         print(f"symbackprop: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("symbackprop: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except Terminated:
+        print("symbackprop: terminated", file=sys.stderr)
+        return EXIT_TERMINATED
+    except BrokenPipeError:
+        return _stdout_closed()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    restore = _catch_sigterm()
+    try:
+        return _run(argv)
+    except Terminated:  # arrived while an error was being reported
+        return EXIT_TERMINATED
+    finally:
+        restore()
 
 
 if __name__ == "__main__":

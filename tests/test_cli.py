@@ -348,3 +348,61 @@ def test_failed_codegen_keeps_existing_output(workdir, capsys):
     (workdir / "net.toml").write_text(toml_spec(units="-3"), encoding="utf-8")
     assert_bad_input(run_main(["codegen", "net.toml", "-o", "model.py"]), capsys, "layers[1]")
     assert (workdir / "model.py").read_text(encoding="utf-8") == "# mine\n"
+
+
+# --- messages ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", [["--help"], ["train", "--help"]])
+def test_help_defines_the_losses(workdir, capsys, command):
+    assert run_main(command) == 0
+    out, _ = capsys.readouterr()
+    text = " ".join(out.split())
+    assert "mse 1/2 * sum_k (yhat_k - y_k)^2: half the sum over the outputs" in text
+    assert "not PyTorch's MSELoss" in text
+    assert "cross_entropy -sum_k y_k * log(yhat_k)" in text
+    assert "binary_cross_entropy -sum_k [y_k * log(yhat_k)" in text
+    assert "the batch loss is their mean over the samples of the batch" in text
+    assert out.isascii()
+
+
+def progress_line(loss: float, metric: float = 0.5, classification: bool = True) -> str:
+    from types import SimpleNamespace
+
+    from symbackprop.cli import _progress_line
+
+    p = SimpleNamespace(
+        epoch=3,
+        epochs=30,
+        loss=loss,
+        test_metric=metric,
+        seconds=0.25,
+        classification=classification,
+    )
+    return _progress_line(p)
+
+
+def test_progress_line_is_unchanged_for_ordinary_losses():
+    # README's demo output
+    assert (
+        progress_line(1.781913, 0.8022)
+        == "epoch  3/30  loss 1.781913  test accuracy 0.8022     0.2 s"
+    )
+    assert "loss 0.022596 " in progress_line(0.022596)
+    assert "loss 123456.789000 " in progress_line(123456.789)
+
+
+@pytest.mark.parametrize(
+    ("loss", "shown"),
+    [(2.9e61, "2.900000e+61"), (1.5e6, "1.500000e+06"), (3.2e-9, "3.200000e-09")],
+)
+def test_progress_line_is_compact_for_extreme_losses(loss, shown):
+    line = progress_line(loss)
+    assert f"loss {shown} " in line
+    assert len(line) < 80
+
+
+def test_progress_line_compact_rmse():
+    line = progress_line(1.0, metric=4.4e40, classification=False)
+    assert "test rmse 4.4000e+40 " in line
+    assert len(line) < 80
