@@ -240,10 +240,9 @@ def cmd_descent(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from symbackprop.verify import certify
+    from symbackprop.verify import certify, check_arguments
 
-    if args.batch < 1:
-        raise InputError("--batch", f"expected a positive integer, got {args.batch}")
+    check_arguments(args.batch, args.seed)  # before any work: one line, exit 2
     certificate = certify(
         _spec(args), batch=args.batch, seed=args.seed, use_torch=False if args.no_torch else None
     )

@@ -30,7 +30,13 @@ class CheckFailed(Exception):
 
     def __init__(self, certificate: Certificate) -> None:
         self.certificate = certificate
-        super().__init__(f"the certificate for {certificate.name} failed; not training")
+        super().__init__(
+            f"the certificate for {certificate.name} failed, so not training: "
+            f"{certificate.why_failed()}. If the gradients are tiny next to the loss "
+            "(saturated units), standardize the features (zero mean, unit variance: "
+            "train --standardize) or use a smaller initial scale; if an expression "
+            "overflows at large inputs, write it in a stable form"
+        )
 
 
 @dataclass(frozen=True)

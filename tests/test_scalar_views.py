@@ -1,7 +1,8 @@
 """The two scalar views of a network: the expanded composite and the neuron-level graph.
 
 Both must give the same exact gradient, each has a size limit with a clear message, and
-the certificate says why it skips the exact witness above the graph's limit."""
+the certificate says why it skips the exact witness above the graph's limit (its exact
+witness is the graph, whatever the machine's load: tests/test_certificate.py)."""
 
 from __future__ import annotations
 
@@ -79,15 +80,3 @@ def test_certificate_says_why_it_skips_the_exact_witness() -> None:
     reasons = dict(certificate.skipped)
     assert "neuron-level limit" in reasons["exact"]
     assert "skipped exact:" in certificate.table()
-
-
-def test_expanded_view_over_its_budget_falls_back_to_the_graph(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    import symbackprop.verify as verify
-
-    monkeypatch.setattr(verify, "EXPANDED_BUDGET", 0.0)
-    certificate = certify(network((2, 3, 2)), use_torch=False)
-    assert certificate.passed, certificate.table()
-    assert "took over 0 s, so the neuron-level graph" in certificate.exact_view
-    assert "exact" in certificate.witnesses
