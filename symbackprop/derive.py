@@ -20,6 +20,7 @@ from functools import lru_cache
 
 import sympy
 
+from symbackprop.expressions import degree, expansion_terms, tree_size
 from symbackprop.functions import YHAT, A, Activation, Loss, X
 from symbackprop.graph import SymbolicNetwork, build
 from symbackprop.primitives import step, to_textbook_form
@@ -28,6 +29,15 @@ from symbackprop.spec import NetworkSpec
 Z = sympy.Symbol("z", real=True)
 P = sympy.Symbol("p", real=True)  # softmax probability yhat
 LP = sympy.Symbol("logp", real=True)  # log yhat, computed as a max-shifted log-softmax
+
+# Clean-up budgets (operation counts): past them a step is skipped, never timed out.
+# expand/factor of (x + sin(x) + exp(x) + 1)**99 and factor of an x-tower ran for hours;
+# simplify's trigsimp took 15 s on the 20-operation derivative of Max(x**100, sin(x)).
+TIDY_MAX_NODES = 600  # tree nodes of the expression being tidied
+EXPAND_MAX_TERMS = 500  # estimated terms of its expansion
+FACTOR_MAX_DEGREE = 40
+SIMPLIFY_MAX_OPS = 60
+SIMPLIFY_MAX_DEGREE = 16
 
 _SAMPLE_POINTS = [sympy.Rational(k, 4) for k in range(-20, 21)] + [sympy.Rational(1, 1000)]
 
@@ -106,9 +116,34 @@ def _simplest(*candidates: sympy.Expr) -> sympy.Expr:
     return min(candidates, key=sympy.count_ops)
 
 
+def _expand(expr: sympy.Expr) -> sympy.Expr:
+    """sympy.expand, or ``expr`` itself when the expansion would exceed the budget."""
+    if tree_size(expr, TIDY_MAX_NODES) > TIDY_MAX_NODES:
+        return expr
+    if expansion_terms(expr, EXPAND_MAX_TERMS) > EXPAND_MAX_TERMS:
+        return expr
+    return sympy.expand(expr)
+
+
+def _factor(expr: sympy.Expr) -> sympy.Expr:
+    """sympy.factor, or ``expr`` itself past the size or degree budget."""
+    if tree_size(expr, TIDY_MAX_NODES) > TIDY_MAX_NODES or degree(expr) > FACTOR_MAX_DEGREE:
+        return expr
+    return sympy.factor(expr)
+
+
 def _tidy(expr: sympy.Expr) -> sympy.Expr:
-    candidates = [expr, sympy.expand(expr), sympy.factor(expr)]
-    if sympy.count_ops(expr) < 60:
+    """The shortest of ``expr``, its expansion, factorization and (small ones) simplification.
+
+    Each clean-up runs only within an operation budget (never a clock), so the result is
+    the same on any machine: past it the step is skipped and ``expr`` stays as it is.
+    """
+    candidates = [expr, _expand(expr), _factor(expr)]
+    if (
+        tree_size(expr, TIDY_MAX_NODES) <= TIDY_MAX_NODES
+        and sympy.count_ops(expr) < SIMPLIFY_MAX_OPS
+        and degree(expr) <= SIMPLIFY_MAX_DEGREE
+    ):
         candidates.append(sympy.simplify(expr))
     return _simplest(*candidates)
 
@@ -191,7 +226,7 @@ def derive_output(act: Activation, loss: Loss) -> OutputRule:
     raw = sympy.diff(in_logit, Z)
     # Prefer a form in the output a = f(z) (already computed, and bounded for sigmoid and
     # tanh): SymPy's simplest form of tanh + mse, (a - y)/cosh(z)**2, overflows for |z| > 355.
-    candidates = [_through(e, f) for e in (raw, sympy.expand(raw), sympy.factor(raw), _tidy(raw))]
+    candidates = [_through(e, f) for e in (raw, _expand(raw), _factor(raw), _tidy(raw))]
     in_output = [e for e in candidates if Z not in e.free_symbols]
     delta = _simplest(*(in_output or candidates))
     return OutputRule(
