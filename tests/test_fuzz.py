@@ -189,7 +189,21 @@ def trees(names: list[str]) -> st.SearchStrategy[str]:
             lambda t: f"({t[0]})**{t[1]}"
         )
         unary = inner.map(lambda t: f"-({t})")
-        return st.one_of(call, binary, power, power, unary)
+        # constants off the real line (asin(2), sqrt(-3)) and negative bases: 27 outside hits
+        off_real = st.tuples(
+            st.sampled_from(["asin", "acos", "atanh", "sqrt", "log", "Min", "Max"]),
+            st.sampled_from(["2", "-3", "E", "-pi", "6"]),
+            st.sampled_from(["+", "*", "-"]),
+            inner,
+        ).map(
+            lambda t: (
+                f"{t[0]}({t[1]}+8*({t[3]}), -({t[3]}))"
+                if t[0] in ("Min", "Max")
+                else f"{t[0]}({t[1]}){t[2]}({t[3]})"
+            )
+        )
+        negative_base = inner.map(lambda t: f"(-1)**({t})")
+        return st.one_of(call, binary, power, power, unary, off_real, negative_base)
 
     return st.recursive(atoms, extend, max_leaves=10)
 
