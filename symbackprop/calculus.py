@@ -77,7 +77,41 @@ def _parse(text: str) -> sympy.Expr:
 def _realify(expr: sympy.Expr) -> tuple[sympy.Expr, dict[sympy.Symbol, sympy.Symbol]]:
     """``expr`` over real symbols, and the map back to the parser's plain symbols."""
     real = {s: sympy.Symbol(s.name, real=True) for s in expr.free_symbols}
-    return expr.xreplace(real), {r: s for s, r in real.items()}
+    try:
+        over_real = expr.xreplace(real)
+    except (ValueError, TypeError) as exc:  # Min(atanh(6) + x, ...): "not comparable"
+        problem = " ".join(str(exc).split())[:120]
+        raise InputError(
+            "EXPR", f"the expression is not real-valued for real variables ({problem})"
+        ) from None
+    return over_real, {r: s for s, r in real.items()}
+
+
+def _plain(expr: sympy.Expr, back: dict[sympy.Symbol, sympy.Symbol]) -> sympy.Expr:
+    """``expr.xreplace(back)``, with each Heaviside rebuilt unevaluated.
+
+    Heaviside's eval asks for im() of its argument, which for a plain (complex) symbol
+    expands (re + i im)**n: Heaviside(x**200 - 1/2) took 11 s, x**10000 hours.  Over the
+    real symbols the argument was already evaluated, so nothing is lost by not doing it again.
+    """
+    if not expr.has(sympy.Heaviside):
+        return expr.xreplace(back)
+    memo: dict[sympy.Basic, sympy.Basic] = {}
+
+    def rebuild(node: sympy.Basic) -> sympy.Basic:
+        if node in back:
+            return back[node]
+        if not node.args:
+            return node
+        if node not in memo:
+            args = [rebuild(arg) for arg in node.args]
+            if isinstance(node, sympy.Heaviside):
+                memo[node] = sympy.Heaviside(*args, evaluate=False)
+            else:
+                memo[node] = node.func(*args) if args != list(node.args) else node
+        return memo[node]
+
+    return rebuild(expr)
 
 
 def _simplest(expr: sympy.Expr) -> sympy.Expr:
@@ -205,8 +239,9 @@ def _derive_chain(plain: sympy.Expr, var: str | None) -> _Chain:
     outers, leaf = _decompose(expr, x, t)
     layers = _name_layers(outers, leaf, x, t, expr)
     raw = sympy.Mul(*(layer.local for layer in layers))
-    for layer in reversed(layers[:-1]):  # outermost names first: their bodies use inner ones
-        raw = raw.subs(layer.name, layer.value)
+    # each value is in the variable alone, so one simultaneous replacement substitutes back
+    # (subs, one name at a time, was quadratic: 99 nested sin took 15 s)
+    raw = raw.xreplace({layer.name: layer.value for layer in layers[:-1]})
     derivative = _simplest(raw)
     partials = [(s, _simplest(sympy.diff(expr, s))) for s in others] + [(x, derivative)]
     leaf = layers[0].body
@@ -221,11 +256,11 @@ def _derive_chain(plain: sympy.Expr, var: str | None) -> _Chain:
         var=back[x],
         variables=tuple(back.get(s, sympy.Symbol(s.name)) for s in [*others, x]),
         layers=tuple(_unreal(layer, back) for layer in layers),
-        raw=raw.xreplace(back),
-        derivative=derivative.xreplace(back),
-        partials=tuple((back[s], d.xreplace(back)) for s, d in partials),
+        raw=_plain(raw, back),
+        derivative=_plain(derivative, back),
+        partials=tuple((back[s], _plain(d, back)) for s, d in partials),
         leaf_rule=rule,
-        leaf_terms=tuple((a.xreplace(back), d.xreplace(back)) for a, d in terms),
+        leaf_terms=tuple((_plain(a, back), _plain(d, back)) for a, d in terms),
     )
 
 
@@ -233,9 +268,9 @@ def _unreal(layer: _Layer, back: dict[sympy.Symbol, sympy.Symbol]) -> _Layer:
     return _Layer(
         name=layer.name,
         inner=back.get(layer.inner, layer.inner),
-        body=layer.body.xreplace(back),
-        local=layer.local.xreplace(back),
-        value=layer.value.xreplace(back),
+        body=_plain(layer.body, back),
+        local=_plain(layer.local, back),
+        value=_plain(layer.value, back),
     )
 
 
@@ -329,7 +364,7 @@ def _sympy_native(expr: sympy.Expr) -> sympy.Expr:
         lambda e: (
             sympy.Max(0, e.args[0])
             if isinstance(e, primitives.relu)
-            else sympy.Heaviside(e.args[0], 0)
+            else sympy.Heaviside(e.args[0], 0, evaluate=False)
         ),
     )
 
@@ -490,7 +525,7 @@ def descent(
     names, point = _parse_start(start, expr)
     real_expr, back = _realify(expr)
     symbols = [sympy.Symbol(name, real=True) for name in names]
-    partials = tuple(_simplest(sympy.diff(real_expr, s)).xreplace(back) for s in symbols)
+    partials = tuple(_plain(_simplest(sympy.diff(real_expr, s)), back) for s in symbols)
     evaluate = _numeric(expr, partials, names)
     try:
         evaluate(point)

@@ -15,7 +15,7 @@ import jinja2
 import sympy
 
 from symbackprop import __version__
-from symbackprop.derive import LP, Derivation, P, Z, derive
+from symbackprop.derive import LP, Derivation, P, Z, derive, stable_form
 from symbackprop.functions import A, Y
 from symbackprop.primitives import NUMPY_HELPERS
 from symbackprop.printing import inplace_statements
@@ -64,7 +64,8 @@ def _plan(
     expr: sympy.Expr, names: dict[sympy.Symbol, str], buffers: dict[str, str], out: str, prefix: str
 ) -> Plan:
     """``expr`` written into ``out``; ``buffers`` maps each local name to its workspace key."""
-    lines, temps, helpers = inplace_statements(expr, names, out, prefix)
+    # custom expressions as written may overflow where their mathematics is finite
+    lines, temps, helpers = inplace_statements(stable_form(expr), names, out, prefix)
     arrays = tuple(sorted({names[s] for s in expr.free_symbols if s in names}))
     array_fetch = tuple(f'{name} = ws["{buffers[name]}"]' for name in arrays if name in buffers)
     temp_fetch = tuple(f'{prefix}{i} = ws["{prefix}{i}"]' for i in range(temps))

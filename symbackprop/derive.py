@@ -22,15 +22,25 @@ from functools import lru_cache
 import numpy as np
 import sympy
 
+from symbackprop.expressions import degree, expansion_terms, tree_size
 from symbackprop.functions import YHAT, A, Activation, Loss, X, Y
 from symbackprop.graph import SymbolicNetwork, build
-from symbackprop.primitives import NUMPY_HELPERS, step, to_textbook_form
+from symbackprop.primitives import NUMPY_HELPERS, sigmoid, softplus, step, to_textbook_form
 from symbackprop.printing import inplace_statements, numpy_code
 from symbackprop.spec import NetworkSpec
 
 Z = sympy.Symbol("z", real=True)
 P = sympy.Symbol("p", real=True)  # softmax probability yhat
 LP = sympy.Symbol("logp", real=True)  # log yhat, computed as a max-shifted log-softmax
+
+# Clean-up budgets (operation counts): past them a step is skipped, never timed out.
+# expand/factor of (x + sin(x) + exp(x) + 1)**99 and factor of an x-tower ran for hours;
+# simplify's trigsimp took 15 s on the 20-operation derivative of Max(x**100, sin(x)).
+TIDY_MAX_NODES = 600  # tree nodes of the expression being tidied
+EXPAND_MAX_TERMS = 500  # estimated terms of its expansion
+FACTOR_MAX_DEGREE = 40
+SIMPLIFY_MAX_OPS = 60
+SIMPLIFY_MAX_DEGREE = 16
 
 _SAMPLE_POINTS = [sympy.Rational(k, 4) for k in range(-20, 21)] + [sympy.Rational(1, 1000)]
 
@@ -109,9 +119,34 @@ def _simplest(*candidates: sympy.Expr) -> sympy.Expr:
     return min(candidates, key=sympy.count_ops)
 
 
+def _expand(expr: sympy.Expr) -> sympy.Expr:
+    """sympy.expand, or ``expr`` itself when the expansion would exceed the budget."""
+    if tree_size(expr, TIDY_MAX_NODES) > TIDY_MAX_NODES:
+        return expr
+    if expansion_terms(expr, EXPAND_MAX_TERMS) > EXPAND_MAX_TERMS:
+        return expr
+    return sympy.expand(expr)
+
+
+def _factor(expr: sympy.Expr) -> sympy.Expr:
+    """sympy.factor, or ``expr`` itself past the size or degree budget."""
+    if tree_size(expr, TIDY_MAX_NODES) > TIDY_MAX_NODES or degree(expr) > FACTOR_MAX_DEGREE:
+        return expr
+    return sympy.factor(expr)
+
+
 def _tidy(expr: sympy.Expr) -> sympy.Expr:
-    candidates = [expr, sympy.expand(expr), sympy.factor(expr)]
-    if sympy.count_ops(expr) < 60:
+    """The shortest of ``expr``, its expansion, factorization and (small ones) simplification.
+
+    Each clean-up runs only within an operation budget (never a clock), so the result is
+    the same on any machine: past it the step is skipped and ``expr`` stays as it is.
+    """
+    candidates = [expr, _expand(expr), _factor(expr)]
+    if (
+        tree_size(expr, TIDY_MAX_NODES) <= TIDY_MAX_NODES
+        and sympy.count_ops(expr) < SIMPLIFY_MAX_OPS
+        and degree(expr) <= SIMPLIFY_MAX_DEGREE
+    ):
         candidates.append(sympy.simplify(expr))
     return _simplest(*candidates)
 
@@ -270,6 +305,97 @@ def derive_activation(act: Activation) -> ActivationDerivative:
     return ActivationDerivative(act, f, derivative, textbook, _through_output(act, f, derivative))
 
 
+# --- stable forms for the printed kernels ----------------------------------------------------
+
+
+def stable_form(expr: sympy.Expr) -> sympy.Expr:
+    """``expr`` with the known overflow-prone patterns in their stable forms (real arguments).
+
+    Custom expressions are taken as written, and written forms overflow where the built-ins
+    do not: log(1 + exp(u)) is inf for u > 709 (softplus is finite), its derivative
+    exp(u)/(1 + exp(u)) is inf/inf = nan, log(cosh(u)) is inf for |u| > 710.  The rewrites,
+    each an identity for real u (tests/test_stable_rewrites.py proves them):
+
+    * log(1 + exp(u)) -> softplus(u)
+    * log(cosh(u)) -> |u| + softplus(-2|u|) - log 2
+    * log(sigmoid(u)) -> -softplus(-u);  log(1 - sigmoid(u)) -> -softplus(u)
+    * exp(m u) / (1 + exp(u))**n -> sigmoid(u)**m (1 - sigmoid(u))**(n - m), 0 <= m <= n
+      (so exp(u)/(1 + exp(u)) and 1/(1 + exp(-u)) are sigmoid(u))
+
+    Applied to what the generated module computes (codegen); the document keeps the form
+    the user wrote.  Built-in kernels contain none of these patterns and print unchanged.
+    """
+    memo: dict[sympy.Basic, sympy.Basic] = {}
+
+    def walk(node: sympy.Basic) -> sympy.Basic:
+        if not node.args:
+            return node
+        if node not in memo:
+            rewritten = _stable_rule(node, walk)
+            if rewritten is None:
+                args = tuple(walk(arg) for arg in node.args)
+                rewritten = node.func(*args) if args != node.args else node
+            memo[node] = rewritten
+        return memo[node]
+
+    return walk(expr)
+
+
+def _one_plus_exp(expr: sympy.Basic) -> sympy.Expr | None:
+    """u when ``expr`` is 1 + exp(u), else None."""
+    if expr.is_Add and len(expr.args) == 2 and sympy.S.One in expr.args:
+        (other,) = (arg for arg in expr.args if arg != sympy.S.One)
+        if isinstance(other, sympy.exp):
+            return other.args[0]
+    return None
+
+
+def _stable_rule(
+    node: sympy.Basic, walk: Callable[[sympy.Basic], sympy.Basic]
+) -> sympy.Expr | None:
+    if isinstance(node, sympy.log):
+        arg = node.args[0]
+        u = _one_plus_exp(arg)
+        if u is not None:
+            return softplus(walk(u))
+        if isinstance(arg, sympy.cosh):
+            size = sympy.Abs(walk(arg.args[0]))
+            return size + softplus(-2 * size) - sympy.log(2)
+        if isinstance(arg, sigmoid):
+            return -softplus(-walk(arg.args[0]))
+        if arg.is_Add and len(arg.args) == 2 and sympy.S.One in arg.args:
+            (other,) = (a for a in arg.args if a != sympy.S.One)
+            if other.is_Mul and other.args[0] == -1 and isinstance(other.args[1], sigmoid):
+                if len(other.args) == 2:
+                    return -softplus(walk(other.args[1].args[0]))
+        return None
+    if node.is_Pow and node.exp.is_Integer and node.exp < 0:
+        u = _one_plus_exp(node.base)
+        if u is not None:
+            return (1 - sigmoid(walk(u))) ** int(-node.exp)
+        return None
+    if node.is_Mul:
+        factors = list(node.args)
+        for i, factor in enumerate(factors):
+            if not (factor.is_Pow and factor.exp.is_Integer and factor.exp < 0):
+                continue
+            u = _one_plus_exp(factor.base)
+            if u is None:
+                continue
+            n = int(-factor.exp)
+            for j, partner in enumerate(factors):
+                if j == i or not isinstance(partner, sympy.exp):
+                    continue
+                # exp(m u) with m u built by SymPy (a number times a sum distributes)
+                m = next((k for k in range(1, n + 1) if partner.args[0] == k * u), None)
+                if m is not None:
+                    rest = [f for k, f in enumerate(factors) if k not in (i, j)]
+                    s_u = sigmoid(walk(u))
+                    return s_u**m * (1 - s_u) ** (n - m) * walk(sympy.Mul(*rest))
+        return None
+    return None
+
+
 # --- the output layer ------------------------------------------------------------------------
 
 
@@ -298,7 +424,7 @@ def _output_delta(f: sympy.Expr, raw: sympy.Expr) -> sympy.Expr:
     the true value is not), and must not overflow at |z| = 1e4.  When none is accurate to
     ACCURACY, the most accurate is used.
     """
-    forms = list(dict.fromkeys((raw, sympy.expand(raw), sympy.factor(raw), _tidy(raw))))
+    forms = list(dict.fromkeys((raw, _expand(raw), _factor(raw), _tidy(raw))))
     if f == Z:
         return _simplest(*forms)
     through = [_through(e, f) for e in forms]

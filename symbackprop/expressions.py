@@ -21,10 +21,20 @@ its decimal text (``0.01`` -> ``1/100``, ``1e-3`` -> ``1/1000``), and ``1/2`` st
 keeps ``0.1`` from turning into ``0.1000000000000000055...``; printing shows ``x/100``.
 
 Limits (each against a denial of service, not a taste): at most 500 characters and 200
-expression nodes; a constant exponent may not contain ``**`` and its numbers are at most
-100 (``x**9**9**9`` is refused, ``x**(1/3)`` and ``2**x`` are fine); exact numbers have at
-most 100 digits (SymPy factors big integers inside sqrt and log); with ``variables=None``
-a name must not be a SymPy name (``I``, ``N``, ``beta``, ...) so printed results read back.
+expression nodes; functions and powers nested at most 50 deep (the derivative of a tower
+``x**x**...**x`` grows with the square of its height); a constant exponent may not contain
+``**`` and its numbers are at most 100 (``x**9**9**9`` is refused, ``x**(1/3)`` and ``2**x``
+are fine); the effective degree, with nested powers multiplied out (``(x**100)**100`` is
+``x**10000``), at most 1000; exact numbers have at most 100 digits (SymPy factors big
+integers inside sqrt and log); with ``variables=None`` a name must not be a SymPy name
+(``I``, ``N``, ``beta``, ...) so printed results read back.  Every limit is a count, never
+a clock, so the same input is accepted or refused whatever the machine's load.
+
+With explicit ``variables`` (a spec's custom activation or loss, which become NumPy code)
+the expression must also be real-valued for real variables: a constant with an imaginary
+part (``asin(2)``, ``atanh(3)``, ``sqrt(-x**2)`` = i|x|), a negative constant to a variable
+power (``(-1)**x``) and a ``Min``/``Max`` that cannot compare its arguments are refused.
+``chain``/``descent`` (``variables=None``) accept complex constants: they only print them.
 """
 
 from __future__ import annotations
@@ -52,6 +62,12 @@ MAX_EXPONENT_VALUE = 1000
 # 10,000-digit number and about a second for 400-digit rationals; 100 digits stay instant.
 MAX_DIGITS = 100
 MAX_BITS = int(MAX_DIGITS * math.log2(10)) + 1
+# Functions and powers nested inside each other: sympy.diff of 99 nested sin took 3 s and
+# of a 100-high x-tower 8 s (its derivative has ~n**2/2 terms); 50 keeps both well under 1 s.
+MAX_NESTING = 50
+# The polynomial degree once nested powers merge ((x**100)**2 is x**200): the same bound
+# as a single exponent, which the nesting otherwise bypassed ((x**100)**100 ran for hours).
+MAX_DEGREE = MAX_EXPONENT_VALUE
 
 _UNARY: dict[str, Callable[[sympy.Expr], sympy.Expr]] = {
     "exp": sympy.exp,
@@ -173,7 +189,146 @@ def parse_expression(text: str, field: str, variables: Sequence[str] | None = No
         raise InputError(field, "the expression is undefined or infinite (division by zero?)")
     if expr.has(sympy.I):
         raise InputError(field, "the expression is complex (e.g. sqrt of a negative number)")
+    if degree(expr) > MAX_DEGREE:
+        raise InputError(
+            field, f"degree too high: nested powers multiply to more than {MAX_DEGREE}"
+        )
+    if variables is not None:
+        check_real(expr, field)
     return expr
+
+
+def degree(expr: sympy.Expr) -> int:
+    """The largest polynomial degree in ``expr``, function calls counted as variables.
+
+    Nested powers multiply ((x**100)**3 has degree 300) and a product adds its factors'
+    degrees; each function's argument is measured on its own (sin(x**50)**3 has degree 50).
+    Only the numerator of a rational exponent counts: x**(100/3) costs SymPy what x**100 does.
+    """
+    memo: dict[sympy.Basic, int] = {}
+    worst = 0
+    # postorder without recursion: a child is measured before its parent
+    stack: list[tuple[sympy.Basic, bool]] = [(expr, False)]
+    while stack:
+        node, ready = stack.pop()
+        if node in memo:
+            continue
+        if not ready and node.args:
+            stack.append((node, True))
+            stack.extend((arg, False) for arg in node.args if arg not in memo)
+            continue
+        if node.is_Symbol or (isinstance(node, sympy.Function) and not node.is_number):
+            value = 1
+        elif node.is_number:
+            value = 0
+        elif node.is_Add:
+            value = max(memo[a] for a in node.args)
+        elif node.is_Mul:
+            value = sum(memo[a] for a in node.args)
+        elif node.is_Pow and node.exp.is_Rational:
+            value = memo[node.base] * max(abs(node.exp.p), 1)
+        elif node.is_Pow:
+            value = max(memo[node.base], memo[node.exp], 1)
+        else:
+            value = max((memo[a] for a in node.args), default=0)
+        memo[node] = value
+        worst = max(worst, value)
+    return worst
+
+
+def tree_size(expr: sympy.Basic, cap: int) -> int:
+    """The number of nodes of ``expr`` as a tree (shared parts counted each time), up to ``cap``.
+
+    Stops counting at ``cap`` + 1, so that measuring a huge derivative costs no more than
+    the budget it is measured against.
+    """
+    count = 0
+    stack = [expr]
+    while stack and count <= cap:
+        node = stack.pop()
+        count += 1
+        stack.extend(node.args)
+    return count
+
+
+def expansion_terms(expr: sympy.Basic, cap: int) -> int:
+    """An upper estimate of the terms ``sympy.expand`` makes of the largest part of ``expr``.
+
+    A sum adds its terms, a product multiplies them, (t terms)**n gives C(t + n - 1, n);
+    a function call is one term (its argument is estimated on its own).  Capped at ``cap`` + 1.
+    """
+    memo: dict[sympy.Basic, int] = {}
+    worst = 0
+    stack: list[tuple[sympy.Basic, bool]] = [(expr, False)]
+    while stack:
+        node, ready = stack.pop()
+        if node in memo:
+            continue
+        if not ready and node.args:
+            stack.append((node, True))
+            stack.extend((arg, False) for arg in node.args if arg not in memo)
+            continue
+        if node.is_Add:
+            value = sum(memo[a] for a in node.args)
+        elif node.is_Mul:
+            value = math.prod(memo[a] for a in node.args)
+        elif node.is_Pow and node.exp.is_Integer and node.exp > 0:
+            terms, n = memo[node.base], int(node.exp)
+            value = math.comb(min(terms, cap + 1) + n - 1, n) if terms > 1 else 1
+        else:
+            value = 1
+        value = min(value, cap + 1)
+        memo[node] = value
+        worst = max(worst, value)
+    return worst
+
+
+def check_real(expr: sympy.Expr, field: str) -> None:
+    """InputError unless ``expr`` (plain symbols) is real-valued for real values of them.
+
+    Refused: a constant with an imaginary part (``asin(2)``), which SymPy keeps unevaluated
+    and NumPy code cannot hold; a negative constant to a variable power (``(-1)**x``); and a
+    Min/Max whose arguments cannot be compared once the variables are real.
+    """
+    real = {s: sympy.Symbol(s.name, real=True) for s in expr.free_symbols}
+    try:
+        over_real = expr.xreplace(real)
+    except (ValueError, TypeError) as exc:  # Min/Max: "The argument ... is not comparable."
+        problem = " ".join(str(exc).split())[:120]
+        raise InputError(
+            field, f"the expression is not real-valued for real variables ({problem})"
+        ) from None
+    culprit = _complex_part(over_real)
+    if culprit is not None:
+        if culprit.is_Atom:  # I alone: show where it came from (sqrt(-x**2) is I*|x|)
+            culprit = over_real
+        text = sympy.sstr(culprit.xreplace({r: s for s, r in real.items()}))
+        if len(text) > 60:
+            text = text[:57] + "..."
+        raise InputError(field, f"the expression is not real-valued for real variables ({text})")
+
+
+def _complex_part(expr: sympy.Expr) -> sympy.Expr | None:
+    """The first constant with an imaginary part, or (-c)**f(x), in ``expr``; else None."""
+    walk = sympy.preorder_traversal(expr)
+    for node in walk:
+        if not isinstance(node, sympy.Expr):
+            continue
+        if node.is_number:
+            walk.skip()
+            if node.has(sympy.I) or node.is_extended_real is False:
+                return node
+            if node.is_Atom or node.is_extended_real:
+                continue
+            try:
+                value = complex(node.evalf(15))
+            except (TypeError, ValueError, ArithmeticError):
+                return node
+            if value.imag != 0 and abs(value.imag) > 1e-13 * max(1.0, abs(value.real)):
+                return node
+        elif node.is_Pow and node.base.is_number and node.base.is_extended_negative:
+            return node
+    return None
 
 
 def _parse_tree(text: str, field: str) -> ast.Expression:
@@ -207,11 +362,28 @@ def _check_tree(tree: ast.Expression, field: str, variables: Sequence[str] | Non
     nodes = [node for node in ast.walk(tree) if not isinstance(node, _UNCOUNTED)]
     if len(nodes) > MAX_NODES + 1:  # + the Expression root
         raise InputError(field, f"expression too large (more than {MAX_NODES} parts)")
+    if _nesting(tree.body) > MAX_NESTING:
+        raise InputError(field, f"functions and powers nested more than {MAX_NESTING} deep")
     # A called name is checked by its Call, as a function; elsewhere a name is a value.
     callees = {id(node.func) for node in nodes if isinstance(node, ast.Call)}
     for node in nodes:
         if id(node) not in callees:
             _check_node(node, field, variables)
+
+
+def _nesting(root: ast.AST) -> int:
+    """The deepest chain of calls and powers inside one another (iterative: no recursion)."""
+    deepest = 0
+    stack: list[tuple[ast.AST, int]] = [(root, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, ast.Call) or (
+            isinstance(node, ast.BinOp) and isinstance(node.op, ast.Pow)
+        ):
+            depth += 1
+            deepest = max(deepest, depth)
+        stack.extend((child, depth) for child in ast.iter_child_nodes(node))
+    return deepest
 
 
 def _check_node(node: ast.AST, field: str, variables: Sequence[str] | None) -> None:

@@ -203,3 +203,71 @@ def test_random_strings_raise_only_input_error() -> None:
             assert str(error).startswith(FIELD)
         else:
             assert isinstance(result, sympy.Expr)
+
+
+# --- limits by count (issue 8, item 8) and real-valuedness (item 11) -------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("(x**100)**100", "degree too high"),
+        ("((x**10)**10)**11", "degree too high"),
+        ("(x**100)**(1000/100)**2", "constant exponent may not contain"),
+        ("(x**50*(x+1)**50)**11", "degree too high"),
+        ("**".join(["x"] * 52), "nested more than 50 deep"),
+        ("sin(" * 51 + "x" + ")" * 51, "nested more than 50 deep"),
+        ("exp(" * 26 + "x" + "**2)" * 26, "nested more than 50 deep"),
+    ],
+)
+def test_limits_by_count(text: str, problem: str) -> None:
+    with pytest.raises(InputError) as info:
+        parse_expression(text, FIELD, ("x",))
+    assert problem in info.value.problem
+    with pytest.raises(InputError):
+        parse_expression(text, "EXPR", None)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "(x**100)**10",
+        "(x**10)**10*(x**10)**10",
+        "**".join(["x"] * 51),
+        "sin(" * 50 + "x" + ")" * 50,
+    ],
+)
+def test_within_the_limits(text: str) -> None:
+    parse_expression(text, FIELD, ("x",))
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("asin(2)+x", "asin(2)"),
+        ("atanh(3)+x", "atanh(3)"),
+        ("acos(4)+x", "acos(4)"),
+        ("-sqrt(-x**2)", "I*Abs(x)"),
+        ("(-1)**x", "(-1)**x"),
+        ("x*(-2)**(x/3)", "(-2)**(x/3)"),
+        ("Min(atanh(6)+8*x, -asinh(x))", "not comparable"),
+        ("x + acos(E)", "acos(E)"),
+    ],
+)
+def test_custom_expressions_must_be_real(text: str, shown: str) -> None:
+    with pytest.raises(InputError) as info:
+        parse_expression(text, FIELD, ("x",))
+    assert info.value.field == FIELD
+    assert "not real-valued for real variables" in info.value.problem
+    assert shown in info.value.problem
+
+
+@pytest.mark.parametrize(
+    "text", ["asin(1/2)+x", "sqrt(2)*x + pi", "log(-x**2-1)", "acos(x)", "(1/2)**x", "Min(E, x)"]
+)
+def test_real_constants_and_real_domains_are_accepted(text: str) -> None:
+    parse_expression(text, FIELD, ("x",))
+
+
+def test_chain_keeps_complex_constants() -> None:
+    assert parse_expression("asin(2)+x", "EXPR", None) == sympy.asin(2) + sympy.Symbol("x")
