@@ -59,7 +59,7 @@ WORK_LIMIT = 250_000_000  # batch x parameters at most: the module's own pass at
 FD_SAMPLE_LIMIT = 64  # entries per parameter checked by finite differences at most
 FD_BUDGET = 1_000_000_000  # sample x parameter products of all finite-difference passes
 LAYER_COST = 10_000  # the same unit: the interpreter's cost of one layer in one pass
-EXACT_BUDGET = 20_000  # exact-arithmetic operations (per sample: parameters + 100/neuron)
+EXACT_BUDGET = 50_000  # exact-arithmetic operations (per sample: parameters + 100/neuron)
 NEURON_COST = 100  # an activation or loss node: SymPy evaluation, not a multiply-add
 FD_HALVINGS = 30  # a step is halved at most this often to keep its stencil off kinks
 TOLERANCE = {"finite-diff": 1e-6, "exact": 1e-8, "pytorch": 1e-8}
@@ -398,6 +398,33 @@ def _evaluate(expr: sympy.Expr, numbers: dict, values: dict) -> mpmath.mpf:
     return mpmath.mpf(sympy.Float(expr.xreplace(values).evalf(PRECISION), PRECISION))
 
 
+@lru_cache(maxsize=4)
+def _graph_plan(net: SymbolicNetwork) -> tuple[list, list]:
+    """Per node (symbol, textbook expression, monomials or None) and its local partials.
+
+    A pre-activation's monomials are (coefficient, factor symbols): evaluated as a sum of
+    products in mpmath instead of SymPy's substitution and evalf of the whole sum.
+    """
+    nodes, local = [], []
+    for node in net.neuron_graph:
+        expr = to_textbook_form(node.expr)
+        terms = expr.args if expr.is_Add else (expr,)
+        split = [_monomial_factors(t) for t in terms]
+        monomials = None
+        if all(f is not None for f in split):
+            monomials = []
+            for factors in split:
+                numbers = [f for f in factors if f.is_Number]
+                coefficient = sympy.Mul(*numbers) if numbers else sympy.Integer(1)
+                symbols = tuple(f for f in factors if f.is_Symbol)
+                with mpmath.workdps(PRECISION):
+                    value = mpmath.mpf(sympy.Float(coefficient, PRECISION))
+                monomials.append((value, symbols))
+        nodes.append((node.symbol, expr, monomials))
+        local.append((node.symbol, local_partials(expr)))
+    return nodes, local
+
+
 def exact_loss_and_gradients(
     net: SymbolicNetwork, params: dict, X: np.ndarray, Y: np.ndarray
 ) -> tuple[float, dict[str, np.ndarray]]:
@@ -406,8 +433,7 @@ def exact_loss_and_gradients(
     The mean loss and the gradients, rounded to float64 only at the end (inf where float64
     cannot hold the exact value).
     """
-    nodes = [(n.symbol, to_textbook_form(n.expr)) for n in net.neuron_graph]
-    local = [(symbol, local_partials(expr)) for symbol, expr in nodes]
+    nodes, local = _graph_plan(net)
     theta = _parameter_values(net, params)
     symbols = net.parameters()
     with mpmath.workdps(PRECISION):
@@ -417,8 +443,13 @@ def exact_loss_and_gradients(
             values = dict(theta)
             values.update(_data_values(net, x, y))
             numbers = {s: mpmath.mpf(v) for s, v in values.items()}
-            for symbol, expr in nodes:
-                numbers[symbol] = _evaluate(expr, numbers, values)
+            for symbol, expr, monomials in nodes:
+                if monomials is None:
+                    numbers[symbol] = _evaluate(expr, numbers, values)
+                else:  # a pre-activation: its sum of products, in mpmath
+                    numbers[symbol] = mpmath.fsum(
+                        c * mpmath.fprod(numbers[f] for f in factors) for c, factors in monomials
+                    )
                 values[symbol] = sympy.Float(numbers[symbol], PRECISION)
             loss += numbers[LOSS]
             adjoint = {LOSS: mpmath.mpf(1)}
