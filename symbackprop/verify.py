@@ -176,7 +176,7 @@ class Certificate:
         return "\n".join(lines)
 
     def why_failed(self) -> str:
-        """One line: which parameters failed with which witness, and the errors."""
+        """One line: which parameters failed with which witness, the errors, what to do."""
         parts = [
             f"{p.name} ({r.witness}: max abs err {r.max_abs:.2e}, rel {r.max_rel:.2e})"
             for p in self.parameters
@@ -186,7 +186,16 @@ class Certificate:
         if self.large_inputs is not None:
             parts += [f"large inputs ({f})" for f in self.large_inputs.failures]
         shown = parts[:4] + ([f"and {len(parts) - 4} more"] if len(parts) > 4 else [])
-        return ", ".join(shown)
+        advice = []
+        if any(not p.passed for p in self.parameters):
+            advice.append(
+                "if the features are raw (unstandardized), saturated units make gradients "
+                "too small for float64 to check: standardize the features (zero mean, unit "
+                "variance)"
+            )
+        if self.large_inputs is not None and not self.large_inputs.passed:
+            advice.append("write the overflowing expression so that it cannot overflow")
+        return ", ".join(shown) + ("; " + "; ".join(advice) if advice else "")
 
 
 # --- the cost model ---------------------------------------------------------------------------
@@ -674,8 +683,8 @@ def _large_points(
     signs = np.where(np.arange(params[last].size) % 2 == 0, 1.0, -1.0).reshape(params[last].shape)
     points = [(f"inputs x{LARGE:g}", params, Xs * LARGE, Ys)]
     for sign, label in ((1.0, "+"), (-1.0, "-")):
-        shifted = {k: v.copy() for k, v in params.items()}
-        shifted[last] = shifted[last] + sign * LARGE * signs
+        shifted = dict(params)  # only the last bias is new: the arrays may be large
+        shifted[last] = params[last] + sign * LARGE * signs
         points.append((f"output logits {label}{LARGE:g}", shifted, Xs, Ys))
     return points
 
@@ -719,7 +728,7 @@ def large_inputs(
                 truth = f"{exact_value:.4g}"
             else:
                 key = what.rsplit(" ", 1)[-1]
-                truth = f"max |entry| {float(np.abs(exact_grads.get(key, 0.0)).max()):.4g}"
+                truth = f"largest entry {float(np.abs(exact_grads.get(key, 0.0)).max()):.4g}"
             failures.append(
                 f"{label}: the module's {what} is {shown} where the exact value is finite "
                 f"({truth}); write the expression so that it cannot overflow"
