@@ -654,13 +654,15 @@ def check_arguments(batch: object, seed: object) -> None:
         )
 
 
-def _fd_plan(net: SymbolicNetwork, params: dict, batch: int, kinked: bool) -> tuple[int, int]:
+def _fd_plan(net: SymbolicNetwork, batch: int, kinked: bool) -> tuple[int, int]:
     """(samples, entries per parameter) of the finite-difference witness within FD_BUDGET.
 
     (0, 0) when not even one entry per parameter on one sample fits.
     """
     passes = 8 if kinked else 4  # the loss at the stencil, and the probe for kinks
-    sizes = [a.size for a in params.values()]
+    sizes = []
+    for fan_in, units in zip(net.sizes, net.sizes[1:], strict=False):
+        sizes += [units * fan_in, units]  # W<l>, b<l>
     for entries in (FD_SAMPLE_LIMIT, 16, 4, 1):
         needed = passes * sum(min(size, entries) for size in sizes)
         samples = batch
@@ -774,6 +776,17 @@ def certify(
     if use_torch is None:
         use_torch = torch_available()
     probe = Probe(net)
+    arrays = 2 * net.depth
+    exact_samples = min(batch, EXACT_BUDGET // exact_cost(net)) if count <= GRAPH_LIMIT else 0
+    fd_samples, entries = _fd_plan(net, batch, probe.has_kinks)
+    if not fd_samples and not use_torch and not exact_samples:
+        raise InputError(
+            "spec",
+            f"{count:,} parameters in {arrays} arrays is too large for the certificate "
+            "without torch: finite differences would need more than "
+            f"{FD_BUDGET:,} sample-parameter products; install torch (the PyTorch "
+            "witness) or check a smaller network",
+        )
     module = load_module(module_source or generate(derivation), net.spec.name)
     params, X, Y = check_point(module, net, batch, seed, data)
     batch = len(X)
@@ -794,17 +807,6 @@ def certify(
     witnesses: list[str] = []
     skipped: list[tuple[str, str]] = []
     notes: list[str] = []
-
-    exact_samples = min(batch, EXACT_BUDGET // exact_cost(net)) if count <= GRAPH_LIMIT else 0
-    fd_samples, entries = _fd_plan(net, params, batch, probe.has_kinks)
-    if not fd_samples and not use_torch and not exact_samples:
-        raise InputError(
-            "spec",
-            f"{count:,} parameters in {len(params)} arrays is too large for the certificate "
-            "without torch: finite differences would need more than "
-            f"{FD_BUDGET:,} sample-parameter products; install torch (the PyTorch "
-            "witness) or check a smaller network",
-        )
 
     if fd_samples:
         witnesses.append("finite-diff")
@@ -833,7 +835,7 @@ def certify(
             (
                 "finite-diff",
                 f"over its budget of {FD_BUDGET:,} sample-parameter products for "
-                f"{count:,} parameters in {len(params)} arrays",
+                f"{count:,} parameters in {arrays} arrays",
             )
         )
 
