@@ -1354,6 +1354,8 @@ def _section_certificate(doc: _Doc, certificate: object | None) -> None:
     doc.table(
         ["parameter", "shape", "witness", "entries", "max abs err", "max rel err", "result"], rows
     )
+    if getattr(cert, "large_inputs", None) is not None:  # the module at inputs x1e3, logits +-1e3
+        doc.text(" ".join(line.strip() for line in cert.large_input_row().splitlines()) + ".")
     if cert.skipped:
         doc.items([f"skipped {w}: {why}" for w, why in cert.skipped])
     failed = sum(not p.passed for p in cert.parameters)

@@ -32,10 +32,7 @@ class CheckFailed(Exception):
         self.certificate = certificate
         super().__init__(
             f"the certificate for {certificate.name} failed, so not training: "
-            f"{certificate.why_failed()}. If the gradients are tiny next to the loss "
-            "(saturated units), standardize the features (zero mean, unit variance: "
-            "train --standardize) or use a smaller initial scale; if an expression "
-            "overflows at large inputs, write it in a stable form"
+            f"{certificate.why_failed()}"
         )
 
 

@@ -59,7 +59,7 @@ WORK_LIMIT = 250_000_000  # batch x parameters at most: the module's own pass at
 FD_SAMPLE_LIMIT = 64  # entries per parameter checked by finite differences at most
 FD_BUDGET = 1_000_000_000  # sample x parameter products of all finite-difference passes
 LAYER_COST = 10_000  # the same unit: the interpreter's cost of one layer in one pass
-EXACT_BUDGET = 20_000  # exact-arithmetic operations (per sample: parameters + 100/neuron)
+EXACT_BUDGET = 50_000  # exact-arithmetic operations (per sample: parameters + 100/neuron)
 NEURON_COST = 100  # an activation or loss node: SymPy evaluation, not a multiply-add
 FD_HALVINGS = 30  # a step is halved at most this often to keep its stencil off kinks
 TOLERANCE = {"finite-diff": 1e-6, "exact": 1e-8, "pytorch": 1e-8}
@@ -176,7 +176,7 @@ class Certificate:
         return "\n".join(lines)
 
     def why_failed(self) -> str:
-        """One line: which parameters failed with which witness, and the errors."""
+        """One line: which parameters failed with which witness, the errors, what to do."""
         parts = [
             f"{p.name} ({r.witness}: max abs err {r.max_abs:.2e}, rel {r.max_rel:.2e})"
             for p in self.parameters
@@ -186,7 +186,16 @@ class Certificate:
         if self.large_inputs is not None:
             parts += [f"large inputs ({f})" for f in self.large_inputs.failures]
         shown = parts[:4] + ([f"and {len(parts) - 4} more"] if len(parts) > 4 else [])
-        return ", ".join(shown)
+        advice = []
+        if any(not p.passed for p in self.parameters):
+            advice.append(
+                "if the features are raw (unstandardized), saturated units make gradients "
+                "too small for float64 to check: standardize the features (zero mean, unit "
+                "variance)"
+            )
+        if self.large_inputs is not None and not self.large_inputs.passed:
+            advice.append("write the overflowing expression so that it cannot overflow")
+        return ", ".join(shown) + ("; " + "; ".join(advice) if advice else "")
 
 
 # --- the cost model ---------------------------------------------------------------------------
@@ -398,6 +407,33 @@ def _evaluate(expr: sympy.Expr, numbers: dict, values: dict) -> mpmath.mpf:
     return mpmath.mpf(sympy.Float(expr.xreplace(values).evalf(PRECISION), PRECISION))
 
 
+@lru_cache(maxsize=4)
+def _graph_plan(net: SymbolicNetwork) -> tuple[list, list]:
+    """Per node (symbol, textbook expression, monomials or None) and its local partials.
+
+    A pre-activation's monomials are (coefficient, factor symbols): evaluated as a sum of
+    products in mpmath instead of SymPy's substitution and evalf of the whole sum.
+    """
+    nodes, local = [], []
+    for node in net.neuron_graph:
+        expr = to_textbook_form(node.expr)
+        terms = expr.args if expr.is_Add else (expr,)
+        split = [_monomial_factors(t) for t in terms]
+        monomials = None
+        if all(f is not None for f in split):
+            monomials = []
+            for factors in split:
+                numbers = [f for f in factors if f.is_Number]
+                coefficient = sympy.Mul(*numbers) if numbers else sympy.Integer(1)
+                symbols = tuple(f for f in factors if f.is_Symbol)
+                with mpmath.workdps(PRECISION):
+                    value = mpmath.mpf(sympy.Float(coefficient, PRECISION))
+                monomials.append((value, symbols))
+        nodes.append((node.symbol, expr, monomials))
+        local.append((node.symbol, local_partials(expr)))
+    return nodes, local
+
+
 def exact_loss_and_gradients(
     net: SymbolicNetwork, params: dict, X: np.ndarray, Y: np.ndarray
 ) -> tuple[float, dict[str, np.ndarray]]:
@@ -406,8 +442,7 @@ def exact_loss_and_gradients(
     The mean loss and the gradients, rounded to float64 only at the end (inf where float64
     cannot hold the exact value).
     """
-    nodes = [(n.symbol, to_textbook_form(n.expr)) for n in net.neuron_graph]
-    local = [(symbol, local_partials(expr)) for symbol, expr in nodes]
+    nodes, local = _graph_plan(net)
     theta = _parameter_values(net, params)
     symbols = net.parameters()
     with mpmath.workdps(PRECISION):
@@ -417,8 +452,13 @@ def exact_loss_and_gradients(
             values = dict(theta)
             values.update(_data_values(net, x, y))
             numbers = {s: mpmath.mpf(v) for s, v in values.items()}
-            for symbol, expr in nodes:
-                numbers[symbol] = _evaluate(expr, numbers, values)
+            for symbol, expr, monomials in nodes:
+                if monomials is None:
+                    numbers[symbol] = _evaluate(expr, numbers, values)
+                else:  # a pre-activation: its sum of products, in mpmath
+                    numbers[symbol] = mpmath.fsum(
+                        c * mpmath.fprod(numbers[f] for f in factors) for c, factors in monomials
+                    )
                 values[symbol] = sympy.Float(numbers[symbol], PRECISION)
             loss += numbers[LOSS]
             adjoint = {LOSS: mpmath.mpf(1)}
@@ -614,13 +654,15 @@ def check_arguments(batch: object, seed: object) -> None:
         )
 
 
-def _fd_plan(net: SymbolicNetwork, params: dict, batch: int, kinked: bool) -> tuple[int, int]:
+def _fd_plan(net: SymbolicNetwork, batch: int, kinked: bool) -> tuple[int, int]:
     """(samples, entries per parameter) of the finite-difference witness within FD_BUDGET.
 
     (0, 0) when not even one entry per parameter on one sample fits.
     """
     passes = 8 if kinked else 4  # the loss at the stencil, and the probe for kinks
-    sizes = [a.size for a in params.values()]
+    sizes = []
+    for fan_in, units in zip(net.sizes, net.sizes[1:], strict=False):
+        sizes += [units * fan_in, units]  # W<l>, b<l>
     for entries in (FD_SAMPLE_LIMIT, 16, 4, 1):
         needed = passes * sum(min(size, entries) for size in sizes)
         samples = batch
@@ -643,8 +685,8 @@ def _large_points(
     signs = np.where(np.arange(params[last].size) % 2 == 0, 1.0, -1.0).reshape(params[last].shape)
     points = [(f"inputs x{LARGE:g}", params, Xs * LARGE, Ys)]
     for sign, label in ((1.0, "+"), (-1.0, "-")):
-        shifted = {k: v.copy() for k, v in params.items()}
-        shifted[last] = shifted[last] + sign * LARGE * signs
+        shifted = dict(params)  # only the last bias is new: the arrays may be large
+        shifted[last] = params[last] + sign * LARGE * signs
         points.append((f"output logits {label}{LARGE:g}", shifted, Xs, Ys))
     return points
 
@@ -688,7 +730,7 @@ def large_inputs(
                 truth = f"{exact_value:.4g}"
             else:
                 key = what.rsplit(" ", 1)[-1]
-                truth = f"max |entry| {float(np.abs(exact_grads.get(key, 0.0)).max()):.4g}"
+                truth = f"largest entry {float(np.abs(exact_grads.get(key, 0.0)).max()):.4g}"
             failures.append(
                 f"{label}: the module's {what} is {shown} where the exact value is finite "
                 f"({truth}); write the expression so that it cannot overflow"
@@ -734,6 +776,17 @@ def certify(
     if use_torch is None:
         use_torch = torch_available()
     probe = Probe(net)
+    arrays = 2 * net.depth
+    exact_samples = min(batch, EXACT_BUDGET // exact_cost(net)) if count <= GRAPH_LIMIT else 0
+    fd_samples, entries = _fd_plan(net, batch, probe.has_kinks)
+    if not fd_samples and not use_torch and not exact_samples:
+        raise InputError(
+            "spec",
+            f"{count:,} parameters in {arrays} arrays is too large for the certificate "
+            "without torch: finite differences would need more than "
+            f"{FD_BUDGET:,} sample-parameter products; install torch (the PyTorch "
+            "witness) or check a smaller network",
+        )
     module = load_module(module_source or generate(derivation), net.spec.name)
     params, X, Y = check_point(module, net, batch, seed, data)
     batch = len(X)
@@ -754,17 +807,6 @@ def certify(
     witnesses: list[str] = []
     skipped: list[tuple[str, str]] = []
     notes: list[str] = []
-
-    exact_samples = min(batch, EXACT_BUDGET // exact_cost(net)) if count <= GRAPH_LIMIT else 0
-    fd_samples, entries = _fd_plan(net, params, batch, probe.has_kinks)
-    if not fd_samples and not use_torch and not exact_samples:
-        raise InputError(
-            "spec",
-            f"{count:,} parameters in {len(params)} arrays is too large for the certificate "
-            "without torch: finite differences would need more than "
-            f"{FD_BUDGET:,} sample-parameter products; install torch (the PyTorch "
-            "witness) or check a smaller network",
-        )
 
     if fd_samples:
         witnesses.append("finite-diff")
@@ -793,7 +835,7 @@ def certify(
             (
                 "finite-diff",
                 f"over its budget of {FD_BUDGET:,} sample-parameter products for "
-                f"{count:,} parameters in {len(params)} arrays",
+                f"{count:,} parameters in {arrays} arrays",
             )
         )
 

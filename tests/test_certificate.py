@@ -327,3 +327,27 @@ def test_a_refusal_says_why_and_what_to_do() -> None:
     assert len(message.splitlines()) == 1
     assert "W1 (exact: max abs err 1.60e-15, rel 1.60e-05)" in message
     assert "b1" not in message and "standardize the features" in message
+
+
+def test_a_network_too_large_for_every_witness_is_refused_before_any_work(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from symbackprop import verify
+    from symbackprop.errors import InputError
+
+    deep = from_dict(
+        {
+            "name": "deep_wide",
+            "inputs": 300,
+            "loss": "mse",
+            "layers": [{"units": 300, "activation": "tanh"}] * 99
+            + [{"units": 1, "activation": "identity"}],
+        }
+    )
+
+    def no_module(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the refusal must come before the module is loaded")
+
+    monkeypatch.setattr(verify, "load_module", no_module)
+    with pytest.raises(InputError, match="too large for the certificate without torch"):
+        certify(deep, use_torch=False)
