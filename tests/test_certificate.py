@@ -67,9 +67,13 @@ def sign_of_largest(key: str) -> str:
 
 
 def sign_of_median(key: str) -> str:
-    """The entry of median size among the non-zero ones (a zero's sign is no bug)."""
+    """The entry of median size among those that matter to the array's norm.
+
+    A zero's sign is no bug, and neither is the sign of an entry float64 cannot resolve
+    against the array's largest (an accurate saturated tanh' gives entries of 1e-17).
+    """
     return (
-        f"g = grads['{key}'].reshape(-1)\nnz = (abs(g) > 0).nonzero()[0]\n"
+        f"g = grads['{key}'].reshape(-1)\nnz = (abs(g) > 1e-6 * abs(g).max()).nonzero()[0]\n"
         "if nz.size:\n    i = nz[abs(g[nz]).argsort()[nz.size // 2]]\n    g[i] = -g[i]"
     )
 
