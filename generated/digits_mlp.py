@@ -105,8 +105,8 @@ def _check_updatable(params):
         if not value.flags.writeable:
             raise ValueError(f"params[{key!r}] is read-only, so it cannot be updated in place")
     ids = tuple(map(id, params.values()))
-    apart = _LOCAL.apart  # [ids, weak references] of the arrays last found apart, or []
-    if apart and apart[0] == ids:
+    apart = _LOCAL.apart  # the ids of the arrays last found apart, and weak references
+    if apart.get("ids") == ids:
         return
     keys, arrays = tuple(params), tuple(params.values())
     for i in range(len(arrays)):
@@ -118,7 +118,7 @@ def _check_updatable(params):
                         "each parameter needs an array of its own"
                     )
     forget = apart.clear  # once one of the arrays is gone, its id may be reused
-    apart[:] = [ids, [weakref.ref(array, lambda _: forget()) for array in arrays]]
+    apart.update(ids=ids, refs=[weakref.ref(array, lambda _: forget()) for array in arrays])
 
 
 def _inputs(X, dtype):
@@ -181,7 +181,7 @@ class _PerThread(threading.local):
 
     def __init__(self):
         self.workspaces = {}
-        self.apart = []
+        self.apart = {}
 
 
 _LOCAL = _PerThread()

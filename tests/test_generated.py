@@ -519,3 +519,18 @@ def test_train_step_accepts_disjoint_views_of_one_buffer(seed_module: object) ->
         assert seed_module.train_step(views, X, Y, 0.5) == seed_module.train_step(plain, X, Y, 0.5)
     for key in plain:
         np.testing.assert_array_equal(views[key], plain[key])
+
+
+def test_the_overlap_verdict_goes_with_its_arrays(seed_module: object) -> None:
+    """train_step remembers (per thread) which arrays it found apart; once one of them is
+    freed, its id may be reused by an alias, so the verdict is forgotten."""
+    X = np.random.default_rng(0).normal(size=(8, 2))
+    Y = np.arange(8) % 2
+    params = seed_module.init_params(seed=0)
+    seed_module.train_step(params, X, Y, 0.1)
+    assert seed_module._LOCAL.apart["ids"] == tuple(map(id, params.values()))
+    params["b1"] = params["b1"].copy()  # the old b1 is freed
+    assert seed_module._LOCAL.apart == {}
+    params["b2"] = params["b1"]
+    with pytest.raises(ValueError, match=r"params\['b2'\] shares memory with params\['b1'\]"):
+        seed_module.train_step(params, X, Y, 0.1)
