@@ -106,14 +106,14 @@ def _check_updatable(params):
     if apart.get("ids") == ids:
         return
     keys, arrays = tuple(params), tuple(params.values())
-    for i in range(len(arrays)):
-        for j in range(i):
-            if numpy.may_share_memory(arrays[i], arrays[j]):
-                if numpy.shares_memory(arrays[i], arrays[j]):
-                    raise ValueError(
-                        f"params[{keys[i]!r}] shares memory with params[{keys[j]!r}]; "
-                        "each parameter needs an array of its own"
-                    )
+    for i, array in enumerate(arrays):
+        for j, other in enumerate(arrays[:i]):
+            # may_share_memory compares bounds (fast); shares_memory is exact
+            if numpy.may_share_memory(array, other) and numpy.shares_memory(array, other):
+                raise ValueError(
+                    f"params[{keys[i]!r}] shares memory with params[{keys[j]!r}]; "
+                    "each parameter needs an array of its own"
+                )
     forget = apart.clear  # once one of the arrays is gone, its id may be reused
     apart.update(ids=ids, refs=[weakref.ref(array, lambda _: forget()) for array in arrays])
 
