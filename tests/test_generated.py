@@ -424,7 +424,7 @@ def test_non_finite_inputs_are_a_value_error(seed_module: object, bad: float) ->
     small["W2"][0, 1] = bad
     with pytest.raises(ValueError, match=r"params\['W2'\] holds NaN or infinite values"):
         module.fit(small, Xr, np.ones(4), epochs=1, batch_size=2, lr=0.1)
-    with pytest.raises(ValueError, match=r"params\['W2'\] holds NaN or infinite values"):
+    with np.errstate(all="ignore"), pytest.raises(ValueError, match=r"params\['W2'\] holds NaN"):
         module.gradients(small, Xr, np.ones(4))
 
 
