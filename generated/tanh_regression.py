@@ -6,18 +6,26 @@ Layer 1: 3 -> 4, activation tanh.
 Layer 2: 4 -> 1, activation identity.
 Loss: mse, the batch mean of the per-sample loss.
 
-Conventions: X has shape (batch, 3); W<l> has shape (units_l, units_{l-1}) and
-b<l> has shape (units_l,); Z<l> = A<l-1> @ W<l>.T + b<l>.  "(eq. N)" cites equation N of the
+Conventions: X has shape (batch, 3); W<l> has shape (units_l, units_{l-1}) and b<l> has
+shape (units_l,); Z<l> = A<l-1> @ W<l>.T + b<l>.  "(eq. N)" cites equation N of the
 derivation document (symbackprop derive tanh_regression).  Needs NumPy only.
 
 Every step works in buffers made per (batch size, dtype) and reused, so a training step
 allocates no arrays after the first (unless X or Y must be converted to the parameters'
-dtype, or a kernel calls a helper such as _erf); a module object is therefore not meant to
-be shared between threads.
+dtype, or a kernel calls a helper such as _erf).  Each thread has buffers of its own, so
+every function may be called from several threads at once on one module; train_step and
+fit update params in place, so threads that train at the same time need their own params.
+
+Bad arrays, shapes, keys or hyperparameters raise ValueError before anything changes (NaN
+or infinite values in X, Y or params are found when they make the loss or the outputs
+non-finite, and by fit up front); fit raises FloatingPointError when training diverges.
 """
 
 import argparse
+import math
 import sys
+import threading
+import weakref
 
 import numpy
 
@@ -25,9 +33,22 @@ LAYER_SIZES = (3, 4, 1)
 LOSS = "mse"
 CLASSIFICATION = False
 L2 = 0.0
-TRAIN_DEFAULTS = {'optimizer': 'adam', 'lr': 0.01, 'epochs': 50, 'batch_size': 16, 'seed': 0, 'momentum': 0.9, 'beta1': 0.9, 'beta2': 0.999, 'eps': 1e-08}
-_SHAPES = {'W1': (4, 3), 'b1': (4,), 'W2': (1, 4), 'b2': (1,)}
+TRAIN_DEFAULTS = {
+    "optimizer": "adam",
+    "lr": 0.01,
+    "epochs": 50,
+    "batch_size": 16,
+    "seed": 0,
+    "momentum": 0.9,
+    "beta1": 0.9,
+    "beta2": 0.999,
+    "eps": 1e-08,
+}
+_SHAPES = {"W1": (4, 3), "b1": (4,), "W2": (1, 4), "b2": (1,)}
 _HE_INIT = (False, False)
+_REALS = (int, float, numpy.integer, numpy.floating)
+_FLOAT_MAX = sys.float_info.max
+_EXPLOSION = 1e6  # fit: a mini-batch loss above 1e6 * max(1, the first one) has diverged
 
 
 # --- checks ---------------------------------------------------------------------------------
@@ -43,13 +64,64 @@ def _check_params(params):
     for key, shape in _SHAPES.items():
         value = params[key]
         if not isinstance(value, numpy.ndarray) or value.shape != shape or value.dtype != dtype:
-            got = f"shape {value.shape} of {value.dtype}" if isinstance(value, numpy.ndarray) else type(value).__name__
+            if isinstance(value, numpy.ndarray):
+                got = f"shape {value.shape} of {value.dtype}"
+            else:
+                got = type(value).__name__
             raise ValueError(f"params[{key!r}] has {got}, expected shape {shape} of {dtype}")
     return dtype
 
 
+def _check_lr(lr):
+    """A learning rate is a finite positive real number (not a bool, a string, an array)."""
+    if isinstance(lr, bool) or not isinstance(lr, _REALS) or not 0.0 < lr < math.inf:
+        raise ValueError(f"lr is {lr!r}, expected a finite positive number")
+
+
+def _check_finite(params, X, Y=None):
+    """ValueError naming the first of X, Y, params that holds NaN or infinite values.
+
+    Called by fit once, and by the other functions only when a loss or an output is not
+    finite, to tell a bad input from an overflow: nothing is spent on it in the normal path.
+    """
+    named = [("X", X)] if Y is None else [("X", X), ("Y", Y)]
+    named += [(f"params[{key!r}]", value) for key, value in params.items()]
+    for label, value in named:
+        if not numpy.isfinite(value).all():
+            raise ValueError(f"{label} holds NaN or infinite values")
+
+
+def _check_updatable(params):
+    """Before any parameter is stepped: each one is writable and none overlaps another.
+
+    Otherwise a step could stop half done, or step one array twice.  The overlap test is
+    exact but slow, so each thread remembers the arrays it last found apart (an overlap of
+    two arrays cannot change while they live; whether they are writable can).
+    """
+    for key, value in params.items():
+        if not value.flags.writeable:
+            raise ValueError(f"params[{key!r}] is read-only, so it cannot be updated in place")
+    ids = tuple(map(id, params.values()))
+    apart = _LOCAL.apart  # the ids of the arrays last found apart, and weak references
+    if apart.get("ids") == ids:
+        return
+    keys, arrays = tuple(params), tuple(params.values())
+    for i, array in enumerate(arrays):
+        for j, other in enumerate(arrays[:i]):
+            # may_share_memory compares bounds (fast); shares_memory is exact
+            if numpy.may_share_memory(array, other) and numpy.shares_memory(array, other):
+                raise ValueError(
+                    f"params[{keys[i]!r}] shares memory with params[{keys[j]!r}]; "
+                    "each parameter needs an array of its own"
+                )
+    forget = apart.clear  # once one of the arrays is gone, its id may be reused
+    apart.update(ids=ids, refs=[weakref.ref(array, lambda _: forget()) for array in arrays])
+
+
 def _inputs(X, dtype):
     X = numpy.asarray(X)
+    if X.dtype.kind not in "biuf":
+        raise ValueError(f"X has dtype {X.dtype}, expected real numbers")
     if X.ndim != 2 or X.shape[1] != LAYER_SIZES[0] or X.shape[0] == 0:
         raise ValueError(f"X has shape {X.shape}, expected (batch, {LAYER_SIZES[0]})")
     return X if X.dtype == dtype else X.astype(dtype)
@@ -71,13 +143,20 @@ def _targets(Y, batch, dtype, ws=None):
             numpy.copyto(target[:, 0], Y)
             return target, False
         if ws is None:
-            ws = {"Y": numpy.empty((batch, outputs), dtype), "index": numpy.empty(batch, numpy.intp)}
-            ws["rows"] = numpy.arange(batch) * outputs
+            ws = {
+                "Y": numpy.empty((batch, outputs), dtype),
+                "index": numpy.empty(batch, numpy.intp),
+                "rows": numpy.arange(batch) * outputs,
+            }
         onehot = ws["Y"]
         onehot.fill(0)
-        numpy.add(ws["rows"], Y, out=ws["index"])  # the flat index of each row's 1
+        # the flat index of each row's 1; the labels are in range, so the cast is exact (any
+        # integer dtype: uint64 + intp is computed in float64)
+        numpy.add(ws["rows"], Y, out=ws["index"], casting="unsafe")
         onehot.put(ws["index"], 1)
         return onehot, True
+    if Y.dtype.kind not in "biuf":
+        raise ValueError(f"Y has dtype {Y.dtype}, expected real numbers")
     if Y.ndim == 1 and outputs == 1 and Y.shape[0] == batch:
         Y = Y[:, None]
     if Y.shape != (batch, outputs):
@@ -90,8 +169,19 @@ def _targets(Y, batch, dtype, ws=None):
 
 # --- buffers ----------------------------------------------------------------------------------
 
-_WORKSPACES = {}
 _CACHE_BYTES = 1 << 26  # larger workspaces (say, a forward pass over a whole dataset) are not kept
+
+
+class _PerThread(threading.local):
+    """What each thread keeps for itself: its workspaces, so that threads never share a buffer,
+    and the params _check_updatable last found apart."""
+
+    def __init__(self):
+        self.workspaces = {}
+        self.apart = {}
+
+
+_LOCAL = _PerThread()
 
 
 class _Buffers(dict):
@@ -107,9 +197,13 @@ class _Buffers(dict):
 
 
 def _workspace(batch, dtype):
-    """Every array a step needs, for one batch size and dtype: made once, then reused."""
+    """This thread's arrays for one batch size and dtype: made once, then reused.
+
+    A thread keeps up to 4 workspaces of up to _CACHE_BYTES each; they go with the thread.
+    """
     key = (batch, numpy.dtype(dtype).char)
-    ws = _WORKSPACES.get(key)
+    workspaces = _LOCAL.workspaces
+    ws = workspaces.get(key)
     if ws is None:
         shapes = {
             "X": (batch, 3),
@@ -130,14 +224,14 @@ def _workspace(batch, dtype):
             "E": (batch, 1),
             "U0": (batch, 1),
         }
-        ws = _Buffers(shapes, dtype)
+        ws = _Buffers(shapes, numpy.dtype(dtype))
         ws["rows"] = numpy.arange(batch) * LAYER_SIZES[-1]
         ws["index"] = numpy.empty(batch, dtype=numpy.intp)
         size = sum(int(numpy.prod(shape)) for shape in shapes.values()) * ws.dtype.itemsize
         if size <= _CACHE_BYTES:
-            if len(_WORKSPACES) >= 4:
-                _WORKSPACES.clear()
-            _WORKSPACES[key] = ws
+            if len(workspaces) >= 4:
+                workspaces.clear()
+            workspaces[key] = ws
     return ws
 
 
@@ -213,7 +307,10 @@ def _step(params, X, Y):
     ws = _workspace(X.shape[0], dtype)
     Y, unit_rows = _targets(Y, X.shape[0], dtype, ws)
     _forward(params, X, ws)
-    return X, Y, ws, unit_rows, _loss(params, X, Y, ws)
+    value = _loss(params, X, Y, ws)
+    if not math.isfinite(value):  # a bad input (ValueError), else an overflow: returned
+        _check_finite(params, X, Y)
+    return X, Y, ws, unit_rows, value
 
 
 # --- public interface -----------------------------------------------------------------------
@@ -242,7 +339,10 @@ def forward(params, X):
     """The last layer's outputs, shape (batch, 1)."""
     dtype = _check_params(params)
     X = _inputs(X, dtype)
-    return _forward(params, X, _workspace(X.shape[0], dtype)).copy()
+    outputs = _forward(params, X, _workspace(X.shape[0], dtype)).copy()
+    if not math.isfinite(outputs.sum()):  # a bad input (ValueError), else an overflow
+        _check_finite(params, X)
+    return outputs
 
 
 def loss(params, X, Y):
@@ -258,8 +358,14 @@ def gradients(params, X, Y):
 
 
 def train_step(params, X, Y, lr):
-    """One plain SGD step in place (eq. 10); returns the loss before the step."""
+    """One plain SGD step in place (eq. 10); returns the loss before the step.
+
+    Everything is checked before any parameter changes, so a ValueError leaves params as
+    they were.
+    """
+    _check_lr(lr)
     X, Y, ws, unit_rows, value = _step(params, X, Y)
+    _check_updatable(params)
     _backward(params, X, Y, ws, lr / X.shape[0], lr, unit_rows)
     _sgd_update(params, ws)
     return value
@@ -321,10 +427,16 @@ def _optimizer(params, optimizer, lr):
     raise ValueError(f"optimizer is {optimizer!r}, expected 'sgd', 'momentum' or 'adam'")
 
 
-def fit(params, X, Y, *, epochs, batch_size, lr, optimizer="sgd", seed=0, verbose=False, callback=None):
+def fit(
+    params, X, Y, *, epochs, batch_size, lr, optimizer="sgd", seed=0, verbose=False, callback=None
+):
     """Train in place on shuffled mini-batches; returns the per-epoch mean losses.
 
-    callback(epoch, mean_loss), if given, is called after every epoch.
+    callback(epoch, mean_loss), if given, is called after every epoch.  Bad inputs or
+    hyperparameters raise ValueError before anything changes.  Training stops with a
+    FloatingPointError when a mini-batch loss is not finite or above _EXPLOSION times
+    max(1, the first mini-batch's loss), or the parameters stop being finite: lr is too
+    large for this data (params then hold the last steps taken).
     """
     dtype = _check_params(params)
     X = _inputs(X, dtype)
@@ -332,30 +444,55 @@ def fit(params, X, Y, *, epochs, batch_size, lr, optimizer="sgd", seed=0, verbos
     for label, value in (("epochs", epochs), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, (int, numpy.integer)) or value < 1:
             raise ValueError(f"{label} is {value!r}, expected a positive integer")
-    if not lr > 0:
-        raise ValueError(f"lr is {lr!r}, expected a positive number")
+    _check_lr(lr)
+    _check_finite(params, X, Y)
+    _check_updatable(params)
     scale, update = _optimizer(params, optimizer, lr)
     rng = numpy.random.default_rng(seed)
     count = X.shape[0]
     history = []
+    first, limit = None, _FLOAT_MAX  # any finite loss, until the first mini-batch's
     for epoch in range(1, epochs + 1):
         order = rng.permutation(count)
         total = 0.0
-        for start in range(0, count, batch_size):
+        for number, start in enumerate(range(0, count, batch_size), start=1):
             batch = order[start : start + batch_size]
             ws = _workspace(len(batch), dtype)
             Xb = numpy.take(X, batch, axis=0, out=ws["X"])
             Yb = numpy.take(Y, batch, axis=0, out=ws["Y"])
             _forward(params, Xb, ws)
-            total += _loss(params, Xb, Yb, ws) * len(batch)
+            value = _loss(params, Xb, Yb, ws)
+            if not -_FLOAT_MAX <= value <= limit:  # also NaN
+                raise FloatingPointError(_diverged(value, first, epoch, number, lr))
+            if first is None:
+                first, limit = value, _EXPLOSION * max(1.0, value)
+            total += value * len(batch)
             _backward(params, Xb, Yb, ws, scale / len(batch), scale, unit_rows)
             update(ws)
+        for key, param in params.items():  # the epoch's last step is not followed by a loss
+            if not math.isfinite(param.sum()) and not numpy.isfinite(param).all():
+                what = f"params[{key!r}] became NaN or infinite"
+                raise FloatingPointError(_diverged(what, first, epoch, number, lr))
         history.append(total / count)
         if verbose:
-            print(f"epoch {epoch}/{epochs}: loss {history[-1]:.6f}")
+            print(f"epoch {epoch}/{epochs}: loss {history[-1]:.6g}")
         if callback is not None:
             callback(epoch, history[-1])
     return history
+
+
+def _diverged(loss, first, epoch, number, lr):
+    """fit's one-line message when training diverges: at a mini-batch loss, or as told."""
+    note = f"lr={float(lr)!r}"
+    if isinstance(loss, str):
+        what = loss
+    elif math.isfinite(loss):
+        what = f"the loss exploded to {loss:.3g}"
+        note = f"over {_EXPLOSION:g} x max(1, the first batch's {first:.3g}); {note}"
+    else:
+        what = f"the loss became {loss}"
+    where = f"at epoch {epoch}, batch {number}"
+    return f"fit: {what} {where} ({note}); try a smaller lr or standardize the features"
 
 
 def predict(params, X):
@@ -395,8 +532,9 @@ def _read_data(path):
     except ValueError:
         table = numpy.loadtxt(path, delimiter=",", ndmin=2, skiprows=1)
     targets = LAYER_SIZES[-1] if not CLASSIFICATION and LAYER_SIZES[-1] > 1 else 1
-    if table.shape[1] != LAYER_SIZES[0] + targets:
-        raise ValueError(f"{path}: expected {LAYER_SIZES[0] + targets} columns, found {table.shape[1]}")
+    columns = LAYER_SIZES[0] + targets
+    if table.shape[1] != columns:
+        raise ValueError(f"{path}: expected {columns} columns, found {table.shape[1]}")
     y = table[:, LAYER_SIZES[0]:]
     if CLASSIFICATION:
         y = y[:, 0].astype(numpy.int64)
@@ -405,27 +543,58 @@ def _read_data(path):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("data", help="a .npz file (arrays X, y) or a .csv / .csv.gz (last column: target)")
+    """Train on a data file and save the weights: exit 0, 1 if training diverged (no weights
+    are saved then), 2 for bad input; an error is one line on stderr."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
+    parser.add_argument(
+        "data", help="a .npz file (arrays X, y) or a .csv / .csv.gz (last column: target)"
+    )
     parser.add_argument("--epochs", type=int, default=TRAIN_DEFAULTS["epochs"])
     parser.add_argument("--lr", type=float, default=TRAIN_DEFAULTS["lr"])
     parser.add_argument("--batch-size", type=int, default=TRAIN_DEFAULTS["batch_size"])
-    parser.add_argument("--optimizer", choices=("sgd", "momentum", "adam"), default=TRAIN_DEFAULTS["optimizer"])
+    parser.add_argument(
+        "--optimizer",
+        choices=("sgd", "momentum", "adam"),
+        default=TRAIN_DEFAULTS["optimizer"],
+    )
     parser.add_argument("--seed", type=int, default=TRAIN_DEFAULTS["seed"])
     parser.add_argument("--float32", action="store_true", help="train in float32")
-    parser.add_argument("--out", default="tanh_regression_weights.npz", help="where to save the weights")
+    parser.add_argument(
+        "--out",
+        default="tanh_regression_weights.npz",
+        help="where to save the weights",
+    )
     args = parser.parse_args(argv)
     try:
         X, y = _read_data(args.data)
         if not (numpy.isfinite(X).all() and numpy.isfinite(numpy.asarray(y, dtype=float)).all()):
             raise ValueError(f"{args.data}: the data holds NaN or infinite values")
         params = init_params(args.seed, numpy.float32 if args.float32 else numpy.float64)
-        fit(params, X, y, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-            optimizer=args.optimizer, seed=args.seed, verbose=True)
-        final = loss(params, X, y)
+        with numpy.errstate(all="ignore"):  # a diverging run is reported once, below
+            fit(
+                params,
+                X,
+                y,
+                epochs=args.epochs,
+                batch_size=args.batch_size,
+                lr=args.lr,
+                optimizer=args.optimizer,
+                seed=args.seed,
+                verbose=True,
+            )
+            final = loss(params, X, y)
+        if not math.isfinite(final):
+            raise FloatingPointError(
+                f"fit: the final loss is {final} (lr={args.lr!r}); "
+                "try a smaller lr or standardize the features"
+            )
         outputs = forward(params, X)
-        metric = "train_rmse", float(numpy.sqrt(numpy.mean((outputs - y.reshape(outputs.shape)) ** 2)))
+        error = outputs - y.reshape(outputs.shape)
+        metric = "train_rmse", float(numpy.sqrt(numpy.mean(error**2)))
         save(params, args.out)
+    except FloatingPointError as err:  # training diverged
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     except (OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -8,6 +8,8 @@ deterministic text: no timestamps, no absolute paths, sorted everything.
 
 from __future__ import annotations
 
+import json
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,6 +76,49 @@ def _plan(
 
 def _helper_source(helpers: set[str]) -> list[str]:
     return [NUMPY_HELPERS[helper].rstrip("\n") for helper in sorted(helpers)]
+
+
+LINE_LENGTH = 100  # the project's ruff setting, which generated modules pass
+
+
+def _literal(value: object) -> str:
+    """A constant as Python source: double-quoted strings, tuples with their comma."""
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, tuple):
+        items = ", ".join(_literal(item) for item in value)
+        return f"({items},)" if len(value) == 1 else f"({items})"
+    return repr(value)
+
+
+def _assignment(name: str, value: dict | tuple) -> str:
+    """``name = value`` on one line when it fits, else one item per line."""
+    if isinstance(value, dict):
+        items = [f"{_literal(key)}: {_literal(item)}" for key, item in value.items()]
+        one_line = f"{name} = {{{', '.join(items)}}}"
+        brackets = "{}"
+    else:
+        items = [_literal(item) for item in value]
+        one_line = f"{name} = {_literal(value)}"
+        brackets = "()"
+    if len(one_line) <= LINE_LENGTH:
+        return one_line
+    body = "".join(f"    {item},\n" for item in items)
+    return f"{name} = {brackets[0]}\n{body}{brackets[1]}"
+
+
+def _wrap(text: str, prefix: str = "", first: int = 0, width: int = 92) -> str:
+    """text in lines of at most ``width`` characters, each after ``prefix``; the first line
+    leaves room for ``first`` more (a docstring's quotes)."""
+    lines = textwrap.wrap(
+        text,
+        width,
+        initial_indent=prefix + " " * first,
+        subsequent_indent=prefix,
+        break_long_words=False,
+    )
+    lines[0] = prefix + lines[0][len(prefix) + first :]
+    return "\n".join(lines)
 
 
 def _predict(derivation: Derivation) -> tuple[str, str]:
@@ -206,22 +251,37 @@ def context(derivation: Derivation) -> dict[str, object]:
         "beta2": train.beta2,
         "eps": train.eps,
     }
+    name = spec.name
+    header = f'symbackprop {__version__}, from the spec named "{name}"; '
+    header += "regenerate with symbackprop codegen."
+    summary = f"{name}: forward pass, loss, gradients and trainer for a "
+    summary += f"{'-'.join(map(str, sizes))} network."
+    loss_text = f"Loss: {net.loss.name}, the batch mean of the per-sample loss"
+    loss_text += " plus (l2/2) * sum of squared weights." if spec.l2 else "."
+    conventions = (
+        f"Conventions: X has shape (batch, {sizes[0]}); W<l> has shape (units_l, units_{{l-1}})"
+        ' and b<l> has shape (units_l,); Z<l> = A<l-1> @ W<l>.T + b<l>.  "(eq. N)" cites'
+        f" equation N of the derivation document (symbackprop derive {name}).  Needs NumPy only."
+    )
     return {
         "version": __version__,
-        "name": spec.name,
+        "name": name,
+        "header": _wrap(header, "# ", width=LINE_LENGTH),
+        "summary": _wrap(summary, first=3),
+        "loss_text": _wrap(loss_text),
+        "conventions": _wrap(conventions),
         "sizes": sizes,
-        "sizes_text": "-".join(map(str, sizes)),
-        "sizes_tuple": repr(tuple(sizes)),
+        "layer_sizes": _assignment("LAYER_SIZES", tuple(sizes)),
         "layers": layers,
         "loss_name": net.loss.name,
         "classification": net.loss.classification,
         "probability": net.output.probability,
         "l2": spec.l2 != 0.0,
         "l2_repr": repr(spec.l2),
-        "weight_keys": repr(tuple(f"W{i}" for i in range(1, depth + 1))),
-        "train_defaults": repr(defaults),
-        "shapes": repr(shapes),
-        "he_layers": repr(tuple(act.init == "he" for act in net.activations)),
+        "weight_keys": _assignment("_WEIGHTS", tuple(f"W{i}" for i in range(1, depth + 1))),
+        "train_defaults": _assignment("TRAIN_DEFAULTS", defaults),
+        "shapes": _assignment("_SHAPES", shapes),
+        "he_layers": _assignment("_HE_INIT", tuple(act.init == "he" for act in net.activations)),
         "helpers": _helper_source(helpers),
         "buffers": buffers,
         "softmax": out.softmax,

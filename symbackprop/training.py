@@ -61,6 +61,7 @@ class TrainResult:
     train_metric: float  # accuracy (classification) or RMSE (regression)
     test_metric: float
     seconds: float
+    stop_reason: str = ""  # why the generated fit stopped a diverging run ("" if it did not)
 
     @property
     def classification(self) -> bool:
@@ -68,8 +69,10 @@ class TrainResult:
 
     @property
     def diverged(self) -> bool:
-        """A non-finite loss: the learning rate was too large for this network."""
-        return not (math.isfinite(self.train_loss) and math.isfinite(self.test_loss))
+        """fit stopped a diverging run, or the final loss is not finite: lr was too large."""
+        return bool(self.stop_reason) or not (
+            math.isfinite(self.train_loss) and math.isfinite(self.test_loss)
+        )
 
     def final_line(self) -> str:
         """The machine-readable last line of ``train`` and ``demo``."""
@@ -152,8 +155,10 @@ def train(
     classification = dataset.classes is not None
     params = module.init_params(seed=opts.seed)
     start = time.perf_counter()
+    epochs: list[float] = []
 
     def report(epoch: int, loss: float) -> None:
+        epochs.append(loss)
         if progress is not None:
             metric = _metric(module, params, dataset.X_test, dataset.y_test, classification)
             progress(
@@ -162,24 +167,31 @@ def train(
                 )
             )
 
+    stop_reason = ""
     with np.errstate(all="ignore"):  # a diverging run is reported once, not per operation
-        history = module.fit(
-            params,
-            dataset.X_train,
-            dataset.y_train,
-            epochs=opts.epochs,
-            batch_size=opts.batch_size,
-            lr=opts.lr,
-            optimizer=opts.optimizer,
-            seed=opts.seed,
-            callback=report,
-        )
+        try:
+            module.fit(
+                params,
+                dataset.X_train,
+                dataset.y_train,
+                epochs=opts.epochs,
+                batch_size=opts.batch_size,
+                lr=opts.lr,
+                optimizer=opts.optimizer,
+                seed=opts.seed,
+                callback=report,
+            )
+        except FloatingPointError as stopped:  # the module's fit saw the loss diverge
+            stop_reason = str(stopped)
     seconds = time.perf_counter() - start
-    with np.errstate(all="ignore"):
-        train_loss = module.loss(params, dataset.X_train, dataset.y_train)
-        test_loss = module.loss(params, dataset.X_test, dataset.y_test)
-        train_metric = _metric(module, params, dataset.X_train, dataset.y_train, classification)
-        test_metric = _metric(module, params, dataset.X_test, dataset.y_test, classification)
+    if stop_reason:  # nothing is measured on the parameters of a diverged run
+        train_loss = test_loss = train_metric = test_metric = math.nan
+    else:
+        with np.errstate(all="ignore"):
+            train_loss = module.loss(params, dataset.X_train, dataset.y_train)
+            test_loss = module.loss(params, dataset.X_test, dataset.y_test)
+            train_metric = _metric(module, params, dataset.X_train, dataset.y_train, classification)
+            test_metric = _metric(module, params, dataset.X_test, dataset.y_test, classification)
     return TrainResult(
         derivation=derivation,
         source=source,
@@ -188,10 +200,11 @@ def train(
         certificate=certificate,
         options=opts,
         params=params,
-        history=tuple(history),
+        history=tuple(epochs),
         train_loss=train_loss,
         test_loss=test_loss,
         train_metric=train_metric,
         test_metric=test_metric,
         seconds=seconds,
+        stop_reason=stop_reason,
     )

@@ -8,6 +8,7 @@ size of one activation array."""
 
 from __future__ import annotations
 
+import threading
 import tracemalloc
 
 import numpy as np
@@ -39,8 +40,7 @@ def peak_new_bytes(step: object) -> int:
     return peak - before
 
 
-def step_peak(module: object, loss: str, output: str, outputs: int, dtype: type, batch: int) -> int:
-    params = module.init_params(seed=0, dtype=dtype)
+def problem(output: str, loss: str, outputs: int, dtype: type, batch: int) -> tuple:
     rng = np.random.default_rng(0)
     X = rng.normal(size=(batch, 32)).astype(dtype)
     if loss == "mse":
@@ -49,6 +49,12 @@ def step_peak(module: object, loss: str, output: str, outputs: int, dtype: type,
         Y = rng.integers(0, outputs, size=batch)
     else:
         Y = rng.integers(0, 2, size=(batch, outputs)).astype(dtype)
+    return X, Y
+
+
+def step_peak(module: object, loss: str, output: str, outputs: int, dtype: type, batch: int) -> int:
+    params = module.init_params(seed=0, dtype=dtype)
+    X, Y = problem(output, loss, outputs, dtype, batch)
     module.train_step(params, X, Y, 0.01)  # the first step makes the buffers
     return peak_new_bytes(lambda: module.train_step(params, X, Y, 0.01))
 
@@ -80,3 +86,42 @@ def test_the_counter_sees_numpy_arrays() -> None:
     """The measurement would catch an allocation of one activation-sized array."""
     X = np.ones((2048, HIDDEN))
     assert peak_new_bytes(lambda: X * 2.0) >= X.nbytes
+
+
+def test_each_thread_reuses_its_own_buffers() -> None:
+    """Threads that each warmed up their workspace (same batch size) then allocate nothing:
+    they neither share one buffer nor evict each other's."""
+    module = module_for("relu", "softmax", "cross_entropy", 10)
+    threads = 3
+    batch = 1024
+    X, Y = problem("softmax", "cross_entropy", 10, np.float64, batch)
+    barrier = threading.Barrier(threads)
+    peaks: list[int] = [0] * threads
+    errors: list[BaseException] = []
+
+    def work(index: int) -> None:
+        try:
+            params = module.init_params(seed=index)
+            module.train_step(params, X, Y, 0.01)  # this thread's first step makes its buffers
+            module.gradients(params, X, Y)
+            barrier.wait()  # every thread has its workspace now
+            for turn in range(threads):  # measured one at a time: tracemalloc is global
+                if turn == index:
+                    peaks[index] = max(
+                        peak_new_bytes(lambda: module.train_step(params, X, Y, 0.01)),
+                        peak_new_bytes(lambda: module.loss(params, X, Y)),
+                    )
+                barrier.wait()
+        except BaseException as error:  # re-raised below
+            errors.append(error)
+            barrier.abort()
+
+    workers = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    if errors:
+        raise errors[0]
+    activation = batch * HIDDEN * 8
+    assert max(peaks) < activation / 16, f"bytes allocated during a step, per thread: {peaks}"

@@ -7,6 +7,7 @@ neuron-level graph) and, when torch is importable, PyTorch autograd (CI installs
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 import pytest
@@ -306,3 +307,230 @@ def test_binary_predict_returns_labels() -> None:
     labels = module.predict(params, np.random.default_rng(0).normal(size=(6, 3)))
     assert labels.shape == (6,) and set(labels) <= {0, 1}
     module.gradients(params, np.zeros((3, 3)), np.array([0, 1, 1]))
+
+
+# --- inputs the module refuses, and what it accepts ------------------------------------------
+
+
+def regression_module() -> object:
+    from symbackprop.spec import load_spec
+
+    return load_module(generate(load_spec("tanh_regression")), "tanh_regression")
+
+
+@pytest.mark.parametrize(
+    "dtype",
+    [np.uint8, np.uint16, np.uint32, np.uint64, np.int8, np.int16, np.int32, np.int64, np.bool_],
+)
+def test_any_integer_label_dtype(seed_module: object, dtype: type) -> None:
+    params = seed_module.init_params(seed=1)
+    X = np.random.default_rng(1).normal(size=(6, 2))
+    labels = np.array([0, 1, 1, 0, 1, 0])
+    expected_loss, expected = seed_module.gradients(params, X, labels)
+    value, grads = seed_module.gradients(params, X, labels.astype(dtype))
+    assert value == expected_loss
+    for key in expected:
+        np.testing.assert_array_equal(grads[key], expected[key])
+    reference = seed_module.init_params(seed=1)
+    history = seed_module.fit(reference, X, labels, epochs=2, batch_size=4, lr=0.1)
+    again = seed_module.init_params(seed=1)
+    assert (
+        seed_module.fit(again, X, labels.astype(dtype), epochs=2, batch_size=4, lr=0.1) == history
+    )
+    binary = load_module(generate(spec(["tanh"], "sigmoid", "binary_cross_entropy", outputs=1)))
+    small = binary.init_params()
+    Xb = np.ones((3, 3))
+    assert binary.loss(small, Xb, np.array([0, 1, 1], dtype)) == binary.loss(small, Xb, [0, 1, 1])
+
+
+def test_out_of_range_unsigned_labels_are_a_value_error(seed_module: object) -> None:
+    params = seed_module.init_params()
+    with pytest.raises(ValueError, match="class labels outside"):
+        seed_module.gradients(params, np.zeros((2, 2)), np.array([0, 2**63 + 5], np.uint64))
+
+
+@pytest.mark.parametrize(
+    "lr", [float("inf"), float("nan"), -1.0, 0.0, 0, "0.1", True, None, 1j, np.array([0.1])]
+)
+def test_a_bad_learning_rate_is_a_value_error(seed_module: object, lr: object) -> None:
+    params = seed_module.init_params(seed=0)
+    before = {key: value.copy() for key, value in params.items()}
+    X = np.random.default_rng(0).normal(size=(8, 2))
+    Y = np.arange(8) % 2
+    with pytest.raises(ValueError, match="lr is .*expected a finite positive number"):
+        seed_module.train_step(params, X, Y, lr)
+    for optimizer in ("sgd", "momentum", "adam"):
+        with pytest.raises(ValueError, match="lr is .*expected a finite positive number"):
+            seed_module.fit(params, X, Y, epochs=1, batch_size=4, lr=lr, optimizer=optimizer)
+    for key in params:
+        np.testing.assert_array_equal(params[key], before[key])
+
+
+def test_numpy_scalar_learning_rates_are_accepted(seed_module: object) -> None:
+    X = np.random.default_rng(0).normal(size=(8, 2))
+    Y = np.arange(8) % 2
+    plain, scalar = seed_module.init_params(seed=0), seed_module.init_params(seed=0)
+    seed_module.train_step(plain, X, Y, 1)
+    seed_module.train_step(scalar, X, Y, np.float64(1.0))
+    for key in plain:
+        np.testing.assert_array_equal(plain[key], scalar[key])
+
+
+def test_complex_inputs_are_a_value_error(seed_module: object) -> None:
+    params = seed_module.init_params()
+    X = np.zeros((2, 2), complex)
+    with pytest.raises(ValueError, match="X has dtype complex128, expected real numbers"):
+        seed_module.gradients(params, X, np.array([0, 1]))
+    with pytest.raises(ValueError, match="X has dtype complex128"):
+        seed_module.forward(params, X)
+    with pytest.raises(ValueError, match="Y has dtype complex128, expected real numbers"):
+        seed_module.loss(params, np.zeros((2, 2)), np.eye(2) + 1j)
+    module = regression_module()
+    small = module.init_params()
+    with pytest.raises(ValueError, match="Y has dtype complex128"):
+        module.fit(small, np.zeros((4, 3)), np.ones(4) * 1j, epochs=1, batch_size=2, lr=0.1)
+    with pytest.raises(ValueError, match="Y has dtype"):
+        module.loss(small, np.zeros((4, 3)), np.array(["a", "b", "c", "d"]))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_inputs_are_a_value_error(seed_module: object, bad: float) -> None:
+    params = seed_module.init_params(seed=0)
+    before = {key: value.copy() for key, value in params.items()}
+    X = np.random.default_rng(0).normal(size=(8, 2))
+    Y = np.arange(8) % 2
+    X[3, 1] = bad
+    with pytest.raises(ValueError, match="X holds NaN or infinite values"):
+        seed_module.fit(params, X, Y, epochs=2, batch_size=4, lr=0.1)
+    if np.isnan(bad):  # an infinite input may give a finite loss; NaN always shows
+        for call in (
+            lambda: seed_module.loss(params, X, Y),
+            lambda: seed_module.gradients(params, X, Y),
+            lambda: seed_module.train_step(params, X, Y, 0.1),
+            lambda: seed_module.forward(params, X),
+            lambda: seed_module.predict(params, X),
+        ):
+            with pytest.raises(ValueError, match="X holds NaN or infinite values"):
+                call()
+    for key in params:
+        np.testing.assert_array_equal(params[key], before[key])
+    module = regression_module()
+    small = module.init_params()
+    Xr, Yr = np.zeros((4, 3)), np.array([0.0, 1.0, bad, 2.0])
+    with pytest.raises(ValueError, match="Y holds NaN or infinite values"):
+        module.fit(small, Xr, Yr, epochs=1, batch_size=2, lr=0.1)
+    with np.errstate(all="ignore"), pytest.raises(ValueError, match="Y holds NaN or infinite"):
+        module.train_step(small, Xr, Yr, 0.1)
+    small["W2"][0, 1] = bad
+    with pytest.raises(ValueError, match=r"params\['W2'\] holds NaN or infinite values"):
+        module.fit(small, Xr, np.ones(4), epochs=1, batch_size=2, lr=0.1)
+    with np.errstate(all="ignore"), pytest.raises(ValueError, match=r"params\['W2'\] holds NaN"):
+        module.gradients(small, Xr, np.ones(4))
+
+
+@pytest.mark.parametrize("lr", [5.0, 1e300])
+def test_fit_stops_when_the_loss_diverges(lr: float) -> None:
+    module = regression_module()
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(60, 3)) * 3
+    Y = rng.normal(size=60) * 5
+    params = module.init_params(seed=0)
+    what = [
+        "the loss became nan",
+        "the loss became inf",
+        r"the loss exploded to \S+",
+        r"params\['\w+'\] became NaN or infinite",
+    ]
+    message = rf"^fit: ({'|'.join(what)}) at epoch \d+, batch \d+ \(.*lr={re.escape(repr(lr))}\); "
+    message += "try a smaller lr or standardize the features$"
+    with np.errstate(all="ignore"), pytest.raises(FloatingPointError, match=message) as stop:
+        module.fit(params, X, Y, epochs=10, batch_size=8, lr=lr, optimizer="sgd")
+    if lr == 5.0:  # 3e10 after one epoch: stopped long before overflow
+        assert "exploded" in str(stop.value)
+    seed = load_module(generate(spec(["relu"], "softmax", "cross_entropy", inputs=2, outputs=2)))
+    params = seed.init_params(seed=0)
+    with (
+        np.errstate(all="ignore"),
+        pytest.raises(FloatingPointError, match="fit: (the loss|params)"),
+    ):
+        seed.fit(params, X[:, :2], (Y > 0).astype(int), epochs=5, batch_size=60, lr=1e300)
+
+
+def test_fit_keeps_an_ordinary_run_going(seed_module: object) -> None:
+    """A loss that rises for a while (a large but workable lr) is not called divergence."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(60, 2)) * 3
+    y = rng.integers(0, 2, 60)
+    params = seed_module.init_params(seed=0)
+    history = seed_module.fit(params, X, y, epochs=10, batch_size=8, lr=50.0)
+    assert len(history) == 10 and max(history) > 10  # log(2) = 0.69 at the start
+
+
+def test_train_step_refuses_read_only_params_before_stepping(seed_module: object) -> None:
+    X = np.random.default_rng(0).normal(size=(8, 2))
+    Y = np.arange(8) % 2
+    params = seed_module.init_params(seed=0)
+    params["b3"].flags.writeable = False
+    with pytest.raises(ValueError, match=r"params\['b3'\] is read-only"):
+        seed_module.train_step(params, X, Y, 0.5)
+    assert all(np.array_equal(params[k], seed_module.init_params(seed=0)[k]) for k in params)
+    with pytest.raises(ValueError, match=r"params\['b3'\] is read-only"):
+        seed_module.fit(params, X, Y, epochs=1, batch_size=4, lr=0.1)
+    assert all(np.array_equal(params[k], seed_module.init_params(seed=0)[k]) for k in params)
+    params["b3"].flags.writeable = True
+    seed_module.train_step(params, X, Y, 0.5)
+    assert not any(np.array_equal(params[k], seed_module.init_params(seed=0)[k]) for k in params)
+
+
+@pytest.mark.parametrize(
+    "alias",
+    [
+        lambda p: p.__setitem__("b2", p["b1"]),  # the same array under two keys
+        lambda p: p.__setitem__("b1", p["W2"][1]),  # a view into another parameter
+        lambda p: p.__setitem__("b3", p["W3"].T[0]),
+    ],
+    ids=["same-array", "row-view", "strided-view"],
+)
+def test_train_step_refuses_params_that_share_memory(seed_module: object, alias: object) -> None:
+    X = np.random.default_rng(0).normal(size=(8, 2))
+    Y = np.arange(8) % 2
+    params = seed_module.init_params(seed=0)
+    alias(params)
+    before = {key: value.copy() for key, value in params.items()}
+    with pytest.raises(ValueError, match=r"params\['\w\d'\] shares memory with params\['\w\d'\]"):
+        seed_module.train_step(params, X, Y, 0.5)
+    with pytest.raises(ValueError, match=r"shares memory"):
+        seed_module.fit(params, X, Y, epochs=1, batch_size=4, lr=0.1)
+    for key in params:
+        np.testing.assert_array_equal(params[key], before[key])
+    seed_module.gradients(params, X, Y)  # reading aliased params is fine
+
+
+def test_train_step_accepts_disjoint_views_of_one_buffer(seed_module: object) -> None:
+    X = np.random.default_rng(0).normal(size=(8, 2))
+    Y = np.arange(8) % 2
+    plain = seed_module.init_params(seed=0)
+    flat = np.concatenate([value.ravel() for value in plain.values()])
+    views, start = {}, 0
+    for key, value in plain.items():
+        views[key] = flat[start : start + value.size].reshape(value.shape)
+        start += value.size
+    for _ in range(3):
+        assert seed_module.train_step(views, X, Y, 0.5) == seed_module.train_step(plain, X, Y, 0.5)
+    for key in plain:
+        np.testing.assert_array_equal(views[key], plain[key])
+
+
+def test_the_overlap_verdict_goes_with_its_arrays(seed_module: object) -> None:
+    """train_step remembers (per thread) which arrays it found apart; once one of them is
+    freed, its id may be reused by an alias, so the verdict is forgotten."""
+    X = np.random.default_rng(0).normal(size=(8, 2))
+    Y = np.arange(8) % 2
+    params = seed_module.init_params(seed=0)
+    seed_module.train_step(params, X, Y, 0.1)
+    assert seed_module._LOCAL.apart["ids"] == tuple(map(id, params.values()))
+    params["b1"] = params["b1"].copy()  # the old b1 is freed
+    assert seed_module._LOCAL.apart == {}
+    params["b2"] = params["b1"]
+    with pytest.raises(ValueError, match=r"params\['b2'\] shares memory with params\['b1'\]"):
+        seed_module.train_step(params, X, Y, 0.1)

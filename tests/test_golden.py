@@ -54,16 +54,48 @@ def test_generation_is_deterministic(current: dict[str, str]) -> None:
     assert golden_files() == current
 
 
-def test_generated_modules_are_ruff_clean(current: dict[str, str], tmp_path: Path) -> None:
-    for name, text in current.items():
-        if name.endswith(".py"):
-            (tmp_path / name).write_text(text, encoding="utf-8")
-    result = subprocess.run(
-        [sys.executable, "-m", "ruff", "check", "--isolated", "--no-cache", str(tmp_path)],
-        capture_output=True,
-        text=True,
-    )
+ROOT = GENERATED.parent
+
+# a module far from the examples: a long name, many layers, l2, custom kernels, every text
+# that grows with the spec
+STRESS = {
+    "name": "a_rather_long_network_name_for_the_line_length_check_0123456",
+    "inputs": 1234,
+    "loss": {"name": "a_custom_loss_with_a_long_name", "expr": "(yhat - y)**4/4 + abs(yhat - y)"},
+    "l2": 0.001,
+    "layers": [
+        *(
+            {"units": 1000 + i, "activation": act}
+            for i, act in enumerate(
+                ["relu", "tanh", "gelu", "elu", "silu", "softplus", "leaky_relu", "sigmoid"] * 2
+            )
+        ),
+        {"units": 99, "activation": {"name": "a_custom_activation_name", "expr": "x/(1+abs(x))"}},
+        {"units": 10, "activation": "softmax"},
+    ],
+    "train": {"optimizer": "adam", "lr": 0.000123456789, "epochs": 12345, "batch_size": 4096},
+}
+
+
+def test_generated_modules_pass_the_projects_ruff_settings(
+    current: dict[str, str], tmp_path: Path
+) -> None:
+    """ruff with pyproject.toml's [tool.ruff] (it excludes generated/, hence the copies)."""
+    from symbackprop.spec import from_dict
+
+    modules = {name: text for name, text in current.items() if name.endswith(".py")}
+    modules["stress.py"] = generate(from_dict(STRESS))
+    for name, text in modules.items():
+        (tmp_path / name).write_text(text, encoding="utf-8")
+    command = [sys.executable, "-m", "ruff", "check", "--no-cache"]
+    command += [
+        "--config",
+        str(ROOT / "pyproject.toml"),
+        *sorted(str(tmp_path / n) for n in modules),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
+    assert "All checks passed" in result.stdout, result.stdout
 
 
 def test_generated_modules_have_the_header(current: dict[str, str]) -> None:

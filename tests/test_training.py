@@ -223,3 +223,59 @@ def test_training_options_from_python() -> None:
     ):
         with pytest.raises(InputError):
             options(load_spec("seed_mlp"), **bad)
+
+
+def regression_csv(path: Path, rows: int = 120) -> Path:
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(rows, 3)) * 3
+    y = rng.normal(size=rows) * 5
+    np.savetxt(path, np.c_[X, y], delimiter=",")
+    return path
+
+
+@pytest.mark.parametrize("lr", ["5", "1e300"])
+def test_train_with_an_exploding_lr_exits_1_without_weights(
+    in_tmp: Path, capsys: pytest.CaptureFixture, lr: str
+) -> None:
+    """The loss reaches 1e27 (finite) with lr 5, NaN with 1e300: both are a diverged run."""
+    data = regression_csv(in_tmp / "small.csv")
+    args = ["train", "tanh_regression", "--data", str(data), "--epochs", "3", "--lr", lr]
+    code = main([*args, "--optimizer", "sgd", "--batch-size", "8", "--out", "w.npz"])
+    captured = capsys.readouterr()
+    assert code == 1, captured.err
+    assert "diverged" in captured.err and len(captured.err.strip().splitlines()) == 1
+    assert last_line(captured.out).startswith("final: train_loss=nan")
+    assert not Path("w.npz").exists()
+
+
+def test_train_result_of_a_diverged_run(in_tmp: Path) -> None:
+    from symbackprop.training import options, train
+
+    spec = load_spec("tanh_regression")
+    chosen = options(spec, lr=5.0, epochs=3, optimizer="sgd", batch_size=8)
+    result = train(spec, str(regression_csv(in_tmp / "small.csv")), chosen)
+    assert result.diverged
+    assert "fit: the loss exploded" in result.stop_reason
+    assert np.isnan(result.train_metric) and np.isnan(result.test_loss)
+
+
+def test_generated_script_stops_on_divergence(tmp_path: Path) -> None:
+    (tmp_path / "model.py").write_text(generate(load_spec("tanh_regression")))
+    regression_csv(tmp_path / "data.csv")
+    for lr, code, words in (
+        ("1e300", 1, "fit: the loss"),  # NaN
+        ("5", 1, "fit: the loss exploded"),
+        ("inf", 2, "lr is inf"),
+        ("-1", 2, "lr is -1.0"),
+    ):
+        run = [sys.executable, "model.py", "data.csv", "--lr", lr, "--optimizer", "sgd"]
+        result = subprocess.run(
+            [*run, "--batch-size", "8", "--out", "w.npz"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+        )
+        assert result.returncode == code, (lr, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert result.stderr.startswith("error: ") and words in result.stderr
+        assert "saved" not in result.stdout and not (tmp_path / "w.npz").exists()
