@@ -18,7 +18,7 @@ Schema (DESIGN §2)::
                                # momentum, beta1, beta2, eps
 
 Limits (``MAX_*`` below): at most 1,000,000 units per layer and inputs, 100 layers and
-50,000,000 trainable parameters; names of at most 64 characters; a spec file of at most
+200,000,000 trainable parameters; names of at most 64 characters; a spec file of at most
 1 MiB, nested at most 64 levels.  A custom activation or loss may not take a built-in's
 name, a Python keyword or a name starting with ``__``.  A UTF-8 byte-order mark is
 ignored; a JSON object with a duplicate key is refused.
@@ -65,7 +65,7 @@ BUILTIN_LOSSES = ("mse", "cross_entropy", "binary_cross_entropy")
 # hours; README "Limits" cites these numbers.
 MAX_UNITS = 1_000_000  # units of a layer, and inputs
 MAX_LAYERS = 100
-MAX_PARAMETERS = 50_000_000  # trainable parameters in all: weights and biases
+MAX_PARAMETERS = 200_000_000  # trainable parameters in all (1.6 GB as float64)
 MAX_NAME_LENGTH = 64  # the network's name and every activation or loss name
 MAX_NESTING = 64  # lists and tables inside each other in a spec file (the schema needs 4)
 MAX_SPEC_BYTES = 1 << 20  # 1 MiB; 100 layers with 500-character expressions need ~60 kB

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import signal
 
 import pytest
 import sympy
@@ -230,3 +231,32 @@ def test_descent_figure(text: str, start: str) -> None:
     figure = descent_figure(descent(text, start, steps=20))
     assert figure.axes
     figure.savefig(__import__("io").BytesIO(), format="png")
+
+
+def test_chain_over_a_high_degree_kink_finishes() -> None:
+    """Heaviside(x**200 - 1/2) over a plain symbol expanded (re + i im)**200 (H1): 11 s+."""
+
+    def hang(signum: int, frame: object) -> None:  # a watchdog, not a speed assertion
+        raise AssertionError("hang: chain ran past 30 s")
+
+    previous = signal.signal(signal.SIGALRM, hang)
+    signal.alarm(30)
+    try:
+        text = chain_report("Min((x**100)**2, 0.5)")
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert text.splitlines()[-1] == "f'(x) = 200*x**199*Heaviside(1/2 - x**200)"
+
+
+def test_chain_of_fifty_nested_sin_is_linear_work() -> None:
+    # substituting back one name at a time (subs) was quadratic: 99 nested sin took 15 s
+    text = chain_report("sin(" * 50 + "x" + ")" * 50)
+    assert text.splitlines()[-1].startswith("f'(x) = ")
+    assert text.count("cos(") > 50
+
+
+def test_incomparable_min_is_bad_input_not_a_traceback() -> None:
+    with pytest.raises(InputError) as info:
+        chain_report("Min(atanh(6)+8*x, -asinh(x))")
+    assert info.value.field == "EXPR" and "not real-valued" in info.value.problem

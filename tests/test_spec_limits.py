@@ -41,7 +41,7 @@ def cli_error(path, capsys) -> str:
 def test_limits_are_named_constants():
     assert spec.MAX_UNITS == 1_000_000
     assert spec.MAX_LAYERS == 100
-    assert spec.MAX_PARAMETERS == 50_000_000
+    assert spec.MAX_PARAMETERS == 200_000_000
 
 
 @pytest.mark.parametrize("value", [10**12, 2**70, 1_000_001])
@@ -79,7 +79,7 @@ def test_parameter_count_bounded():
     data = minimal(inputs=10_000, layers=layers, loss="mse")
     message = assert_field(error_of(data), "layers")
     assert "200,030,001 trainable parameters" in message
-    assert "at most 50,000,000" in message
+    assert "at most 200,000,000" in message
 
 
 def test_parameter_count_at_the_limit_accepted():
