@@ -167,6 +167,9 @@ def _agrees(left: sympy.Expr, right: sympy.Expr) -> bool:
 # into both tails, the float64 kernel as printed (from a = f(z) as the forward pass computes
 # it) must be within ACCURACY (relative) of the truth wherever that is a normal float.
 ACCURACY = 1e-13
+# The accuracy search evaluates every candidate in 30 digits at the tail points: past this
+# many tree nodes a derivative is printed in z as derived (a count, never a clock).
+ACCURACY_MAX_NODES = 200
 _TAIL_POINTS = (
     [sympy.Integer(sign * v) for v in (50, 40, 30, 20, 10, 5, 2) for sign in (-1, 1)]
     + [sympy.Rational(sign * k, 4) for k in (1, 3, 5) for sign in (-1, 1)]
@@ -266,6 +269,8 @@ def _through_output(act: Activation, f: sympy.Expr, derivative: sympy.Expr) -> s
         if Z not in derivative.free_symbols:
             return derivative
     else:
+        return None
+    if tree_size(derivative, ACCURACY_MAX_NODES) > ACCURACY_MAX_NODES:
         return None
     candidates = []
     if act.via_output_hint is not None:
@@ -425,7 +430,7 @@ def _output_delta(f: sympy.Expr, raw: sympy.Expr) -> sympy.Expr:
     ACCURACY, the most accurate is used.
     """
     forms = list(dict.fromkeys((raw, _expand(raw), _factor(raw), _tidy(raw))))
-    if f == Z:
+    if f == Z or tree_size(raw, ACCURACY_MAX_NODES) > ACCURACY_MAX_NODES:
         return _simplest(*forms)
     through = [_through(e, f) for e in forms]
     partial = [p for e in forms for p in _substitutions(e, f)]
