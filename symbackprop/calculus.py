@@ -22,8 +22,6 @@ in re(x) and im(x)) and handed back as the parser's plain symbols.  Bad input ra
 from __future__ import annotations
 
 import math
-import signal
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
@@ -33,19 +31,30 @@ from sympy.printing.precedence import PRECEDENCE, precedence
 
 from symbackprop import primitives
 from symbackprop.errors import InputError
-from symbackprop.expressions import check_variable_name, parse_expression
+from symbackprop.expressions import (
+    check_variable_name,
+    degree,
+    expansion_terms,
+    parse_expression,
+    tree_size,
+)
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
 FORMATS = ("text", "md", "tex")
-# simplify() is unbounded in time; it only runs on derivatives up to this many operations,
-# for at most SIMPLIFY_SECONDS where a timer is available (Unix, main thread), else only up
-# to SIMPLIFY_UNTIMED_OPS operations.
-SIMPLIFY_MAX_OPS = 60
-SIMPLIFY_SECONDS = 2.0
-SIMPLIFY_UNTIMED_OPS = 15
+# simplify() has no bound of its own: its trigsimp pass ran for minutes on the 7-operation
+# derivative 6*(x - 2)**5*cos((x - 2)**6) (the power expanded inside the cosine), and for
+# 15-36 s on sinh(x)/cosh(x) + a1 + ... + a9 (factoring over the Gaussian integers in ten
+# generators).  So it only sees derivatives within these structural budgets, never a clock,
+# so that the same input prints the same derivative on any machine under any load:
+SIMPLIFY_MAX_NODES = 60  # tree nodes (expressions.tree_size)
+SIMPLIFY_MAX_OPS = 15  # sympy.count_ops
+SIMPLIFY_MAX_DEGREE = 16  # expressions.degree
+SIMPLIFY_MAX_GENERATORS = 5  # distinct variables and function calls
+# a trigonometric or hyperbolic function's argument: a single term of at most this degree
+SIMPLIFY_MAX_TRIG_ARGUMENT_DEGREE = 3
 # Past this |f| a descent run is called diverged, like a non-finite value.
 DIVERGENCE_BOUND = 1e100
 # Small enough steps never increase f (the descent lemma), so f rising at every one of this
@@ -115,49 +124,42 @@ def _plain(expr: sympy.Expr, back: dict[sympy.Symbol, sympy.Symbol]) -> sympy.Ex
 
 
 def _simplest(expr: sympy.Expr) -> sympy.Expr:
-    """The shortest (by count_ops) of ``expr``, its factored terms and its simplification.
-
-    ``simplify`` is unbounded: its trigsimp pass took 41 s and 145 s on 55-character
-    derivatives here, and 90 s on a 33-operation one.  So it only sees small expressions,
-    under a time limit where the platform allows one; ``factor_terms`` is always cheap.
-    """
+    """The shortest (by count_ops) of ``expr``, its factored terms and, for a derivative
+    within the simplify budget, its simplification (ties keep the earlier one)."""
     candidates = [expr, sympy.factor_terms(expr)]
-    ops = sympy.count_ops(expr)
-    if ops <= SIMPLIFY_MAX_OPS and (ops <= SIMPLIFY_UNTIMED_OPS or _can_time_out()):
-        simplified = _with_time_limit(sympy.simplify, expr, SIMPLIFY_SECONDS)
-        if simplified is not None:
-            candidates.append(simplified)
+    if _may_simplify(expr):
+        try:
+            candidates.append(sympy.simplify(expr))
+        except Exception:  # noqa: BLE001 - simplification is a nicety; the input is correct
+            pass
     return min(candidates, key=sympy.count_ops)
 
 
-class _TimeUp(Exception):
-    """Raised by the alarm signal inside a computation that ran too long."""
+_TRIGONOMETRIC = (
+    sympy.functions.elementary.trigonometric.TrigonometricFunction,
+    sympy.functions.elementary.hyperbolic.HyperbolicFunction,
+)
 
 
-def _can_time_out() -> bool:
-    return hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
-
-
-def _with_time_limit(
-    function: Callable[[sympy.Expr], sympy.Expr], expr: sympy.Expr, seconds: float
-) -> sympy.Expr | None:
-    """``function(expr)``, or None if it fails or (where timers exist) runs past ``seconds``."""
-
-    def alarm(signum: int, frame: object) -> None:
-        raise _TimeUp
-
-    timed = _can_time_out()
-    if timed:
-        previous_handler = signal.signal(signal.SIGALRM, alarm)
-        previous_timer = signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        return function(expr)
-    except Exception:  # noqa: BLE001 - simplification is a nicety; the input is correct
-        return None
-    finally:
-        if timed:
-            signal.setitimer(signal.ITIMER_REAL, *previous_timer)
-            signal.signal(signal.SIGALRM, previous_handler)
+def _may_simplify(expr: sympy.Expr) -> bool:
+    """Whether ``expr`` is within the budgets ``sympy.simplify`` is given (counts only)."""
+    if tree_size(expr, SIMPLIFY_MAX_NODES) > SIMPLIFY_MAX_NODES:
+        return False
+    if sympy.count_ops(expr) > SIMPLIFY_MAX_OPS or degree(expr) > SIMPLIFY_MAX_DEGREE:
+        return False
+    generators = {
+        node
+        for node in sympy.preorder_traversal(expr)
+        if node.is_Symbol or (isinstance(node, sympy.Function) and node.free_symbols)
+    }
+    if len(generators) > SIMPLIFY_MAX_GENERATORS:
+        return False
+    return all(
+        expansion_terms(node.args[0], 1) == 1
+        and degree(node.args[0]) <= SIMPLIFY_MAX_TRIG_ARGUMENT_DEGREE
+        for node in generators
+        if isinstance(node, _TRIGONOMETRIC)
+    )
 
 
 def _needs_parentheses(expr: sympy.Expr) -> bool:

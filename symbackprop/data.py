@@ -26,9 +26,16 @@ Limits (module constants, checked before anything is inflated or allocated): X a
 at most ``MAX_DATA_ELEMENTS`` numbers together, read from the ``.npy`` headers of an
 ``.npz``, whose members number at most ``MAX_NPZ_MEMBERS``; a csv has at most
 ``MAX_CSV_BYTES`` of text (a ``.csv.gz`` once decompressed, counted while streaming) and
-lines of at most ``MAX_CSV_LINE`` characters; a compressed member or ``.csv.gz`` inflates to
-at most ``MAX_COMPRESSION_RATIO`` times its size (past ``RATIO_FREE_BYTES``).  A UTF-8
+lines of at most ``MAX_CSV_LINE`` characters; a compressed ``.npz`` member inflates to at
+most ``MAX_COMPRESSION_RATIO`` times its size, and a ``.csv.gz`` at every point of reading:
+the text decompressed so far is at most that many times the compressed bytes it came from
+(both past ``RATIO_FREE_BYTES``), so a bomb is refused within its first megabytes.  A UTF-8
 byte-order mark at the start of a csv is ignored; a NUL character is bad input.
+
+A csv is read in blocks of about a megabyte: plain rows of numbers at NumPy's speed
+(``numpy.loadtxt``, which reads a number exactly as ``float()`` does), and row by row with
+the ``csv`` module wherever a block is not plain (a header, quotes, blank lines, a bad row, a
+limit reached), which gives the same numbers and the same errors at the same rows.
 
 Every problem with the input raises ``InputError(field, problem)`` whose problem is one line
 naming the file and, where it helps, the row and column (csv) or the array element (npz):
@@ -38,9 +45,11 @@ exception escapes for a malformed file.  Reading is allowed here; writing is not
 
 from __future__ import annotations
 
+import codecs
 import csv
-import gzip
 import math
+import re
+import warnings
 import zipfile
 import zlib
 from array import array
@@ -48,6 +57,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -79,10 +89,14 @@ MAX_CSV_BYTES = 1 << 30  # 1 GiB of csv text, on disk or once decompressed
 MAX_CSV_LINE = 1 << 20  # 1 MiB: characters in one line of a csv
 # A compressed .csv.gz or .npz member may inflate to at most this many times its size once
 # past RATIO_FREE_BYTES: real data compresses 2-50 times, a bomb of zeros about 1000 times
-# (and parsing csv text runs at a few MB/s, so the ratio bounds the time too).
+# (so the ratio bounds the time to read a file by its size on disk too).  A .csv.gz is held
+# to it as it is read, so that a bomb is refused before much of it is parsed.
 MAX_COMPRESSION_RATIO = 100
 RATIO_FREE_BYTES = 1 << 20
-_CHUNK_ELEMENTS = 1 << 16  # csv numbers are gathered in float64 blocks of about this size
+_CHUNK_ELEMENTS = 1 << 16  # csv numbers read row by row are gathered in float64 blocks
+_TEXT_BLOCK = 1 << 20  # bytes of csv text read (and parsed by NumPy) at a time
+_COMPRESSED_READ = 1 << 16  # bytes of a .csv.gz read at a time
+_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+")  # a line as readline(newline="") ends it
 
 
 @dataclass(frozen=True)
@@ -289,67 +303,324 @@ def _read_csv(file: Path, name: str, targets: int, field: str) -> _Table:
         raise InputError(field, f"{name}: cannot read: {_one_line(error)}") from None
     if not compressed and size > MAX_CSV_BYTES:
         raise InputError(field, f"{name}: is larger than {MAX_CSV_BYTES:,} bytes, the limit")
-    blocks: list[np.ndarray] = []  # float64 blocks of rows: 8 bytes a number, not a float object
-    block: list[list[float]] = []
-    pending = elements = width = 0
-    lines = array("q")  # the file line of each sample
+    parser = _CsvParser(name, targets, field, compressed)
     try:
-        opener = gzip.open if compressed else open
-        # utf-8-sig: a byte-order mark is not part of the first cell
-        with opener(file, "rt", encoding="utf-8-sig", newline="") as stream:
-            reader = csv.reader(_lines(stream, name, size if compressed else None, field))
-            for cells in reader:
-                if not "".join(cells).strip():
-                    continue  # a blank line
-                line = reader.line_num
-                values = _numbers(cells)
-                if values is None and not lines and not width:
-                    width = len(cells)  # the header: it fixes the width, it is not data
-                    continue
-                if width and len(cells) != width:
-                    raise InputError(
-                        field,
-                        f"{name}: row {line} has {len(cells):,} column{'s' * (len(cells) != 1)}, "
-                        f"expected {width:,}",
-                    )
-                width = len(cells)
-                if values is None:
-                    column, cell = _first_non_number(cells)
-                    raise InputError(
-                        field, f"{name}: row {line}, column {column}: {cell} is not a number"
-                    )
-                if width < targets + 1:  # known from the first row: refuse before reading on
-                    _too_few_columns(name, width, targets, field)
-                elements += width
-                if elements > MAX_DATA_ELEMENTS:
-                    raise InputError(
-                        field, f"{name}: more than {MAX_DATA_ELEMENTS:,} numbers; the limit"
-                    )
-                block.append(values)
-                lines.append(line)
-                pending += width
-                if pending >= _CHUNK_ELEMENTS:
-                    blocks.append(np.array(block, dtype=np.float64))
-                    block, pending = [], 0
+        with open(file, "rb") as raw:
+            parser.run(_blocks(_text(raw, compressed)))
     except (OSError, EOFError, zlib.error, csv.Error, UnicodeDecodeError) as error:
         raise InputError(field, f"{name}: cannot read as csv: {_one_line(error)}") from None
-    if block:
-        blocks.append(np.array(block, dtype=np.float64))
-    if not blocks:
-        raise InputError(field, f"{name}: the data is empty (no rows of numbers)")
-    table = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
-    del blocks, block
-    rows = np.frombuffer(lines, dtype=np.int64)
-    bad = np.argwhere(~np.isfinite(table))
-    if bad.size:
-        row, column = (int(i) for i in bad[0])
-        raise InputError(
-            field,
-            f"{name}: row {rows[row]}, column {column + 1}: "
-            f"{table[row, column]} is not a finite number",
-        )
-    y = table[:, -targets:] if targets > 1 else table[:, -1]
-    return _Table(table[:, :-targets], y, name, rows)
+    return parser.table()
+
+
+def _text(raw: BinaryIO, compressed: bool) -> Iterator[tuple[str, int | None]]:
+    """The file's text in pieces, each with the compressed bytes read so far (None for a
+    plain csv).  UTF-8; a byte-order mark is not part of the first cell.  Line endings are
+    kept as they are (\\n, \\r or \\r\\n), as the csv module wants them.
+    """
+    decoder = codecs.getincrementaldecoder("utf-8-sig")()
+    consumed = None
+    pieces = _inflate(raw) if compressed else ((data, None) for data in _chunks(raw))
+    for data, consumed in pieces:
+        if text := decoder.decode(data):
+            yield text, consumed
+    if text := decoder.decode(b"", final=True):
+        yield text, consumed
+
+
+def _chunks(raw: BinaryIO) -> Iterator[bytes]:
+    while data := raw.read(_TEXT_BLOCK):
+        yield data
+
+
+def _inflate(raw: BinaryIO) -> Iterator[tuple[bytes, int]]:
+    """The decompressed bytes of a gzip file, at most ``_TEXT_BLOCK`` at a time, each with
+    the compressed bytes the decompressor has taken so far.
+
+    Driven here rather than by ``gzip.GzipFile`` so that the count is exact, whatever read-
+    ahead a Python version does: the ratio check must give the same answer everywhere.
+    Members follow each other, zero bytes may pad between them (as ``gzip`` allows); zlib
+    checks each member's CRC and length.
+    """
+    consumed = members = 0
+    pending = b""  # compressed bytes read, not yet taken
+    inflater = None  # the current member's decompressor
+    while True:
+        if not pending and not (pending := raw.read(_COMPRESSED_READ)):
+            break
+        if inflater is None:
+            if members:  # zero bytes may pad a member, not start the file
+                padding = len(pending) - len(pending := pending.lstrip(b"\0"))
+                consumed += padding
+                if not pending:
+                    continue
+            while len(pending) < 2 and (more := raw.read(_COMPRESSED_READ)):
+                pending += more
+            if pending[:2] != b"\x1f\x8b":
+                raise OSError(f"Not a gzipped file ({pending[:2]!r})")
+            inflater = zlib.decompressobj(wbits=31)  # a gzip header and trailer
+            members += 1
+        given = len(pending)
+        data = inflater.decompress(pending, _TEXT_BLOCK)
+        if inflater.eof:
+            pending, inflater = inflater.unused_data, None
+        else:
+            pending = inflater.unconsumed_tail
+        consumed += given - len(pending)
+        if data:
+            yield data, consumed
+    if inflater is not None:
+        raise EOFError("Compressed file ended before the end-of-stream marker was reached")
+
+
+def _blocks(pieces: Iterable[tuple[str, int | None]]) -> Iterator[tuple[str, int | None]]:
+    """The text in blocks of whole lines (the last one may lack its ending), each with the
+    compressed bytes read so far.
+
+    A line that grows past ``MAX_CSV_LINE`` without an ending is handed on as it is, at most
+    one piece past the limit, so that the reader refuses it without reading the rest.
+    """
+    carry, consumed = "", None
+    for piece, consumed in pieces:
+        text = carry + piece
+        cut = max(text.rfind("\n"), text.rfind("\r", 0, len(text) - 1)) + 1
+        if cut == 0 and len(text) <= MAX_CSV_LINE:
+            carry = text  # no line ends here yet: read on
+            continue
+        if cut == 0:
+            cut = len(text)  # an over-long line: refused by the reader
+        carry = text[cut:]
+        yield text[:cut], consumed
+    if carry:
+        yield carry, consumed
+
+
+class _CsvParser:
+    """Numbers of a csv, block by block: whole blocks at NumPy's speed, rows one by one
+    with the csv module wherever a block is not plain (a header, quotes, blank lines, a
+    bad row, a limit reached inside it).  Both give the same numbers and the same errors,
+    in file order: the row by row path is the reference, the block path only ever takes a
+    block that it would pass unchanged.
+    """
+
+    def __init__(self, name: str, targets: int, field: str, compressed: bool) -> None:
+        self.name, self.targets, self.field, self.compressed = name, targets, field, compressed
+        self.width = 0  # columns, fixed by the header or the first row of numbers
+        self.elements = 0  # numbers read
+        self.total = 0  # characters read
+        self.line_number = 0  # lines read (a file line, from 1)
+        self.samples = 0
+        self.blocks: list[np.ndarray] = []  # float64 (rows, width) in file order
+        self.lines: list[np.ndarray] = []  # the file line of each sample, int64
+        self.pending_rows: list[list[float]] = []  # rows read one by one, not yet a block
+        self.pending_lines = array("q")
+        self.source: Iterator[tuple[str, int | None]] = iter(())
+        self.block = ""
+        self.offset = 0  # characters of ``block`` read
+        self.consumed: int | None = None  # compressed bytes read with ``block``
+        self.tried = False  # the block path was tried on the rest of ``block``
+
+    # -- driving ------------------------------------------------------------------------
+
+    def run(self, source: Iterator[tuple[str, int | None]]) -> None:
+        self.source = source
+        more = self._next_block()
+        while more:
+            if self.width > self.targets and not self.tried:
+                self.tried = True
+                self.offset += self._whole_lines(self.block[self.offset :])
+                if self.offset == len(self.block):
+                    more = self._next_block()
+                    continue
+            more = self._rows_one_by_one()
+
+    def _next_block(self) -> bool:
+        block = next(self.source, None)
+        if block is None:
+            self.block, self.offset = "", 0
+            return False
+        self.block, self.consumed = block
+        self.offset, self.tried = 0, False
+        return True
+
+    def _rows_one_by_one(self) -> bool:
+        """Rows through the csv module until one ends where a block ends (True: read on),
+        or where the block path can take over the rest of a block, or the text ends."""
+        reader = csv.reader(self._checked_lines())
+        for cells in reader:
+            self._row(cells)
+            if self.offset == len(self.block):
+                return self._next_block()
+            if self.width > self.targets and not self.tried:
+                return True
+        return False
+
+    def _checked_lines(self) -> Iterator[str]:
+        """The lines from ``offset`` on, into the following blocks, each checked as read."""
+        while True:
+            for match in _LINE.finditer(self.block, self.offset):
+                self.offset = match.end()
+                line = match.group()
+                self._check_line(line)
+                yield line
+            if not self._next_block():
+                return
+
+    # -- one line, one row (the reference) ----------------------------------------------
+
+    def _check_line(self, line: str) -> None:
+        self.line_number += 1
+        number, name, field = self.line_number, self.name, self.field
+        if len(line) > MAX_CSV_LINE:
+            raise InputError(
+                field, f"{name}: row {number} is longer than {MAX_CSV_LINE:,} characters"
+            )
+        self.total += len(line)
+        if self.total > MAX_CSV_BYTES:
+            once = " once decompressed" if self.compressed else ""
+            raise InputError(
+                field, f"{name}: more than {MAX_CSV_BYTES:,} characters{once}; the limit"
+            )
+        if self.consumed is not None and _inflated(self.total, self.consumed):
+            raise InputError(
+                field,
+                f"{name}: decompresses to more than {MAX_COMPRESSION_RATIO} times its size; "
+                "if that is genuine, decompress it and pass the .csv",
+            )
+        if "\x00" in line:
+            raise InputError(field, f"{name}: row {number} holds a NUL character; not a text file")
+
+    def _row(self, cells: list[str]) -> None:
+        name, field, line = self.name, self.field, self.line_number
+        if not "".join(cells).strip():
+            return  # a blank line
+        values = _numbers(cells)
+        if values is None and not self.samples and not self.width:
+            self.width = len(cells)  # the header: it fixes the width, it is not data
+            return
+        if self.width and len(cells) != self.width:
+            raise InputError(
+                field,
+                f"{name}: row {line} has {len(cells):,} column{'s' * (len(cells) != 1)}, "
+                f"expected {self.width:,}",
+            )
+        self.width = len(cells)
+        if values is None:
+            column, cell = _first_non_number(cells)
+            raise InputError(field, f"{name}: row {line}, column {column}: {cell} is not a number")
+        if self.width < self.targets + 1:  # known from the first row: refuse before reading on
+            _too_few_columns(name, self.width, self.targets, field)
+        self._count(self.width)
+        self.pending_rows.append(values)
+        self.pending_lines.append(line)
+        self.samples += 1
+        if len(self.pending_rows) * self.width >= _CHUNK_ELEMENTS:
+            self._flush()
+
+    def _count(self, numbers: int) -> None:
+        self.elements += numbers
+        if self.elements > MAX_DATA_ELEMENTS:
+            raise InputError(
+                self.field, f"{self.name}: more than {MAX_DATA_ELEMENTS:,} numbers; the limit"
+            )
+
+    def _flush(self) -> None:
+        if self.pending_rows:
+            self.blocks.append(np.array(self.pending_rows, dtype=np.float64))
+            self.lines.append(np.frombuffer(self.pending_lines, dtype=np.int64).copy())
+            self.pending_rows, self.pending_lines = [], array("q")
+
+    # -- a whole block --------------------------------------------------------------------
+
+    def _whole_lines(self, text: str) -> int:
+        """Read the leading lines of ``text`` as rows of numbers at NumPy's speed, as many as
+        the row by row path would take unchanged; the number of characters read (0: none).
+
+        They end before the first quote or NUL (the csv module's to read), before the line
+        where a size limit is reached and before the row that passes the number limit (the
+        row by row path refuses those at the exact line).
+        """
+        limit = MAX_CSV_BYTES
+        if self.consumed is not None:
+            limit = min(limit, max(RATIO_FREE_BYTES, MAX_COMPRESSION_RATIO * self.consumed))
+        stop = min(len(text), max(limit - self.total, 0))
+        for special in ('"', "\x00"):
+            if (found := text.find(special, 0, stop)) >= 0:
+                stop = found
+        if stop < len(text):
+            text = text[: text.rfind("\n", 0, stop) + 1]
+        if not text:
+            return 0
+        crlf = "\r" in text
+        plain = text.replace("\r\n", "\n") if crlf else text
+        if crlf and "\r" in plain:
+            return 0  # lines ended by a lone \r
+        lines = plain.split("\n")
+        if not lines[-1]:
+            lines.pop()  # the last line's ending
+        # a line past the limit, or past the csv module's field limit, is the rows' to refuse
+        longest = min(MAX_CSV_LINE, csv.field_size_limit())
+        if len(text) > longest and max(map(len, lines)) + 1 + crlf > longest:
+            return 0
+        rows = _parse_block(lines, self.width)
+        if rows is None:
+            return 0
+        if self.elements + rows.size > MAX_DATA_ELEMENTS:
+            keep = (MAX_DATA_ELEMENTS - self.elements) // self.width
+            rows, lines = rows[:keep], lines[:keep]
+            end = 0
+            for _ in range(keep):
+                end = text.index("\n", end) + 1
+            text = text[:end]
+            if not keep:
+                return 0
+        self._flush()
+        self.blocks.append(rows)
+        first = self.line_number + 1
+        self.lines.append(np.arange(first, first + len(lines), dtype=np.int64))
+        self.line_number += len(lines)
+        self.total += len(text)
+        self.elements += rows.size
+        self.samples += len(lines)
+        return len(text)
+
+    # -- the result -------------------------------------------------------------------------
+
+    def table(self) -> _Table:
+        self._flush()
+        name, field, targets = self.name, self.field, self.targets
+        if not self.blocks:
+            raise InputError(field, f"{name}: the data is empty (no rows of numbers)")
+        table = self.blocks[0] if len(self.blocks) == 1 else np.concatenate(self.blocks)
+        rows = self.lines[0] if len(self.lines) == 1 else np.concatenate(self.lines)
+        self.blocks, self.lines = [], []
+        bad = np.argwhere(~np.isfinite(table))
+        if bad.size:
+            row, column = (int(i) for i in bad[0])
+            raise InputError(
+                field,
+                f"{name}: row {rows[row]}, column {column + 1}: "
+                f"{table[row, column]} is not a finite number",
+            )
+        y = table[:, -targets:] if targets > 1 else table[:, -1]
+        return _Table(table[:, :-targets], y, name, rows)
+
+
+def _parse_block(lines: list[str], width: int) -> np.ndarray | None:
+    """float64 (len(lines), width) from lines of ``width`` comma-separated numbers, or None.
+
+    ``numpy.loadtxt`` reads a number as ``float()`` does (Python's own string-to-double) or
+    fails; it skips empty lines, which the row count catches.  Where it fails, None: the
+    row by row path then reads the block and says what is wrong.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            rows = np.loadtxt(lines, dtype=np.float64, delimiter=",", comments=None, ndmin=2)
+    except Exception:  # noqa: BLE001 - any failure: the careful path decides
+        return None
+    if rows.shape != (len(lines), width):
+        return None
+    return rows
 
 
 def _too_few_columns(name: str, width: int, targets: int, field: str) -> None:
@@ -359,38 +630,6 @@ def _too_few_columns(name: str, width: int, targets: int, field: str) -> None:
         f"{name}: rows have {width} column{'s' * (width != 1)}; "
         f"need at least {targets + 1} ({need})",
     )
-
-
-def _lines(
-    stream: Iterable[str], name: str, compressed_size: int | None, field: str
-) -> Iterator[str]:
-    """The stream's lines, refusing a line or a whole text past the limits as it goes.
-
-    ``compressed_size``: the size on disk of a .csv.gz (None for a plain csv).
-    """
-    compressed = compressed_size is not None
-    total = number = 0
-    while line := stream.readline(MAX_CSV_LINE + 1):  # type: ignore[attr-defined]
-        number += 1
-        if len(line) > MAX_CSV_LINE:
-            raise InputError(
-                field, f"{name}: row {number} is longer than {MAX_CSV_LINE:,} characters"
-            )
-        total += len(line)
-        if total > MAX_CSV_BYTES:
-            once = " once decompressed" if compressed else ""
-            raise InputError(
-                field, f"{name}: more than {MAX_CSV_BYTES:,} characters{once}; the limit"
-            )
-        if compressed_size is not None and _inflated(total, compressed_size):
-            raise InputError(
-                field,
-                f"{name}: decompresses to more than {MAX_COMPRESSION_RATIO} times its size; "
-                "if that is genuine, decompress it and pass the .csv",
-            )
-        if "\x00" in line:
-            raise InputError(field, f"{name}: row {number} holds a NUL character; not a text file")
-        yield line
 
 
 def _numbers(cells: Iterable[str]) -> list[float] | None:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import math
 import re
 import signal
+import time
 
 import pytest
 import sympy
 
+from symbackprop import calculus
 from symbackprop.calculus import DescentResult, chain_report, descent, descent_figure
 from symbackprop.errors import InputError
 from symbackprop.primitives import sigmoid, to_textbook_form
@@ -260,3 +262,123 @@ def test_incomparable_min_is_bad_input_not_a_traceback() -> None:
     with pytest.raises(InputError) as info:
         chain_report("Min(atanh(6)+8*x, -asinh(x))")
     assert info.value.field == "EXPR" and "not real-valued" in info.value.problem
+
+
+# --- simplify is bounded by counts, never by a clock ---------------------------------------
+
+README_CHAINS = [
+    ("sin(exp(x**2))", "f'(x) = 2*x*exp(x**2)*cos(exp(x**2))"),
+    ("exp(sin(x))", "f'(x) = exp(sin(x))*cos(x)"),
+    ("log(1+x**2)", "f'(x) = 2*x/(x**2 + 1)"),
+    ("sqrt(1+tanh(x))", "f'(x) = (1 - tanh(x)**2)/(2*sqrt(tanh(x) + 1))"),
+    ("(x**2+1)**10", "f'(x) = 20*x*(x**2 + 1)**9"),
+    ("sigmoid(3*x)", "f'(x) = 3*(1 - 1/(1 + exp(-3*x)))/(1 + exp(-3*x))"),
+    ("log(cosh(exp(-t)))", "f'(t) = -exp(-t)*tanh(exp(-t))"),  # simplify's sinh/cosh -> tanh
+]
+DESCENTS = [
+    ("w1**2 + 3*w2**2", "w1=3,w2=1"),
+    ("-cos(w)", "w=1"),
+    ("log(cosh(w)) + w**2", "w=2"),  # df/dw = 2*w + tanh(w) through simplify
+]
+
+
+def _outputs() -> list[str]:
+    chains = [chain_report(text, fmt=fmt) for text, _ in README_CHAINS for fmt in calculus.FORMATS]
+    return chains + [descent(text, start, steps=30).text for text, start in DESCENTS]
+
+
+def _hurry_every_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A machine so loaded that each clock reading is an hour after the last one and every
+    timer or alarm fires at once."""
+    now = [0.0]
+
+    def an_hour_later() -> float:
+        now[0] += 3600.0
+        return now[0]
+
+    for name in ("perf_counter", "monotonic", "time", "process_time", "thread_time"):
+        monkeypatch.setattr(time, name, an_hour_later)
+    for name in ("perf_counter_ns", "monotonic_ns", "time_ns"):
+        monkeypatch.setattr(time, name, lambda: int(an_hour_later() * 1e9))
+    setitimer = signal.setitimer
+
+    def at_once(which: int, seconds: float, interval: float = 0.0) -> tuple[float, float]:
+        return setitimer(which, min(seconds, 1e-6) if seconds > 0 else seconds, interval)
+
+    monkeypatch.setattr(signal, "setitimer", at_once)
+    monkeypatch.setattr(
+        signal, "alarm", lambda seconds: int(at_once(signal.ITIMER_REAL, seconds)[0])
+    )
+
+
+def test_chain_and_descent_outputs_do_not_depend_on_the_clock(monkeypatch) -> None:
+    calm = _outputs()
+    texts = calm[: 3 * len(README_CHAINS) : 3]  # the text format of each chain
+    for (_, last), report in zip(README_CHAINS, texts, strict=True):
+        assert report.rstrip("\n").splitlines()[-1] == last
+    assert "df/dw = 2*w + tanh(w)" in calm[-1]
+    _hurry_every_clock(monkeypatch)
+    assert _outputs() == calm
+
+
+def _count_simplify(monkeypatch: pytest.MonkeyPatch) -> list[sympy.Expr]:
+    calls: list[sympy.Expr] = []
+    simplify = sympy.simplify
+
+    def counted(expr: sympy.Expr, *args: object, **kwargs: object) -> sympy.Expr:
+        calls.append(expr)
+        return simplify(expr, *args, **kwargs)
+
+    monkeypatch.setattr(sympy, "simplify", counted)
+    return calls
+
+
+def test_simplify_skipped_past_the_generator_budget(monkeypatch) -> None:
+    calls = _count_simplify(monkeypatch)
+    # d/dx = a1 + sinh(x)/cosh(x): four generators (x, a1, sinh(x), cosh(x)), simplified
+    report = chain_report("log(cosh(x)) + x*a1")
+    assert report.endswith("f'(x) = a1 + tanh(x)\n")
+    assert calls
+    calls.clear()
+    # two more variables make six: past the budget, printed as derived, simplify never called
+    report = chain_report("log(cosh(x)) + x*(a1 + a2 + a3)")
+    assert report.endswith("f'(x) = a1 + a2 + a3 + sinh(x)/cosh(x)\n")
+    assert not any(c.has(sympy.cosh) for c in calls)
+    assert chain_report("log(cosh(x)) + x*(a1 + a2 + a3)") == report
+
+
+def test_simplify_never_sees_a_trig_function_of_a_sum(monkeypatch) -> None:
+    """sympy.simplify ran for minutes on 6*(x - 2)**5*cos((x - 2)**6) (7 operations)."""
+    calls = _count_simplify(monkeypatch)
+    report = chain_report("sin((x-2)**6)")
+    assert report.endswith("f'(x) = 6*(x - 2)**5*cos((x - 2)**6)\n")
+    assert not calls
+    text = descent("sin((w-2)**6)", "w=2.1", steps=3).text
+    assert "df/dw = 6*(w - 2)**5*cos((w - 2)**6)" in text
+    assert not calls
+
+
+@pytest.mark.parametrize(
+    ("expr", "within"),
+    [
+        # operations: 15 within, 16 past
+        ("x*y + x**2*y + x**3*y + x**4*y + x**5*y + x**6", True),
+        ("x*y + x**2*y + x**3*y + x**4*y + x**5*y + x**6 + y", False),
+        # degree (16 within, 17 past) and tree nodes
+        ("sin(x)**16 + y", True),
+        ("sin(x)**17 + y", False),
+        ("sin(x)*exp(x)*log(x)", True),
+        ("a*b*c*d*e", True),  # five generators
+        ("a*b*c*d*e*g", False),  # six
+        # a trig or hyperbolic argument: one term of degree at most 3
+        ("cos(x**3*y)", False),
+        ("cos(x**2*y)", True),
+        ("cosh(x + 1)", False),
+        ("tan(2*exp(x))", True),
+        ("tan(exp(x + 1))", False),
+    ],
+)
+def test_simplify_budget_is_counts(expr: str, within: bool) -> None:
+    names = {n: sympy.Symbol(n, real=True) for n in ("a", "b", "c", "d", "e", "g", "x", "y")}
+    parsed = sympy.sympify(expr, locals=names)
+    assert calculus._may_simplify(parsed) is within
