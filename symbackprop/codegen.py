@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import textwrap
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import jinja2
@@ -33,6 +34,7 @@ def template_dir() -> Path:
     raise FileNotFoundError("symbackprop's templates folder is missing from the installation")
 
 
+@lru_cache(maxsize=1)
 def environment() -> jinja2.Environment:
     return jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(template_dir())),
