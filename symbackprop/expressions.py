@@ -198,16 +198,14 @@ def parse_expression(text: str, field: str, variables: Sequence[str] | None = No
     return expr
 
 
-def degree(expr: sympy.Expr) -> int:
-    """The largest polynomial degree in ``expr``, function calls counted as variables.
+def _fold(expr: sympy.Basic, measure: Callable[[sympy.Basic, dict], int]) -> int:
+    """The largest ``measure(node, memo)`` over the nodes of ``expr``, children first.
 
-    Nested powers multiply ((x**100)**3 has degree 300) and a product adds its factors'
-    degrees; each function's argument is measured on its own (sin(x**50)**3 has degree 50).
-    Only the numerator of a rational exponent counts: x**(100/3) costs SymPy what x**100 does.
+    A post-order walk without recursion (deep trees stay off the C stack); ``memo`` holds
+    each child's measure when its parent is measured, and shared parts are measured once.
     """
     memo: dict[sympy.Basic, int] = {}
     worst = 0
-    # postorder without recursion: a child is measured before its parent
     stack: list[tuple[sympy.Basic, bool]] = [(expr, False)]
     while stack:
         node, ready = stack.pop()
@@ -217,23 +215,35 @@ def degree(expr: sympy.Expr) -> int:
             stack.append((node, True))
             stack.extend((arg, False) for arg in node.args if arg not in memo)
             continue
-        if node.is_Symbol or (isinstance(node, sympy.Function) and not node.is_number):
-            value = 1
-        elif node.is_number:
-            value = 0
-        elif node.is_Add:
-            value = max(memo[a] for a in node.args)
-        elif node.is_Mul:
-            value = sum(memo[a] for a in node.args)
-        elif node.is_Pow and node.exp.is_Rational:
-            value = memo[node.base] * max(abs(node.exp.p), 1)
-        elif node.is_Pow:
-            value = max(memo[node.base], memo[node.exp], 1)
-        else:
-            value = max((memo[a] for a in node.args), default=0)
-        memo[node] = value
+        memo[node] = value = measure(node, memo)
         worst = max(worst, value)
     return worst
+
+
+def degree(expr: sympy.Expr) -> int:
+    """The largest polynomial degree in ``expr``, function calls counted as variables.
+
+    Nested powers multiply ((x**100)**3 has degree 300) and a product adds its factors'
+    degrees; each function's argument is measured on its own (sin(x**50)**3 has degree 50).
+    Only the numerator of a rational exponent counts: x**(100/3) costs SymPy what x**100 does.
+    """
+
+    def measure(node: sympy.Basic, memo: dict) -> int:
+        if node.is_Symbol or (isinstance(node, sympy.Function) and not node.is_number):
+            return 1
+        if node.is_number:
+            return 0
+        if node.is_Add:
+            return max(memo[a] for a in node.args)
+        if node.is_Mul:
+            return sum(memo[a] for a in node.args)
+        if node.is_Pow and node.exp.is_Rational:
+            return memo[node.base] * max(abs(node.exp.p), 1)
+        if node.is_Pow:
+            return max(memo[node.base], memo[node.exp], 1)
+        return max((memo[a] for a in node.args), default=0)
+
+    return _fold(expr, measure)
 
 
 def tree_size(expr: sympy.Basic, cap: int) -> int:
@@ -257,17 +267,8 @@ def expansion_terms(expr: sympy.Basic, cap: int) -> int:
     A sum adds its terms, a product multiplies them, (t terms)**n gives C(t + n - 1, n);
     a function call is one term (its argument is estimated on its own).  Capped at ``cap`` + 1.
     """
-    memo: dict[sympy.Basic, int] = {}
-    worst = 0
-    stack: list[tuple[sympy.Basic, bool]] = [(expr, False)]
-    while stack:
-        node, ready = stack.pop()
-        if node in memo:
-            continue
-        if not ready and node.args:
-            stack.append((node, True))
-            stack.extend((arg, False) for arg in node.args if arg not in memo)
-            continue
+
+    def measure(node: sympy.Basic, memo: dict) -> int:
         if node.is_Add:
             value = sum(memo[a] for a in node.args)
         elif node.is_Mul:
@@ -277,10 +278,9 @@ def expansion_terms(expr: sympy.Basic, cap: int) -> int:
             value = math.comb(min(terms, cap + 1) + n - 1, n) if terms > 1 else 1
         else:
             value = 1
-        value = min(value, cap + 1)
-        memo[node] = value
-        worst = max(worst, value)
-    return worst
+        return min(value, cap + 1)
+
+    return _fold(expr, measure)
 
 
 def check_real(expr: sympy.Expr, field: str) -> None:
