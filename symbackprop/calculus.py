@@ -52,9 +52,15 @@ FORMATS = ("text", "md", "tex")
 SIMPLIFY_MAX_NODES = 60  # tree nodes (expressions.tree_size)
 SIMPLIFY_MAX_OPS = 15  # sympy.count_ops
 SIMPLIFY_MAX_DEGREE = 16  # expressions.degree
-SIMPLIFY_MAX_GENERATORS = 5  # distinct variables and function calls
-# a trigonometric or hyperbolic function's argument: a single term of at most this degree
+SIMPLIFY_MAX_GENERATORS = 5  # distinct variables and function calls (constant ones too)
+# terms of its expansion (expressions.expansion_terms): factoring the degree-10 polynomial
+# in ((x - w1)**4 + tanh(pi))**2 took more than 10 s
+SIMPLIFY_MAX_TERMS = 10
+# A trigonometric or hyperbolic function's argument: a single term of at most this degree,
+# whose rational coefficient has numerator and denominator at most this size (multiple-angle
+# rewrites of sinh(32*x) took 7 s; a constant sinh(2 + pi) is expanded like any other).
 SIMPLIFY_MAX_TRIG_ARGUMENT_DEGREE = 3
+SIMPLIFY_MAX_TRIG_COEFFICIENT = 8
 # Past this |f| a descent run is called diverged, like a non-finite value.
 DIVERGENCE_BOUND = 1e100
 # Small enough steps never increase f (the descent lemma), so f rising at every one of this
@@ -147,18 +153,28 @@ def _may_simplify(expr: sympy.Expr) -> bool:
         return False
     if sympy.count_ops(expr) > SIMPLIFY_MAX_OPS or degree(expr) > SIMPLIFY_MAX_DEGREE:
         return False
+    if expansion_terms(expr, SIMPLIFY_MAX_TERMS) > SIMPLIFY_MAX_TERMS:
+        return False
     generators = {
         node
         for node in sympy.preorder_traversal(expr)
-        if node.is_Symbol or (isinstance(node, sympy.Function) and node.free_symbols)
+        if node.is_Symbol or isinstance(node, sympy.Function)
     }
     if len(generators) > SIMPLIFY_MAX_GENERATORS:
         return False
     return all(
-        expansion_terms(node.args[0], 1) == 1
-        and degree(node.args[0]) <= SIMPLIFY_MAX_TRIG_ARGUMENT_DEGREE
-        for node in generators
-        if isinstance(node, _TRIGONOMETRIC)
+        _plain_angle(node.args[0]) for node in generators if isinstance(node, _TRIGONOMETRIC)
+    )
+
+
+def _plain_angle(arg: sympy.Expr) -> bool:
+    """A single term of low degree with a small rational coefficient, like 3*exp(x**2)."""
+    coefficient, _ = arg.as_coeff_Mul()
+    return (
+        coefficient.is_Rational
+        and max(abs(coefficient.p), coefficient.q) <= SIMPLIFY_MAX_TRIG_COEFFICIENT
+        and expansion_terms(arg, 1) == 1
+        and degree(arg) <= SIMPLIFY_MAX_TRIG_ARGUMENT_DEGREE
     )
 
 
