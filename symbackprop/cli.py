@@ -1,6 +1,6 @@
 """The ``symbackprop`` command: parse, call the library, report, return an exit code.
 
-Exit codes: 0 success, 1 a check failed (or descent diverged), 2 bad input (one line on
+Exit codes: 0 success, 1 a check failed (or training or descent diverged), 2 bad input (one line on
 stderr, no traceback, no files written), 130 interrupted (SIGINT), 141 standard output closed
 early (a broken pipe; quiet), 143 terminated (SIGTERM).  Interrupted or terminated, a command
 leaves no output file, temporary folder or child process behind.  ``main(argv) -> int`` is
@@ -311,6 +311,16 @@ def _train(spec: object, args: argparse.Namespace) -> object | None:
     return result
 
 
+def _diverged(result: object) -> bool:
+    """Say why a diverged run saves nothing (one line on stderr, then the final line)."""
+    if not result.diverged:
+        return False
+    why = result.stop_reason or "the loss is not finite; try a smaller --lr"
+    print(f"symbackprop: training diverged, no weights saved: {why}", file=sys.stderr)
+    print(result.final_line())
+    return True
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     out = None if args.out is None else output_path(args.out, "--out")
     inputs = {**_spec_input(args.spec), "--data": _data_input(args.data)}
@@ -320,13 +330,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = _train(spec, args)
     if result is None:
         return EXIT_CHECK_FAILED
-    if result.diverged:
-        print(
-            "symbackprop: training diverged (the loss is not finite); no weights saved. "
-            "Try a smaller --lr.",
-            file=sys.stderr,
-        )
-        print(result.final_line())
+    if _diverged(result):
         return EXIT_CHECK_FAILED
     if out is not None:
         write_outputs({out: _weights_bytes(result)}, "--out", inputs)
@@ -445,7 +449,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print()
     args.data = "digits"
     result = _train(spec, args)
-    if result is None:
+    if result is None or _diverged(result):
         return EXIT_CHECK_FAILED
     print("\nthe chain rule, as SymPy derived it (equation numbers of the documents):")
     print("\n".join(_derivation_summary(result.derivation)))
@@ -502,7 +506,7 @@ losses, per sample; the batch loss is their mean over the samples of the batch (
                         (sigmoid output)
   custom                its expression in yhat and y, summed over the outputs"""
 EXIT_EPILOG = """\
-exit codes: 0 success, 1 a check failed (or descent diverged), 2 bad input,
+exit codes: 0 success, 1 a check failed (or training or descent diverged), 2 bad input,
   130 interrupted (SIGINT), 141 standard output closed early, 143 terminated (SIGTERM)"""
 
 

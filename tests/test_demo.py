@@ -76,3 +76,15 @@ def test_demo_out_must_be_a_folder(tmp_path: Path, capsys: pytest.CaptureFixture
     target.write_text("x")
     assert main(["demo", "--out", str(target)]) == 2
     assert "--out" in capsys.readouterr().err
+
+
+def test_demo_that_diverges_exits_1_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "d"
+    assert (
+        main(["demo", "--out", str(out), "--lr", "50", "--optimizer", "sgd", "--epochs", "3"]) == 1
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "diverged" in err[0] and "fit: the loss" in err[0], err
+    assert not out.exists()
