@@ -29,7 +29,7 @@ from symbackprop.primitives import (
     softplus,
     step,
 )
-from symbackprop.spec import FunctionSpec, NetworkSpec
+from symbackprop.spec import ACTIVATION_PARAMETERS, FunctionSpec, NetworkSpec
 
 # real: |x|' is sign(x), not an expression in re(x) and im(x)
 X = sympy.Symbol("x", real=True)
@@ -57,6 +57,9 @@ class Activation:
     log_one_minus_output: sympy.Expr | None = None
     softmax: bool = False
     custom: bool = False
+    # torch.nn.functional's name and keyword arguments (the PyTorch witness); custom
+    # activations have none and are lambdified
+    torch: tuple[str, tuple[tuple[str, float], ...]] | None = None
 
     @property
     def probability(self) -> bool:
@@ -179,8 +182,44 @@ LOSSES: dict[str, Loss] = {
 }
 
 
+def _with_parameters(entry: Activation, spec: FunctionSpec) -> Activation:
+    """leaky_relu with another slope, elu with another alpha (DESIGN §2b)."""
+    values = dict(spec.params)
+    defaults = ACTIVATION_PARAMETERS[entry.name]
+    if all(values.get(k, v) == v for k, v in defaults.items()):
+        return entry
+    shown = ", ".join(f"{k}={v!r}" for k, v in sorted(values.items()))
+    name = f"{entry.name}({shown})"
+    if entry.name == "leaky_relu":
+        s = sympy.nsimplify(values["slope"], rational=True)
+        # s x + (1 - s) relu(x): derivative s + (1 - s) step(x), i.e. s at 0 (PyTorch's)
+        expr = s * X + (1 - s) * relu(X)
+        return Activation(
+            name,
+            expr,
+            rf"\operatorname{{LeakyReLU}}_{{{sympy.latex(s)}}}(x)",
+            init="he",
+            reference=lambda x, s=float(s): np.where(x > 0, x, s * x),
+            via_output_hint=None,
+            torch=("leaky_relu", (("negative_slope", float(s)),)),
+        )
+    alpha = sympy.nsimplify(values["alpha"], rational=True)
+    # relu(x) + alpha (elu(x) - relu(x)): x for x > 0, alpha (e^x - 1) otherwise
+    expr = relu(X) + alpha * (elu(X) - relu(X))
+    return Activation(
+        name,
+        expr,
+        rf"\operatorname{{ELU}}_{{{sympy.latex(alpha)}}}(x)",
+        init="he",
+        reference=lambda x, a=float(alpha): np.where(x > 0, x, a * np.expm1(np.minimum(x, 0))),
+        torch=("elu", (("alpha", float(alpha)),)),
+    )
+
+
 def activation(spec: FunctionSpec, field: str) -> Activation:
     """The registry entry for a built-in name, or a custom activation parsed from ``expr``."""
+    if spec.expr is None and spec.params and spec.name in ACTIVATIONS:
+        return _with_parameters(ACTIVATIONS[spec.name], spec)
     if spec.expr is not None:
         expr = parse_expression(spec.expr, f"{field}.expr", ("x",))
         expr = expr.xreplace({sympy.Symbol("x"): X})
@@ -210,30 +249,42 @@ def loss(spec: FunctionSpec, field: str) -> Loss:
     return LOSSES[spec.name]
 
 
-def resolve(spec: NetworkSpec) -> tuple[tuple[Activation, ...], Loss]:
-    """Every layer's activation and the loss, with the combinations that make no sense refused."""
+IDENTITY = ACTIVATIONS["identity"]
+
+
+def resolve(spec: NetworkSpec) -> tuple[tuple[Activation | None, ...], Loss]:
+    """Every layer's activation (None for kinds other than dense, in numbering order) and
+    the loss, with the combinations that make no sense refused."""
+    flat = spec.flat
     activations = tuple(
-        activation(layer.activation, f"layers[{i}].activation")
-        for i, layer in enumerate(spec.layers)
+        activation(layer.layer.activation, f"{layer.path}.activation")
+        if layer.kind == "dense"
+        else None
+        for layer in flat
     )
     named: dict[str, int] = {}
-    for i, act in enumerate(activations):
-        first = named.setdefault(act.name, i)
-        if activations[first] != act:  # the document and the code refer to f by its name
+    for layer, act in zip(flat, activations, strict=True):
+        if act is None:
+            continue
+        first = named.setdefault(act.name, layer.index)
+        if activations[first - 1] != act:  # the document and the code refer to f by its name
             raise InputError(
-                f"layers[{i}].activation.name",
-                f"{act.name!r} already names a different activation in layers[{first}]; "
-                "give each activation its own name",
+                f"{layer.path}.activation.name",
+                f"{act.name!r} already names a different activation in "
+                f"{flat[first - 1].path}; give each activation its own name",
             )
-    for i, act in enumerate(activations[:-1]):
-        if act.softmax:
+    out_layer = spec.output_layer
+    for layer, act in zip(flat, activations, strict=True):
+        if act is not None and act.softmax and layer.index != out_layer.index:
             raise InputError(
-                f"layers[{i}].activation",
+                f"{layer.path}.activation",
                 "softmax is supported only as the output layer's activation",
             )
     chosen = loss(spec.loss, "loss")
-    output = activations[-1]
-    last = f"layers[{len(activations) - 1}].activation"
+    output = activations[out_layer.index - 1] or IDENTITY
+    last = f"{out_layer.path}.activation"
+    if out_layer.kind != "dense":
+        last = f"{out_layer.path} ({out_layer.kind}, so the output is not an activation's)"
     if chosen.needs_probability and not output.probability:
         raise InputError(
             "loss",
@@ -246,6 +297,6 @@ def resolve(spec: NetworkSpec) -> tuple[tuple[Activation, ...], Loss]:
             f"binary_cross_entropy needs a sigmoid output, but {last} is 'softmax'; "
             "use sigmoid, or cross_entropy with softmax",
         )
-    if output.softmax and spec.layers[-1].units < 2:
-        raise InputError(f"layers[{len(activations) - 1}].units", "softmax needs at least 2 units")
+    if output.softmax and out_layer.units < 2:
+        raise InputError(f"{out_layer.path}.units", "softmax needs at least 2 units")
     return activations, chosen

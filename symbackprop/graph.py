@@ -19,9 +19,10 @@ from functools import cached_property
 
 import sympy
 
+from symbackprop import layers
 from symbackprop.errors import InputError
-from symbackprop.functions import YHAT, Activation, Loss, X, Y, resolve
-from symbackprop.spec import NetworkSpec
+from symbackprop.functions import IDENTITY, YHAT, Activation, Loss, X, Y, resolve
+from symbackprop.spec import FlatLayer, NetworkSpec
 
 EXPANDED_LIMIT = 50  # parameters; beyond this SymPy takes minutes to differentiate
 GRAPH_LIMIT = 10_000  # parameters; the exact witness takes ~1 s per 2,000 at batch 4
@@ -68,6 +69,23 @@ def delta(layer: int, i: int) -> sympy.Symbol:
 LOSS = sympy.Symbol("L", real=True)
 
 
+def parameter_symbols(layer: FlatLayer) -> dict[str, list[sympy.Symbol]]:
+    """Scalar symbols of each trainable parameter array of a layer, row-major (``.ravel()``)."""
+    out: dict[str, list[sympy.Symbol]] = {}
+    index = layer.index
+    for key, shape in layers.parameters(layer).items():
+        if key.startswith("W"):
+            rows, cols = shape
+            out[key] = [weight(index, i + 1, j + 1) for i in range(rows) for j in range(cols)]
+        elif key.startswith("b"):
+            out[key] = [bias(index, i + 1) for i in range(shape[0])]
+        elif key.startswith("gamma"):
+            out[key] = [layers.gamma(index, i + 1) for i in range(shape[0])]
+        else:
+            out[key] = [layers.beta(index, i + 1) for i in range(shape[0])]
+    return out
+
+
 def latex_name(symbol: sympy.Symbol) -> str:
     """w1_2_3 -> w^{(1)}_{23}; a0 is x; used for every scalar symbol in documents."""
     name = symbol.name
@@ -99,7 +117,7 @@ class Node:
 @dataclass(frozen=True)
 class SymbolicNetwork:
     spec: NetworkSpec
-    activations: tuple[Activation, ...]
+    activations: tuple[Activation | None, ...]  # per layer in numbering order; None: not dense
     loss: Loss
 
     @property
@@ -108,15 +126,32 @@ class SymbolicNetwork:
 
     @property
     def depth(self) -> int:
-        return len(self.spec.layers)
+        """Layers in the flattened list (DESIGN §2b numbering)."""
+        return len(self.spec.flat)
+
+    @property
+    def flat(self) -> tuple[FlatLayer, ...]:
+        return self.spec.flat
+
+    @property
+    def plain(self) -> bool:
+        return self.spec.plain
 
     @property
     def parameter_count(self) -> int:
         return self.spec.parameter_count
 
     @property
+    def output_layer(self) -> FlatLayer:
+        return self.spec.output_layer
+
+    @property
     def output(self) -> Activation:
-        return self.activations[-1]
+        """The output layer's activation (identity when the output layer is not dense)."""
+        return self.activations[self.output_layer.index - 1] or IDENTITY
+
+    def activation_of(self, layer: int) -> Activation | None:
+        return self.activations[layer - 1]
 
     def weights(self, layer: int) -> sympy.Matrix:
         rows, cols = self.sizes[layer], self.sizes[layer - 1]
@@ -126,11 +161,11 @@ class SymbolicNetwork:
         return sympy.Matrix(self.sizes[layer], 1, lambda i, _: bias(layer, i + 1))
 
     def parameters(self) -> dict[str, list[sympy.Symbol]]:
-        """Scalar parameter symbols by code name, row-major (like ``W.ravel()``)."""
+        """Scalar parameter symbols by code name, row-major (like ``W.ravel()``), in
+        network order."""
         params: dict[str, list[sympy.Symbol]] = {}
-        for layer in range(1, self.depth + 1):
-            params[matrix_name("W", layer)] = list(self.weights(layer))
-            params[matrix_name("b", layer)] = list(self.biases(layer))
+        for layer in self.flat:
+            params.update(parameter_symbols(layer))
         return params
 
     def inputs(self) -> list[sympy.Symbol]:

@@ -34,6 +34,7 @@ import stat
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,11 @@ BUILTIN_ACTIVATIONS = (
     "softmax",
 )
 BUILTIN_LOSSES = ("mse", "cross_entropy", "binary_cross_entropy")
+# parameters a built-in activation takes, with their defaults (DESIGN §2b)
+ACTIVATION_PARAMETERS: dict[str, dict[str, float]] = {
+    "leaky_relu": {"slope": 0.01},
+    "elu": {"alpha": 1.0},
+}
 
 # Limits, each against a spec that would otherwise fail late (on allocation) or run for
 # hours; README "Limits" cites these numbers.
@@ -81,20 +87,116 @@ _PACKAGED_EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 
 @dataclass(frozen=True)
 class FunctionSpec:
-    """A built-in function by name, or a custom one: a name and an expression string."""
+    """A built-in function by name, or a custom one: a name and an expression string.
+
+    ``params`` holds a built-in activation's parameters as given (``leaky_relu`` slope,
+    ``elu`` alpha), sorted by name; the registry checks them.
+    """
 
     name: str
     expr: str | None = None
+    params: tuple[tuple[str, float], ...] = ()
 
     @property
     def is_custom(self) -> bool:
         return self.expr is not None
 
 
+IDENTITY = FunctionSpec("identity")
+
+
 @dataclass(frozen=True)
 class LayerSpec:
+    """One ``[[layers]]`` entry (DESIGN §2b).  ``units`` is the layer's output width: given
+    for ``dense``, the input's width for the other kinds (filled in by validation)."""
+
     units: int
-    activation: FunctionSpec
+    activation: FunctionSpec = IDENTITY
+    kind: str = "dense"
+    bias: bool = True  # dense
+    eps: float = 1e-5  # layer_norm, batch_norm
+    momentum: float = 0.1  # batch_norm
+    rate: float = 0.0  # dropout
+    block: tuple[LayerSpec, ...] = ()  # residual
+
+
+@dataclass(frozen=True)
+class FlatLayer:
+    """Layer l of the flattened list (depth first: a residual, then its block's layers).
+
+    ``sources`` are the layers whose outputs it reads (0 is the input X): one for every
+    kind but ``residual``, which reads its own input and its block's last layer.
+    """
+
+    index: int
+    layer: LayerSpec
+    path: str  # the spec's field path, e.g. "layers[2].block[0]"
+    sources: tuple[int, ...]
+    fan_in: int  # the width of sources[0]
+    top: bool  # in the top-level list (not inside a residual block)
+
+    @property
+    def kind(self) -> str:
+        return self.layer.kind
+
+    @property
+    def units(self) -> int:
+        return self.layer.units
+
+
+def flatten(inputs: int, layers: tuple[LayerSpec, ...]) -> tuple[FlatLayer, ...]:
+    """The numbered layers of a spec's (validated) layer list, depth first."""
+    flat: list[FlatLayer] = []
+
+    def visit(items: tuple[LayerSpec, ...], prefix: str, source: int, width: int, top: bool) -> int:
+        for i, layer in enumerate(items):
+            path = f"{prefix}[{i}]"
+            index = len(flat) + 1
+            if layer.kind == "residual":
+                flat.append(FlatLayer(index, layer, path, (), width, top))
+                end = visit(layer.block, f"{path}.block", source, width, False)
+                flat[index - 1] = FlatLayer(index, layer, path, (source, end), width, top)
+            else:
+                flat.append(FlatLayer(index, layer, path, (source,), width, top))
+            source, width = index, layer.units
+        return source
+
+    visit(layers, "layers", 0, inputs, True)
+    return tuple(flat)
+
+
+def execution_order(flat: tuple[FlatLayer, ...]) -> tuple[int, ...]:
+    """Layer numbers in the order the forward pass computes them (a block before its residual)."""
+    order: list[int] = []
+    pending: list[int] = []  # residuals waiting for the end of their blocks
+    for layer in flat:
+        if layer.kind == "residual":
+            pending.append(layer.index)
+            continue
+        order.append(layer.index)
+        while pending and flat[pending[-1] - 1].sources[1] == order[-1]:
+            order.append(pending.pop())
+    return tuple(order)
+
+
+def layer_parameters(layer: FlatLayer) -> dict[str, tuple[int, ...]]:
+    """The trainable parameters of one layer by code name, in PyTorch's order."""
+    index, n = layer.index, layer.units
+    if layer.kind == "dense":
+        shapes = {f"W{index}": (n, layer.fan_in)}
+        if layer.layer.bias:
+            shapes[f"b{index}"] = (n,)
+        return shapes
+    if layer.kind in ("layer_norm", "batch_norm"):
+        return {f"gamma{index}": (n,), f"beta{index}": (n,)}
+    return {}
+
+
+def layer_state(layer: FlatLayer) -> dict[str, tuple[int, ...]]:
+    """Entries of params that are not trained: batch norm's running statistics."""
+    if layer.kind == "batch_norm":
+        return {f"mean{layer.index}": (layer.units,), f"var{layer.index}": (layer.units,)}
+    return {}
 
 
 @dataclass(frozen=True)
@@ -121,14 +223,44 @@ class NetworkSpec:
     l2: float = 0.0
     train: TrainSpec = field(default_factory=TrainSpec)
 
+    @cached_property
+    def flat(self) -> tuple[FlatLayer, ...]:
+        """Every layer, numbered from 1 depth first (DESIGN §2b)."""
+        return flatten(self.inputs, self.layers)
+
+    @cached_property
+    def order(self) -> tuple[int, ...]:
+        """Layer numbers in the forward pass's order."""
+        return execution_order(self.flat)
+
+    @property
+    def output_layer(self) -> FlatLayer:
+        """The layer whose output is the network's: the last of the top-level list."""
+        return [layer for layer in self.flat if layer.top][-1]
+
+    @property
+    def plain(self) -> bool:
+        """A stack of dense layers with biases: the network of DESIGN §2."""
+        return all(layer.kind == "dense" and layer.bias for layer in self.layers)
+
     @property
     def sizes(self) -> tuple[int, ...]:
-        return (self.inputs, *(layer.units for layer in self.layers))
+        """(inputs, the output width of every layer in numbering order)."""
+        return (self.inputs, *(layer.units for layer in self.flat))
+
+    @property
+    def parameters(self) -> dict[str, tuple[int, ...]]:
+        """Trainable parameters by code name, in network order (the module's PARAMETERS)."""
+        return {k: v for layer in self.flat for k, v in layer_parameters(layer).items()}
+
+    @property
+    def state(self) -> dict[str, tuple[int, ...]]:
+        """Batch norm's running statistics by code name."""
+        return {k: v for layer in self.flat for k, v in layer_state(layer).items()}
 
     @property
     def parameter_count(self) -> int:
-        sizes = self.sizes
-        return sum(n_out * n_in + n_out for n_in, n_out in zip(sizes, sizes[1:], strict=False))
+        return sum(math.prod(shape) for shape in self.parameters.values())
 
 
 # --- reading ------------------------------------------------------------------------------
@@ -279,9 +411,12 @@ def from_dict(data: Any) -> NetworkSpec:
     if name in _SHADOWED:
         raise InputError("name", f"{name!r} would shadow the module {name} when imported")
     inputs = _positive_int(_required(data, "inputs", ""), "inputs", MAX_UNITS)
-    layers = _layers(_required(data, "layers", ""))
-    sizes = (inputs, *(layer.units for layer in layers))
-    parameters = sum(n_out * n_in + n_out for n_in, n_out in zip(sizes, sizes[1:], strict=False))
+    layers = _layers(_required(data, "layers", ""), inputs)
+    parameters = sum(
+        math.prod(shape)
+        for layer in flatten(inputs, layers)
+        for shape in layer_parameters(layer).values()
+    )
     if parameters > MAX_PARAMETERS:
         raise InputError(
             "layers",
@@ -297,18 +432,31 @@ def from_dict(data: Any) -> NetworkSpec:
 def to_dict(spec: NetworkSpec) -> dict[str, Any]:
     """The plain-data form of a spec (round-trips through ``from_dict``)."""
 
-    def function(f: FunctionSpec) -> str | dict[str, str]:
-        return f.name if f.expr is None else {"name": f.name, "expr": f.expr}
+    def function(f: FunctionSpec) -> str | dict[str, Any]:
+        if f.expr is not None:
+            return {"name": f.name, "expr": f.expr}
+        return {"name": f.name, **dict(f.params)} if f.params else f.name
+
+    def layer(item: LayerSpec) -> dict[str, Any]:
+        if item.kind == "dense":
+            out: dict[str, Any] = {"units": item.units, "activation": function(item.activation)}
+            if not item.bias:
+                out["bias"] = False
+            return out
+        if item.kind == "layer_norm":
+            return {"kind": item.kind, "eps": item.eps}
+        if item.kind == "batch_norm":
+            return {"kind": item.kind, "eps": item.eps, "momentum": item.momentum}
+        if item.kind == "dropout":
+            return {"kind": item.kind, "rate": item.rate}
+        return {"kind": item.kind, "block": [layer(inner) for inner in item.block]}
 
     return {
         "name": spec.name,
         "inputs": spec.inputs,
         "loss": function(spec.loss),
         "l2": spec.l2,
-        "layers": [
-            {"units": layer.units, "activation": function(layer.activation)}
-            for layer in spec.layers
-        ],
+        "layers": [layer(item) for item in spec.layers],
         "train": dict(vars(spec.train)),
     }
 
@@ -402,27 +550,104 @@ def _positive_float(value: Any, path: str) -> float:
     return number
 
 
-def _layers(value: Any) -> tuple[LayerSpec, ...]:
-    if not isinstance(value, (list, tuple)):
-        raise InputError("layers", f"expected a list of layers, got {_kind(value)}")
-    if not value:
-        raise InputError("layers", "expected at least one layer, got none")
-    if len(value) > MAX_LAYERS:
+KINDS = ("dense", "layer_norm", "batch_norm", "dropout", "residual")  # symbackprop.layers
+_KIND_FIELDS = {
+    "dense": {"kind", "units", "activation", "bias"},
+    "layer_norm": {"kind", "eps"},
+    "batch_norm": {"kind", "eps", "momentum"},
+    "dropout": {"kind", "rate"},
+    "residual": {"kind", "block"},
+}
+
+
+def _layers(value: Any, inputs: int) -> tuple[LayerSpec, ...]:
+    if isinstance(value, (list, tuple)) and len(value) > MAX_LAYERS:
         raise InputError("layers", f"{len(value)} layers; at most {MAX_LAYERS} are supported")
+    count = [0]
+    layers = _layer_list(value, "layers", inputs, count, 1)
+    flat = flatten(inputs, layers)
+    output = _output(flat)
+    for layer in flat:
+        if layer.kind == "dense" and layer.layer.activation.name == "softmax":
+            if layer is not output:
+                raise InputError(
+                    f"{layer.path}.activation",
+                    "softmax is supported only as the output layer's activation",
+                )
+    return layers
+
+
+def _output(flat: tuple[FlatLayer, ...]) -> FlatLayer:
+    return [layer for layer in flat if layer.top][-1]
+
+
+def _layer_list(
+    value: Any, path: str, width: int, count: list[int], nesting: int
+) -> tuple[LayerSpec, ...]:
+    if not isinstance(value, (list, tuple)):
+        raise InputError(path, f"expected a list of layers, got {_kind(value)}")
+    if not value:
+        raise InputError(path, "expected at least one layer, got none")
     layers = []
     for i, layer in enumerate(value):
-        path = f"layers[{i}]"
-        if not isinstance(layer, Mapping):
-            raise InputError(
-                path, f"expected a table with units and activation, got {_kind(layer)}"
-            )
-        _reject_unknown(layer, {"units", "activation"}, f"{path}.")
-        units = _positive_int(_required(layer, "units", f"{path}."), f"{path}.units", MAX_UNITS)
-        activation = _function(
-            _required(layer, "activation", f"{path}."), f"{path}.activation", "activation"
-        )
-        layers.append(LayerSpec(units=units, activation=activation))
+        spec = _layer(layer, f"{path}[{i}]", width, count, nesting)
+        layers.append(spec)
+        width = spec.units
     return tuple(layers)
+
+
+def _layer(value: Any, path: str, width: int, count: list[int], nesting: int) -> LayerSpec:
+    count[0] += 1
+    if count[0] > MAX_LAYERS:
+        raise InputError(
+            "layers",
+            f"more than {MAX_LAYERS} layers, residual blocks' layers included; "
+            f"at most {MAX_LAYERS} are supported",
+        )
+    if not isinstance(value, Mapping):
+        raise InputError(path, f"expected a table with units and activation, got {_kind(value)}")
+    kind = value.get("kind", "dense")
+    if not isinstance(kind, str) or kind not in KINDS:
+        raise InputError(
+            f"{path}.kind", f"unknown layer kind {_kind(kind)} (known: {', '.join(KINDS)})"
+        )
+    _reject_unknown(value, _KIND_FIELDS[kind], f"{path}.")
+    if kind == "dense":
+        units = _positive_int(_required(value, "units", f"{path}."), f"{path}.units", MAX_UNITS)
+        activation = _function(
+            value.get("activation", "identity"), f"{path}.activation", "activation"
+        )
+        bias = value.get("bias", True)
+        if not isinstance(bias, bool):
+            raise InputError(f"{path}.bias", f"expected true or false, got {_kind(bias)}")
+        return LayerSpec(units=units, activation=activation, bias=bias)
+    if kind in ("layer_norm", "batch_norm"):
+        eps = _positive_float(value.get("eps", 1e-5), f"{path}.eps")
+        momentum = 0.1
+        if kind == "batch_norm":
+            momentum = _number(value.get("momentum", 0.1), f"{path}.momentum")
+            if not 0 <= momentum <= 1:
+                raise InputError(
+                    f"{path}.momentum", f"expected a number in [0, 1], got {momentum!r}"
+                )
+        return LayerSpec(units=width, kind=kind, eps=eps, momentum=momentum)
+    if kind == "dropout":
+        rate = _number(_required(value, "rate", f"{path}."), f"{path}.rate")
+        if not 0 <= rate < 1:
+            raise InputError(f"{path}.rate", f"expected a number in [0, 1), got {rate!r}")
+        return LayerSpec(units=width, kind=kind, rate=rate)
+    block = _layer_list(
+        _required(value, "block", f"{path}."), f"{path}.block", width, count, nesting + 1
+    )
+    if block[-1].units != width:
+        last = f"{path}.block[{len(block) - 1}]"
+        field = f"{last}.units" if block[-1].kind == "dense" else last
+        raise InputError(
+            field,
+            f"a residual block must keep its input's width {width}, "
+            f"but it ends with {block[-1].units}",
+        )
+    return LayerSpec(units=width, kind=kind, block=block)
 
 
 def _function(value: Any, path: str, kind: str) -> FunctionSpec:
@@ -433,11 +658,25 @@ def _function(value: Any, path: str, kind: str) -> FunctionSpec:
         _check_length(value.strip(), path)
         return FunctionSpec(name=value.strip())
     if isinstance(value, Mapping):
-        _reject_unknown(value, {"name", "expr"}, f"{path}.")
         name = _required(value, "name", f"{path}.")
         if not isinstance(name, str) or not _IDENTIFIER.match(name):
             raise InputError(f"{path}.name", f"expected an identifier, got {_kind(name)}")
         _check_length(name, f"{path}.name")
+        known = ACTIVATION_PARAMETERS.get(name, {}) if kind == "activation" else {}
+        if "expr" not in value and known:
+            _reject_unknown(value, {"name", *known}, f"{path}.")
+            params = tuple(
+                (key, _number(value[key], f"{path}.{key}")) for key in sorted(known) if key in value
+            )
+            return FunctionSpec(name=name, params=params)
+        if "expr" not in value and kind == "activation" and set(value) - {"name"}:
+            extra = shorten(sorted(set(value) - {"name"})[0])
+            takes = ", ".join(f"{n} ({', '.join(p)})" for n, p in ACTIVATION_PARAMETERS.items())
+            raise InputError(
+                f"{path}.{extra}",
+                f"unknown activation parameter (parameters exist for {takes} only)",
+            )
+        _reject_unknown(value, {"name", "expr"}, f"{path}.")
         if "expr" not in value:
             return FunctionSpec(name=name)
         _check_custom_name(name, f"{path}.name")

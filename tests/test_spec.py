@@ -223,12 +223,17 @@ def test_missing_required_field(key):
     assert "missing" in message
 
 
-@pytest.mark.parametrize("key", ["units", "activation"])
-def test_missing_layer_field(key):
+def test_missing_units():
     data = minimal()
-    del data["layers"][2][key]
-    message = assert_field(error_of(data), f"layers[2].{key}")
+    del data["layers"][2]["units"]
+    message = assert_field(error_of(data), "layers[2].units")
     assert "missing" in message
+
+
+def test_activation_defaults_to_identity():
+    data = minimal(loss="mse")
+    del data["layers"][2]["activation"]
+    assert spec.from_dict(data).layers[2].activation.name == "identity"
 
 
 def test_unknown_top_level_field():
@@ -558,7 +563,7 @@ def test_builtin_activation_names():
 @pytest.mark.parametrize("index", [0, 1])
 def test_softmax_in_hidden_layer(index):
     message = assert_field(
-        resolve_error(with_layer(index, activation="softmax")), f"layers[{index}].activation"
+        error_of(with_layer(index, activation="softmax")), f"layers[{index}].activation"
     )
     assert "softmax" in message
 

@@ -1,0 +1,236 @@
+"""The layer-kind registry: what each kind of layer is, as data (DESIGN §2b).
+
+One ``LayerKind`` entry per kind holds its fields, its trainable parameters and state, its
+forward map as SymPy expressions (neuron level: the exact witness and the document read it),
+its PyTorch equivalent for the witness, and the name of its template block
+(``templates/numpy/layers/<kind>.py.j2``).  Its local backward rule is derived by SymPy in
+``symbackprop.rules``.  The spec's ``FlatLayer`` (numbering, sources, widths) says where a
+layer sits; this module says what it computes.
+
+Scalar names (one place: here and ``symbackprop.graph``): ``gamma<l>_<i>``, ``beta<l>_<i>``
+for normalization layers, ``m<l>_<i>`` for a dropout mask entry (its value is 0 or
+1/(1 - rate), drawn by the module), ``mu<l>``/``var<l>`` for a layer norm's statistics of one
+sample (``mu<l>_<i>``/``var<l>_<i>`` for batch norm's per-feature batch statistics).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sympy
+
+from symbackprop.spec import KINDS, FlatLayer, layer_parameters, layer_state
+
+Vector = list[sympy.Expr]
+
+
+@dataclass(frozen=True)
+class LayerKind:
+    name: str
+    title: str  # for documents: "layer normalization"
+    torch: str  # the PyTorch equivalent, as DESIGN §2b names it
+    init: str  # how init_params fills its parameters
+    couples_batch: bool = False  # its output for one sample depends on the others (batch norm)
+    random: bool = False  # draws from rng in training mode (dropout)
+    modes: bool = False  # training and inference differ (batch norm, dropout)
+
+    @property
+    def template(self) -> str:
+        return f"numpy/layers/{self.name}.py.j2"
+
+
+LAYERS: dict[str, LayerKind] = {
+    entry.name: entry
+    for entry in (
+        LayerKind(
+            "dense",
+            "dense layer",
+            "nn.Linear(n_in, units) + the activation",
+            "W He-normal (ReLU family) or Xavier-uniform, b zeros",
+        ),
+        LayerKind(
+            "layer_norm",
+            "layer normalization",
+            "nn.LayerNorm(n, eps)",
+            "gamma ones, beta zeros",
+        ),
+        LayerKind(
+            "batch_norm",
+            "batch normalization",
+            "nn.BatchNorm1d(n, eps, momentum)",
+            "gamma ones, beta zeros; running mean zeros, running variance ones",
+            couples_batch=True,
+            modes=True,
+        ),
+        LayerKind(
+            "dropout",
+            "dropout",
+            "nn.Dropout(rate)",
+            "no parameters",
+            random=True,
+            modes=True,
+        ),
+        LayerKind("residual", "residual connection", "x + nn.Sequential(block)(x)", "none"),
+    )
+}
+if tuple(LAYERS) != KINDS:  # pragma: no cover - the spec's list of kinds must match
+    raise RuntimeError(f"symbackprop.spec.KINDS {KINDS} != layer registry {tuple(LAYERS)}")
+
+
+def kind(layer: FlatLayer) -> LayerKind:
+    return LAYERS[layer.kind]
+
+
+def parameters(layer: FlatLayer) -> dict[str, tuple[int, ...]]:
+    """Trainable parameters of a layer by code name (W3, b3, gamma4, ...)."""
+    return layer_parameters(layer)
+
+
+def state(layer: FlatLayer) -> dict[str, tuple[int, ...]]:
+    """Batch norm's running statistics by code name (mean5, var5)."""
+    return layer_state(layer)
+
+
+# --- scalar symbols ----------------------------------------------------------------------
+
+
+def gamma(layer: int, i: int) -> sympy.Symbol:
+    return sympy.Symbol(f"gamma{layer}_{i}", real=True)
+
+
+def beta(layer: int, i: int) -> sympy.Symbol:
+    return sympy.Symbol(f"beta{layer}_{i}", real=True)
+
+
+def mask(layer: int, i: int) -> sympy.Symbol:
+    return sympy.Symbol(f"m{layer}_{i}", real=True)
+
+
+# --- forward maps (SymPy, exact) ---------------------------------------------------------
+
+
+def mean(values: Sequence[sympy.Expr]) -> sympy.Expr:
+    return sympy.Add(*values) / len(values)
+
+
+def biased_variance(values: Sequence[sympy.Expr], mu: sympy.Expr) -> sympy.Expr:
+    return sympy.Add(*((v - mu) ** 2 for v in values)) / len(values)
+
+
+def normalize(
+    x: Sequence[sympy.Expr],
+    mu: sympy.Expr,
+    var: sympy.Expr,
+    eps: float | sympy.Expr,
+    g: sympy.Expr,
+    b: sympy.Expr,
+) -> Callable[[int], sympy.Expr]:
+    """i -> g_i (x_i - mu) / sqrt(var + eps) + b_i (g, b: callables of i)."""
+    root = sympy.sqrt(var + eps)
+    return lambda i: g(i) * (x[i] - mu) / root + b(i)
+
+
+def layer_norm(
+    layer: FlatLayer, x: Vector, eps: sympy.Expr | None = None
+) -> tuple[sympy.Expr, sympy.Expr, Vector]:
+    """(mean, biased variance, output) of one sample's n features."""
+    e = sympy.Float(layer.layer.eps) if eps is None else eps
+    mu = mean(x)
+    var = biased_variance(x, mu)
+    out = normalize(
+        x, mu, var, e, lambda i: gamma(layer.index, i + 1), lambda i: beta(layer.index, i + 1)
+    )
+    return mu, var, [out(i) for i in range(len(x))]
+
+
+def batch_norm(
+    layer: FlatLayer, X: list[Vector], eps: sympy.Expr | None = None
+) -> tuple[Vector, Vector, list[Vector]]:
+    """(per-feature batch means, biased batch variances, outputs of every sample)."""
+    e = sympy.Float(layer.layer.eps) if eps is None else eps
+    n = len(X[0])
+    mus = [mean([row[i] for row in X]) for i in range(n)]
+    variances = [biased_variance([row[i] for row in X], mus[i]) for i in range(n)]
+    outputs = []
+    for row in X:
+        outputs.append(
+            [
+                gamma(layer.index, i + 1) * (row[i] - mus[i]) / sympy.sqrt(variances[i] + e)
+                + beta(layer.index, i + 1)
+                for i in range(n)
+            ]
+        )
+    return mus, variances, outputs
+
+
+def dropout(layer: FlatLayer, x: Vector) -> Vector:
+    """x_i m_i, with m_i the mask entry (0 or 1/(1 - rate)) the module drew."""
+    return [xi * mask(layer.index, i + 1) for i, xi in enumerate(x)]
+
+
+def residual(x: Vector, block_output: Vector) -> Vector:
+    return [xi + yi for xi, yi in zip(x, block_output, strict=True)]
+
+
+# --- PyTorch equivalents (the witness; torch is imported by the caller) -------------------
+
+
+def torch_forward(
+    layer: FlatLayer,
+    torch: Any,
+    tensors: dict[str, Any],
+    inputs: list[Any],
+    *,
+    activation: Callable[[Any], Any] | None = None,
+    masks: dict[int, Any] | None = None,
+    training: bool = True,
+) -> Any:
+    """The layer's output with torch's own modules' functions (float64 tensors)."""
+    F = torch.nn.functional
+    index, spec = layer.index, layer.layer
+    if layer.kind == "dense":
+        z = F.linear(inputs[0], tensors[f"W{index}"], tensors.get(f"b{index}"))
+        return z if activation is None else activation(z)
+    if layer.kind == "layer_norm":
+        return F.layer_norm(
+            inputs[0], (layer.units,), tensors[f"gamma{index}"], tensors[f"beta{index}"], spec.eps
+        )
+    if layer.kind == "batch_norm":
+        return F.batch_norm(
+            inputs[0],
+            tensors[f"mean{index}"],
+            tensors[f"var{index}"],
+            tensors[f"gamma{index}"],
+            tensors[f"beta{index}"],
+            training=training,
+            momentum=spec.momentum,
+            eps=spec.eps,
+        )
+    if layer.kind == "dropout":
+        if not training or spec.rate == 0:
+            return inputs[0]
+        keep = masks[index] if masks is not None else None
+        if keep is None:
+            return F.dropout(inputs[0], spec.rate, training=True)
+        return inputs[0] * keep / (1 - spec.rate)
+    return inputs[0] + inputs[1]
+
+
+# --- dropout masks -------------------------------------------------------------------------
+
+
+def draw_masks(flat: Sequence[FlatLayer], order: Sequence[int], rng: Any, batch: int) -> dict:
+    """The keep masks (bool, (batch, n)) the generated module draws from ``rng``.
+
+    The module's rule (README "Layer kinds"): in training mode, for every dropout layer of
+    rate > 0 in the forward pass's order, u = rng.random((batch, n)) in float64 and
+    keep = u >= rate.  Generators in the same state therefore give the same masks.
+    """
+    masks = {}
+    for index in order:
+        layer = flat[index - 1]
+        if layer.kind == "dropout" and layer.layer.rate > 0:
+            masks[index] = rng.random((batch, layer.units)) >= layer.layer.rate
+    return masks
