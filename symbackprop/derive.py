@@ -42,6 +42,7 @@ FACTOR_MAX_DEGREE = 40
 SIMPLIFY_MAX_OPS = 60
 SIMPLIFY_MAX_DEGREE = 16
 
+_KIND_PREFIXES = ("layer_norm", "batch_norm", "dropout", "residual")
 _SAMPLE_POINTS = [sympy.Rational(k, 4) for k in range(-20, 21)] + [sympy.Rational(1, 1000)]
 
 
@@ -96,6 +97,37 @@ class Derivation:
             if equation.key == key:
                 return equation.number
         raise KeyError(key)
+
+    @property
+    def cited(self) -> tuple[int, ...]:
+        """The equation numbers the generated module cites in its comments (sorted).
+
+        codegen cites nothing else (tests/test_golden.py reads them back from the module's
+        text), so the document can say which equations the code implements without
+        generating it.
+        """
+        keys = ["forward.linear", "forward.activation", "loss", "delta.output", "update"]
+        keys += ["grad.W", "grad.b"]
+        if self.network.output.softmax:
+            keys.append("forward.softmax")
+        if self.network.depth > 1:
+            keys.append("delta.hidden")
+        out = self.network.output_layer.index
+        for index, d in enumerate(self.layers, start=1):
+            if d is None or index == out:
+                continue
+            if (d.through_output if d.uses_output else d.derivative) != 1:
+                keys.append(f"activation.{d.activation.name}")
+        keys += [key for key in self.kind_keys if self._has(key)]
+        return tuple(sorted({self.number(key) for key in keys}))
+
+    @property
+    def kind_keys(self) -> tuple[str, ...]:
+        """Keys of the equations the layer kinds other than dense contribute."""
+        return tuple(e.key for e in self.equations if e.key.split(".")[0] in _KIND_PREFIXES)
+
+    def _has(self, key: str) -> bool:
+        return any(e.key == key for e in self.equations)
 
     def _repr_markdown_(self) -> str:
         """The numbered core equations for Jupyter (the full document: render.render_markdown)."""

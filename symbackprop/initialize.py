@@ -1,0 +1,62 @@
+"""Initial parameters: one routine, run here and embedded verbatim in every generated module.
+
+``init_table(spec)`` says how each entry of ``params`` starts (``he``: normal with variance
+2/fan_in, ``xavier``: uniform in ±sqrt(6/(fan_in + fan_out)), ``zeros``, ``ones``), in network
+order; ``_initialize`` draws them.  The certificate and the document call ``init_params``
+here, so nothing needs to execute a generated module to learn its starting point; the
+module's own ``init_params`` runs the same source on the same table and gives the same
+numbers.
+"""
+
+from __future__ import annotations
+
+import numpy
+
+from symbackprop.functions import resolve
+from symbackprop.spec import NetworkSpec, layer_parameters, layer_state
+
+
+def init_table(spec: NetworkSpec) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """params' entries in network order: name -> (how it starts, shape)."""
+    activations, _ = resolve(spec)
+    table: dict[str, tuple[str, tuple[int, ...]]] = {}
+    for layer, act in zip(spec.flat, activations, strict=True):
+        for key, shape in layer_parameters(layer).items():
+            if key.startswith("W"):
+                how = "he" if act is not None and act.init == "he" else "xavier"
+            elif key.startswith("gamma"):
+                how = "ones"
+            else:
+                how = "zeros"
+            table[key] = (how, shape)
+        for key, shape in layer_state(layer).items():
+            table[key] = ("zeros" if key.startswith("mean") else "ones", shape)
+    return table
+
+
+def _initialize(table, seed, dtype):
+    """params drawn from numpy.random.default_rng(seed): one draw per weight, in order."""
+    dtype = numpy.dtype(dtype)
+    if dtype not in (numpy.float32, numpy.float64):
+        raise ValueError(f"dtype is {dtype}, expected float32 or float64")
+    rng = numpy.random.default_rng(seed)
+    params = {}
+    for key, (how, shape) in table.items():
+        if how == "he":
+            value = rng.normal(0.0, numpy.sqrt(2.0 / shape[1]), size=shape)
+        elif how == "xavier":
+            limit = numpy.sqrt(6.0 / (shape[0] + shape[1]))
+            value = rng.uniform(-limit, limit, size=shape)
+        elif how == "ones":
+            value = numpy.ones(shape)
+        else:
+            value = numpy.zeros(shape)
+        params[key] = value.astype(dtype)
+    return params
+
+
+def init_params(
+    spec: NetworkSpec, seed: int = 0, dtype: type = numpy.float64
+) -> dict[str, numpy.ndarray]:
+    """The generated module's ``init_params(seed, dtype)``, without generating it."""
+    return _initialize(init_table(spec), seed, dtype)
