@@ -1,34 +1,45 @@
 """The point where the certificate's witnesses (and the document's worked example) meet.
 
-``load_module`` imports generated source text as a module object; ``check_point`` draws the
-parameters, inputs and targets every witness is evaluated at, away from ReLU-like kinks.
-``Probe`` is an independent NumPy forward pass (the activations printed from their SymPy
-expressions): the scale of every layer's inputs, and the side of every kink each
-pre-activation (and each custom loss term) sits on, so that the finite-difference witness can
-choose steps whose stencil never crosses a kink.
+``load_module`` imports generated source text as a module object; ``point`` draws the
+parameters, inputs and targets every witness is evaluated at, away from ReLU-like kinks, and
+``point_masks`` the dropout keep masks there (the module's own rule, from the generator
+``mask_rng(seed)``).  ``Probe`` is an independent NumPy forward pass in training mode over
+every layer kind (the activations printed from their SymPy expressions): the scale of the
+inputs each parameter entry multiplies, and the side of every kink each dense
+pre-activation (and each custom loss term) sits on, so that the finite-difference witness
+can choose steps whose stencil never crosses a kink.  The other kinds are smooth: the
+normalizations' sqrt(var + eps) has eps > 0, dropout with fixed masks and the residual sum
+are linear.
 """
 
 from __future__ import annotations
 
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import sympy
 
+from symbackprop import initialize, layers
 from symbackprop.functions import YHAT
 from symbackprop.functions import X as X_SYMBOL
 from symbackprop.functions import Y as Y_SYMBOL
 from symbackprop.graph import SymbolicNetwork
 from symbackprop.primitives import NUMPY_HELPERS, elu, leaky_relu, relu, step
 from symbackprop.printing import numpy_code
+from symbackprop.spec import FlatLayer
 
 FD_STEP = 1e-4  # the finite-difference step; check points keep kinks farther than this
 REDRAW_ATTEMPTS = 100  # bias redraws at most, while a pre-activation sits on a kink
 REDRAW_BUDGET = 20_000_000  # sample x parameter products spent on redraws at most
+GAMMA_SPREAD = 0.2  # a check point's gamma is 1 + N(0, 0.2): every gamma path counts
+SHIFT_SPREAD = 0.5  # biases and betas are N(0, 0.5)
 
 # functions whose derivative (or second derivative: elu) jumps where their argument is 0
 _KINKED = (sympy.Abs, sympy.sign, sympy.Heaviside, step, relu, leaky_relu, elu)
+
+Masks = Mapping[int, np.ndarray]
 
 
 def load_module(source: str, name: str = "generated_model") -> types.ModuleType:
@@ -38,10 +49,20 @@ def load_module(source: str, name: str = "generated_model") -> types.ModuleType:
     return module
 
 
+def mask_rng(seed: int) -> np.random.Generator:
+    """The generator the certificate hands the module as ``rng`` (a fresh one per call)."""
+    return np.random.default_rng((seed, 3))
+
+
+def point_masks(net: SymbolicNetwork, seed: int, samples: int) -> dict[int, np.ndarray]:
+    """The keep masks the module draws from ``mask_rng(seed)`` for a batch of ``samples``."""
+    return layers.draw_masks(net.flat, net.spec.order, mask_rng(seed), samples)
+
+
 def _targets(net: SymbolicNetwork, y: np.ndarray) -> np.ndarray:
     """Labels (n,) or targets (n, outputs) as float64 targets (n, outputs)."""
     y = np.asarray(y)
-    outputs = net.sizes[-1]
+    outputs = net.output_layer.units
     if y.ndim == 2:
         return y.astype(np.float64)
     if net.loss.classification and outputs > 1:
@@ -81,75 +102,157 @@ def kink_indicators(expr: sympy.Expr) -> list[sympy.Expr]:
     return unique
 
 
+@dataclass(frozen=True)
+class Forward:
+    """One training-mode forward pass: every layer's output, and what the probes read."""
+
+    outputs: dict[int, np.ndarray]  # layer -> its output (0: the input X)
+    pre_activations: dict[int, np.ndarray]  # dense layer -> Z
+    normalized: dict[int, np.ndarray]  # layer or batch norm -> (x - mean) / sqrt(var + eps)
+    output: np.ndarray  # the network's output
+
+
+def _softmax(Z: np.ndarray) -> np.ndarray:
+    shifted = np.exp(Z - Z.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+def _normalize(A: np.ndarray, axis: int, eps: float) -> np.ndarray:
+    mean = A.mean(axis=axis, keepdims=True)
+    var = ((A - mean) ** 2).mean(axis=axis, keepdims=True)
+    return (A - mean) / np.sqrt(var + eps)
+
+
 class Probe:
     """An independent forward pass of a network, for scales and kink patterns."""
 
     def __init__(self, net: SymbolicNetwork) -> None:
         self.net = net
         names = {X_SYMBOL: "x"}
-        self.activations: list[Callable | None] = [
-            None if act.softmax else _compile(act.expr, names) for act in net.activations
-        ]
-        self.kinks: list[list[Callable]] = [
-            [] if act.softmax else [_compile(k, names) for k in kink_indicators(act.expr)]
-            for act in net.activations
-        ]
+        self.activations: dict[int, Callable | None] = {}
+        self.kinks: dict[int, list[Callable]] = {}
+        for layer, act in zip(net.flat, net.activations, strict=True):
+            if act is None:
+                continue
+            self.activations[layer.index] = None if act.softmax else _compile(act.expr, names)
+            self.kinks[layer.index] = (
+                [] if act.softmax else [_compile(k, names) for k in kink_indicators(act.expr)]
+            )
         loss_names = {YHAT: "yhat", Y_SYMBOL: "y"}
         self.loss_kinks = [_compile(k, loss_names) for k in kink_indicators(net.loss.expr)]
 
     @property
     def has_kinks(self) -> bool:
-        return bool(self.loss_kinks) or any(self.kinks)
+        return bool(self.loss_kinks) or any(self.kinks.values())
 
-    def layers(self, params: dict, X: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-        """(layer input, pre-activation) of every layer, and the output last as (A, None)."""
-        values, out = X, []
-        for index in range(1, self.net.depth + 1):
-            Z = values @ params[f"W{index}"].T + params[f"b{index}"]
-            out.append((values, Z))
-            fn = self.activations[index - 1]
-            if fn is None:
-                shifted = np.exp(Z - Z.max(axis=1, keepdims=True))
-                values = shifted / shifted.sum(axis=1, keepdims=True)
-            else:
-                values = np.broadcast_to(fn(Z), Z.shape)
-        out.append((values, None))
+    def _layer(self, layer: FlatLayer, params: Mapping, run: Forward, masks: Masks | None):
+        index, spec = layer.index, layer.layer
+        A = run.outputs[layer.sources[0]]
+        if layer.kind == "dense":
+            Z = A @ params[f"W{index}"].T
+            if spec.bias:
+                Z = Z + params[f"b{index}"]
+            run.pre_activations[index] = Z
+            fn = self.activations[index]
+            return _softmax(Z) if fn is None else np.broadcast_to(fn(Z), Z.shape)
+        if layer.kind in ("layer_norm", "batch_norm"):
+            axis = 1 if layer.kind == "layer_norm" else 0
+            run.normalized[index] = _normalize(A, axis, spec.eps)
+            return params[f"gamma{index}"] * run.normalized[index] + params[f"beta{index}"]
+        if layer.kind == "dropout":
+            if spec.rate == 0:
+                return A
+            if masks is None or index not in masks:
+                raise ValueError(f"{layer.path}: the probe needs the dropout layer's keep mask")
+            return A * masks[index] / (1 - spec.rate)
+        if layer.kind == "residual":
+            return A + run.outputs[layer.sources[1]]
+        raise ValueError(f"{layer.path}: the probe has no forward for kind {layer.kind!r}")
+
+    def forward(self, params: Mapping, X: np.ndarray, masks: Masks | None = None) -> Forward:
+        """Training mode: batch statistics, dropout with ``masks``."""
+        run = Forward({0: X}, {}, {}, X)
+        for index in self.net.spec.order:
+            layer = self.net.flat[index - 1]
+            run.outputs[index] = self._layer(layer, params, run, masks)
+        out = run.outputs[self.net.output_layer.index]
+        return Forward(run.outputs, run.pre_activations, run.normalized, out)
+
+    def entry_scales(
+        self, params: Mapping, X: np.ndarray, masks: Masks | None = None
+    ) -> dict[str, np.ndarray]:
+        """Per parameter, per flat entry: max(1, the largest |input| the entry multiplies).
+
+        A weight multiplies its column of the layer's input, a gamma the normalized
+        feature; biases and betas multiply 1.
+        """
+        with np.errstate(all="ignore"):
+            run = self.forward(params, X, masks)
+        out = {}
+        for layer in self.net.flat:
+            index = layer.index
+            for key, shape in layers.parameters(layer).items():
+                if key == f"W{index}":
+                    source = run.outputs[layer.sources[0]]
+                    columns = np.maximum(1.0, np.abs(source).max(axis=0, initial=0.0))
+                    out[key] = np.broadcast_to(columns, shape).reshape(-1)
+                elif key == f"gamma{index}":
+                    out[key] = np.maximum(1.0, np.abs(run.normalized[index]).max(axis=0))
+                else:
+                    out[key] = np.ones(int(np.prod(shape)))
         return out
 
-    def input_scales(self, params: dict, X: np.ndarray) -> list[float]:
-        """max(1, max |a|) of every layer's input, layer 1 first."""
-        with np.errstate(all="ignore"):
-            layers = self.layers(params, X)[:-1]
-        return [max(1.0, float(np.nanmax(np.abs(a), initial=0.0))) for a, _ in layers]
+    def input_scales(
+        self, params: Mapping, X: np.ndarray, masks: Masks | None = None
+    ) -> dict[str, float]:
+        """Per parameter: max(1, the largest |input| any of its entries multiplies)."""
+        scales = self.entry_scales(params, X, masks)
+        return {k: float(np.nanmax(v, initial=1.0)) for k, v in scales.items()}
 
-    def pattern(self, params: dict, X: np.ndarray, Y: np.ndarray) -> np.ndarray:
+    def pattern(
+        self, params: Mapping, X: np.ndarray, Y: np.ndarray, masks: Masks | None = None
+    ) -> np.ndarray:
         """The side (-1, 0, 1) of every kink for every pre-activation and loss term."""
         with np.errstate(all="ignore"):
-            layers = self.layers(params, X)
+            run = self.forward(params, X, masks)
             signs = []
-            for (_, Z), kinks in zip(layers[:-1], self.kinks, strict=True):
+            for index, kinks in self.kinks.items():
+                Z = run.pre_activations[index]
                 signs += [np.sign(np.broadcast_to(k(Z), Z.shape)).ravel() for k in kinks]
-            yhat = layers[-1][0]
+            yhat = run.output
             signs += [
                 np.sign(np.broadcast_to(k(yhat, Y), Y.shape)).ravel() for k in self.loss_kinks
             ]
         return np.concatenate(signs) if signs else np.zeros(0)
 
 
-def _clear_of_kinks(net: SymbolicNetwork, params: dict, X: np.ndarray, probe: Probe) -> bool:
-    values = X
-    for index, act in enumerate(net.activations, start=1):
-        Z = values @ params[f"W{index}"].T + params[f"b{index}"]
+def _clear_of_kinks(
+    net: SymbolicNetwork, params: dict, X: np.ndarray, probe: Probe, masks: Masks
+) -> bool:
+    """No dense pre-activation (but softmax's) within a few steps of 0."""
+    run = probe.forward(params, X, masks)
+    for index, Z in run.pre_activations.items():
+        values = run.outputs[net.flat[index - 1].sources[0]]
         margin = 8 * FD_STEP * max(1.0, float(np.abs(values).max(initial=0.0)))
-        if not act.softmax and float(np.abs(Z).min(initial=np.inf)) < margin:
+        if probe.activations[index] is not None and float(np.abs(Z).min(initial=np.inf)) < margin:
             return False
-        if index < net.depth:
-            values = probe.activations[index - 1](Z)
     return True
 
 
-def check_point(
-    module: types.ModuleType,
+def _redraw_table(net: SymbolicNetwork) -> dict[str, tuple[float, float]]:
+    """Entries a check point redraws: name -> (mean, spread), in network order."""
+    table = {}
+    for layer in net.flat:
+        index = layer.index
+        for key in layers.parameters(layer):
+            if key in (f"b{index}", f"beta{index}"):
+                table[key] = (0.0, SHIFT_SPREAD)
+            elif key == f"gamma{index}":
+                table[key] = (1.0, GAMMA_SPREAD)
+    return table
+
+
+def point(
     net: SymbolicNetwork,
     batch: int,
     seed: int,
@@ -157,32 +260,35 @@ def check_point(
 ) -> tuple[dict, np.ndarray, np.ndarray]:
     """Parameters, inputs and targets at which every witness is evaluated (float64).
 
-    Parameters are the module's initialisation with random biases (so that every bias path
-    is exercised); inputs and targets are random, or the first rows of ``data``.
+    Parameters are the module's initialisation (``symbackprop.initialize``, the numbers the
+    module's ``init_params(seed)`` gives) with random biases, betas and gammas, so that
+    every path through them is exercised; inputs and targets are random, or the first rows
+    of ``data``.  Batch-norm state stays as initialised (training mode does not read it).
     """
     # separate streams: data drawn from the initialisation's own stream would copy W1 into X
     data_rng = np.random.default_rng((seed, 1))
     rng = np.random.default_rng((seed, 2))
-    params = module.init_params(seed=seed, dtype=np.float64)
+    params = initialize.init_params(net.spec, seed, np.float64)
     if data is not None:
         X, y = np.array(data[0][:batch], dtype=np.float64), _targets(net, data[1][:batch])
     else:
         X, y = data_rng.normal(0.0, 1.0, size=(batch, net.sizes[0])), None
+    masks = point_masks(net, seed, len(X))
     # Biases are random so that every bias path is exercised, and redrawn (a bounded number
     # of times) while a pre-activation sits close to 0, where ReLU-like functions kink; the
     # finite-difference witness also chooses its steps so that no stencil crosses a kink.
     probe = Probe(net)
+    table = _redraw_table(net)
     attempts = min(REDRAW_ATTEMPTS, max(1, REDRAW_BUDGET // max(1, len(X) * net.parameter_count)))
     with np.errstate(all="ignore"):
         for _ in range(attempts):
-            for key, value in params.items():
-                if key.startswith("b"):
-                    value[...] = rng.normal(0.0, 0.5, size=value.shape)
-            if _clear_of_kinks(net, params, X, probe):
+            for key, (mean, spread) in table.items():
+                params[key][...] = mean + rng.normal(0.0, spread, size=params[key].shape)
+            if _clear_of_kinks(net, params, X, probe, masks):
                 break
     if y is not None:
         return params, X, y
-    outputs = net.sizes[-1]
+    outputs = net.output_layer.units
     if net.output.softmax and net.loss.classification:
         Y = np.eye(outputs)[data_rng.integers(0, outputs, size=batch)]
     elif net.output.probability:
@@ -190,3 +296,14 @@ def check_point(
     else:
         Y = data_rng.normal(0.0, 1.0, size=(batch, outputs))
     return params, X, Y
+
+
+def check_point(
+    module: types.ModuleType | None,
+    net: SymbolicNetwork,
+    batch: int,
+    seed: int,
+    data: tuple[np.ndarray, np.ndarray] | None = None,
+) -> tuple[dict, np.ndarray, np.ndarray]:
+    """``point(net, batch, seed, data)``; ``module`` is not read (kept for old callers)."""
+    return point(net, batch, seed, data)

@@ -1,13 +1,20 @@
 """The symbolic network, and the one place where math names are made.
 
-Notation (the document and the generated code share it): layer l = 1..L has weights
-``W_l`` (units_l × units_{l-1}, entries w^{(l)}_{ij}), biases ``b_l``, pre-activations
-``z_l = W_l a_{l-1} + b_l`` and activations ``a_l = f_l(z_l)``; a_0 = x.  Indices in scalar
-names are 1-based, as in a textbook.
+Notation (the document and the generated code share it): layer l = 1..L (numbered as DESIGN
+§2b says: depth first, a residual before its block) has outputs ``a_l``; a dense layer has
+weights ``W_l`` (units_l × n_in, entries w^{(l)}_{ij}), biases ``b_l``, pre-activations
+``z_l = W_l a_{in} + b_l`` and activations ``a_l = f_l(z_l)``; a_0 = x.  A normalization
+layer has the statistics ``mu_l``, ``var_l`` (per sample for layer norm, per feature over
+the batch for batch norm) and ``gamma_l``, ``beta_l``; a dropout layer multiplies by its
+mask entries ``m_l``.  Indices in scalar names are 1-based, as in a textbook.
 
-Two scalar views of one sample, for the document and the certificate:
-* ``neuron_graph``: one SymPy symbol per neuron-level intermediate and one small expression
-  per node (scales to thousands of parameters);
+Two scalar views, for the document and the certificate:
+* the neuron-level graph: one SymPy symbol per neuron-level intermediate and one small
+  expression per node (scales to thousands of parameters).  Without batch norm it is the
+  graph of one sample (``neuron_graph``); with batch norm the samples are coupled and the
+  graph is the whole batch as one function (``batch_graph(B)``): every per-sample symbol
+  carries its sample's number (``at_sample``), the batch-norm nodes read every sample, and
+  the last node is the batch's mean loss ``MEAN_LOSS``;
 * ``expanded_loss``: the loss as one composite expression of the parameters (capped: SymPy's
   cost explodes with size, see the design notes).
 """
@@ -15,7 +22,7 @@ Two scalar views of one sample, for the document and the certificate:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 import sympy
 
@@ -53,6 +60,7 @@ def pre_activation(layer: int, i: int) -> sympy.Symbol:
 
 
 def activation(layer: int, i: int) -> sympy.Symbol:
+    """The output of layer ``layer`` (any kind), entry i; layer 0 is the input x."""
     if layer == 0:
         return sympy.Symbol(f"x{i}", real=True)
     return sympy.Symbol(f"a{layer}_{i}", real=True)
@@ -66,29 +74,75 @@ def delta(layer: int, i: int) -> sympy.Symbol:
     return sympy.Symbol(f"delta{layer}_{i}", real=True)
 
 
-LOSS = sympy.Symbol("L", real=True)
+def norm_mean(layer: int, i: int | None = None) -> sympy.Symbol:
+    """mu<l>: a layer norm's mean of one sample; mu<l>_<i>: batch norm's of feature i."""
+    return sympy.Symbol(f"mu{layer}" if i is None else f"mu{layer}_{i}", real=True)
+
+
+def norm_variance(layer: int, i: int | None = None) -> sympy.Symbol:
+    """var<l> / var<l>_<i>: the biased variance, as ``norm_mean``."""
+    return sympy.Symbol(f"var{layer}" if i is None else f"var{layer}_{i}", real=True)
+
+
+LOSS = sympy.Symbol("L", real=True)  # the loss of one sample
+MEAN_LOSS = sympy.Symbol("Lmean", real=True)  # a batch graph's last node: the batch's mean loss
+SAMPLE = "@"  # x1@2 is x1 of sample 2 in a batch graph
+
+
+def at_sample(symbol: sympy.Symbol, sample: int | None) -> sympy.Symbol:
+    """The symbol of one sample (1-based) in a batch graph; ``None``: the symbol itself."""
+    if sample is None:
+        return symbol
+    return sympy.Symbol(f"{symbol.name}{SAMPLE}{sample}", real=True)
+
+
+def split_sample(symbol: sympy.Symbol) -> tuple[sympy.Symbol, int | None]:
+    """(the per-sample symbol, the sample) of a batch graph's symbol; (symbol, None) if shared."""
+    name, mark, sample = symbol.name.partition(SAMPLE)
+    if not mark:
+        return symbol, None
+    return sympy.Symbol(name, real=True), int(sample)
 
 
 def parameter_symbols(layer: FlatLayer) -> dict[str, list[sympy.Symbol]]:
     """Scalar symbols of each trainable parameter array of a layer, row-major (``.ravel()``)."""
-    out: dict[str, list[sympy.Symbol]] = {}
     index = layer.index
+    scalar = {
+        f"b{index}": lambda i: bias(index, i),
+        f"gamma{index}": lambda i: layers.gamma(index, i),
+        f"beta{index}": lambda i: layers.beta(index, i),
+    }
+    out: dict[str, list[sympy.Symbol]] = {}
     for key, shape in layers.parameters(layer).items():
-        if key.startswith("W"):
+        if key == f"W{index}":
             rows, cols = shape
             out[key] = [weight(index, i + 1, j + 1) for i in range(rows) for j in range(cols)]
-        elif key.startswith("b"):
-            out[key] = [bias(index, i + 1) for i in range(shape[0])]
-        elif key.startswith("gamma"):
-            out[key] = [layers.gamma(index, i + 1) for i in range(shape[0])]
         else:
-            out[key] = [layers.beta(index, i + 1) for i in range(shape[0])]
+            out[key] = [scalar[key](i + 1) for i in range(shape[0])]
     return out
 
 
+_GREEK = {"delta": r"\delta", "mu": r"\mu", "gamma": r"\gamma", "beta": r"\beta"}
+
+
 def latex_name(symbol: sympy.Symbol) -> str:
-    """w1_2_3 -> w^{(1)}_{23}; a0 is x; used for every scalar symbol in documents."""
-    name = symbol.name
+    """w1_2_3 -> w^{(1)}_{23}; a0 is x; used for every scalar symbol in documents.
+
+    A batch graph's sample goes in brackets: x1@2 -> x_{1}^{[2]}, a3_1@2 -> a^{(3)[2]}_{1};
+    the per-sample loss L is \\ell there, and the mean loss L.
+    """
+    plain, sample = split_sample(symbol)
+    name = plain.name
+    if symbol == MEAN_LOSS:
+        return "L"
+    if sample is not None:
+        if name == "L":
+            return rf"\ell^{{[{sample}]}}"
+        head, sep, rest = latex_name(plain).partition("_{")
+        if "^{(" in head:
+            head = head[:-1] + f"[{sample}]}}"
+            return head + sep + rest
+        return f"{head}{sep}{rest}^{{[{sample}]}}"
     head = name.rstrip("0123456789_")
     parts = name[len(head) :].split("_")
     if name == "L":
@@ -97,8 +151,10 @@ def latex_name(symbol: sympy.Symbol) -> str:
         return f"{head}_{{{parts[0]}}}"
     sep = "," if any(len(p) > 1 for p in parts[1:]) else ""
     sub = sep.join(parts[1:])
-    base = {"delta": r"\delta"}.get(head, head)
-    return f"{base}^{{({parts[0]})}}_{{{sub}}}"
+    if head == "var":  # the variance sigma^2: its layer joins the square in the superscript
+        return rf"\sigma^{{2\,({parts[0]})}}" + (f"_{{{sub}}}" if sub else "")
+    base = _GREEK.get(head, head)
+    return f"{base}^{{({parts[0]})}}" + (f"_{{{sub}}}" if sub else "")
 
 
 # --- the network ---------------------------------------------------------------------------
@@ -106,12 +162,23 @@ def latex_name(symbol: sympy.Symbol) -> str:
 
 @dataclass(frozen=True)
 class Node:
-    """One neuron-level assignment ``symbol = expr`` of the scalar graph."""
+    """One neuron-level assignment ``symbol = expr`` of the scalar graph.
+
+    ``kind``: "z" (a dense pre-activation), "a" (a layer's output), "mu" and "var" (a
+    normalization's statistics), "loss" (one sample's loss) or "mean_loss" (a batch
+    graph's last node).  ``sample``: the sample (1-based) in a batch graph, None otherwise
+    and for nodes the batch shares (batch norm's statistics, the mean loss).
+    """
 
     symbol: sympy.Symbol
     expr: sympy.Expr
-    kind: str  # "z", "a" or "loss"
+    kind: str
     layer: int
+    sample: int | None = None
+
+
+Samples = tuple[int | None, ...]  # (None,): the per-sample graph; (1, ..., B): a batch graph
+Outputs = list[list[sympy.Expr]]  # one layer's outputs, per sample
 
 
 @dataclass(frozen=True)
@@ -150,11 +217,28 @@ class SymbolicNetwork:
         """The output layer's activation (identity when the output layer is not dense)."""
         return self.activations[self.output_layer.index - 1] or IDENTITY
 
+    @property
+    def couples_batch(self) -> bool:
+        """A layer's output for one sample depends on the others (batch norm)."""
+        return any(layers.kind(layer).couples_batch for layer in self.flat)
+
+    @property
+    def dropout_layers(self) -> tuple[FlatLayer, ...]:
+        """The layers that draw masks in training mode (dropout with rate > 0)."""
+        return tuple(
+            layer for layer in self.flat if layer.kind == "dropout" and layer.layer.rate > 0
+        )
+
+    @property
+    def weight_keys(self) -> tuple[str, ...]:
+        """The dense layers' weight arrays (the l2 term's and the weight init's)."""
+        return tuple(f"W{layer.index}" for layer in self.flat if layer.kind == "dense")
+
     def activation_of(self, layer: int) -> Activation | None:
         return self.activations[layer - 1]
 
     def weights(self, layer: int) -> sympy.Matrix:
-        rows, cols = self.sizes[layer], self.sizes[layer - 1]
+        rows, cols = self.sizes[layer], self.flat[layer - 1].fan_in
         return sympy.Matrix(rows, cols, lambda i, j: weight(layer, i + 1, j + 1))
 
     def biases(self, layer: int) -> sympy.Matrix:
@@ -168,18 +252,30 @@ class SymbolicNetwork:
             params.update(parameter_symbols(layer))
         return params
 
-    def inputs(self) -> list[sympy.Symbol]:
-        return [activation(0, j + 1) for j in range(self.sizes[0])]
+    def inputs(self, sample: int | None = None) -> list[sympy.Symbol]:
+        return [at_sample(activation(0, j + 1), sample) for j in range(self.sizes[0])]
 
-    def targets(self) -> list[sympy.Symbol]:
-        return [target(k + 1) for k in range(self.sizes[-1])]
+    def targets(self, sample: int | None = None) -> list[sympy.Symbol]:
+        return [at_sample(target(k + 1), sample) for k in range(self.output_layer.units)]
 
-    def sample_loss(self, outputs: list[sympy.Expr]) -> sympy.Expr:
+    def masks(self, sample: int | None = None) -> dict[int, list[sympy.Symbol]]:
+        """Each dropout layer's mask symbols (values 0 or 1/(1 - rate): data, not nodes)."""
+        return {
+            layer.index: [
+                at_sample(layers.mask(layer.index, i + 1), sample) for i in range(layer.units)
+            ]
+            for layer in self.dropout_layers
+        }
+
+    def sample_loss(
+        self, outputs: list[sympy.Expr], targets: list[sympy.Symbol] | None = None
+    ) -> sympy.Expr:
         """The per-sample loss: the loss expression summed over the outputs."""
+        targets = self.targets() if targets is None else targets
         return sympy.Add(
             *(
                 self.loss.expr.xreplace({YHAT: out, Y: tgt})
-                for out, tgt in zip(outputs, self.targets(), strict=True)
+                for out, tgt in zip(outputs, targets, strict=True)
             )
         )
 
@@ -194,35 +290,180 @@ class SymbolicNetwork:
 
     @cached_property
     def neuron_graph(self) -> tuple[Node, ...]:
-        """One node per z and a of every neuron, then the loss; raises beyond GRAPH_LIMIT."""
+        """The graph of one sample, its loss node last; raises beyond GRAPH_LIMIT.
+
+        A network with batch norm has none (its samples are coupled): ``batch_graph``.
+        """
         _check_limit(self.parameter_count, GRAPH_LIMIT, "the neuron-level graph")
-        nodes: list[Node] = []
-        previous = self.inputs()
-        for layer in range(1, self.depth + 1):
-            w, b = self.weights(layer), self.biases(layer)
-            zs = []
-            for i in range(self.sizes[layer]):
-                expr = sympy.Add(*(w[i, j] * previous[j] for j in range(len(previous))), b[i])
-                zs.append(pre_activation(layer, i + 1))
-                nodes.append(Node(zs[-1], expr, "z", layer))
-            outs = self.apply(layer, zs)
-            previous = [activation(layer, i + 1) for i in range(self.sizes[layer])]
-            nodes.extend(Node(s, e, "a", layer) for s, e in zip(previous, outs, strict=True))
-        nodes.append(Node(LOSS, self.sample_loss(previous), "loss", self.depth + 1))
-        return tuple(nodes)
+        if self.couples_batch:
+            raise ValueError(
+                "batch norm couples the samples of a batch: the network's graph is "
+                "batch_graph(batch), not the graph of one sample"
+            )
+        return _build(self, (None,))
+
+    def batch_graph(self, batch: int) -> tuple[Node, ...]:
+        """The whole batch as one function: per-sample symbols carry their sample (1..B),
+        one loss node per sample, the mean loss ``MEAN_LOSS`` last."""
+        _check_limit(self.parameter_count, GRAPH_LIMIT, "the neuron-level graph")
+        if batch < 1:
+            raise ValueError(f"a batch graph needs at least one sample, got {batch}")
+        return _batch_graph(self, batch)
+
+    def graph(self, batch: int) -> tuple[Node, ...]:
+        """The graph the exact evaluation of a batch walks: the per-sample graph (once per
+        sample), or with batch norm the batch graph."""
+        return self.batch_graph(batch) if self.couples_batch else self.neuron_graph
 
     def expanded_outputs(self) -> list[sympy.Expr]:
         """The network's outputs as composite expressions of inputs and parameters."""
-        values: list[sympy.Expr] = self.inputs()
-        for layer in range(1, self.depth + 1):
-            z = self.weights(layer) * sympy.Matrix(values) + self.biases(layer)
-            values = self.apply(layer, list(z))
-        return values
+        if self.plain:
+            values: list[sympy.Expr] = self.inputs()
+            for layer in range(1, self.depth + 1):
+                z = self.weights(layer) * sympy.Matrix(values) + self.biases(layer)
+                values = self.apply(layer, list(z))
+            return values
+        if self.couples_batch:
+            raise ValueError("batch norm couples the samples: there is no per-sample composite")
+        composite: dict[sympy.Symbol, sympy.Expr] = {}
+        for node in _build(self, (None,)):
+            composite[node.symbol] = node.expr.xreplace(composite)
+        out = self.output_layer.index
+        return [composite[activation(out, i + 1)] for i in range(self.output_layer.units)]
 
     def expanded_loss(self) -> sympy.Expr:
         """L(f_L(...f_1(x))) as one expression; raises beyond EXPANDED_LIMIT parameters."""
         _check_limit(self.parameter_count, EXPANDED_LIMIT, "the fully expanded composite")
         return self.sample_loss(self.expanded_outputs())
+
+
+# --- building the graph, layer by layer ----------------------------------------------------
+
+
+def _dense(net: SymbolicNetwork, layer: FlatLayer, xs: Outputs, samples: Samples) -> tuple:
+    n, nodes, outs = layer.index, [], []
+    for x, s in zip(xs, samples, strict=True):
+        zs = []
+        for i in range(1, layer.units + 1):
+            terms = [weight(n, i, j + 1) * xj for j, xj in enumerate(x)]
+            if layer.layer.bias:
+                terms.append(bias(n, i))
+            zs.append(at_sample(pre_activation(n, i), s))
+            nodes.append(Node(zs[-1], sympy.Add(*terms), "z", n, s))
+        out = [at_sample(activation(n, i + 1), s) for i in range(layer.units)]
+        applied = net.apply(n, zs)
+        nodes.extend(Node(a, e, "a", n, s) for a, e in zip(out, applied, strict=True))
+        outs.append(out)
+    return nodes, outs
+
+
+def _affine(n: int) -> tuple:
+    return (lambda i: layers.gamma(n, i + 1)), (lambda i: layers.beta(n, i + 1))
+
+
+def _layer_norm(layer: FlatLayer, xs: Outputs, samples: Samples) -> tuple:
+    n, nodes, outs = layer.index, [], []
+    eps = sympy.Float(layer.layer.eps)
+    g, b = _affine(n)
+    for x, s in zip(xs, samples, strict=True):
+        mu, var = at_sample(norm_mean(n), s), at_sample(norm_variance(n), s)
+        nodes.append(Node(mu, layers.mean(x), "mu", n, s))
+        nodes.append(Node(var, layers.biased_variance(x, mu), "var", n, s))
+        normalized = layers.normalize(x, mu, var, eps, g, b)
+        out = [at_sample(activation(n, i + 1), s) for i in range(layer.units)]
+        nodes.extend(Node(a, normalized(i), "a", n, s) for i, a in enumerate(out))
+        outs.append(out)
+    return nodes, outs
+
+
+def _batch_norm(layer: FlatLayer, xs: Outputs, samples: Samples) -> tuple:
+    n, nodes = layer.index, []
+    eps = sympy.Float(layer.layer.eps)
+    g, b = _affine(n)
+    mus, variances = [], []
+    for i in range(1, layer.units + 1):
+        column = [x[i - 1] for x in xs]
+        mus.append(norm_mean(n, i))
+        variances.append(norm_variance(n, i))
+        nodes.append(Node(mus[-1], layers.mean(column), "mu", n))
+        nodes.append(Node(variances[-1], layers.biased_variance(column, mus[-1]), "var", n))
+    outs = []
+    for x, s in zip(xs, samples, strict=True):
+        out = [at_sample(activation(n, i + 1), s) for i in range(layer.units)]
+        for i, a in enumerate(out):
+            expr = layers.normalize(x, mus[i], variances[i], eps, g, b)(i)
+            nodes.append(Node(a, expr, "a", n, s))
+        outs.append(out)
+    return nodes, outs
+
+
+def _dropout(layer: FlatLayer, xs: Outputs, samples: Samples) -> tuple:
+    n, nodes, outs = layer.index, [], []
+    for x, s in zip(xs, samples, strict=True):
+        if layer.layer.rate > 0:
+            kept = layers.dropout(layer, x)
+            masks = {
+                layers.mask(n, i + 1): at_sample(layers.mask(n, i + 1), s) for i in range(len(x))
+            }
+            kept = [e.xreplace(masks) for e in kept]
+        else:
+            kept = list(x)  # rate 0: no mask is drawn, the layer is the identity
+        out = [at_sample(activation(n, i + 1), s) for i in range(layer.units)]
+        nodes.extend(Node(a, e, "a", n, s) for a, e in zip(out, kept, strict=True))
+        outs.append(out)
+    return nodes, outs
+
+
+def _residual(layer: FlatLayer, xs: Outputs, ys: Outputs, samples: Samples) -> tuple:
+    n, nodes, outs = layer.index, [], []
+    for x, y, s in zip(xs, ys, samples, strict=True):
+        out = [at_sample(activation(n, i + 1), s) for i in range(layer.units)]
+        summed = layers.residual(x, y)
+        nodes.extend(Node(a, e, "a", n, s) for a, e in zip(out, summed, strict=True))
+        outs.append(out)
+    return nodes, outs
+
+
+def _layer_nodes(
+    net: SymbolicNetwork, layer: FlatLayer, inputs: list[Outputs], samples: Samples
+) -> tuple[list[Node], Outputs]:
+    if layer.kind == "dense":
+        return _dense(net, layer, inputs[0], samples)
+    if layer.kind == "layer_norm":
+        return _layer_norm(layer, inputs[0], samples)
+    if layer.kind == "batch_norm":
+        return _batch_norm(layer, inputs[0], samples)
+    if layer.kind == "dropout":
+        return _dropout(layer, inputs[0], samples)
+    if layer.kind == "residual":
+        return _residual(layer, inputs[0], inputs[1], samples)
+    raise ValueError(f"{layer.path}: no neuron-level graph for kind {layer.kind!r}")
+
+
+def _build(net: SymbolicNetwork, samples: Samples) -> tuple[Node, ...]:
+    """The nodes of ``samples`` in execution order, then each sample's loss (and the mean)."""
+    nodes: list[Node] = []
+    outputs: dict[int, Outputs] = {0: [net.inputs(s) for s in samples]}
+    for index in net.spec.order:
+        layer = net.flat[index - 1]
+        made, outputs[index] = _layer_nodes(
+            net, layer, [outputs[src] for src in layer.sources], samples
+        )
+        nodes.extend(made)
+    last = outputs[net.output_layer.index]
+    losses = []
+    for out, s in zip(last, samples, strict=True):
+        losses.append(at_sample(LOSS, s))
+        expr = net.sample_loss(out, net.targets(s))
+        nodes.append(Node(losses[-1], expr, "loss", net.depth + 1, s))
+    if samples != (None,):
+        nodes.append(Node(MEAN_LOSS, sympy.Add(*losses) / len(losses), "mean_loss", net.depth + 1))
+    return tuple(nodes)
+
+
+@lru_cache(maxsize=8)
+def _batch_graph(net: SymbolicNetwork, batch: int) -> tuple[Node, ...]:
+    return _build(net, tuple(range(1, batch + 1)))
 
 
 def _check_limit(count: int, limit: int, what: str) -> None:

@@ -7,12 +7,17 @@ Witnesses (none shares code with the generated backward pass):
    loss term) changes the side of a kink anywhere in the stencil, so that the witness is
    sound at any batch size;
 2. ``exact``: SymPy's gradient evaluated in 40-digit arithmetic on the neuron-level graph
-   (local ``sympy.diff`` per node, reverse accumulation, up to ``GRAPH_LIMIT`` parameters);
-   smooth primitives are spelled out in exp/log first, so SymPy's own rules differentiate
-   them.  The fully expanded composite (``exact_expanded``) is a teaching view and a test
-   of this one, not a witness: its cost swells with depth;
-3. ``pytorch``: autograd on the same network written with torch's own functions, when
-   ``torch`` is importable (optional; never a dependency).
+   (``symbackprop.exact``: local ``sympy.diff`` per node, reverse accumulation, up to
+   ``GRAPH_LIMIT`` parameters); with batch norm the graph is the whole batch as one
+   function.  The fully expanded composite (``exact_expanded``) is a teaching view and a
+   test of this one, not a witness: its cost swells with depth;
+3. ``pytorch``: autograd on the network built from each layer kind's torch equivalent
+   (``layers.torch_forward``), when ``torch`` is importable (optional; never a dependency).
+
+Every witness sees the same dropout masks: the module is called with a fresh generator
+``mask_rng(seed)`` each time (its keyword ``rng``), and the exact and PyTorch witnesses get
+the keep masks that generator draws (``layers.draw_masks``).  Only the trainable parameters
+(the module's ``PARAMETERS``) are checked; batch norm's running statistics are state.
 
 The error measure is per parameter array and normwise: max |g - r| / scale, with scale =
 max(max |g|, max |r|, floor) over the entries compared, and the floor FLOOR * max(|L|, tiny)
@@ -35,25 +40,24 @@ import math
 import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import lru_cache
 
-import mpmath
 import numpy as np
 import sympy
 
-from symbackprop.checkpoint import FD_STEP, Probe, check_point, load_module
+from symbackprop import exact, layers
+from symbackprop.checkpoint import FD_STEP, Probe, load_module, mask_rng, point, point_masks
 from symbackprop.codegen import generate
 from symbackprop.derive import Derivation, derive
 from symbackprop.errors import InputError
-from symbackprop.functions import YHAT
+from symbackprop.exact import Masks
+from symbackprop.exact import exact_expanded as exact_expanded  # re-exported
+from symbackprop.exact import local_partials as local_partials  # re-exported
+from symbackprop.functions import YHAT, Activation
 from symbackprop.functions import X as X_SYMBOL
 from symbackprop.functions import Y as Y_SYMBOL
-from symbackprop.graph import GRAPH_LIMIT, LOSS, SymbolicNetwork
-from symbackprop.primitives import to_textbook_form
-from symbackprop.printing import floatify
+from symbackprop.graph import GRAPH_LIMIT, SymbolicNetwork
 from symbackprop.spec import NetworkSpec
 
-PRECISION = 40  # decimal digits for the exact witness
 MAX_BATCH = 4096  # samples in a check batch at most
 WORK_LIMIT = 250_000_000  # batch x parameters at most: the module's own pass at the point
 FD_SAMPLE_LIMIT = 64  # entries per parameter checked by finite differences at most
@@ -211,6 +215,19 @@ def exact_cost(net: SymbolicNetwork) -> int:
     return net.parameter_count + NEURON_COST * (sum(net.sizes[1:]) + 1)
 
 
+def least_samples(net: SymbolicNetwork) -> int:
+    """Batch norm normalizes over the batch: one sample is not a training batch there."""
+    return 2 if net.couples_batch else 1
+
+
+def module_rng(net: SymbolicNetwork | None, seed: int) -> dict:
+    """The ``rng`` keyword of a module call: a fresh ``mask_rng(seed)`` each call, so that
+    every call draws the certificate's masks; nothing for a network without dropout."""
+    if net is None or not net.dropout_layers:
+        return {}
+    return {"rng": mask_rng(seed)}
+
+
 # --- witness 1: finite differences -----------------------------------------------------------
 
 
@@ -220,14 +237,6 @@ class Differences:
     values: np.ndarray  # derivative estimates
     noise: np.ndarray  # rounding of the loss divided by each entry's step (absolute)
     at_kinks: int  # entries left out: no step kept their stencil off a kink
-
-
-def _column_scales(key: str, shape: tuple[int, ...], scales: list[np.ndarray]) -> np.ndarray:
-    """Per flat entry: the largest |input| the entry multiplies (1 for biases)."""
-    if key.startswith("W"):
-        columns = scales[int(key[1:]) - 1]
-        return np.broadcast_to(columns, shape).reshape(-1)
-    return np.ones(int(np.prod(shape)))
 
 
 def finite_differences(
@@ -242,27 +251,34 @@ def finite_differences(
     entries: int = FD_SAMPLE_LIMIT,
     spent: list[int] | None = None,
 ) -> dict[str, Differences]:
-    """Finite-difference estimates of up to ``entries`` entries per parameter."""
+    """Finite-difference estimates of up to ``entries`` entries per trainable parameter.
+
+    Every loss is computed with the dropout masks of ``mask_rng(seed)`` (a fresh generator
+    per call), so the stencil differentiates one function.
+    """
     rng = np.random.default_rng(seed + 1)
     eps = np.finfo(np.float64).eps
+    masks = point_masks(net, seed, len(X)) if net is not None else None
+    trainable = net.spec.parameters if net is not None else params
+
+    def loss() -> float:
+        return module.loss(params, X, Y, **module_rng(net, seed))
+
     with np.errstate(all="ignore"):
-        value = module.loss(params, X, Y)
+        value = loss()
     noise_scale = 10 * eps * max(1.0, abs(value))  # each loss carries ~eps*|L| (10x margin)
-    scales: list[np.ndarray] = []
-    if probe is not None:
-        for A, _ in probe.layers(params, X)[:-1]:
-            scales.append(np.maximum(1.0, np.abs(A).max(axis=0, initial=0.0)))
+    scales = probe.entry_scales(params, X, masks) if probe is not None else {}
     kinked = probe is not None and probe.has_kinks
-    center = probe.pattern(params, X, Y) if kinked else None
+    center = probe.pattern(params, X, Y, masks) if kinked else None
     cost = pass_cost(net, len(X)) if net is not None else 0
     out = {}
-    for key, array in params.items():
-        flat = array.reshape(-1)
+    for key in trainable:
+        flat = params[key].reshape(-1)
         if flat.size <= entries:
             indices = np.arange(flat.size)
         else:
             indices = np.sort(rng.choice(flat.size, size=entries, replace=False))
-        column = _column_scales(key, array.shape, scales) if scales else np.ones(flat.size)
+        column = scales.get(key, np.ones(flat.size))
         kept, values, noise, at_kinks = [], [], [], 0
         for index in indices:
             original = flat[index]
@@ -275,7 +291,7 @@ def finite_differences(
                     flat[index] = original + k * h
                     if spent is not None:
                         spent[0] += cost
-                    if not np.array_equal(probe.pattern(params, X, Y), center):
+                    if not np.array_equal(probe.pattern(params, X, Y, masks), center):
                         stable = False
                         break
                 flat[index] = original
@@ -289,7 +305,7 @@ def finite_differences(
             with np.errstate(all="ignore"):
                 for k in (-2, -1, 1, 2):
                     flat[index] = original + k * h
-                    f[k] = module.loss(params, X, Y)
+                    f[k] = loss()
             flat[index] = original
             if spent is not None:
                 spent[0] += 4 * cost
@@ -303,196 +319,29 @@ def finite_differences(
     return out
 
 
-# --- witness 2: exact symbolic gradient ------------------------------------------------------
-
-
-def _exact(value: float) -> sympy.Float:
-    return sympy.Float(float(value), PRECISION)
-
-
-def _data_values(net: SymbolicNetwork, x: np.ndarray, y: np.ndarray) -> dict:
-    values = {s: _exact(v) for s, v in zip(net.inputs(), x, strict=True)}
-    values.update({s: _exact(v) for s, v in zip(net.targets(), y, strict=True)})
-    return values
-
-
-def _parameter_values(net: SymbolicNetwork, params: dict) -> dict:
-    values = {}
-    for key, symbols in net.parameters().items():
-        values.update({s: _exact(v) for s, v in zip(symbols, params[key].reshape(-1), strict=True)})
-    return values
-
-
-def _l2_term(net: SymbolicNetwork, params: dict, grads: dict[str, np.ndarray]) -> None:
-    if net.spec.l2:
-        for key in grads:
-            if key.startswith("W"):
-                grads[key] = grads[key] + net.spec.l2 * params[key]
-
-
-def exact_expanded(
-    net: SymbolicNetwork, params: dict, X: np.ndarray, Y: np.ndarray
-) -> dict[str, np.ndarray]:
-    """SymPy's gradient of the fully expanded composite, evaluated per sample and averaged.
-
-    A teaching view and a cross-check of ``exact_graph`` for tiny networks (the tests use
-    it), not a witness of the certificate: its derivatives swell with depth as well as size
-    (two SiLU layers of 41 parameters took 50 s).
-    """
-    # sqrt(2), pi as Floats: exact irrationals kept erf(0.3*sqrt(2)) unevaluated, and evalf of
-    # a GELU network's gradient took 1.4 s per entry instead of 0.2 ms
-    textbook = to_textbook_form(net.expanded_loss())
-    per_sample = floatify(textbook, PRECISION + 10, keep_rationals=True)
-    theta = _parameter_values(net, params)
-    points = [{**theta, **_data_values(net, x, y)} for x, y in zip(X, Y, strict=True)]
-    grads = {}
-    for key, group in net.parameters().items():
-        column = []
-        for s in group:
-            derivative = sympy.diff(per_sample, s)
-            values = [float(derivative.xreplace(p).evalf(PRECISION)) for p in points]
-            column.append(sum(values) / len(points))
-        grads[key] = np.array(column).reshape(params[key].shape)
-    _l2_term(net, params, grads)
-    return grads
-
-
-def _monomial_factors(term: sympy.Expr) -> tuple[sympy.Expr, ...] | None:
-    factors = term.args if term.is_Mul else (term,)
-    symbols = [f for f in factors if f.is_Symbol]
-    if all(f.is_Symbol or f.is_Number for f in factors) and len(set(symbols)) == len(symbols):
-        return factors
-    return None
-
-
-def local_partials(expr: sympy.Expr) -> list[tuple[sympy.Symbol, sympy.Expr]]:
-    """Each free symbol's partial derivative of one node expression.
-
-    A pre-activation (a sum of products w*a and b) has its partials read off as coefficients,
-    which is linear in fan-in; ``sympy.diff`` once per input is quadratic.  Every other node
-    goes through ``sympy.diff``.
-    """
-    terms = expr.args if expr.is_Add else (expr,)
-    split = [_monomial_factors(t) for t in terms]
-    if all(f is not None for f in split):
-        partials: dict[sympy.Symbol, list[sympy.Expr]] = {}
-        for factors in split:
-            for i, factor in enumerate(factors):
-                if factor.is_Symbol:
-                    rest = sympy.Mul(*factors[:i], *factors[i + 1 :])
-                    partials.setdefault(factor, []).append(rest)
-        return [(s, sympy.Add(*partials[s])) for s in sorted(partials, key=str)]
-    free = sorted(expr.free_symbols, key=str)
-    if len(free) == 1:  # an activation node f(z): one diff per distinct f, not per neuron
-        (s,) = free
-        u = sympy.Symbol("_node_input", **s.assumptions0)
-        return [(s, _derivative(expr.xreplace({s: u}), u).xreplace({u: s}))]
-    return [(s, sympy.diff(expr, s)) for s in free]
-
-
-@lru_cache(maxsize=256)
-def _derivative(expr: sympy.Expr, u: sympy.Symbol) -> sympy.Expr:
-    """d/du of a one-variable node (SymPy's diff is slow: tens of ms for tanh(u))."""
-    return sympy.diff(expr, u)
-
-
-def _evaluate(expr: sympy.Expr, numbers: dict, values: dict) -> mpmath.mpf:
-    """One node or partial in high precision; ``numbers`` and ``values`` hold the same point."""
-    # most local partials are a single symbol (a weight or an activation) or a number; only
-    # activation and loss nodes need SymPy's evaluation
-    if expr.is_Symbol:
-        return numbers[expr]
-    if expr.is_Number:
-        return mpmath.mpf(sympy.Float(expr, PRECISION))
-    return mpmath.mpf(sympy.Float(expr.xreplace(values).evalf(PRECISION), PRECISION))
-
-
-@lru_cache(maxsize=4)
-def _graph_plan(net: SymbolicNetwork) -> tuple[list, list]:
-    """Per node (symbol, textbook expression, monomials or None) and its local partials.
-
-    A pre-activation's monomials are (coefficient, factor symbols): evaluated as a sum of
-    products in mpmath instead of SymPy's substitution and evalf of the whole sum.
-    """
-    nodes, local = [], []
-    for node in net.neuron_graph:
-        expr = to_textbook_form(node.expr)
-        terms = expr.args if expr.is_Add else (expr,)
-        split = [_monomial_factors(t) for t in terms]
-        monomials = None
-        if all(f is not None for f in split):
-            monomials = []
-            for factors in split:
-                numbers = [f for f in factors if f.is_Number]
-                coefficient = sympy.Mul(*numbers) if numbers else sympy.Integer(1)
-                symbols = tuple(f for f in factors if f.is_Symbol)
-                with mpmath.workdps(PRECISION):
-                    value = mpmath.mpf(sympy.Float(coefficient, PRECISION))
-                monomials.append((value, symbols))
-        nodes.append((node.symbol, expr, monomials))
-        local.append((node.symbol, local_partials(expr)))
-    return nodes, local
+# --- witness 2: exact symbolic gradient (symbackprop.exact) ----------------------------------
 
 
 def exact_loss_and_gradients(
-    net: SymbolicNetwork, params: dict, X: np.ndarray, Y: np.ndarray
+    net: SymbolicNetwork,
+    params: dict,
+    X: np.ndarray,
+    Y: np.ndarray,
+    masks: Masks | None = None,
 ) -> tuple[float, dict[str, np.ndarray]]:
-    """The neuron-level graph: local sympy.diff per node, reverse accumulation, 40 digits.
-
-    The mean loss and the gradients, rounded to float64 only at the end (inf where float64
-    cannot hold the exact value).
-    """
-    nodes, local = _graph_plan(net)
-    theta = _parameter_values(net, params)
-    symbols = net.parameters()
-    with mpmath.workdps(PRECISION):
-        total = {key: [mpmath.mpf(0)] * params[key].size for key in symbols}
-        loss = mpmath.mpf(0)
-        for x, y in zip(X, Y, strict=True):
-            values = dict(theta)
-            values.update(_data_values(net, x, y))
-            numbers = {s: mpmath.mpf(v) for s, v in values.items()}
-            for symbol, expr, monomials in nodes:
-                if monomials is None:
-                    numbers[symbol] = _evaluate(expr, numbers, values)
-                else:  # a pre-activation: its sum of products, in mpmath
-                    numbers[symbol] = mpmath.fsum(
-                        c * mpmath.fprod(numbers[f] for f in factors) for c, factors in monomials
-                    )
-                values[symbol] = sympy.Float(numbers[symbol], PRECISION)
-            loss += numbers[LOSS]
-            adjoint = {LOSS: mpmath.mpf(1)}
-            for symbol, partials in reversed(local):
-                bar = adjoint.get(symbol)
-                if bar is None:
-                    continue
-                for s, partial in partials:
-                    adjoint[s] = adjoint.get(s, 0) + bar * _evaluate(partial, numbers, values)
-            for key, group in symbols.items():
-                column = total[key]
-                for i, s in enumerate(group):
-                    column[i] += adjoint.get(s, 0)
-        n = len(X)
-        grads = {
-            k: np.array([float(v / n) for v in column]).reshape(params[k].shape)
-            for k, column in total.items()
-        }
-        mean = float(loss / n)
-    _l2_term(net, params, grads)
-    if net.spec.l2:
-        mean += (
-            0.5
-            * net.spec.l2
-            * sum(float(np.sum(params[k] ** 2)) for k in params if k.startswith("W"))
-        )
-    return mean, grads
+    """The neuron-level graph's mean loss and gradients, 40 digits (``exact.evaluate``)."""
+    return exact.loss_and_gradients(net, params, X, Y, masks)
 
 
 def exact_graph(
-    net: SymbolicNetwork, params: dict, X: np.ndarray, Y: np.ndarray
+    net: SymbolicNetwork,
+    params: dict,
+    X: np.ndarray,
+    Y: np.ndarray,
+    masks: Masks | None = None,
 ) -> dict[str, np.ndarray]:
     """The neuron-level graph's exact gradient (see ``exact_loss_and_gradients``)."""
-    return exact_loss_and_gradients(net, params, X, Y)[1]
+    return exact_loss_and_gradients(net, params, X, Y, masks)[1]
 
 
 # --- witness 3: PyTorch ----------------------------------------------------------------------
@@ -552,36 +401,65 @@ def _torch_activation(torch: types.ModuleType, name: str) -> Callable | None:
     }.get(name)
 
 
+def torch_activation(torch: types.ModuleType, act: Activation, namespace: dict) -> Callable:
+    """torch's own function for an activation: its registry entry's ``torch`` (name and
+    keywords), else the built-in table, else (custom) its SymPy expression lambdified."""
+    if act.torch is not None:
+        name, keywords = act.torch
+        fn = getattr(torch.nn.functional, name)  # a registry entry's name, never a spec's
+        options = dict(keywords)
+        return lambda v: fn(v, **options)
+    fn = None if act.custom else _torch_activation(torch, act.name)
+    if fn is None:
+        fn = sympy.lambdify(X_SYMBOL, act.expr, modules=[namespace])
+    return fn
+
+
 def pytorch_gradients(
-    net: SymbolicNetwork, params: dict, X: np.ndarray, Y: np.ndarray
+    net: SymbolicNetwork,
+    params: dict,
+    X: np.ndarray,
+    Y: np.ndarray,
+    masks: Masks | None = None,
 ) -> dict[str, np.ndarray]:
+    """Autograd on the network built from each layer's ``layers.torch_forward`` in execution
+    order, in training mode with the dropout keep ``masks``; batch norm reads copies of the
+    running statistics (torch updates them in place).  The trainable parameters' gradients."""
     import torch
 
+    exact.check_masks(net, masks, len(X))
     F = torch.nn.functional
     namespace = _torch_namespace(torch)
+    trainable = net.spec.parameters
     tensors = {
-        k: torch.tensor(v, dtype=torch.float64, requires_grad=True) for k, v in params.items()
+        k: torch.tensor(np.array(params[k]), dtype=torch.float64, requires_grad=True)
+        for k in trainable
     }
-    values = torch.tensor(X, dtype=torch.float64)
-    target = torch.tensor(Y, dtype=torch.float64)
-    for index, act in enumerate(net.activations, start=1):
-        z = values @ tensors[f"W{index}"].T + tensors[f"b{index}"]
-        if index == net.depth:
-            break
-        fn = None if act.custom else _torch_activation(torch, act.name)
-        if fn is None:
-            fn = sympy.lambdify(X_SYMBOL, act.expr, modules=[namespace])
-        values = fn(z)
+    tensors.update(
+        {k: torch.tensor(np.array(params[k]), dtype=torch.float64) for k in net.spec.state}
+    )
+    keep = {k: torch.tensor(np.asarray(m), dtype=torch.float64) for k, m in (masks or {}).items()}
+    outputs = {0: torch.tensor(X, dtype=torch.float64)}
+    out = net.output_layer
+    for index in net.spec.order:
+        layer = net.flat[index - 1]
+        act = net.activations[index - 1]
+        fn = None
+        if act is not None and index != out.index:  # the output's activation: with the loss
+            fn = torch_activation(torch, act, namespace)
+        inputs = [outputs[s] for s in layer.sources]
+        outputs[index] = layers.torch_forward(
+            layer, torch, tensors, inputs, activation=fn, masks=keep, training=True
+        )
+    z = outputs[out.index]  # the output layer's pre-activation when it is dense
     act, loss = net.output, net.loss
     if act.softmax:
         log_p = F.log_softmax(z, dim=1)
         p = log_p.exp()
     else:
-        fn = None if act.custom else _torch_activation(torch, act.name)
-        if fn is None:
-            fn = sympy.lambdify(X_SYMBOL, act.expr, modules=[namespace])
-        p = fn(z)
+        p = torch_activation(torch, act, namespace)(z)
     batch = X.shape[0]
+    target = torch.tensor(Y, dtype=torch.float64)
     if loss.name == "cross_entropy" and not loss.custom:
         log_p = log_p if act.softmax else F.logsigmoid(z)
         value = -(target * log_p).sum() / batch
@@ -594,21 +472,22 @@ def pytorch_gradients(
         fn = sympy.lambdify((yhat, y), loss.expr, modules=[namespace])
         value = fn(p, target).sum() / batch
     if net.spec.l2:
-        value = value + 0.5 * net.spec.l2 * sum(
-            (t**2).sum() for k, t in tensors.items() if k.startswith("W")
-        )
+        value = value + 0.5 * net.spec.l2 * sum((tensors[k] ** 2).sum() for k in net.weight_keys)
     value.backward()
-    return {k: t.grad.numpy().copy() for k, t in tensors.items()}
+    grads = {}
+    for k in trainable:
+        g = tensors[k].grad
+        grads[k] = np.zeros(trainable[k]) if g is None else g.numpy().copy()
+    return grads
 
 
 # --- the certificate -------------------------------------------------------------------------
 
 
-def _floor(key: str, loss: float, scales: list[float]) -> float:
+def _floor(key: str, loss: float, scales: dict[str, float]) -> float:
     """The absolute floor of an array's scale: FLOOR x |L| x the inputs it multiplies."""
     magnitude = max(abs(loss), np.finfo(np.float64).tiny) if math.isfinite(loss) else 1.0
-    layer_scale = scales[int(key[1:]) - 1] if key.startswith("W") else 1.0
-    return FLOOR * magnitude * layer_scale
+    return FLOOR * magnitude * scales.get(key, 1.0)
 
 
 def _compare(
@@ -657,33 +536,36 @@ def check_arguments(batch: object, seed: object) -> None:
 def _fd_plan(net: SymbolicNetwork, batch: int, kinked: bool) -> tuple[int, int]:
     """(samples, entries per parameter) of the finite-difference witness within FD_BUDGET.
 
-    (0, 0) when not even one entry per parameter on one sample fits.
+    (0, 0) when not even one entry per parameter on the fewest samples fits.
     """
     passes = 8 if kinked else 4  # the loss at the stencil, and the probe for kinks
-    sizes = []
-    for fan_in, units in zip(net.sizes, net.sizes[1:], strict=False):
-        sizes += [units * fan_in, units]  # W<l>, b<l>
+    sizes = [math.prod(shape) for shape in net.spec.parameters.values()]
+    least = least_samples(net)
     for entries in (FD_SAMPLE_LIMIT, 16, 4, 1):
         needed = passes * sum(min(size, entries) for size in sizes)
         samples = batch
-        while samples >= 1:
+        while samples >= least:
             if needed * pass_cost(net, samples) <= FD_BUDGET:
                 return samples, entries
-            if samples == 1:
+            if samples == least:
                 break
-            samples = max(1, samples // 2)
+            samples = max(least, samples // 2)
     return 0, 0
 
 
 def _large_points(
     net: SymbolicNetwork, params: dict, X: np.ndarray, Y: np.ndarray
 ) -> list[tuple[str, dict, np.ndarray, np.ndarray]]:
-    """Inputs x LARGE, and the output logits shifted by +-LARGE (alternating per output)."""
+    """Inputs x LARGE, and (when the output layer is dense with a bias) the output logits
+    shifted by +-LARGE (alternating per output)."""
     n = min(LARGE_SAMPLES, len(X))
     Xs, Ys = X[:n], Y[:n]
-    last = f"b{net.depth}"
-    signs = np.where(np.arange(params[last].size) % 2 == 0, 1.0, -1.0).reshape(params[last].shape)
     points = [(f"inputs x{LARGE:g}", params, Xs * LARGE, Ys)]
+    out = net.output_layer
+    if out.kind != "dense" or not out.layer.bias:
+        return points
+    last = f"b{out.index}"
+    signs = np.where(np.arange(params[last].size) % 2 == 0, 1.0, -1.0).reshape(params[last].shape)
     for sign, label in ((1.0, "+"), (-1.0, "-")):
         shifted = dict(params)  # only the last bias is new: the arrays may be large
         shifted[last] = params[last] + sign * LARGE * signs
@@ -692,9 +574,17 @@ def _large_points(
 
 
 def large_inputs(
-    module: types.ModuleType, net: SymbolicNetwork, params: dict, X: np.ndarray, Y: np.ndarray
+    module: types.ModuleType,
+    net: SymbolicNetwork,
+    params: dict,
+    X: np.ndarray,
+    Y: np.ndarray,
+    seed: int = 0,
 ) -> LargeInputs:
-    """The module at large inputs; inf/nan where the exact value is finite is a failure."""
+    """The module at large inputs; inf/nan where the exact value is finite is a failure.
+
+    Dropout masks: those of ``mask_rng(seed)``, for the module and the exact value alike.
+    """
     points = _large_points(net, params, X, Y)
     failures, notes = [], []
     exact_reachable = (
@@ -704,13 +594,13 @@ def large_inputs(
     for label, p, Xs, Ys in points:
         try:
             with np.errstate(all="ignore"):
-                value, grads = module.gradients(p, Xs, Ys)
+                value, grads = module.gradients(p, Xs, Ys, **module_rng(net, seed))
         except (ArithmeticError, ValueError) as error:
             value, grads = float("nan"), {}
             notes.append(f"large inputs: {label}: the module raised {type(error).__name__}")
         bad = [("loss", value)] if not math.isfinite(value) else []
         bad += [(f"the gradient of {k}", g) for k, g in grads.items() if not np.all(np.isfinite(g))]
-        if not bad and len(grads) == len(params):
+        if not bad and len(grads) == len(net.spec.parameters):
             continue
         what, got = bad[0] if bad else ("gradient", float("nan"))
         shown = "nan" if np.any(np.isnan(got)) else "inf"
@@ -721,7 +611,8 @@ def large_inputs(
                 "mathematics is finite there"
             )
             continue
-        exact_value, exact_grads = exact_loss_and_gradients(net, p, Xs, Ys)
+        masks = point_masks(net, seed, len(Xs))
+        exact_value, exact_grads = exact_loss_and_gradients(net, p, Xs, Ys, masks)
         finite = math.isfinite(exact_value) and all(
             np.all(np.isfinite(g)) for g in exact_grads.values()
         )
@@ -766,6 +657,12 @@ def certify(
     derivation = source if isinstance(source, Derivation) else derive(source)
     net = derivation.network
     count = net.parameter_count
+    if batch < least_samples(net):
+        raise InputError(
+            "--batch",
+            f"batch norm normalizes over the batch: a check batch needs at least "
+            f"{least_samples(net)} samples, got {batch}",
+        )
     if batch * count > WORK_LIMIT:
         raise InputError(
             "--batch",
@@ -776,8 +673,10 @@ def certify(
     if use_torch is None:
         use_torch = torch_available()
     probe = Probe(net)
-    arrays = 2 * net.depth
+    arrays = len(net.spec.parameters)
     exact_samples = min(batch, EXACT_BUDGET // exact_cost(net)) if count <= GRAPH_LIMIT else 0
+    if exact_samples < least_samples(net):
+        exact_samples = 0
     fd_samples, entries = _fd_plan(net, batch, probe.has_kinks)
     if not fd_samples and not use_torch and not exact_samples:
         raise InputError(
@@ -788,22 +687,25 @@ def certify(
             "witness) or check a smaller network",
         )
     module = load_module(module_source or generate(derivation), net.spec.name)
-    params, X, Y = check_point(module, net, batch, seed, data)
+    params, X, Y = point(net, batch, seed, data)
     batch = len(X)
     spent = [3 * pass_cost(net, batch)]
     with np.errstate(all="ignore"):
-        value, grads = module.gradients(params, X, Y)
+        value, grads = module.gradients(params, X, Y, **module_rng(net, seed))
     prefix = {batch: (value, grads)}
 
     def module_on(samples: int) -> tuple[float, dict]:
         if samples not in prefix:
             spent[0] += 3 * pass_cost(net, samples)
             with np.errstate(all="ignore"):
-                prefix[samples] = module.gradients(params, X[:samples], Y[:samples])
+                prefix[samples] = module.gradients(
+                    params, X[:samples], Y[:samples], **module_rng(net, seed)
+                )
         return prefix[samples]
 
-    scales = probe.input_scales(params, X)
-    results: dict[str, list[WitnessResult]] = {k: [] for k in params}
+    trainable = tuple(net.spec.parameters)
+    scales = probe.input_scales(params, X, point_masks(net, seed, batch))
+    results: dict[str, list[WitnessResult]] = {k: [] for k in trainable}
     witnesses: list[str] = []
     skipped: list[tuple[str, str]] = []
     notes: list[str] = []
@@ -843,13 +745,16 @@ def certify(
     if exact_samples:
         witnesses.append("exact")
         exact_view = "the neuron-level graph (reverse accumulation, 40 digits)"
+        if net.couples_batch:
+            exact_view = "the neuron-level graph of the batch (reverse accumulation, 40 digits)"
         if exact_samples < batch:
             exact_view += f" on {_first(exact_samples, batch)}"
         ex_value, ex_grads = module_on(exact_samples)
-        exact = exact_graph(net, params, X[:exact_samples], Y[:exact_samples])
-        for key in params:
+        masks = point_masks(net, seed, exact_samples)
+        reference = exact_graph(net, params, X[:exact_samples], Y[:exact_samples], masks)
+        for key in trainable:
             floor = _floor(key, ex_value, scales)
-            results[key].append(_compare("exact", ex_grads[key], exact[key], floor))
+            results[key].append(_compare("exact", ex_grads[key], reference[key], floor))
     elif count > GRAPH_LIMIT:
         skipped.append(
             (
@@ -859,25 +764,27 @@ def certify(
             )
         )
     else:
+        need = least_samples(net)
+        who = "one sample needs" if need == 1 else f"{need} samples (batch norm couples them) need"
         skipped.append(
             (
                 "exact",
-                f"one sample needs {exact_cost(net):,} exact operations, over its "
-                f"budget of {EXACT_BUDGET:,}",
+                f"{who} {need * exact_cost(net):,} exact operations, over its budget of "
+                f"{EXACT_BUDGET:,}",
             )
         )
 
     if use_torch:
         witnesses.append("pytorch")
         spent[0] += 3 * pass_cost(net, batch)
-        reference = pytorch_gradients(net, params, X, Y)
-        for key in params:
+        reference = pytorch_gradients(net, params, X, Y, point_masks(net, seed, batch))
+        for key in trainable:
             floor = _floor(key, value, scales)
             results[key].append(_compare("pytorch", grads[key], reference[key], floor))
     else:
         skipped.append(("pytorch", torch_why))
 
-    large = large_inputs(module, net, params, X, Y)
+    large = large_inputs(module, net, params, X, Y, seed)
     spent[0] += 3 * 3 * pass_cost(net, LARGE_SAMPLES)
     parameters = tuple(ParameterCheck(k, params[k].shape, tuple(v)) for k, v in results.items())
     return Certificate(
