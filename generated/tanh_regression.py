@@ -44,8 +44,14 @@ TRAIN_DEFAULTS = {
     "beta2": 0.999,
     "eps": 1e-08,
 }
+PARAMETERS = {"W1": (4, 3), "b1": (4,), "W2": (1, 4), "b2": (1,)}
 _SHAPES = {"W1": (4, 3), "b1": (4,), "W2": (1, 4), "b2": (1,)}
-_HE_INIT = (False, False)
+_INIT = {
+    "W1": ("xavier", (4, 3)),
+    "b1": ("zeros", (4,)),
+    "W2": ("xavier", (1, 4)),
+    "b2": ("zeros", (1,)),
+}
 _REALS = (int, float, numpy.integer, numpy.floating)
 _FLOAT_MAX = sys.float_info.max
 _EXPLOSION = 1e6  # fit: a mini-batch loss above 1e6 * max(1, the first one) has diverged
@@ -76,6 +82,16 @@ def _check_lr(lr):
     """A learning rate is a finite positive real number (not a bool, a string, an array)."""
     if isinstance(lr, bool) or not isinstance(lr, _REALS) or not 0.0 < lr < math.inf:
         raise ValueError(f"lr is {lr!r}, expected a finite positive number")
+
+
+def _generator(rng):
+    """rng as the dropout masks' numpy.random.Generator (none is needed: no dropout)."""
+    if rng is None:
+        return None
+    if not isinstance(rng, numpy.random.Generator):
+        kind = type(rng).__name__
+        raise TypeError(f"rng is a {kind}, expected a numpy.random.Generator or None")
+    return rng
 
 
 def _check_finite(params, X, Y=None):
@@ -300,10 +316,11 @@ def _backward(params, X, Y, ws, scale, weight_scale, unit_rows=False):
     numpy.add.reduce(dZ1, axis=0, out=ws["db1"])  # (eq. 9)
 
 
-def _step(params, X, Y):
+def _step(params, X, Y, rng=None):
     """Checked inputs, the workspace, and the loss after a forward pass."""
     dtype = _check_params(params)
     X = _inputs(X, dtype)
+    rng = _generator(rng)
     ws = _workspace(X.shape[0], dtype)
     Y, unit_rows = _targets(Y, X.shape[0], dtype, ws)
     _forward(params, X, ws)
@@ -316,23 +333,30 @@ def _step(params, X, Y):
 # --- public interface -----------------------------------------------------------------------
 
 
-def init_params(seed=0, dtype=numpy.float64):
-    """Weights He-normal (ReLU family) or Xavier-uniform (others), biases zero."""
+def _initialize(table, seed, dtype):
+    """params drawn from numpy.random.default_rng(seed): one draw per weight, in order."""
     dtype = numpy.dtype(dtype)
     if dtype not in (numpy.float32, numpy.float64):
         raise ValueError(f"dtype is {dtype}, expected float32 or float64")
     rng = numpy.random.default_rng(seed)
     params = {}
-    for layer in range(1, len(LAYER_SIZES)):
-        fan_in, fan_out = LAYER_SIZES[layer - 1], LAYER_SIZES[layer]
-        if _HE_INIT[layer - 1]:
-            W = rng.normal(0.0, numpy.sqrt(2.0 / fan_in), size=(fan_out, fan_in))
+    for key, (how, shape) in table.items():
+        if how == "he":
+            value = rng.normal(0.0, numpy.sqrt(2.0 / shape[1]), size=shape)
+        elif how == "xavier":
+            limit = numpy.sqrt(6.0 / (shape[0] + shape[1]))
+            value = rng.uniform(-limit, limit, size=shape)
+        elif how == "ones":
+            value = numpy.ones(shape)
         else:
-            limit = numpy.sqrt(6.0 / (fan_in + fan_out))
-            W = rng.uniform(-limit, limit, size=(fan_out, fan_in))
-        params[f"W{layer}"] = W.astype(dtype)
-        params[f"b{layer}"] = numpy.zeros(fan_out, dtype=dtype)
+            value = numpy.zeros(shape)
+        params[key] = value.astype(dtype)
     return params
+
+
+def init_params(seed=0, dtype=numpy.float64):
+    """Weights He-normal (ReLU family) or Xavier-uniform (others), biases zero."""
+    return _initialize(_INIT, seed, dtype)
 
 
 def forward(params, X):
@@ -345,26 +369,26 @@ def forward(params, X):
     return outputs
 
 
-def loss(params, X, Y):
+def loss(params, X, Y, rng=None):
     """The mean loss over the batch, as a float."""
-    return _step(params, X, Y)[4]
+    return _step(params, X, Y, rng)[4]
 
 
-def gradients(params, X, Y):
-    """(loss, grads): grads has the keys and shapes of params."""
-    X, Y, ws, unit_rows, value = _step(params, X, Y)
+def gradients(params, X, Y, rng=None):
+    """(loss, grads): grads has the keys and shapes of PARAMETERS."""
+    X, Y, ws, unit_rows, value = _step(params, X, Y, rng)
     _backward(params, X, Y, ws, 1.0 / X.shape[0], 1.0, unit_rows)
-    return value, {key: ws["d" + key].copy() for key in _SHAPES}
+    return value, {key: ws["d" + key].copy() for key in PARAMETERS}
 
 
-def train_step(params, X, Y, lr):
+def train_step(params, X, Y, lr, rng=None):
     """One plain SGD step in place (eq. 10); returns the loss before the step.
 
     Everything is checked before any parameter changes, so a ValueError leaves params as
     they were.
     """
     _check_lr(lr)
-    X, Y, ws, unit_rows, value = _step(params, X, Y)
+    X, Y, ws, unit_rows, value = _step(params, X, Y, rng)
     _check_updatable(params)
     _backward(params, X, Y, ws, lr / X.shape[0], lr, unit_rows)
     _sgd_update(params, ws)
@@ -373,8 +397,8 @@ def train_step(params, X, Y, lr):
 
 def _sgd_update(params, ws):
     """params -= the step the backward pass left in ws (it was scaled by lr there)."""
-    for key, param in params.items():
-        param -= ws["d" + key]
+    for key in PARAMETERS:
+        params[key] -= ws["d" + key]
 
 
 def _optimizer(params, optimizer, lr):
@@ -384,13 +408,14 @@ def _optimizer(params, optimizer, lr):
     """
     if optimizer == "sgd":
         return lr, lambda ws: _sgd_update(params, ws)
-    scratch = {key: numpy.empty_like(value) for key, value in params.items()}
+    trained = {key: params[key] for key in PARAMETERS}
+    scratch = {key: numpy.empty_like(value) for key, value in trained.items()}
     if optimizer == "momentum":
         mu = TRAIN_DEFAULTS["momentum"]
-        velocity = {key: numpy.zeros_like(value) for key, value in params.items()}
+        velocity = {key: numpy.zeros_like(value) for key, value in trained.items()}
 
         def update(ws):
-            for key, param in params.items():
+            for key, param in trained.items():
                 v = velocity[key]
                 v *= mu
                 v += ws["d" + key]
@@ -400,15 +425,15 @@ def _optimizer(params, optimizer, lr):
     if optimizer == "adam":
         beta1, beta2 = TRAIN_DEFAULTS["beta1"], TRAIN_DEFAULTS["beta2"]
         eps = TRAIN_DEFAULTS["eps"]
-        first = {key: numpy.zeros_like(value) for key, value in params.items()}
-        second = {key: numpy.zeros_like(value) for key, value in params.items()}
+        first = {key: numpy.zeros_like(value) for key, value in trained.items()}
+        second = {key: numpy.zeros_like(value) for key, value in trained.items()}
         step = [0]
 
         def update(ws):
             step[0] += 1
             correction1 = 1.0 - beta1 ** step[0]
             correction2 = 1.0 - beta2 ** step[0]
-            for key, param in params.items():
+            for key, param in trained.items():
                 grad, m, v, t = ws["d" + key], first[key], second[key], scratch[key]
                 m *= beta1
                 numpy.multiply(grad, 1.0 - beta1, out=t)

@@ -387,7 +387,10 @@ def _derivation_summary(derivation: object) -> list[str]:
     """The derived rules in plain text (the documents have them in full)."""
     lines = []
     seen = set()
-    for layer in derivation.layers[:-1]:
+    output_index = derivation.network.output_layer.index
+    for index, layer in enumerate(derivation.layers, start=1):
+        if layer is None or index == output_index:
+            continue
         name = layer.activation.name
         if name in seen:
             continue

@@ -8,9 +8,10 @@ deterministic text: no timestamps, no absolute paths, sorted everything.
 
 from __future__ import annotations
 
+import inspect
 import json
 import textwrap
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -18,11 +19,13 @@ import jinja2
 import sympy
 
 from symbackprop import __version__
-from symbackprop.derive import LP, Derivation, P, Z, derive, stable_form
+from symbackprop.derive import LP, ActivationDerivative, Derivation, P, Z, derive, stable_form
 from symbackprop.functions import A, Y
+from symbackprop.initialize import _initialize, init_table
+from symbackprop.layers import LAYERS
 from symbackprop.primitives import NUMPY_HELPERS
 from symbackprop.printing import inplace_statements
-from symbackprop.spec import NetworkSpec
+from symbackprop.spec import FlatLayer, NetworkSpec
 
 
 def template_dir() -> Path:
@@ -133,78 +136,227 @@ def _predict(derivation: Derivation) -> tuple[str, str]:
     return "outputs", f"The outputs, shape (batch, {outputs})."
 
 
+@dataclass(frozen=True)
+class LayerCode:
+    """What the template blocks of one layer read (templates/numpy/layers/<kind>.py.j2)."""
+
+    index: int
+    kind: str
+    fan_in: int
+    units: int
+    input: str  # the local name of the array it reads (X for layer 1)
+    output: str  # the local name of its output array
+    grad: str  # its output gradient's buffer: dZ<l> for dense (dL/da, then dL/dz), dA<l> else
+    is_output: bool
+    activation: str = ""
+    bias: bool = True
+    softmax: bool = False
+    alias: bool = False
+    forward: tuple[str, ...] = ()
+    temps_fetch: tuple[str, ...] = ()
+    prime_lines: tuple[str, ...] = ()
+    prime_fetch: tuple[str, ...] = ()
+    prime_arrays: tuple[str, ...] = ()
+    eq_prime: int = 0
+    l2: bool = False
+    eps: str = ""
+    inverse: str = ""  # 1/n as a literal
+    momentum: float = 0.0
+    rate: float = 0.0
+    scale: str = ""  # dropout's 1/(1 - rate)
+    block_output: str = ""  # residual: its block's output array
+    eq_forward: int = 0
+    eq_backward: int = 0
+    eq_running: int = 0
+    eq_grad: int = 0
+    eq_inference: int = 0
+    # the gradient it sends back: (buffer of the source layer, first writer?) per source
+    sends: tuple[tuple[str, bool], ...] = ()
+    receives_from: int = 0  # a dense layer whose W^T delta this block receives first thing
+    receives_first: bool = True
+
+    @property
+    def template(self) -> str:
+        return LAYERS[self.kind].template
+
+
+def _output_name(layer: FlatLayer, d: ActivationDerivative | None) -> str:
+    if layer.kind == "dense":
+        alias = d is not None and not d.activation.softmax and d.f == Z
+        return f"Z{layer.index}" if alias else f"A{layer.index}"
+    return f"A{layer.index}"
+
+
+def _grad_name(layer: FlatLayer) -> str:
+    return f"dZ{layer.index}" if layer.kind == "dense" else f"dA{layer.index}"
+
+
+def _float(value: float) -> str:
+    return repr(float(value))
+
+
 def context(derivation: Derivation) -> dict[str, object]:
     net = derivation.network
     spec = net.spec
+    flat = spec.flat
     sizes = spec.sizes
-    depth = net.depth
     out = derivation.output
+    out_layer = spec.output_layer
+    backward_order = tuple(reversed(spec.order))
     helpers: set[str] = set()
+    batch_shape = "(batch, {})".format
     buffers: list[tuple[str, str]] = [("X", f"(batch, {sizes[0]})"), ("Y", f"(batch, {sizes[-1]})")]
     buffers.append(("S", "(batch, 1)"))
-    layers = []
-    for index, d in enumerate(derivation.layers, start=1):
-        units = sizes[index]
-        shape = f"(batch, {units})"
-        alias = not d.activation.softmax and d.f == Z
-        entry: dict[str, object] = {
+    fixed: dict[str, str] = {}  # buffers of their own dtype (dropout's uniforms and masks)
+    eq = {
+        "linear": derivation.number("forward.linear"),
+        "activation": derivation.number("forward.activation"),
+        "softmax": derivation.number("forward.softmax") if net.output.softmax else 0,
+        "delta_hidden": derivation.number("delta.hidden") if net.depth > 1 else 0,
+        "grad_w": derivation.number("grad.W"),
+        "grad_b": derivation.number("grad.b"),
+    }
+
+    def number(key: str) -> int:
+        return derivation.number(key) if derivation.has(key) else 0
+
+    names = {layer.index: _output_name(layer, derivation.layers[layer.index - 1]) for layer in flat}
+    names[0] = "X"
+    # who sends a gradient to each layer, in backward order: the first one writes, the others add
+    consumers: dict[int, list[int]] = {layer.index: [] for layer in flat}
+    for index in backward_order:
+        for source in flat[index - 1].sources:
+            if source:
+                consumers[source].append(index)
+    codes: dict[int, LayerCode] = {}
+    for layer in flat:
+        index, units = layer.index, layer.units
+        shape = batch_shape(units)
+        d = derivation.layers[index - 1]
+        sends = []
+        for source in layer.sources:
+            if source:
+                first = consumers[source][0] == index
+                sends.append((_grad_name(flat[source - 1]), first))
+        common = {
             "index": index,
-            "fan_in": sizes[index - 1],
+            "kind": layer.kind,
+            "fan_in": layer.fan_in,
             "units": units,
-            "activation": d.activation.name,
-            "input": "X" if index == 1 else layers[-1]["output"],
-            "softmax": d.activation.softmax,
-            "is_output": index == depth,
-            "alias": alias,
-            "output": f"Z{index}" if alias else f"A{index}",
-            "prime_lines": [],
-            "prime_arrays": (),
-            "prime_fetch": [],
-            "forward": [],
-            "temps_fetch": [],
+            "input": names[layer.sources[0]],
+            "output": names[index],
+            "grad": _grad_name(layer),
+            "is_output": index == out_layer.index,
+            "sends": tuple(sends),
         }
-        buffers.append((f"Z{index}", shape))
-        if not alias:
-            buffers.append((f"A{index}", shape))
-        buffers.append((f"dZ{index}", shape))
-        temps = 0
-        local = {f"Z{index}": f"Z{index}", f"A{index}": f"Z{index}" if alias else f"A{index}"}
-        if not alias and not d.activation.softmax:
-            plan = _plan(d.f, {Z: f"Z{index}"}, local, f"A{index}", f"T{index}_")
-            entry["forward"] = list(plan.lines)
-            entry["temps_fetch"] = list(plan.temp_fetch)
-            temps, helpers = max(temps, len(plan.temp_fetch)), helpers | plan.helpers
-        if index < depth:
-            prime = d.through_output if d.uses_output else d.derivative
-            entry["eq_prime"] = derivation.number(f"activation.{d.activation.name}")
-            if prime != 1:
-                names = {A: entry["output"], Z: f"Z{index}"}
-                plan = _plan(prime, names, local, "G", f"T{index}_")
-                entry["prime_lines"] = list(plan.lines)
-                entry["prime_fetch"] = list(plan.temp_fetch)
-                entry["prime_arrays"] = plan.arrays
+        if layer.kind == "dense":
+            if d is None:  # pragma: no cover - derive gives every dense layer its f'
+                raise RuntimeError(f"layer {index} is dense but has no activation derivative")
+            alias = names[index] == f"Z{index}"
+            entry: dict[str, object] = {
+                "activation": d.activation.name,
+                "bias": layer.layer.bias,
+                "softmax": d.activation.softmax,
+                "alias": alias,
+                "l2": bool(spec.l2),
+            }
+            buffers.append((f"Z{index}", shape))
+            if not alias:
+                buffers.append((f"A{index}", shape))
+            buffers.append((f"dZ{index}", shape))
+            temps = 0
+            local = {f"Z{index}": f"Z{index}", f"A{index}": names[index]}
+            if not alias and not d.activation.softmax:
+                plan = _plan(d.f, {Z: f"Z{index}"}, local, f"A{index}", f"T{index}_")
+                entry["forward"] = plan.lines
+                entry["temps_fetch"] = plan.temp_fetch
                 temps, helpers = max(temps, len(plan.temp_fetch)), helpers | plan.helpers
-                buffers.append((f"G{index}", shape))
-        buffers += [(f"T{index}_{i}", shape) for i in range(temps)]
-        buffers += [(f"dW{index}", f"({units}, {sizes[index - 1]})"), (f"db{index}", f"({units},)")]
-        if spec.l2:
-            buffers.append((f"R{index}", f"({units}, {sizes[index - 1]})"))
-        layers.append(entry)
+            if index != out_layer.index:
+                prime = d.through_output if d.uses_output else d.derivative
+                entry["eq_prime"] = derivation.number(f"activation.{d.activation.name}")
+                if prime != 1:
+                    arrays = {A: names[index], Z: f"Z{index}"}
+                    plan = _plan(prime, arrays, local, "G", f"T{index}_")
+                    entry["prime_lines"] = plan.lines
+                    entry["prime_fetch"] = plan.temp_fetch
+                    entry["prime_arrays"] = plan.arrays
+                    temps, helpers = max(temps, len(plan.temp_fetch)), helpers | plan.helpers
+                    buffers.append((f"G{index}", shape))
+            buffers += [(f"T{index}_{i}", shape) for i in range(temps)]
+            if any(not first for _, first in sends):
+                buffers.append((f"T{index}_in", batch_shape(layer.fan_in)))
+            buffers.append((f"dW{index}", f"({units}, {layer.fan_in})"))
+            if layer.layer.bias:
+                buffers.append((f"db{index}", f"({units},)"))
+            if spec.l2:
+                buffers.append((f"R{index}", f"({units}, {layer.fan_in})"))
+        elif layer.kind in ("layer_norm", "batch_norm"):
+            stat = "(batch, 1)" if layer.kind == "layer_norm" else f"({units},)"
+            entry = {
+                "eps": _float(layer.layer.eps),
+                "inverse": _float(1.0 / units),
+                "momentum": layer.layer.momentum,
+                "eq_forward": number(f"{layer.kind}.forward"),
+                "eq_backward": number(f"{layer.kind}.backward"),
+                "eq_running": number(f"{layer.kind}.running"),
+                "eq_grad": number(f"{layer.kind}.grad"),
+                "eq_inference": number(f"{layer.kind}.inference"),
+            }
+            buffers += [(f"A{index}", shape), (f"dA{index}", shape), (f"H{index}", shape)]
+            buffers += [(f"T{index}", shape), (f"M{index}", stat), (f"R{index}", stat)]
+            buffers += [(f"S{index}", stat), (f"Q{index}", stat)]
+            if layer.kind == "batch_norm":
+                buffers.append((f"V{index}", stat))
+            buffers += [(f"dgamma{index}", f"({units},)"), (f"dbeta{index}", f"({units},)")]
+        elif layer.kind == "dropout":
+            rate = layer.layer.rate
+            entry = {
+                "rate": rate,
+                "scale": _float(1.0 / (1.0 - rate)) if rate else "",
+                "eq_forward": number("dropout.forward"),
+                "eq_backward": number("dropout.backward"),
+            }
+            buffers += [(f"A{index}", shape), (f"dA{index}", shape)]
+            if rate:
+                buffers += [(f"M{index}", shape), (f"U{index}", shape), (f"K{index}", shape)]
+                fixed[f"U{index}"] = "numpy.float64"
+                fixed[f"K{index}"] = "numpy.bool_"
+        else:  # residual
+            entry = {
+                "block_output": names[layer.sources[1]],
+                "eq_forward": number("residual.forward"),
+                "eq_backward": number("residual.backward"),
+            }
+            buffers += [(f"A{index}", shape), (f"dA{index}", shape)]
+        codes[index] = LayerCode(**common, **entry)  # type: ignore[arg-type]
+
+    # a dense layer's W^T delta is received by the layer it reads, first thing in its block
+    # (that layer comes next in the backward order), so the block reads as the recursion
+    for layer in flat:
+        code = codes[layer.index]
+        if code.kind == "dense" and code.sends:
+            source = layer.sources[0]
+            codes[source] = replace(
+                codes[source], receives_from=layer.index, receives_first=code.sends[0][1]
+            )
 
     # the output layer's kernels read these local names
-    last = f"A{depth}"
-    output_locals = {"LP": "LP", f"Z{depth}": f"Z{depth}", last: last}
+    last = names[out_layer.index]
+    out_index = out_layer.index
+    z_out = f"Z{out_index}" if out_layer.kind == "dense" else last
+    output_locals = {"LP": "LP", z_out: z_out, last: last}
     outputs_shape = f"(batch, {sizes[-1]})"
-    names = {P: last, LP: "LP", Y: "Y", Z: f"Z{depth}", A: layers[-1]["output"]}
+    kernel_names = {P: last, LP: "LP", Y: "Y", Z: z_out, A: last}
     fused_loss = out.softmax and sympy.expand(out.loss + LP * Y) == 0
     fused_q = out.softmax and out.q is not None and sympy.expand(out.q + Y) == 0
-    loss_plan = _plan(out.loss, names, output_locals, "E", "U")
+    loss_plan = _plan(out.loss, kernel_names, output_locals, "E", "U")
+    grad_out = _grad_name(out_layer)
     if out.softmax:
-        q_plan = _plan(out.q, names, output_locals, "E", "U")
+        q_plan = _plan(out.q, kernel_names, output_locals, "E", "U")
         delta_plan = NO_PLAN
     else:
         q_plan = NO_PLAN
-        delta_plan = _plan(out.delta, names, output_locals, f"dZ{depth}", "U")
+        delta_plan = _plan(out.delta, kernel_names, output_locals, grad_out, "U")
     if out.softmax:
         buffers.append(("LP", outputs_shape))
     if not fused_loss or (out.softmax and not fused_q):
@@ -221,15 +373,16 @@ def context(derivation: Derivation) -> dict[str, object]:
 
     # _backward binds the layer outputs it reads: inputs of dW, and the f' arguments
     reads: set[str] = set()
-    for entry in layers:
-        if entry["index"] > 1:
-            reads.add(entry["input"])
-        reads |= set(entry["prime_arrays"])
+    for code in codes.values():
+        if code.kind == "dense":
+            if code.input != "X":
+                reads.add(code.input)
+            reads |= set(code.prime_arrays)
     if out.softmax:
         reads.add(last)
     output_error = q_plan if out.softmax and not fused_q else delta_plan
     reads |= set(output_error.arrays) - {"Y", "LP"}
-    by_layer = sorted(reads, key=lambda name: (int(name[1:]), name))
+    by_layer = sorted(reads, key=lambda name: (int(name.lstrip("AZ")), name))
     backward_fetch = [f'{name} = ws["{name}"]' for name in by_layer]
     if "LP" in output_error.arrays:
         backward_fetch.append('LP = ws["LP"]')
@@ -237,10 +390,7 @@ def context(derivation: Derivation) -> dict[str, object]:
         backward_fetch.append('E = ws["E"]')
 
     predict, predict_doc = _predict(derivation)
-    shapes = {}
-    for index in range(1, depth + 1):
-        shapes[f"W{index}"] = (sizes[index], sizes[index - 1])
-        shapes[f"b{index}"] = (sizes[index],)
+    shapes = {**spec.parameters, **spec.state}
     train = spec.train
     defaults = {
         "optimizer": train.optimizer,
@@ -265,29 +415,59 @@ def context(derivation: Derivation) -> dict[str, object]:
         ' and b<l> has shape (units_l,); Z<l> = A<l-1> @ W<l>.T + b<l>.  "(eq. N)" cites'
         f" equation N of the derivation document (symbackprop derive {name}).  Needs NumPy only."
     )
+    modes = any(LAYERS[layer.kind].modes for layer in flat)
+    random = any(layer.kind == "dropout" and layer.layer.rate for layer in flat)
+    batch_norms = [codes[layer.index] for layer in flat if layer.kind == "batch_norm"]
+    summaries = []
+    for layer in flat:
+        code = codes[layer.index]
+        if layer.kind == "dense":
+            text = f"{layer.fan_in} -> {layer.units}, activation {code.activation}"
+        elif layer.kind == "residual":
+            block = layer.sources[1]
+            text = f"residual: the input plus the output of layers {layer.index + 1}-{block}"
+        elif layer.kind == "dropout":
+            text = f"dropout, rate {layer.layer.rate!r}"
+        else:
+            text = f"{LAYERS[layer.kind].title} of {layer.units} features"
+        summaries.append(f"Layer {layer.index}: {text}.")
     return {
         "version": __version__,
         "name": name,
         "header": _wrap(header, "# ", width=LINE_LENGTH),
         "summary": _wrap(summary, first=3),
+        "layer_summaries": summaries,
         "loss_text": _wrap(loss_text),
         "conventions": _wrap(conventions),
         "sizes": sizes,
         "layer_sizes": _assignment("LAYER_SIZES", tuple(sizes)),
-        "layers": layers,
+        "codes": codes,
+        "forward_order": [codes[i] for i in spec.order],
+        "backward_order": [codes[i] for i in backward_order],
         "loss_name": net.loss.name,
         "classification": net.loss.classification,
         "probability": net.output.probability,
         "l2": spec.l2 != 0.0,
         "l2_repr": repr(spec.l2),
-        "weight_keys": _assignment("_WEIGHTS", tuple(f"W{i}" for i in range(1, depth + 1))),
+        "weight_keys": _assignment(
+            "_WEIGHTS", tuple(k for k in spec.parameters if k.startswith("W"))
+        ),
         "train_defaults": _assignment("TRAIN_DEFAULTS", defaults),
+        "parameters": _assignment("PARAMETERS", spec.parameters),
         "shapes": _assignment("_SHAPES", shapes),
-        "he_layers": _assignment("_HE_INIT", tuple(act.init == "he" for act in net.activations)),
+        "init_table": _assignment("_INIT", init_table(spec)),
+        "initialize": inspect.getsource(_initialize).rstrip("\n"),
+        "first_key": next(iter(shapes)),
         "helpers": _helper_source(helpers),
         "buffers": buffers,
+        "fixed": fixed,
+        "modes": modes,
+        "random": random,
+        "batch_norms": batch_norms,
         "softmax": out.softmax,
-        "output_name": "P" if out.softmax else (f"Z{depth}" if layers[-1]["alias"] else last),
+        "output_name": "P" if out.softmax else last,
+        "output_grad": grad_out,
+        "output_index": out_index,
         "fused_loss": fused_loss,
         "fused_q": fused_q,
         "loss_fetch": [*loss_plan.fetch, 'E = ws["E"]'],
@@ -299,14 +479,15 @@ def context(derivation: Derivation) -> dict[str, object]:
         "backward_fetch": backward_fetch,
         "predict": predict,
         "predict_doc": predict_doc,
-        "eq_linear": derivation.number("forward.linear"),
-        "eq_activation": derivation.number("forward.activation"),
-        "eq_softmax": derivation.number("forward.softmax") if net.output.softmax else 0,
+        "eq": eq,
+        "eq_linear": eq["linear"],
+        "eq_activation": eq["activation"],
+        "eq_softmax": eq["softmax"],
         "eq_loss": derivation.number("loss"),
         "eq_delta_output": derivation.number("delta.output"),
-        "eq_delta_hidden": derivation.number("delta.hidden"),
-        "eq_grad_w": derivation.number("grad.W"),
-        "eq_grad_b": derivation.number("grad.b"),
+        "eq_delta_hidden": eq["delta_hidden"],
+        "eq_grad_w": eq["grad_w"],
+        "eq_grad_b": eq["grad_b"],
         "eq_update": derivation.number("update"),
     }
 

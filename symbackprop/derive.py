@@ -22,9 +22,11 @@ from functools import lru_cache
 import numpy as np
 import sympy
 
+from symbackprop import rules
 from symbackprop.expressions import degree, expansion_terms, tree_size
 from symbackprop.functions import YHAT, A, Activation, Loss, X, Y
 from symbackprop.graph import SymbolicNetwork, build
+from symbackprop.layers import LAYERS
 from symbackprop.primitives import NUMPY_HELPERS, sigmoid, softplus, step, to_textbook_form
 from symbackprop.printing import inplace_statements, numpy_code
 from symbackprop.spec import NetworkSpec
@@ -88,7 +90,9 @@ class Equation:
 @dataclass(frozen=True)
 class Derivation:
     network: SymbolicNetwork
-    layers: tuple[ActivationDerivative, ...]  # one per layer (the softmax layer's is trivial)
+    # one per layer in numbering order: dense layers' activation derivatives (the softmax
+    # layer's is trivial), None for the other kinds
+    layers: tuple[ActivationDerivative | None, ...]
     output: OutputRule
     equations: tuple[Equation, ...]
 
@@ -118,7 +122,7 @@ class Derivation:
                 continue
             if (d.through_output if d.uses_output else d.derivative) != 1:
                 keys.append(f"activation.{d.activation.name}")
-        keys += [key for key in self.kind_keys if self._has(key)]
+        keys += list(self.kind_keys)
         return tuple(sorted({self.number(key) for key in keys}))
 
     @property
@@ -126,7 +130,7 @@ class Derivation:
         """Keys of the equations the layer kinds other than dense contribute."""
         return tuple(e.key for e in self.equations if e.key.split(".")[0] in _KIND_PREFIXES)
 
-    def _has(self, key: str) -> bool:
+    def has(self, key: str) -> bool:
         return any(e.key == key for e in self.equations)
 
     def _repr_markdown_(self) -> str:
@@ -518,11 +522,25 @@ def softmax_jacobian_check(n: int = 3) -> sympy.Matrix:
     p = [sympy.exp(zi) / total for zi in z]
     jacobian = sympy.Matrix(n, n, lambda j, k: sympy.diff(p[j], z[k]))
     rule = sympy.Matrix(n, n, lambda j, k: p[j] * ((1 if j == k else 0) - p[k]))
-    assert (jacobian - rule).applyfunc(sympy.simplify) == sympy.zeros(n, n)
+    if (jacobian - rule).applyfunc(sympy.simplify) != sympy.zeros(n, n):  # pragma: no cover
+        raise RuntimeError(f"SymPy's softmax Jacobian for n = {n} is not diag(p) - p p^T")
     return jacobian
 
 
 # --- equations -------------------------------------------------------------------------------
+
+
+def _kind_rows(net: SymbolicNetwork, part: str) -> list[tuple[str, str, str]]:
+    """The equations of the layer kinds other than dense that the network uses."""
+    kinds = {layer.kind for layer in net.flat}
+    used = [kind for kind in LAYERS if kind != "dense" and kind in kinds]
+    rows = []
+    for kind in used:
+        for key, title, tex in rules.derive_rule(kind).equations:
+            is_forward = key.endswith((".forward", ".inference"))
+            if (part == "forward") == is_forward:
+                rows.append((key, title, tex))
+    return rows
 
 
 def _equations(
@@ -546,6 +564,7 @@ def _equations(
                 r" - \log \sum_j e^{z^{(L)}_j - \max_i z^{(L)}_i}",
             )
         )
+    rows += _kind_rows(net, "forward")
     l2 = r" + \frac{\lambda}{2}\sum_l \lVert W^{(l)} \rVert^2" if net.spec.l2 else ""
     rows.append(
         (
@@ -558,6 +577,8 @@ def _equations(
     )
     seen: set[str] = set()
     for d in layers:
+        if d is None:
+            continue
         name = d.activation.name
         if d.activation.softmax or name in seen:
             continue
@@ -567,7 +588,8 @@ def _equations(
             body += rf" = {sympy.latex(d.through_output)}\ \text{{with }} a = f(z)"
         rows.append((f"activation.{name}", f"derivative of {name}", rf"f'(z) = {body}"))
     if out.softmax:
-        assert out.q is not None
+        if out.q is None:  # pragma: no cover - derive_output always sets it for softmax
+            raise RuntimeError("a softmax output rule without q")
         rows.append(
             (
                 "delta.output",
@@ -577,7 +599,8 @@ def _equations(
             )
         )
     else:
-        assert out.delta is not None
+        if out.delta is None:  # pragma: no cover - derive_output always sets it
+            raise RuntimeError("an elementwise output rule without delta")
         rows.append(
             (
                 "delta.output",
@@ -586,12 +609,19 @@ def _equations(
                 + sympy.latex(out.delta),
             )
         )
+    rows += _kind_rows(net, "backward")
     rows += [
         (
             "delta.hidden",
             "error recursion",
             r"\delta^{(l)} = \left(W^{(l+1)\top} \delta^{(l+1)}\right)"
-            r" \odot f_l'\left(z^{(l)}\right)",
+            r" \odot f_l'\left(z^{(l)}\right)"
+            if net.plain
+            else r"\delta^{(l)} = \frac{\partial \ell}{\partial a^{(l)}}"
+            r" \odot f_l'\left(z^{(l)}\right),\quad"
+            r" \frac{\partial \ell}{\partial a^{(l)}} = \sum_{c \,\text{reads}\, a^{(l)}}"
+            r" \frac{\partial \ell}{\partial a^{(l)}}\Big|_{c},\quad"
+            r" \text{dense } c:\ W^{(c)\top} \delta^{(c)}",
         ),
         (
             "grad.W",
@@ -619,6 +649,6 @@ def derive(spec_or_network: NetworkSpec | SymbolicNetwork) -> Derivation:
     net = (
         spec_or_network if isinstance(spec_or_network, SymbolicNetwork) else build(spec_or_network)
     )
-    layers = tuple(derive_activation(act) for act in net.activations)
+    layers = tuple(None if act is None else derive_activation(act) for act in net.activations)
     out = derive_output(net.output, net.loss)
     return Derivation(net, layers, out, _equations(net, layers, out))

@@ -9,6 +9,7 @@ entry carries a plain NumPy reference used only by tests.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -182,16 +183,40 @@ LOSSES: dict[str, Loss] = {
 }
 
 
-def _with_parameters(entry: Activation, spec: FunctionSpec) -> Activation:
+def _with_parameters(entry: Activation, spec: FunctionSpec, field: str) -> Activation:
     """leaky_relu with another slope, elu with another alpha (DESIGN §2b)."""
-    values = dict(spec.params)
-    defaults = ACTIVATION_PARAMETERS[entry.name]
-    if all(values.get(k, v) == v for k, v in defaults.items()):
+    defaults = ACTIVATION_PARAMETERS.get(entry.name, {})
+    for key, value in spec.params:  # a spec built in Python skips spec.from_dict's checks
+        if key not in defaults:
+            takes = f"it takes: {', '.join(defaults)}" if defaults else "it takes none"
+            raise InputError(f"{field}.{key}", f"unknown parameter of {entry.name} ({takes})")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise InputError(f"{field}.{key}", f"expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise InputError(f"{field}.{key}", f"expected a finite number, got {value!r}")
+    values = {**defaults, **{key: float(value) for key, value in spec.params}}
+    if values == defaults:
         return entry
+    return _parameterized(entry.name, tuple(sorted(values.items())))
+
+
+def _exact(value: float) -> sympy.Rational:
+    """The decimal the user wrote, as a rational (0.2 -> 1/5), whose float is ``value`` again.
+
+    Not ``nsimplify``: it rounds 0.30000000000000004 to 3/10, another float than was given.
+    """
+    return sympy.Rational(repr(float(value)))
+
+
+@functools.cache
+def _parameterized(base: str, params: tuple[tuple[str, float], ...]) -> Activation:
+    """One entry per (name, parameters): two layers with the same slope share it, so the
+    entries compare equal (``resolve`` refuses one name for two different activations)."""
+    entry, values = ACTIVATIONS[base], dict(params)
     shown = ", ".join(f"{k}={v!r}" for k, v in sorted(values.items()))
     name = f"{entry.name}({shown})"
     if entry.name == "leaky_relu":
-        s = sympy.nsimplify(values["slope"], rational=True)
+        s = _exact(values["slope"])
         # s x + (1 - s) relu(x): derivative s + (1 - s) step(x), i.e. s at 0 (PyTorch's)
         expr = s * X + (1 - s) * relu(X)
         return Activation(
@@ -203,7 +228,7 @@ def _with_parameters(entry: Activation, spec: FunctionSpec) -> Activation:
             via_output_hint=None,
             torch=("leaky_relu", (("negative_slope", float(s)),)),
         )
-    alpha = sympy.nsimplify(values["alpha"], rational=True)
+    alpha = _exact(values["alpha"])
     # relu(x) + alpha (elu(x) - relu(x)): x for x > 0, alpha (e^x - 1) otherwise
     expr = relu(X) + alpha * (elu(X) - relu(X))
     return Activation(
@@ -219,7 +244,12 @@ def _with_parameters(entry: Activation, spec: FunctionSpec) -> Activation:
 def activation(spec: FunctionSpec, field: str) -> Activation:
     """The registry entry for a built-in name, or a custom activation parsed from ``expr``."""
     if spec.expr is None and spec.params and spec.name in ACTIVATIONS:
-        return _with_parameters(ACTIVATIONS[spec.name], spec)
+        return _with_parameters(ACTIVATIONS[spec.name], spec, field)
+    if spec.expr is not None and spec.params:
+        raise InputError(
+            f"{field}.{spec.params[0][0]}",
+            "a custom activation (given by expr) takes no parameters",
+        )
     if spec.expr is not None:
         expr = parse_expression(spec.expr, f"{field}.expr", ("x",))
         expr = expr.xreplace({sympy.Symbol("x"): X})
@@ -278,13 +308,19 @@ def resolve(spec: NetworkSpec) -> tuple[tuple[Activation | None, ...], Loss]:
         if act is not None and act.softmax and layer.index != out_layer.index:
             raise InputError(
                 f"{layer.path}.activation",
-                "softmax is supported only as the output layer's activation",
+                "softmax is supported only as the output layer's activation, "
+                f"and the output layer is {out_layer.path}",
             )
     chosen = loss(spec.loss, "loss")
     output = activations[out_layer.index - 1] or IDENTITY
     last = f"{out_layer.path}.activation"
-    if out_layer.kind != "dense":
-        last = f"{out_layer.path} ({out_layer.kind}, so the output is not an activation's)"
+    if chosen.needs_probability and out_layer.kind != "dense":
+        raise InputError(
+            "loss",
+            f"{chosen.name} needs probabilities, but the output layer {out_layer.path} is a "
+            f"{out_layer.kind} layer; end with a dense layer with softmax (cross_entropy) "
+            "or sigmoid (binary_cross_entropy)",
+        )
     if chosen.needs_probability and not output.probability:
         raise InputError(
             "loss",

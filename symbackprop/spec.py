@@ -5,7 +5,7 @@ losses, and custom expressions, are resolved by ``symbackprop.functions.resolve`
 raise ``InputError`` whose message starts with the field path, e.g.
 ``layers[1].units: expected a positive integer, got -3``.
 
-Schema (DESIGN §2)::
+Schema (DESIGN §2, §2b)::
 
     name = "seed_mlp"          # Python identifier
     inputs = 2
@@ -13,15 +13,22 @@ Schema (DESIGN §2)::
     l2 = 0.0                   # optional
     [[layers]]                 # one or more
     units = 3
-    activation = "relu"        # or { name = "...", expr = "..." } in x
+    activation = "relu"        # or { name = "...", expr = "..." } in x, or
+                               # { name = "leaky_relu", slope = 0.2 }, { name = "elu", alpha = 1 }
+    bias = true                # optional
+    [[layers]]                 # DESIGN §2b: kind = "layer_norm" (eps), "batch_norm" (eps,
+    kind = "dropout"           # momentum), "dropout" (rate) or "residual" (block: a list
+    rate = 0.1                 # of layers that ends with its input's width)
     [train]                    # optional: optimizer, lr, epochs, batch_size, seed,
                                # momentum, beta1, beta2, eps
 
-Limits (``MAX_*`` below): at most 1,000,000 units per layer and inputs, 100 layers and
-200,000,000 trainable parameters; names of at most 64 characters; a spec file of at most
-1 MiB, nested at most 64 levels.  A custom activation or loss may not take a built-in's
-name, a Python keyword or a name starting with ``__``.  A UTF-8 byte-order mark is
-ignored; a JSON object with a duplicate key is refused.
+Only the output layer (the last of ``layers``) may use softmax, and batch norm needs a
+``train.batch_size`` of at least 2.  Limits (``MAX_*`` below): at most 1,000,000 units per
+layer and inputs, 100 layers (residual blocks' layers included), 30 residual layers inside
+each other and 200,000,000 trainable parameters; names of at most 64 characters; a spec
+file of at most 1 MiB, nested at most 64 levels.  A custom activation or loss may not
+take a built-in's name, a Python keyword or a name starting with ``__``.  A UTF-8
+byte-order mark is ignored; a JSON object with a duplicate key is refused.
 """
 
 from __future__ import annotations
@@ -73,7 +80,10 @@ MAX_UNITS = 1_000_000  # units of a layer, and inputs
 MAX_LAYERS = 100
 MAX_PARAMETERS = 200_000_000  # trainable parameters in all (1.6 GB as float64)
 MAX_NAME_LENGTH = 64  # the network's name and every activation or loss name
-MAX_NESTING = 64  # lists and tables inside each other in a spec file (the schema needs 4)
+MAX_NESTING = 64  # lists and tables inside each other in a spec file (4, and 2 a residual)
+# residual layers inside each other: the tables of the innermost block's layers then lie at
+# depth 2 * 31 + 2 <= MAX_NESTING, so from_dict accepts what load_spec can read back
+MAX_RESIDUAL_NESTING = (MAX_NESTING - 4) // 2
 MAX_SPEC_BYTES = 1 << 20  # 1 MiB; 100 layers with 500-character expressions need ~60 kB
 MAX_COUNT = 2**63 - 1  # train.epochs and train.batch_size: NumPy's int64
 MAX_SEED = 2**64 - 1  # train.seed
@@ -426,7 +436,21 @@ def from_dict(data: Any) -> NetworkSpec:
     loss = _function(_required(data, "loss", ""), "loss", "loss")
     l2 = _nonnegative_float(data.get("l2", 0.0), "l2")
     train = _train(data.get("train", {}))
+    _check_batch(layers, inputs, train)
     return NetworkSpec(name=name, inputs=inputs, layers=layers, loss=loss, l2=l2, train=train)
+
+
+def _check_batch(layers: tuple[LayerSpec, ...], inputs: int, train: TrainSpec) -> None:
+    """Batch norm in training needs two samples: the variance of one is 0 (PyTorch refuses)."""
+    if train.batch_size > 1:
+        return
+    for layer in flatten(inputs, layers):
+        if layer.kind == "batch_norm":
+            raise InputError(
+                "train.batch_size",
+                f"batch_norm ({layer.path}) needs at least 2 samples per batch in training, "
+                f"got {train.batch_size}",
+            )
 
 
 def to_dict(spec: NetworkSpec) -> dict[str, Any]:
@@ -489,11 +513,13 @@ def _required(data: Mapping, key: str, prefix: str) -> Any:
     return data[key]
 
 
-def _reject_unknown(data: Mapping, known: set[str], prefix: str) -> None:
+def _reject_unknown(data: Mapping, known: set[str], prefix: str, where: str = "") -> None:
+    """Refuse a key not in ``known``; ``where`` says whose fields they are ("a dropout layer")."""
     for key in data:
         if key not in known:
             allowed = ", ".join(sorted(known))
-            raise InputError(f"{prefix}{shorten(key)}", f"unknown field (allowed: {allowed})")
+            of = f" for {where}" if where else ""
+            raise InputError(f"{prefix}{shorten(key)}", f"unknown field{of} (allowed: {allowed})")
 
 
 def _positive_int(value: Any, path: str, maximum: int) -> int:
@@ -572,7 +598,8 @@ def _layers(value: Any, inputs: int) -> tuple[LayerSpec, ...]:
             if layer is not output:
                 raise InputError(
                     f"{layer.path}.activation",
-                    "softmax is supported only as the output layer's activation",
+                    "softmax is supported only as the output layer's activation, "
+                    f"and the output layer is {output.path}",
                 )
     return layers
 
@@ -584,6 +611,7 @@ def _output(flat: tuple[FlatLayer, ...]) -> FlatLayer:
 def _layer_list(
     value: Any, path: str, width: int, count: list[int], nesting: int
 ) -> tuple[LayerSpec, ...]:
+    """The layers of ``layers`` (nesting 1) or of a residual block (nesting 2, 3, ...)."""
     if not isinstance(value, (list, tuple)):
         raise InputError(path, f"expected a list of layers, got {_kind(value)}")
     if not value:
@@ -597,6 +625,7 @@ def _layer_list(
 
 
 def _layer(value: Any, path: str, width: int, count: list[int], nesting: int) -> LayerSpec:
+    """One layer whose input has ``width`` features; ``count`` counts the layers read so far."""
     count[0] += 1
     if count[0] > MAX_LAYERS:
         raise InputError(
@@ -605,13 +634,16 @@ def _layer(value: Any, path: str, width: int, count: list[int], nesting: int) ->
             f"at most {MAX_LAYERS} are supported",
         )
     if not isinstance(value, Mapping):
-        raise InputError(path, f"expected a table with units and activation, got {_kind(value)}")
+        raise InputError(path, f"expected a table (one layer), got {_kind(value)}")
     kind = value.get("kind", "dense")
-    if not isinstance(kind, str) or kind not in KINDS:
+    known = ", ".join(KINDS)
+    if not isinstance(kind, str):
         raise InputError(
-            f"{path}.kind", f"unknown layer kind {_kind(kind)} (known: {', '.join(KINDS)})"
+            f"{path}.kind", f"expected the name of a layer kind ({known}), got {_kind(kind)}"
         )
-    _reject_unknown(value, _KIND_FIELDS[kind], f"{path}.")
+    if kind not in KINDS:
+        raise InputError(f"{path}.kind", f"unknown layer kind {_kind(kind)} (known: {known})")
+    _reject_unknown(value, _KIND_FIELDS[kind], f"{path}.", f"a {kind} layer")
     if kind == "dense":
         units = _positive_int(_required(value, "units", f"{path}."), f"{path}.units", MAX_UNITS)
         activation = _function(
@@ -625,29 +657,42 @@ def _layer(value: Any, path: str, width: int, count: list[int], nesting: int) ->
         eps = _positive_float(value.get("eps", 1e-5), f"{path}.eps")
         momentum = 0.1
         if kind == "batch_norm":
-            momentum = _number(value.get("momentum", 0.1), f"{path}.momentum")
-            if not 0 <= momentum <= 1:
-                raise InputError(
-                    f"{path}.momentum", f"expected a number in [0, 1], got {momentum!r}"
-                )
+            momentum = _fraction(value.get("momentum", 0.1), f"{path}.momentum", "]")
         return LayerSpec(units=width, kind=kind, eps=eps, momentum=momentum)
     if kind == "dropout":
-        rate = _number(_required(value, "rate", f"{path}."), f"{path}.rate")
-        if not 0 <= rate < 1:
-            raise InputError(f"{path}.rate", f"expected a number in [0, 1), got {rate!r}")
+        rate = _fraction(_required(value, "rate", f"{path}."), f"{path}.rate", ")")
         return LayerSpec(units=width, kind=kind, rate=rate)
+    return _residual(value, path, width, count, nesting)
+
+
+def _fraction(value: Any, path: str, end: str) -> float:
+    """A number in [0, 1] (``end`` "]") or [0, 1) (``end`` ")")."""
+    number = _number(value, path)
+    if number < 0 or number > 1 or (end == ")" and number == 1):
+        raise InputError(path, f"expected a number in [0, 1{end}, got {_kind(value)}")
+    return number
+
+
+def _residual(value: Mapping, path: str, width: int, count: list[int], nesting: int) -> LayerSpec:
+    if nesting > MAX_RESIDUAL_NESTING:
+        # its block's tables would lie deeper than a spec file may nest (load_spec)
+        raise InputError(
+            path,
+            f"{nesting} residual layers inside each other; at most {MAX_RESIDUAL_NESTING} "
+            f"are supported (a spec file nests at most {MAX_NESTING} levels)",
+        )
     block = _layer_list(
         _required(value, "block", f"{path}."), f"{path}.block", width, count, nesting + 1
     )
     if block[-1].units != width:
-        last = f"{path}.block[{len(block) - 1}]"
-        field = f"{last}.units" if block[-1].kind == "dense" else last
+        # every kind but dense keeps its input's width: the last dense layer sets the block's
+        last = max(i for i, layer in enumerate(block) if layer.kind == "dense")
         raise InputError(
-            field,
-            f"a residual block must keep its input's width {width}, "
-            f"but it ends with {block[-1].units}",
+            f"{path}.block[{last}].units",
+            f"a residual block must end with its input's width {width} "
+            f"(its output is added to its input), but this layer makes it {block[last].units}",
         )
-    return LayerSpec(units=width, kind=kind, block=block)
+    return LayerSpec(units=width, kind="residual", block=block)
 
 
 def _function(value: Any, path: str, kind: str) -> FunctionSpec:
@@ -657,34 +702,58 @@ def _function(value: Any, path: str, kind: str) -> FunctionSpec:
             raise InputError(path, "expected a name, got an empty string")
         _check_length(value.strip(), path)
         return FunctionSpec(name=value.strip())
-    if isinstance(value, Mapping):
-        name = _required(value, "name", f"{path}.")
-        if not isinstance(name, str) or not _IDENTIFIER.match(name):
-            raise InputError(f"{path}.name", f"expected an identifier, got {_kind(name)}")
-        _check_length(name, f"{path}.name")
-        known = ACTIVATION_PARAMETERS.get(name, {}) if kind == "activation" else {}
-        if "expr" not in value and known:
-            _reject_unknown(value, {"name", *known}, f"{path}.")
+    if not isinstance(value, Mapping):
+        raise InputError(path, f"expected a name or a table with name and expr, got {_kind(value)}")
+    name = _required(value, "name", f"{path}.")
+    if not isinstance(name, str) or not _IDENTIFIER.match(name):
+        raise InputError(f"{path}.name", f"expected an identifier, got {_kind(name)}")
+    _check_length(name, f"{path}.name")
+    extra = [key for key in value if key not in ("name", "expr")]
+    if kind == "activation" and extra:
+        _check_parameter_names(value, name, extra, path)
+        if "expr" not in value:
             params = tuple(
-                (key, _number(value[key], f"{path}.{key}")) for key in sorted(known) if key in value
+                sorted((key, _number(value[key], f"{path}.{shorten(key)}")) for key in extra)
             )
             return FunctionSpec(name=name, params=params)
-        if "expr" not in value and kind == "activation" and set(value) - {"name"}:
-            extra = shorten(sorted(set(value) - {"name"})[0])
-            takes = ", ".join(f"{n} ({', '.join(p)})" for n, p in ACTIVATION_PARAMETERS.items())
+    _reject_unknown(value, {"name", "expr"}, f"{path}.")
+    if "expr" not in value:
+        return FunctionSpec(name=name)
+    _check_custom_name(name, f"{path}.name")
+    expr = value["expr"]
+    if not isinstance(expr, str) or not expr.strip():
+        raise InputError(f"{path}.expr", f"expected an expression string, got {_kind(expr)}")
+    return FunctionSpec(name=name, expr=expr)
+
+
+def _takes() -> str:
+    return ", ".join(f"{n} takes {', '.join(p)}" for n, p in ACTIVATION_PARAMETERS.items())
+
+
+def _check_parameter_names(value: Mapping, name: str, extra: list[Any], path: str) -> None:
+    """The keys of an activation table besides name and expr: a built-in's parameters."""
+    key = extra[0]
+    field = f"{path}.{shorten(key)}"
+    is_parameter = any(key in p for p in ACTIVATION_PARAMETERS.values())
+    if "expr" in value:
+        if is_parameter:
             raise InputError(
-                f"{path}.{extra}",
-                f"unknown activation parameter (parameters exist for {takes} only)",
+                field,
+                f"a custom activation (given by expr) takes no parameters ({_takes()})",
             )
         _reject_unknown(value, {"name", "expr"}, f"{path}.")
-        if "expr" not in value:
-            return FunctionSpec(name=name)
-        _check_custom_name(name, f"{path}.name")
-        expr = value["expr"]
-        if not isinstance(expr, str) or not expr.strip():
-            raise InputError(f"{path}.expr", f"expected an expression string, got {_kind(expr)}")
-        return FunctionSpec(name=name, expr=expr)
-    raise InputError(path, f"expected a name or a table with name and expr, got {_kind(value)}")
+    known = ACTIVATION_PARAMETERS.get(name)
+    if known is not None:
+        for key in extra:
+            if key not in known:
+                raise InputError(
+                    f"{path}.{shorten(key)}",
+                    f"unknown parameter of {name} (it takes: {', '.join(known)})",
+                )
+    elif name in BUILTIN_ACTIVATIONS:
+        raise InputError(field, f"{name} takes no parameters ({_takes()})")
+    else:
+        _reject_unknown(value, {"name", "expr"}, f"{path}.")
 
 
 def _check_length(name: str, path: str) -> None:

@@ -6,6 +6,7 @@ CLI prints it and writes the files.  Training refuses to start when the certific
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 import types
@@ -120,6 +121,13 @@ def _metric(
     return float(np.sqrt(np.mean((outputs - y.reshape(outputs.shape)) ** 2)))
 
 
+def _loss(module: types.ModuleType, params: dict, X: np.ndarray, y: np.ndarray) -> float:
+    """The loss in inference mode (the module's loss trains otherwise: dropout, batch stats)."""
+    if "train" in inspect.signature(module.loss).parameters:
+        return module.loss(params, X, y, train=False)
+    return module.loss(params, X, y)
+
+
 def train(
     spec: NetworkSpec,
     data: str,
@@ -141,6 +149,14 @@ def train(
         seed=opts.seed,
     )
     check_features(dataset, net.sizes[0])
+    if any(layer.kind == "batch_norm" for layer in spec.flat):
+        count = len(dataset.X_train)
+        if opts.batch_size == 1 or count % opts.batch_size == 1:
+            raise InputError(
+                "--batch-size",
+                f"batch size {opts.batch_size} leaves a mini-batch of 1 of the {count} training "
+                "samples; batch norm needs at least 2 per mini-batch in training",
+            )
     source = generate(derivation)
     module = load_module(source, spec.name)
     sample = (dataset.X_train[:CHECK_BATCH], dataset.y_train[:CHECK_BATCH])
@@ -188,8 +204,9 @@ def train(
         train_loss = test_loss = train_metric = test_metric = math.nan
     else:
         with np.errstate(all="ignore"):
-            train_loss = module.loss(params, dataset.X_train, dataset.y_train)
-            test_loss = module.loss(params, dataset.X_test, dataset.y_test)
+            # in inference mode: running statistics, no dropout
+            train_loss = _loss(module, params, dataset.X_train, dataset.y_train)
+            test_loss = _loss(module, params, dataset.X_test, dataset.y_test)
             train_metric = _metric(module, params, dataset.X_train, dataset.y_train, classification)
             test_metric = _metric(module, params, dataset.X_test, dataset.y_test, classification)
     return TrainResult(

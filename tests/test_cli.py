@@ -218,9 +218,9 @@ BAD_SPECS = [
     (
         "unknown-layer-field",
         "net.toml",
-        toml_spec(layers=GOOD_LAYERS.replace("units = 3", "units = 3\nbias = false")),
+        toml_spec(layers=GOOD_LAYERS.replace("units = 3", "units = 3\nslope = 0.5")),
         "net.toml",
-        "layers[0].bias: unknown field",
+        "layers[0].slope: unknown field",
     ),
     (
         "unknown-activation",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import re
 import signal
 from collections.abc import Callable, Iterator
@@ -20,11 +21,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from symbackprop import cli
+from symbackprop import cli, graph
 from symbackprop.codegen import generate
 from symbackprop.errors import InputError
 from symbackprop.expressions import FUNCTIONS, parse_expression
-from symbackprop.spec import from_dict
+from symbackprop.spec import from_dict, to_dict
 
 HANG_SECONDS = 30
 
@@ -265,3 +266,158 @@ def test_fuzz_strategy_reaches_valid_expressions() -> None:
 
     collect()
     assert 10 <= outcomes.count(True) <= 90, outcomes.count(True)
+
+
+# --- specs with every layer kind (DESIGN §2b) -----------------------------------------------
+
+
+def _rarely(good: st.SearchStrategy, bad: st.SearchStrategy) -> st.SearchStrategy:
+    """A value of ``good`` nine times in ten, else one of ``bad``."""
+    pick = st.sampled_from([True] * 9 + [False])
+    return st.tuples(pick, good, bad).map(lambda t: t[1] if t[0] else t[2])
+
+
+# mostly valid values, and the wrong types and ranges the validators must refuse
+ODD_VALUES = [None, True, "0.5", [0.5], {"v": 1}, math.nan, math.inf, -math.inf, 10**400]
+FRACTIONS = st.floats(min_value=0, max_value=1, exclude_max=True)
+NUMBERS_OF_FIELDS = _rarely(
+    FRACTIONS,
+    st.one_of(
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.integers(min_value=-2, max_value=3),
+        st.sampled_from(ODD_VALUES),
+    ),
+)
+
+
+def _optional(field: str, values: st.SearchStrategy) -> st.SearchStrategy[dict]:
+    """{} or {field: value}, the value drawn from ``values``."""
+    return st.one_of(st.just({}), values.map(lambda v: {field: v}))
+
+
+def _table(fixed: dict, *optional: st.SearchStrategy[dict]) -> st.SearchStrategy[dict]:
+    merged = st.tuples(*optional) if optional else st.just(())
+    return merged.map(lambda parts: {**fixed, **{k: v for p in parts for k, v in p.items()}})
+
+
+ACTIVATION_VALUES = _rarely(
+    st.one_of(
+        st.sampled_from(["identity", "relu", "leaky_relu", "sigmoid", "tanh", "elu", "gelu"]),
+        st.sampled_from(["identity", "relu", "tanh", "softmax", "silu"]),
+        st.builds(lambda slope: {"name": "leaky_relu", "slope": slope}, FRACTIONS),
+        st.builds(lambda alpha: {"name": "elu", "alpha": alpha}, FRACTIONS),
+        st.just({"name": "swish", "expr": "x*tanh(x)"}),
+    ),
+    st.one_of(
+        st.sampled_from(
+            [
+                {"name": "relu", "slope": 0.2},
+                {"name": "leaky_relu", "alpha": 1},
+                {"name": "swish", "expr": "x", "slope": 0.2},
+            ]
+        ),
+        _table({"name": "leaky_relu"}, _optional("slope", NUMBERS_OF_FIELDS)),
+        st.sampled_from(ODD_VALUES),
+    ),
+)
+UNITS = _rarely(st.sampled_from([2, 2, 2, 3, 1]), st.sampled_from([0, -1, "2"]))
+DENSE = st.builds(
+    lambda units, *parts: {"units": units, **{k: v for p in parts for k, v in p.items()}},
+    UNITS,
+    _optional("activation", ACTIVATION_VALUES),
+    _optional("bias", st.sampled_from([True, False, False, 0, "true"])),
+    _optional("kind", st.just("dense")),
+)
+OTHER_KINDS = st.one_of(
+    _table({"kind": "layer_norm"}, _optional("eps", NUMBERS_OF_FIELDS)),
+    _table(
+        {"kind": "batch_norm"},
+        _optional("eps", NUMBERS_OF_FIELDS),
+        _optional("momentum", NUMBERS_OF_FIELDS),
+    ),
+    st.builds(lambda rate: {"kind": "dropout", "rate": rate}, FRACTIONS),
+    _table({"kind": "dropout"}, _optional("rate", NUMBERS_OF_FIELDS)),
+)
+ODD_LAYERS = st.one_of(
+    st.sampled_from([{"kind": "conv"}, {"kind": "Dense"}, {"kind": 3}, {"kind": None}, 3]),
+    st.tuples(
+        st.one_of(DENSE, OTHER_KINDS),
+        st.sampled_from(["units", "rate", "eps", "block", "a\nb", "\ud800"]),
+    ).map(lambda t: {**t[0], t[1]: 1}),
+)
+
+
+def layer_specs() -> st.SearchStrategy[dict]:
+    """One ``[[layers]]`` entry of any kind, residual blocks nested inside each other."""
+    leaves = _rarely(st.one_of(DENSE, OTHER_KINDS), ODD_LAYERS)
+
+    def extend(inner: st.SearchStrategy[dict]) -> st.SearchStrategy[dict]:
+        block = _rarely(
+            st.lists(inner, min_size=1, max_size=3), st.sampled_from([[], {"units": 2}, "dense"])
+        )
+        return block.map(lambda b: {"kind": "residual", "block": b})
+
+    return st.recursive(leaves, extend, max_leaves=8)
+
+
+NETWORK_SPECS = st.builds(
+    lambda inputs, loss, layers, train: {
+        "name": "fuzz",
+        "inputs": inputs,
+        "loss": loss,
+        "layers": layers,
+        **train,
+    },
+    st.sampled_from([2, 2, 3, 1]),
+    st.sampled_from(["mse", "mse", "mse", "cross_entropy", "binary_cross_entropy"]),
+    st.lists(layer_specs(), min_size=1, max_size=5),
+    _optional("train", st.builds(lambda n: {"batch_size": n}, st.sampled_from([1, 2, 32]))),
+)
+FIELDS = re.compile(r"(layers(\[\d+\](\.block)?)*|loss|train\.batch_size)[.:]")
+
+
+def check_kinds_spec(data: dict) -> str:
+    """'ok', 'refused' or 'unresolved'; only InputError, one line naming a field, escapes."""
+    with watchdog(repr(data)[:200]):
+        try:
+            network = from_dict(data)
+        except InputError as err:
+            assert "\n" not in str(err) and str(err).isprintable(), str(err)
+            assert FIELDS.match(str(err)), str(err)
+            return "refused"
+        assert from_dict(to_dict(network)) == network
+        flat = network.flat
+        assert [layer.index for layer in flat] == list(range(1, len(flat) + 1))
+        assert sorted(network.order) == [layer.index for layer in flat]
+        done: set[int] = {0}
+        for index in network.order:  # every layer after the layers it reads
+            assert set(flat[index - 1].sources) <= done, (index, network.order)
+            done.add(index)
+        try:
+            symbolic = graph.build(network)
+        except InputError as err:
+            assert "\n" not in str(err) and str(err).isprintable(), str(err)
+            assert FIELDS.match(str(err)), str(err)
+            return "unresolved"
+        assert list(symbolic.parameters()) == list(network.parameters)
+    return "ok"
+
+
+def test_fuzz_specs_of_every_kind() -> None:
+    """Random specs of every kind finish cleanly (check_kinds_spec); the strategy is not all
+    garbage: many are refused, many accepted, and the accepted ones use every kind."""
+    outcomes: list[str] = []
+    kinds: set[str] = set()
+
+    @settings(FUZZ, max_examples=300)
+    @given(NETWORK_SPECS)
+    def collect(data: dict) -> None:
+        outcome = check_kinds_spec(data)
+        outcomes.append(outcome)
+        if outcome == "ok":
+            kinds.update(layer.kind for layer in from_dict(data).flat)
+
+    collect()
+    assert outcomes.count("ok") >= 30, outcomes.count("ok")
+    assert outcomes.count("refused") >= 30, outcomes.count("refused")
+    assert kinds == {"dense", "layer_norm", "batch_norm", "dropout", "residual"}, kinds

@@ -6,6 +6,7 @@ Every refusal is an ``InputError`` (CLI exit 2) with one short line naming the f
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 from test_spec import DELETE, assert_field, error_of, minimal, with_layer
@@ -333,3 +334,110 @@ def test_spec_file_size_bounded(tmp_path, monkeypatch):
 
 def test_minimal_dict_still_valid():
     assert spec.from_dict(minimal(l2=DELETE)).name == "net"
+
+
+# --- layer kinds (DESIGN §2b): limits over the flattened list ---------------------------------
+
+
+def _nested(depth: int, inner: dict) -> list[dict]:
+    """``depth`` residual layers inside each other around ``inner``."""
+    layer = inner
+    for _ in range(depth):
+        layer = {"kind": "residual", "block": [layer]}
+    return [layer]
+
+
+def _nested_toml(depth: int) -> str:
+    text = 'name = "net"\ninputs = 2\nloss = "mse"\n'
+    for level in range(depth):
+        text += f'[[layers{".block" * level}]]\nkind = "residual"\n'
+    text += f"[[layers{'.block' * depth}]]\nunits = 2\n"
+    return text + 'activation = { name = "leaky_relu", slope = 0.2 }\n'
+
+
+def test_layer_limit_counts_the_layers_of_residual_blocks():
+    # 50 residuals of one dense layer each: 100 layers in all, 50 of them top-level
+    hundred = [{"kind": "residual", "block": [{"units": 2}]}] * 50
+    network = spec.from_dict(minimal(layers=hundred, loss="mse"))
+    assert len(network.flat) == spec.MAX_LAYERS
+    message = assert_field(error_of(minimal(layers=[*hundred, {"units": 2}], loss="mse")), "layers")
+    assert message == (
+        "layers: more than 100 layers, residual blocks' layers included; at most 100 are supported"
+    )
+
+
+def test_layer_limit_counts_nested_blocks():
+    inner = {"kind": "residual", "block": [{"units": 2}] * 48}  # 49 layers
+    outer = {"kind": "residual", "block": [inner, inner]}  # 99
+    spec.from_dict(minimal(layers=[outer, {"units": 2}], loss="mse"))  # 100
+    message = assert_field(
+        error_of(minimal(layers=[outer, {"units": 2}, {"units": 2}], loss="mse")), "layers"
+    )
+    assert "residual blocks' layers included" in message
+
+
+def test_nesting_limit_holds_for_residual_blocks(tmp_path):
+    assert spec.MAX_RESIDUAL_NESTING == 30
+    leaky = {"units": 2, "activation": {"name": "leaky_relu", "slope": 0.2}}
+    deepest = spec.from_dict(minimal(layers=_nested(30, leaky), loss="mse"))
+    assert [layer.kind for layer in deepest.flat] == ["residual"] * 30 + ["dense"]
+    assert deepest.order == tuple(range(31, 0, -1))
+    # what from_dict accepts, load_spec reads back: the innermost table lies 64 levels deep
+    path = tmp_path / "deep.json"
+    path.write_text(json.dumps(spec.to_dict(deepest)), encoding="utf-8")
+    assert spec.load_spec(path) == deepest
+    toml = tmp_path / "deep.toml"
+    toml.write_text(_nested_toml(30), encoding="utf-8")
+    assert spec.load_spec(toml) == deepest
+
+    err = error_of(minimal(layers=_nested(31, leaky), loss="mse"))
+    message = assert_field(err, "layers[0]" + ".block[0]" * 30)
+    assert "31 residual layers inside each other; at most 30 are supported" in message
+    path.write_text(json.dumps(minimal(layers=_nested(31, leaky), loss="mse")), encoding="utf-8")
+    assert "nested more than 64 levels deep" in str(load_error(path))
+    toml.write_text(_nested_toml(31), encoding="utf-8")
+    assert "nested more than 64 levels deep" in str(load_error(toml))
+
+
+def test_nesting_past_the_limit_in_cli(tmp_path, capsys):
+    path = tmp_path / "deep.toml"
+    path.write_text(_nested_toml(40), encoding="utf-8")
+    assert "nested more than 64 levels deep" in cli_error(path, capsys)
+
+
+def test_parameter_limit_counts_gamma_and_beta():
+    # 10,000 -> 10,000 without a bias, twice: exactly 200,000,000 weights
+    layers = [{"units": 10_000, "bias": False}] * 2
+    network = spec.from_dict(minimal(inputs=10_000, layers=layers, loss="mse"))
+    assert network.parameter_count == spec.MAX_PARAMETERS
+    for kind in ("layer_norm", "batch_norm"):
+        data = minimal(inputs=10_000, layers=[*layers, {"kind": kind}], loss="mse")
+        message = assert_field(error_of(data), "layers")
+        assert "200,020,000 trainable parameters" in message  # gamma and beta: 2 x 10,000
+
+
+def test_parameter_limit_counts_no_bias_for_bias_false():
+    with_bias = [{"units": 10_000}] * 2
+    message = assert_field(error_of(minimal(inputs=10_000, layers=with_bias, loss="mse")), "layers")
+    assert "200,020,000 trainable parameters" in message
+    one_without = [{"units": 10_000, "bias": False}, {"units": 10_000}]
+    message = assert_field(
+        error_of(minimal(inputs=10_000, layers=one_without, loss="mse")), "layers"
+    )
+    assert "200,010,000 trainable parameters" in message
+
+
+def test_parameter_limit_counts_blocks_and_not_state_or_dropout():
+    # batch norm's running statistics are not trained; dropout and residual have nothing
+    block = [{"units": 10_000, "bias": False}, {"kind": "dropout", "rate": 0.5}]
+    layers = [
+        {"units": 10_000, "bias": False},
+        {"kind": "residual", "block": block},
+    ]
+    network = spec.from_dict(minimal(inputs=10_000, layers=layers, loss="mse"))
+    assert network.parameter_count == spec.MAX_PARAMETERS
+    data = minimal(inputs=9_998, layers=[*layers, {"kind": "batch_norm"}], loss="mse")
+    # 9,998 x 10,000 + 10,000 x 10,000 + 2 x 10,000 gamma/beta = 199,980,000 + 20,000
+    network = spec.from_dict(data)
+    assert network.parameter_count == spec.MAX_PARAMETERS
+    assert sum(math.prod(s) for s in network.state.values()) == 20_000

@@ -1,0 +1,499 @@
+"""Local backward rules of the layer kinds, derived by SymPy and proven (issue 9, item 2).
+
+For each kind, ``derive_rule`` builds a small symbolic instance from the kind's forward map in
+``symbackprop.layers`` (layer norm over n = 3 features of one sample; batch norm over a batch
+of B = 3 samples taken as one function; dropout with a symbolic mask; a residual around a
+2 x 2 tanh dense block), differentiates every output by every input with ``sympy.diff``, forms
+the vector-Jacobian product g^T J with a symbolic upstream gradient g, and proves it equal to
+the general formula the generated NumPy code computes, evaluated on the same instance:
+
+- layer norm (over the features of a sample) and batch norm (over the samples, per feature):
+  with xhat = (x - mean) / sqrt(var + eps), rstd = 1 / sqrt(var + eps) and h = g * gamma,
+  dx = rstd * (h - mean(h) - xhat * mean(h * xhat)); dgamma = sum g * xhat, dbeta = sum g;
+- dropout: dx = g * m (m the drawn mask entry, 0 or 1 / (1 - rate));
+- residual y = x + F(x): dx = g + (F's backward of g), the sum over both paths (the
+  multivariable chain rule).
+
+eps stays a positive symbol, so the proof is of the rule, not of one eps.  The proof of every
+entry: the difference is reduced to a rational function (sqrt(var + eps) becomes a positive
+symbol r by eps = r^2 - var) and ``sympy.cancel`` must give 0 -- a decision procedure for
+rational functions; where that reduction does not apply, ``sympy.simplify`` must give 0.  The
+difference is then also evaluated at rational points to 50 digits.  A failure raises
+``RuntimeError`` (never ``assert``: the check must survive ``python -O``).  ``check_equal`` is
+that checker, exposed so that a wrong formula can be shown to fail.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import cache
+
+import sympy
+
+from symbackprop import layers
+from symbackprop.spec import FlatLayer, LayerSpec
+
+KINDS = ("layer_norm", "batch_norm", "dropout", "residual")
+EPS = sympy.Symbol("epsilon", positive=True)  # the normalization's eps, kept symbolic
+
+INDEX = 1  # the layer number of an instance's layer (its gamma1_i, beta1_i, m1_i)
+MAX_SIZE = 6  # the largest instance derive_rule builds (proof cost grows fast with n)
+NUMERIC_POINTS = 2  # rational points of the numeric check
+NUMERIC_DIGITS = 50
+NUMERIC_TOLERANCE = sympy.Rational(1, 10**40)
+
+Rows = tuple[tuple[str, str, str], ...]
+
+
+@dataclass(frozen=True)
+class ParameterGrad:
+    """dL/dtheta of one parameter of the instance: SymPy's, and the formula's."""
+
+    name: str  # "gamma", "beta"; "W", "b" of a residual's block
+    derived: sympy.ImmutableMatrix  # d(g . y)/dtheta by sympy.diff, one entry per scalar
+    formula: sympy.ImmutableMatrix  # the generated code's formula on the instance
+
+
+@dataclass(frozen=True)
+class KindRule:
+    """One kind's local backward rule: derived on an instance, proven equal to the formula.
+
+    Instance layout: the ``shape`` (rows, features) of the input, flattened row-major into
+    ``inputs`` (rows = the batch for batch norm, 1 otherwise); ``forward`` is a column of the
+    outputs in the same order, ``jacobian`` is d forward_i / d inputs_j, ``upstream`` is the
+    symbolic g = dL/dy, ``vjp`` the row g^T J and ``formula`` the row the code computes.
+    """
+
+    kind: str
+    n: int  # features (layer norm, dropout, residual) or batch size B (batch norm)
+    shape: tuple[int, int]
+    inputs: tuple[sympy.Symbol, ...]
+    upstream: tuple[sympy.Symbol, ...]
+    forward: sympy.ImmutableMatrix
+    jacobian: sympy.ImmutableMatrix
+    vjp: sympy.ImmutableMatrix
+    formula: sympy.ImmutableMatrix
+    parameter_grads: tuple[ParameterGrad, ...]
+    equations: Rows  # (key, title, LaTeX) for the document, general n and B
+    names: tuple[tuple[sympy.Symbol, str], ...]  # LaTeX names of the instance's symbols
+    proof: str  # one sentence: what was proven, and how
+    seconds: float = field(default=0.0, compare=False)  # derivation and proof, wall clock
+
+    @property
+    def symbol_names(self) -> dict[sympy.Symbol, str]:
+        """For ``sympy.latex(expr, symbol_names=rule.symbol_names)``: x_{i}, \\gamma_{i}."""
+        return dict(self.names)
+
+    def latex(self, expr: sympy.Basic) -> str:
+        return sympy.latex(expr, symbol_names=self.symbol_names)
+
+
+# --- the checker --------------------------------------------------------------------------
+
+
+def check_equal(
+    derived: sympy.MatrixBase, formula: sympy.MatrixBase, what: str, eps: sympy.Symbol = EPS
+) -> None:
+    """Raise RuntimeError unless every entry of ``derived - formula`` is identically zero.
+
+    First at rational points to 50 digits (a counterexample refutes at once), then exactly:
+    ``identically_zero``, or failing that ``sympy.simplify``, must give 0 for every entry.
+    """
+    if derived.shape != formula.shape:
+        raise RuntimeError(f"{what}: shapes differ: {derived.shape} vs {formula.shape}")
+    differences = [a - b for a, b in zip(derived, formula, strict=True)]
+    symbols = sorted(
+        set().union(*(d.free_symbols for d in differences)) - {eps}, key=sympy.default_sort_key
+    )
+    draw = random.Random(0)
+    for _ in range(NUMERIC_POINTS):
+        point = {s: _nonzero_rational(draw) for s in symbols}
+        point[eps] = sympy.Rational(draw.randint(1, 9), 10)
+        for k, difference in enumerate(differences):
+            value = difference.xreplace(point).evalf(NUMERIC_DIGITS)
+            if not abs(value) < NUMERIC_TOLERANCE:
+                raise RuntimeError(
+                    f"{what}: entry {k} of SymPy's derivative and the formula differ by "
+                    f"{sympy.N(value, 6)} at {point}"
+                )
+    for k, difference in enumerate(differences):
+        if not (identically_zero(difference) or sympy.simplify(difference) == 0):
+            raise RuntimeError(
+                f"{what}: entry {k}: SymPy's derivative minus the formula does not reduce to 0"
+            )
+
+
+def _nonzero_rational(draw: random.Random) -> sympy.Rational:
+    return sympy.Rational(draw.choice((-1, 1)) * draw.randint(1, 9), draw.randint(1, 5))
+
+
+def identically_zero(expr: sympy.Expr) -> bool:
+    """True if ``expr`` is 0 as a function; False means not shown (a decision for radicals
+    of distinct polynomials, such as sqrt(var + eps) per feature, and rational functions).
+
+    Every sqrt(P)**k becomes r_P**k with r_P > 0; the expression is then a rational function
+    whose numerator, reduced modulo r_P**2 = P, is multilinear in the r_P.  Distinct P of
+    the form var + eps multiply to no square, so 1 and the products of r_P are linearly
+    independent: the expression is 0 iff the reduced numerator expands to 0.
+    """
+    expr = sympy.sympify(expr)
+    if expr == 0:
+        return True
+    roots: dict[sympy.Expr, sympy.Dummy] = {}
+    replace: dict[sympy.Expr, sympy.Expr] = {}
+    for power in expr.atoms(sympy.Pow):
+        exponent = power.exp
+        if exponent.is_Rational and exponent.q == 2:
+            root = roots.setdefault(sympy.expand(power.base), sympy.Dummy("r", positive=True))
+            replace[power] = root**exponent.p
+    numerator, _ = sympy.fraction(sympy.cancel(sympy.together(expr.xreplace(replace))))
+    for square, root in roots.items():
+        numerator = sympy.rem(sympy.expand(numerator), root**2 - square, root)
+    return sympy.expand(numerator) == 0
+
+
+# --- instances ------------------------------------------------------------------------------
+
+
+def _flat(kind: str, units: int) -> FlatLayer:
+    return FlatLayer(INDEX, LayerSpec(units, kind=kind), "layers[0]", (0,), units, True)
+
+
+def _vector(name: str, count: int) -> tuple[sympy.Symbol, ...]:
+    return tuple(sympy.Symbol(f"{name}{i + 1}", real=True) for i in range(count))
+
+
+def _grid(name: str, rows: int, cols: int) -> list[list[sympy.Symbol]]:
+    return [
+        [sympy.Symbol(f"{name}{s + 1}_{i + 1}", real=True) for i in range(cols)]
+        for s in range(rows)
+    ]
+
+
+def _vjp(
+    outputs: Sequence[sympy.Expr], inputs: Sequence[sympy.Symbol], g: Sequence[sympy.Symbol]
+) -> tuple[sympy.Matrix, sympy.Matrix]:
+    jacobian = sympy.Matrix(
+        len(outputs), len(inputs), lambda i, j: sympy.diff(outputs[i], inputs[j])
+    )
+    return jacobian, sympy.Matrix([list(g)]) * jacobian
+
+
+def normalization_formula(
+    x: Sequence[sympy.Expr],
+    g: Sequence[sympy.Expr],
+    gamma: Sequence[sympy.Expr],
+    groups: Sequence[Sequence[int]],
+    eps: sympy.Expr = EPS,
+) -> tuple[sympy.Matrix, list[sympy.Expr]]:
+    """The generated code's dx of a normalization, and xhat, on a flattened instance.
+
+    ``groups`` are the index sets sharing one mean and variance: the features of a sample
+    (layer norm) or the samples of a feature (batch norm).  Within a group, with
+    rstd = 1/sqrt(var + eps) and h = g * gamma: dx = rstd (h - mean h - xhat mean(h xhat)).
+    """
+    dx: list[sympy.Expr] = [sympy.S.Zero] * len(x)
+    xhat: list[sympy.Expr] = [sympy.S.Zero] * len(x)
+    for group in groups:
+        values = [x[k] for k in group]
+        mu = layers.mean(values)
+        rstd = 1 / sympy.sqrt(layers.biased_variance(values, mu) + eps)
+        h = {k: g[k] * gamma[k] for k in group}
+        for k in group:
+            xhat[k] = (x[k] - mu) * rstd
+        mean_h = layers.mean([h[k] for k in group])
+        mean_hx = layers.mean([h[k] * xhat[k] for k in group])
+        for k in group:
+            dx[k] = rstd * (h[k] - mean_h - xhat[k] * mean_hx)
+    return sympy.Matrix([dx]), xhat
+
+
+def _parameter_grad(
+    name: str,
+    outputs: Sequence[sympy.Expr],
+    g: Sequence[sympy.Symbol],
+    theta: Sequence[sympy.Symbol],
+    formula: Sequence[sympy.Expr],
+) -> ParameterGrad:
+    loss = sum((gi * yi for gi, yi in zip(g, outputs, strict=True)), sympy.S.Zero)
+    derived = sympy.ImmutableMatrix([[sympy.diff(loss, t) for t in theta]])
+    return ParameterGrad(name, derived, sympy.ImmutableMatrix([list(formula)]))
+
+
+@dataclass(frozen=True)
+class _Instance:
+    shape: tuple[int, int]
+    inputs: tuple[sympy.Symbol, ...]
+    upstream: tuple[sympy.Symbol, ...]
+    outputs: tuple[sympy.Expr, ...]
+    formula: sympy.Matrix
+    parameter_grads: tuple[ParameterGrad, ...]
+    names: tuple[tuple[sympy.Symbol, str], ...]
+
+
+def _norm_names(
+    x: Sequence[Sequence[sympy.Symbol]], g: Sequence[Sequence[sympy.Symbol]], features: int
+) -> list[tuple[sympy.Symbol, str]]:
+    batch = len(x) > 1
+    names = [(EPS, r"\epsilon")]
+    for s, (xs, gs) in enumerate(zip(x, g, strict=True)):
+        for i in range(features):
+            sub = f"{s + 1} {i + 1}" if batch else f"{i + 1}"
+            names += [(xs[i], f"x_{{{sub}}}"), (gs[i], f"g_{{{sub}}}")]
+    for i in range(features):
+        names += [
+            (layers.gamma(INDEX, i + 1), rf"\gamma_{{{i + 1}}}"),
+            (layers.beta(INDEX, i + 1), rf"\beta_{{{i + 1}}}"),
+        ]
+    return names
+
+
+def _layer_norm(n: int, features: int) -> _Instance:
+    del features
+    x, g = _vector("x", n), _vector("g", n)
+    _, _, out = layers.layer_norm(_flat("layer_norm", n), list(x), eps=EPS)
+    gamma = [layers.gamma(INDEX, i + 1) for i in range(n)]
+    formula, xhat = normalization_formula(x, g, gamma, [range(n)])
+    grads = (
+        _parameter_grad("gamma", out, g, gamma, [g[i] * xhat[i] for i in range(n)]),
+        _parameter_grad("beta", out, g, [layers.beta(INDEX, i + 1) for i in range(n)], g),
+    )
+    names = tuple(_norm_names([x], [g], n))
+    return _Instance((1, n), x, g, tuple(out), formula, grads, names)
+
+
+def _batch_norm(batch: int, features: int) -> _Instance:
+    X, G = _grid("x", batch, features), _grid("g", batch, features)
+    _, _, out = layers.batch_norm(_flat("batch_norm", features), X, eps=EPS)
+    x = tuple(v for row in X for v in row)
+    g = tuple(v for row in G for v in row)
+    gamma = [layers.gamma(INDEX, k % features + 1) for k in range(len(x))]
+    by_feature = [[s * features + i for s in range(batch)] for i in range(features)]
+    formula, xhat = normalization_formula(x, g, gamma, by_feature)
+    outputs = tuple(v for row in out for v in row)
+    grads = (
+        _parameter_grad(
+            "gamma",
+            outputs,
+            g,
+            [layers.gamma(INDEX, i + 1) for i in range(features)],
+            [sum(g[k] * xhat[k] for k in column) for column in by_feature],
+        ),
+        _parameter_grad(
+            "beta",
+            outputs,
+            g,
+            [layers.beta(INDEX, i + 1) for i in range(features)],
+            [sum(g[k] for k in column) for column in by_feature],
+        ),
+    )
+    names = tuple(_norm_names(X, G, features))
+    return _Instance((batch, features), x, g, outputs, formula, grads, names)
+
+
+def _dropout(n: int, features: int) -> _Instance:
+    del features
+    x, g = _vector("x", n), _vector("g", n)
+    out = layers.dropout(_flat("dropout", n), list(x))
+    m = [layers.mask(INDEX, i + 1) for i in range(n)]
+    formula = sympy.Matrix([[g[i] * m[i] for i in range(n)]])
+    names = [
+        (s, f"{c}_{{{i + 1}}}") for c, v in (("x", x), ("g", g), ("m", m)) for i, s in enumerate(v)
+    ]
+    return _Instance((1, n), x, g, tuple(out), formula, (), tuple(names))
+
+
+def _residual(n: int, features: int) -> _Instance:
+    """y = x + tanh(W x + b): the skip path and a dense tanh block, both reading x."""
+    del features
+    x, g = _vector("x", n), _vector("g", n)
+    W = sympy.Matrix(n, n, lambda i, j: sympy.Symbol(f"w{i + 1}_{j + 1}", real=True))
+    b = sympy.Matrix(_vector("b", n))
+    block = [sympy.tanh(z) for z in W * sympy.Matrix(x) + b]
+    out = layers.residual(list(x), block)
+    # the block's own backward (the dense rule): delta = g * tanh'(z), dx = W^T delta
+    delta = [g[i] * (1 - block[i] ** 2) for i in range(n)]
+    through_block = W.T * sympy.Matrix(delta)
+    formula = sympy.Matrix([[g[i] + through_block[i] for i in range(n)]])
+    grads = (
+        _parameter_grad(
+            "W",
+            out,
+            g,
+            list(W),
+            [delta[i] * x[j] for i in range(n) for j in range(n)],
+        ),
+        _parameter_grad("b", out, g, list(b), delta),
+    )
+    names = [
+        (s, f"{c}_{{{i + 1}}}") for c, v in (("x", x), ("g", g), ("b", b)) for i, s in enumerate(v)
+    ]
+    names += [(W[i, j], f"w_{{{i + 1}{j + 1}}}") for i in range(n) for j in range(n)]
+    return _Instance((1, n), x, g, tuple(out), formula, grads, tuple(names))
+
+
+# --- equations (general n features, B samples) ------------------------------------------
+
+_NORM_GRADS = (
+    r"\frac{\partial L}{\partial \gamma^{(l)}} = \frac{1}{B} \sum_{s=1}^{B} "
+    r"\delta^{(l)}_s \odot \hat x_s,\quad "
+    r"\frac{\partial L}{\partial \beta^{(l)}} = \frac{1}{B} \sum_{s=1}^{B} \delta^{(l)}_s"
+)
+
+EQUATIONS: dict[str, Rows] = {
+    "layer_norm": (
+        (
+            "layer_norm.forward",
+            "layer normalization (over the n features of a sample)",
+            r"\mu = \frac{1}{n} \sum_{i=1}^{n} a^{(l-1)}_i,\quad "
+            r"\sigma^2 = \frac{1}{n} \sum_{i=1}^{n} \left(a^{(l-1)}_i - \mu\right)^2,\quad "
+            r"\hat x = \frac{a^{(l-1)} - \mu}{\sqrt{\sigma^2 + \epsilon}},\quad "
+            r"a^{(l)} = \gamma^{(l)} \odot \hat x + \beta^{(l)}",
+        ),
+        (
+            "layer_norm.backward",
+            "layer normalization: the error at its input",
+            r"\frac{\partial \ell}{\partial a^{(l-1)}} = \frac{1}{\sqrt{\sigma^2 + \epsilon}}"
+            r" \left(h - \frac{1}{n} \sum_{j=1}^{n} h_j"
+            r" - \hat x\, \frac{1}{n} \sum_{j=1}^{n} h_j \hat x_j\right),\quad "
+            r"h = \gamma^{(l)} \odot \delta^{(l)},\quad "
+            r"\delta^{(l)} = \frac{\partial \ell}{\partial a^{(l)}}",
+        ),
+        ("layer_norm.grad", "layer normalization: gradients of its parameters", _NORM_GRADS),
+    ),
+    "batch_norm": (
+        (
+            "batch_norm.forward",
+            "batch normalization, training (each feature over the B samples of the batch)",
+            r"\mu_B = \frac{1}{B} \sum_{s=1}^{B} a^{(l-1)}_s,\quad "
+            r"\sigma_B^2 = \frac{1}{B} \sum_{s=1}^{B} \left(a^{(l-1)}_s - \mu_B\right)^2,\quad "
+            r"\hat x_s = \frac{a^{(l-1)}_s - \mu_B}{\sqrt{\sigma_B^2 + \epsilon}},\quad "
+            r"a^{(l)}_s = \gamma^{(l)} \odot \hat x_s + \beta^{(l)}",
+        ),
+        (
+            "batch_norm.backward",
+            "batch normalization: the error at its input (the batch as one function)",
+            r"B\, \frac{\partial L}{\partial a^{(l-1)}_s} = "
+            r"\frac{1}{\sqrt{\sigma_B^2 + \epsilon}} \odot"
+            r" \left(h_s - \frac{1}{B} \sum_{t=1}^{B} h_t"
+            r" - \hat x_s \odot \frac{1}{B} \sum_{t=1}^{B} h_t \odot \hat x_t\right),\quad "
+            r"h_s = \gamma^{(l)} \odot \delta^{(l)}_s,\quad "
+            r"\delta^{(l)}_s = B\, \frac{\partial L}{\partial a^{(l)}_s}",
+        ),
+        ("batch_norm.grad", "batch normalization: gradients of its parameters", _NORM_GRADS),
+        (
+            "batch_norm.running",
+            "batch normalization: running statistics (momentum m, after each training step)",
+            r"\mu^{(l)}_{\mathrm{run}} \leftarrow (1 - m)\, \mu^{(l)}_{\mathrm{run}} + m\, \mu_B,"
+            r"\quad \sigma^{2\,(l)}_{\mathrm{run}} \leftarrow"
+            r" (1 - m)\, \sigma^{2\,(l)}_{\mathrm{run}}"
+            r" + m\, \frac{B}{B - 1}\, \sigma_B^2",
+        ),
+        (
+            "batch_norm.inference",
+            "batch normalization, inference (running statistics)",
+            r"a^{(l)} = \gamma^{(l)} \odot \frac{a^{(l-1)} - \mu^{(l)}_{\mathrm{run}}}"
+            r"{\sqrt{\sigma^{2\,(l)}_{\mathrm{run}} + \epsilon}} + \beta^{(l)}",
+        ),
+    ),
+    "dropout": (
+        (
+            "dropout.forward",
+            "dropout with rate p (training; the identity at inference)",
+            r"a^{(l)} = a^{(l-1)} \odot m,\quad "
+            r"m_i = \begin{cases} \frac{1}{1 - p} & \text{with probability } 1 - p \\"
+            r" 0 & \text{with probability } p \end{cases}",
+        ),
+        (
+            "dropout.backward",
+            "dropout: the error at its input (the same mask)",
+            r"\frac{\partial \ell}{\partial a^{(l-1)}} = \delta^{(l)} \odot m,\quad "
+            r"\delta^{(l)} = \frac{\partial \ell}{\partial a^{(l)}}",
+        ),
+    ),
+    "residual": (
+        (
+            "residual.forward",
+            "residual connection (F: the block, which keeps the width)",
+            r"a^{(l)} = a^{(l-1)} + F\left(a^{(l-1)}\right)",
+        ),
+        (
+            "residual.backward",
+            "residual connection: the input reaches the loss along two paths, which add",
+            r"\frac{\partial \ell}{\partial a^{(l-1)}} = \underbrace{\delta^{(l)}}_{\text{skip}}"
+            r" + \underbrace{\left(\frac{\partial F}{\partial a^{(l-1)}}\right)^{\top}"
+            r" \delta^{(l)}}_{\text{through the block}},\quad "
+            r"\delta^{(l)} = \frac{\partial \ell}{\partial a^{(l)}}",
+        ),
+    ),
+}
+
+_INSTANCES: dict[str, Callable[[int, int], _Instance]] = {
+    "layer_norm": _layer_norm,
+    "batch_norm": _batch_norm,
+    "dropout": _dropout,
+    "residual": _residual,
+}
+
+_WHAT = {
+    "layer_norm": "layer norm over {n} features of one sample",
+    "batch_norm": "batch norm over a batch of B = {n} samples, {features} feature(s)",
+    "dropout": "dropout of {n} features",
+    "residual": "a residual around a {n} x {n} tanh dense block",
+}
+
+
+# --- the rules ------------------------------------------------------------------------------
+
+
+@cache
+def derive_rule(kind: str, n: int = 3, features: int = 2) -> KindRule:
+    """Derive ``kind``'s backward rule on an instance of size n and prove it (RuntimeError).
+
+    n is the feature count (layer norm, dropout, residual) or, for batch norm, the batch size
+    B; ``features`` is used by batch norm only (each feature over the batch).
+    """
+    if kind not in _INSTANCES:
+        raise ValueError(f"no derived rule for kind {kind!r}; known: {', '.join(KINDS)}")
+    if not 2 <= n <= MAX_SIZE or not 1 <= features <= MAX_SIZE:
+        raise ValueError(f"instance size n={n}, features={features}: expected 2..{MAX_SIZE}")
+    start = time.perf_counter()
+    features = features if kind == "batch_norm" else 1
+    instance = _INSTANCES[kind](n, features)
+    jacobian, vjp = _vjp(instance.outputs, instance.inputs, instance.upstream)
+    what = _WHAT[kind].format(n=n, features=features)
+    check_equal(vjp, instance.formula, f"{what}: g^T J")
+    for grad in instance.parameter_grads:
+        check_equal(grad.derived, grad.formula, f"{what}: dL/d{grad.name}")
+    entries = len(instance.outputs) * len(instance.inputs)
+    proof = (
+        f"For {what}, SymPy differentiated {len(instance.outputs)} outputs by "
+        f"{len(instance.inputs)} inputs ({entries} entries); g^T J minus the formula "
+        f"{'and each parameter gradient minus its formula ' if instance.parameter_grads else ''}"
+        f"reduced to 0 exactly{' with eps symbolic' if kind.endswith('_norm') else ''}, "
+        f"and at {NUMERIC_POINTS} rational points to {NUMERIC_DIGITS} digits."
+    )
+    return KindRule(
+        kind=kind,
+        n=n,
+        shape=instance.shape,
+        inputs=instance.inputs,
+        upstream=instance.upstream,
+        forward=sympy.ImmutableMatrix(list(instance.outputs)),
+        jacobian=sympy.ImmutableMatrix(jacobian),
+        vjp=sympy.ImmutableMatrix(vjp),
+        formula=sympy.ImmutableMatrix(instance.formula),
+        parameter_grads=instance.parameter_grads,
+        equations=EQUATIONS[kind],
+        names=instance.names,
+        proof=proof,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def all_rules() -> tuple[KindRule, ...]:
+    """Every kind's rule at its default instance size (cached)."""
+    return tuple(derive_rule(kind) for kind in KINDS)
