@@ -26,15 +26,17 @@ import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
+import jinja2
 import numpy as np
 import sympy
 from sympy.printing.latex import LatexPrinter
 from sympy.printing.precedence import PRECEDENCE, precedence, precedence_traditional
 
-from symbackprop.checkpoint import check_point, load_module
-from symbackprop.codegen import environment, generate
+from symbackprop import exact
+from symbackprop.checkpoint import point
 from symbackprop.derive import LP, Derivation, P, Z, softmax_jacobian_check
 from symbackprop.errors import InputError
 from symbackprop.functions import A, X, Y
@@ -306,22 +308,13 @@ def _f_latex(derivation: Derivation, layer: int, arg: str = "z") -> str:
     return _tex(act.expr, {X: arg})
 
 
-def _cited(derivation: Derivation) -> list[int]:
-    """The equation numbers the generated module cites, read from its text."""
-    source = generate(derivation)
-    found = set()
-    for group in re.findall(r"\(eq\. ([0-9, ]+)\)", source):
-        found.update(int(n) for n in group.split(","))
-    return sorted(found)
-
-
 # --- sections --------------------------------------------------------------------------------
 
 
 def _intro(doc: _Doc) -> str:
     d = doc.d
     net = d.network
-    cited = ", ".join(f"({n})" for n in _cited(d))
+    cited = ", ".join(f"({n})" for n in d.cited)
     core = f"(1)--({len(d.equations)})".replace("--", "\u2013")
     return (
         f"This document derives backpropagation for the network `{net.spec.name}` "
@@ -1045,50 +1038,21 @@ class WorkedExample:
 
 
 def worked_example(derivation: Derivation, seed: int = 0) -> WorkedExample:
-    """Parameters and data as the certificate's check point (batch 1), evaluated exactly."""
+    """Parameters and data as the certificate's check point (batch 1), evaluated exactly.
 
+    The point is ``checkpoint.point`` (the module's ``init_params(seed)`` as
+    ``symbackprop.initialize`` computes it, with the certificate's bias draw); the numbers
+    are ``exact.evaluate``'s, the certificate's own exact evaluation of the neuron-level graph.
+    Nothing here generates or runs the module.
+    """
     net = derivation.network
-    module = load_module(generate(derivation), net.spec.name)
-    params, X_, Y_ = check_point(module, net, batch=1, seed=seed)
-    x, y = X_[0], Y_[0]
-    values: dict[sympy.Symbol, sympy.Float] = {}
-    for key, symbols in net.parameters().items():
-        values.update(
-            {
-                s: sympy.Float(float(v), PRECISION)
-                for s, v in zip(symbols, params[key].reshape(-1), strict=False)
-            }
-        )
-    values.update(
-        {s: sympy.Float(float(v), PRECISION) for s, v in zip(net.inputs(), x, strict=False)}
+    params, X_, Y_ = point(net, batch=1, seed=seed)
+    result = exact.evaluate(net, params, X_, Y_)
+    adjoints = dict(result.adjoints[0])
+    adjoints.update(result.shared)
+    return WorkedExample(
+        params, X_[0], Y_[0], dict(result.values[0]), adjoints, result.loss, result.gradients
     )
-    values.update(
-        {s: sympy.Float(float(v), PRECISION) for s, v in zip(net.targets(), y, strict=False)}
-    )
-    nodes = [(n.symbol, to_textbook_form(n.expr)) for n in net.neuron_graph]
-    for symbol, expr in nodes:
-        values[symbol] = expr.xreplace(values).evalf(PRECISION)
-    adjoints = {LOSS: sympy.Float(1, PRECISION)}
-    for symbol, expr in reversed(nodes):
-        bar = adjoints.get(symbol)
-        if bar is None:
-            continue
-        for s in sorted(expr.free_symbols, key=str):
-            part = bar * sympy.diff(expr, s).xreplace(values).evalf(PRECISION)
-            adjoints[s] = adjoints[s] + part if s in adjoints else part
-    l2 = sympy.Float(net.spec.l2, PRECISION)
-    grads, penalty = {}, sympy.Float(0, PRECISION)
-    for key, symbols in net.parameters().items():
-        entries = []
-        for s in symbols:
-            g = adjoints.get(s, sympy.Float(0, PRECISION))
-            if key.startswith("W"):
-                g += l2 * values[s]
-                penalty += values[s] ** 2
-            entries.append(float(g))
-        grads[key] = np.array(entries).reshape(params[key].shape)
-    loss = float(values[LOSS] + l2 / 2 * penalty)
-    return WorkedExample(params, x, y, values, adjoints, loss, grads)
 
 
 def _section_example(doc: _Doc) -> None:
@@ -1458,16 +1422,36 @@ def _context(
     }
 
 
+@lru_cache(maxsize=1)
+def _environment() -> jinja2.Environment:
+    """The documents' Jinja environment: templates/ inside the package, else the checkout's."""
+    here = Path(__file__).resolve().parent
+    folder = next(
+        (f for f in (here / "templates", here.parent / "templates") if (f / "latex").is_dir()),
+        None,
+    )
+    if folder is None:
+        raise FileNotFoundError("symbackprop's templates folder is missing from the installation")
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(folder)),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+
+
 def render_tex(derivation: Derivation, certificate: object | None = None) -> str:
     """The derivation document as a complete LaTeX document (pdflatex, texlive-latex-base)."""
     context = _context(derivation, certificate, _text_tex)
-    return environment().get_template("latex/derivation.tex.j2").render(context)
+    return _environment().get_template("latex/derivation.tex.j2").render(context)
 
 
 def render_markdown(derivation: Derivation, certificate: object | None = None) -> str:
     """The derivation document as Markdown with $...$ and $$...$$ math (GitHub, Jupyter)."""
     context = _context(derivation, certificate, lambda s: s)
-    return environment().get_template("markdown/derivation.md.j2").render(context)
+    return _environment().get_template("markdown/derivation.md.j2").render(context)
 
 
 def compile_pdf(tex: str) -> bytes:
