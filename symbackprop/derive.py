@@ -522,7 +522,8 @@ def softmax_jacobian_check(n: int = 3) -> sympy.Matrix:
     p = [sympy.exp(zi) / total for zi in z]
     jacobian = sympy.Matrix(n, n, lambda j, k: sympy.diff(p[j], z[k]))
     rule = sympy.Matrix(n, n, lambda j, k: p[j] * ((1 if j == k else 0) - p[k]))
-    assert (jacobian - rule).applyfunc(sympy.simplify) == sympy.zeros(n, n)
+    if (jacobian - rule).applyfunc(sympy.simplify) != sympy.zeros(n, n):  # pragma: no cover
+        raise RuntimeError(f"SymPy's softmax Jacobian for n = {n} is not diag(p) - p p^T")
     return jacobian
 
 
@@ -587,7 +588,8 @@ def _equations(
             body += rf" = {sympy.latex(d.through_output)}\ \text{{with }} a = f(z)"
         rows.append((f"activation.{name}", f"derivative of {name}", rf"f'(z) = {body}"))
     if out.softmax:
-        assert out.q is not None
+        if out.q is None:  # pragma: no cover - derive_output always sets it for softmax
+            raise RuntimeError("a softmax output rule without q")
         rows.append(
             (
                 "delta.output",
@@ -597,7 +599,8 @@ def _equations(
             )
         )
     else:
-        assert out.delta is not None
+        if out.delta is None:  # pragma: no cover - derive_output always sets it
+            raise RuntimeError("an elementwise output rule without delta")
         rows.append(
             (
                 "delta.output",
