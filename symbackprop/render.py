@@ -864,19 +864,28 @@ def _section_output_softmax(doc: _Doc) -> None:
 
 
 def _section_output(doc: _Doc) -> None:
-    d, _net = doc.d, doc.d.network
+    d, net = doc.d, doc.d.network
     out = d.output
     doc.section("The output error")
-    doc.text(
-        "The backward pass starts at the output layer with "
-        "$\\delta^{(L)} = \\partial \\ell / \\partial z^{(L)}$."
-    )
+    output_layer = net.output_layer
+    if output_layer.kind != "dense":
+        doc.text(
+            f"The output layer, layer $L = {output_layer.index}$, is a "
+            f"{LAYERS[output_layer.kind].title}, which has no activation: "
+            "$\\hat y = a^{(L)}$, and the backward pass starts with the error at its output, "
+            "$\\delta^{(L)} = \\partial \\ell / \\partial a^{(L)}$. Below, $z^{(L)}$ stands "
+            "for $a^{(L)}$ and $f_L$ is the identity."
+        )
+    else:
+        doc.text(
+            "The backward pass starts at the output layer with "
+            "$\\delta^{(L)} = \\partial \\ell / \\partial z^{(L)}$."
+        )
     if out.softmax:
         _section_output_softmax(doc)
         return
     assert out.delta is not None and out.generic_delta is not None
-    out_layer = d.network.output_layer.index
-    ad = d.layers[out_layer - 1] or derive_activation(d.network.output)
+    ad = d.layers[output_layer.index - 1] or derive_activation(net.output)
     names = {Z: "z", A: "a", Y: "y"}
     doc.text(
         "Each output is $\\hat y_k = f_L(z^{(L)}_k)$ and depends on its own $z^{(L)}_k$ only, so "
@@ -1137,6 +1146,13 @@ def _block_layers(net: SymbolicNetwork, residual: FlatLayer) -> list[int]:
     return [layer.index for layer in net.flat if layer.path.startswith(prefix)]
 
 
+def _span(numbers: list[int]) -> str:
+    """'layer 4' or 'layers 3\u20135' (a block's layers are consecutive)."""
+    if len(numbers) == 1:
+        return f"layer {numbers[0]}"
+    return f"layers {numbers[0]}\u2013{numbers[-1]}"
+
+
 def _parameter_tex(key: str) -> str:
     """W3 -> W^{(3)}, gamma4 -> \\gamma^{(4)}."""
     head = key.rstrip("0123456789")
@@ -1159,8 +1175,7 @@ def _details(d: Derivation, layer: FlatLayer) -> str:
         return f"$\\epsilon = {_number(spec.eps)}$, momentum ${_number(spec.momentum)}$"
     if layer.kind == "dropout":
         return f"rate $p = {_number(spec.rate)}$"
-    block = _block_layers(d.network, layer)
-    return f"block: layers {block[0]}\u2013{block[-1]}"
+    return f"block: {_span(_block_layers(d.network, layer))}"
 
 
 def _network_kinds(doc: _Doc) -> None:
@@ -1169,8 +1184,13 @@ def _network_kinds(doc: _Doc) -> None:
     doc.section("The network and the notation")
     doc.text(
         f"The network has $n_0 = {net.sizes[0]}$ inputs and {net.depth} layers, numbered "
-        "from 1 depth first: a residual layer takes a number, then the layers of its block "
-        "follow it. Each layer reads the output of the layer (or the input $x$) in the column "
+        + (
+            "from 1 depth first: a residual layer takes a number, then the layers of its "
+            "block follow it"
+            if "residual" in _kinds_used(net)
+            else "from 1"
+        )
+        + ". Each layer reads the output of the layer (or the input $x$) in the column "
         "'reads' and has an output $a^{(l)}$ of $n_l$ units:"
     )
     rows = []
@@ -1206,6 +1226,8 @@ def _network_kinds(doc: _Doc) -> None:
         "$\\delta^{(l)} = \\partial \\ell / \\partial a^{(l)}$, for the loss $\\ell$ of one "
         "sample."
         + (
+            " A batch normalization layer also keeps running statistics, which are not "
+            "trained (the code's `mean<l>` and `var<l>`, entries of `params`)."
             " Batch normalization couples the samples of a batch: there, and below it, the "
             "error of sample $s$ is $B\\, \\partial L / \\partial a^{(l)}_s$ for the batch's "
             "loss $L$ (which is $\\partial \\ell_s / \\partial a^{(l)}_s$ wherever the samples "
@@ -1304,8 +1326,12 @@ def _layer_rows(d: Derivation, layer: FlatLayer) -> list[Step]:
                 (
                     _a(idx),
                     rf" = {_a(src)} + F^{{({idx})}}\left({_a(src)}\right) = {_a(src)} + "
-                    rf"{_a(layer.sources[1])},\quad F^{{({idx})}}:\ \text{{layers }} "
-                    rf"{block[0]}\text{{--}}{block[-1]}",
+                    rf"{_a(layer.sources[1])},\quad F^{{({idx})}}:\ \text{{the block, }}"
+                    + (
+                        rf"\text{{layer {block[0]}}}"
+                        if len(block) == 1
+                        else f"\\text{{layers {block[0]}\u2013{block[-1]}}}"
+                    ),
                 ),
             ),
         )
@@ -1387,31 +1413,32 @@ def _forward_kinds(doc: _Doc) -> None:
             doc.math(doc.core("batch_norm.inference"))
 
 
-def _composite(net: SymbolicNetwork, index: int, named: set[int]) -> tuple[str, bool]:
+def _composite(net: SymbolicNetwork, index: int, named: set[int]) -> tuple[str, str]:
     """a^{(index)} as a composite of the layer maps, stopping at ``named`` outputs.
 
-    Returns (LaTeX, whether it is a sum, so that a factor next to it needs brackets).
+    Returns (LaTeX, its operator: "+" for a residual's sum, "odot" for a dropout's product,
+    "" for an atom or a function application), so that whatever reads it can bracket it.
     """
     if index == 0:
-        return "x", False
+        return "x", ""
     layer = net.flat[index - 1]
     inputs = []
     for source in layer.sources:
         if source in named:
-            inputs.append((_a(source), False))
+            inputs.append((_a(source), ""))
         else:
             inputs.append(_composite(net, source, named))
-    (inner, is_sum), idx = inputs[0], layer.index
-    if layer.kind == "dense":
-        arg = rf"\left({inner}\right)" if is_sum else inner
+    (inner, op), idx = inputs[0], layer.index
+    if layer.kind == "dense":  # W times a sum or an elementwise product: brackets
+        arg = rf"\left({inner}\right)" if op else inner
         bias_term = f" + b^{{({idx})}}" if layer.layer.bias else ""
-        return rf"f_{{{idx}}}\left(W^{{({idx})}} {arg}{bias_term}\right)", False
+        return rf"f_{{{idx}}}\left(W^{{({idx})}} {arg}{bias_term}\right)", ""
     if layer.kind in _OPERATOR:
-        return rf"{_OPERATOR[layer.kind]}_{{{idx}}}\left({inner}\right)", False
-    if layer.kind == "dropout":
-        arg = rf"\left({inner}\right)" if is_sum else inner
-        return rf"m^{{({idx})}} \odot {arg}", False
-    return f"{inner} + {inputs[1][0]}", True
+        return rf"{_OPERATOR[layer.kind]}_{{{idx}}}\left({inner}\right)", ""
+    if layer.kind == "dropout":  # m odot a sum: brackets; odot is associative
+        arg = rf"\left({inner}\right)" if op == "+" else inner
+        return rf"m^{{({idx})}} \odot {arg}", "odot"
+    return f"{inner} + {inputs[1][0]}", "+"
 
 
 def _composite_rows(net: SymbolicNetwork) -> tuple[Row, ...] | None:
@@ -1976,6 +2003,8 @@ def _backward_rows(d: Derivation, layer: FlatLayer, readers: dict) -> list[Step]
                 ("delta.hidden", ((target, rf" = W^{{({idx})\top}} \delta^{{({idx})}}"),)),
             )
         return steps
+    if src == 0 and layer.kind != "residual":
+        return []  # the input x needs no error
     if layer.kind == "layer_norm":
         return [
             (
@@ -2009,15 +2038,11 @@ def _backward_rows(d: Derivation, layer: FlatLayer, readers: dict) -> list[Step]
     if layer.kind == "dropout":
         return [("dropout.backward", ((target, rf" = {_da(idx)} \odot m^{{({idx})}}"),))]
     end = layer.sources[1]
-    return [
-        (
-            "residual.backward",
-            (
-                (_da(end), rf" = {_da(idx)}\ \text{{(layer {end}, the block's output)}},"),
-                (target, rf" = {_da(idx)}\ \text{{(the skip)}}"),
-            ),
-        )
-    ]
+    rows: list[Row] = [(_da(end), rf" = {_da(idx)}\ \text{{(layer {end}, the block's output)}}")]
+    if src != 0:  # the input x needs no error
+        rows[0] = (rows[0][0], rows[0][1] + ",")
+        rows.append((target, rf" = {_da(idx)}\ \text{{(the skip)}}"))
+    return [("residual.backward", tuple(rows))]
 
 
 def _backward_kinds(doc: _Doc) -> None:
