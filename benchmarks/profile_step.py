@@ -119,28 +119,29 @@ def alternatives(module, params, X, Y) -> dict[str, float]:
     return {k: v * 1e6 for k, v in out.items()}
 
 
-def profile_config(config: str, sizes, batch, activation, dtype, steps) -> dict:
-    name = f"profile_{config}_{activation}"
-    source = generate(make_spec(name, sizes, activation))
+def profile_lines(source: str, name: str, step, steps: int) -> tuple[float, float, list[dict]]:
+    """(step µs uninstrumented, step µs instrumented, per-line times sorted costliest first).
+
+    step(module) makes the function that runs one step of that module (its own params).
+    """
     plain = load_module(source, name)
-    params, X, Y, _ = make_problem(plain, sizes, batch, dtype)
-    p_plain = {k: v.copy() for k, v in params.items()}
+    run = step(plain)
     for _ in range(50):
-        plain.train_step(p_plain, X, Y, LR)
-    step_us = median_step(lambda: plain.train_step(p_plain, X, Y, LR), steps) * 1e6
+        run()
+    step_us = median_step(run, steps) * 1e6
 
     module, acc, lines = instrument(source, name + "_lt")
-    p_inst = {k: v.copy() for k, v in params.items()}
+    run = step(module)
     for _ in range(50):
-        module.train_step(p_inst, X, Y, LR)
+        run()
     for key in acc:
         acc[key] = 0.0
-    instrumented = median_step(lambda: module.train_step(p_inst, X, Y, LR), steps) * 1e6
+    instrumented = median_step(run, steps) * 1e6
     # per line: the median over steps of its time in that step (robust to preemption)
     samples: dict[str, list[float]] = {key: [] for key in acc}
     previous = dict(acc)
     for _ in range(steps):
-        module.train_step(p_inst, X, Y, LR)
+        run()
         current = dict(acc)
         for key, value in current.items():
             samples[key].append(value - previous[key])
@@ -159,6 +160,28 @@ def profile_config(config: str, sizes, batch, activation, dtype, steps) -> dict:
         )
     per_line = [r for r in per_line if r["us_per_step"] > 0]
     per_line.sort(key=lambda r: -r["us_per_step"])
+    return step_us, instrumented, per_line
+
+
+def print_lines(per_line: list[dict], top: int) -> None:
+    print("| µs/step | function:line | code |")
+    print("|---|---|---|")
+    for line in per_line[:top]:
+        code = line["code"].replace("|", "\\|")
+        print(f"| {line['us_per_step']:.2f} | {line['function']}:{line['line']} | `{code}` |")
+
+
+def profile_config(config: str, sizes, batch, activation, dtype, steps) -> dict:
+    name = f"profile_{config}_{activation}"
+    source = generate(make_spec(name, sizes, activation))
+    plain = load_module(source, name)
+    params, X, Y, _ = make_problem(plain, sizes, batch, dtype)
+
+    def step(module):
+        own = {k: v.copy() for k, v in params.items()}
+        return lambda: module.train_step(own, X, Y, LR)
+
+    step_us, instrumented, per_line = profile_lines(source, name, step, steps)
 
     profiler = cProfile.Profile()
     p_prof = {k: v.copy() for k, v in params.items()}
@@ -178,7 +201,7 @@ def profile_config(config: str, sizes, batch, activation, dtype, steps) -> dict:
         "instrumented_step_us": instrumented,
         "lines": per_line,
         "cprofile": text.getvalue(),
-        "alternatives_us": alternatives(plain, p_plain, X, Y),
+        "alternatives_us": alternatives(plain, p_prof, X, Y),
     }
 
 
@@ -206,14 +229,7 @@ def main(argv=None) -> int:
                         f"{activation} {dtype}: train_step {r['step_us']:.1f} µs (median; "
                         f"{r['instrumented_step_us']:.1f} µs instrumented)"
                     )
-                    print("| µs/step | function:line | code |")
-                    print("|---|---|---|")
-                    for line in r["lines"][: args.top]:
-                        code = line["code"].replace("|", "\\|")
-                        print(
-                            f"| {line['us_per_step']:.2f} | {line['function']}:{line['line']} "
-                            f"| `{code}` |"
-                        )
+                    print_lines(r["lines"], args.top)
                     print("\nalternatives (µs, median of 2000):")
                     for k, v in r["alternatives_us"].items():
                         print(f"- {k}: {v:.2f}")

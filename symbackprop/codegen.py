@@ -11,7 +11,7 @@ from __future__ import annotations
 import inspect
 import json
 import textwrap
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -159,17 +159,9 @@ class LayerCode:
     prime_arrays: tuple[str, ...] = ()
     eq_prime: int = 0
     l2: bool = False
-    eps: str = ""
-    inverse: str = ""  # 1/n as a literal
-    momentum: float = 0.0
-    rate: float = 0.0
-    scale: str = ""  # dropout's 1/(1 - rate)
     block_output: str = ""  # residual: its block's output array
-    eq_forward: int = 0
-    eq_backward: int = 0
-    eq_running: int = 0
-    eq_grad: int = 0
-    eq_inference: int = 0
+    fields: dict[str, object] = field(default_factory=dict)  # the kind's own (layers.py)
+    eqs: dict[str, int] = field(default_factory=dict)  # its equations: suffix -> number
     # the gradient it sends back: (buffer of the source layer, first writer?) per source
     sends: tuple[tuple[str, bool], ...] = ()
     receives_from: int = 0  # a dense layer whose W^T delta this block receives first thing
@@ -216,9 +208,6 @@ def context(derivation: Derivation) -> dict[str, object]:
         "grad_w": derivation.number("grad.W"),
         "grad_b": derivation.number("grad.b"),
     }
-
-    def number(key: str) -> int:
-        return derivation.number(key) if derivation.has(key) else 0
 
     names = {layer.index: _output_name(layer, derivation.layers[layer.index - 1]) for layer in flat}
     names[0] = "X"
@@ -290,44 +279,21 @@ def context(derivation: Derivation) -> dict[str, object]:
                 buffers.append((f"db{index}", f"({units},)"))
             if spec.l2:
                 buffers.append((f"R{index}", f"({units}, {layer.fan_in})"))
-        elif layer.kind in ("layer_norm", "batch_norm"):
-            stat = "(batch, 1)" if layer.kind == "layer_norm" else f"({units},)"
-            entry = {
-                "eps": _float(layer.layer.eps),
-                "inverse": _float(1.0 / units),
-                "momentum": layer.layer.momentum,
-                "eq_forward": number(f"{layer.kind}.forward"),
-                "eq_backward": number(f"{layer.kind}.backward"),
-                "eq_running": number(f"{layer.kind}.running"),
-                "eq_grad": number(f"{layer.kind}.grad"),
-                "eq_inference": number(f"{layer.kind}.inference"),
+        else:  # every other kind: its registry entry says what its template block needs
+            kind = LAYERS[layer.kind]
+            entry = {"fields": kind.fields(layer)}
+            if layer.kind == "residual":
+                entry["block_output"] = names[layer.sources[1]]
+            prefix = f"{layer.kind}."
+            entry["eqs"] = {
+                e.key[len(prefix) :]: e.number
+                for e in derivation.equations
+                if e.key.startswith(prefix)
             }
-            buffers += [(f"A{index}", shape), (f"dA{index}", shape), (f"H{index}", shape)]
-            buffers += [(f"T{index}", shape), (f"M{index}", stat), (f"R{index}", stat)]
-            buffers += [(f"S{index}", stat), (f"Q{index}", stat)]
-            if layer.kind == "batch_norm":
-                buffers.append((f"V{index}", stat))
-            buffers += [(f"dgamma{index}", f"({units},)"), (f"dbeta{index}", f"({units},)")]
-        elif layer.kind == "dropout":
-            rate = layer.layer.rate
-            entry = {
-                "rate": rate,
-                "scale": _float(1.0 / (1.0 - rate)) if rate else "",
-                "eq_forward": number("dropout.forward"),
-                "eq_backward": number("dropout.backward"),
-            }
-            buffers += [(f"A{index}", shape), (f"dA{index}", shape)]
-            if rate:
-                buffers += [(f"M{index}", shape), (f"U{index}", shape), (f"K{index}", shape)]
-                fixed[f"U{index}"] = "numpy.float64"
-                fixed[f"K{index}"] = "numpy.bool_"
-        else:  # residual
-            entry = {
-                "block_output": names[layer.sources[1]],
-                "eq_forward": number("residual.forward"),
-                "eq_backward": number("residual.backward"),
-            }
-            buffers += [(f"A{index}", shape), (f"dA{index}", shape)]
+            for buffer, shape_text, own in kind.buffers(layer):
+                buffers.append((buffer, shape_text))
+                if own is not None:
+                    fixed[buffer] = own
         codes[index] = LayerCode(**common, **entry)  # type: ignore[arg-type]
 
     # a dense layer's W^T delta is received by the layer it reads, first thing in its block

@@ -30,7 +30,7 @@ from symbackprop.primitives import (
     softplus,
     step,
 )
-from symbackprop.spec import ACTIVATION_PARAMETERS, FunctionSpec, NetworkSpec
+from symbackprop.spec import ACTIVATION_PARAMETERS, FunctionSpec, NetworkSpec, parameter_value
 
 # real: |x|' is sign(x), not an expression in re(x) and im(x)
 X = sympy.Symbol("x", real=True)
@@ -186,15 +186,14 @@ LOSSES: dict[str, Loss] = {
 def _with_parameters(entry: Activation, spec: FunctionSpec, field: str) -> Activation:
     """leaky_relu with another slope, elu with another alpha (DESIGN §2b)."""
     defaults = ACTIVATION_PARAMETERS.get(entry.name, {})
-    for key, value in spec.params:  # a spec built in Python skips spec.from_dict's checks
+    for key, _ in spec.params:  # a spec built in Python skips spec.from_dict's checks
         if key not in defaults:
             takes = f"it takes: {', '.join(defaults)}" if defaults else "it takes none"
             raise InputError(f"{field}.{key}", f"unknown parameter of {entry.name} ({takes})")
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise InputError(f"{field}.{key}", f"expected a number, got {value!r}")
-        if not math.isfinite(value):
-            raise InputError(f"{field}.{key}", f"expected a finite number, got {value!r}")
-    values = {**defaults, **{key: float(value) for key, value in spec.params}}
+    values = {
+        **defaults,
+        **{key: parameter_value(value, f"{field}.{key}") for key, value in spec.params},
+    }
     if values == defaults:
         return entry
     return _parameterized(entry.name, tuple(sorted(values.items())))

@@ -26,8 +26,56 @@ from symbackprop.spec import KINDS, FlatLayer, layer_parameters, layer_state
 Vector = list[sympy.Expr]
 
 
+Buffer = tuple[str, str, str | None]  # name, shape (Python source in `batch`), own dtype
+
+
+def _norm_buffers(layer: FlatLayer) -> list[Buffer]:
+    i, n = layer.index, layer.units
+    stat = "(batch, 1)" if layer.kind == "layer_norm" else f"({n},)"
+    rows = [(f"{k}{i}", f"(batch, {n})", None) for k in ("A", "dA", "H", "T")]
+    rows += [(f"{k}{i}", stat, None) for k in ("M", "R", "S", "Q")]
+    if layer.kind == "batch_norm":
+        rows.append((f"V{i}", stat, None))
+    return rows + [(f"dgamma{i}", f"({n},)", None), (f"dbeta{i}", f"({n},)", None)]
+
+
+def _norm_fields(layer: FlatLayer) -> dict[str, object]:
+    spec = layer.layer
+    return {
+        "eps": repr(float(spec.eps)),
+        "inverse": repr(1.0 / layer.units),
+        "momentum": spec.momentum,
+    }
+
+
+def _dropout_buffers(layer: FlatLayer) -> list[Buffer]:
+    i, shape = layer.index, f"(batch, {layer.units})"
+    rows: list[Buffer] = [(f"A{i}", shape, None), (f"dA{i}", shape, None)]
+    if layer.layer.rate:
+        rows += [(f"M{i}", shape, None), (f"U{i}", shape, "numpy.float64")]
+        rows.append((f"K{i}", shape, "numpy.bool_"))
+    return rows
+
+
+def _dropout_fields(layer: FlatLayer) -> dict[str, object]:
+    rate = layer.layer.rate
+    return {"rate": rate, "scale": repr(1.0 / (1.0 - rate)) if rate else ""}
+
+
+def _output_buffers(layer: FlatLayer) -> list[Buffer]:
+    shape = f"(batch, {layer.units})"
+    return [(f"A{layer.index}", shape, None), (f"dA{layer.index}", shape, None)]
+
+
+def _no_fields(layer: FlatLayer) -> dict[str, object]:
+    return {}
+
+
 @dataclass(frozen=True)
 class LayerKind:
+    """One kind of layer.  ``buffers`` and ``fields`` feed its template block (the dense
+    kind's come from its activation's kernels, in codegen)."""
+
     name: str
     title: str  # for documents: "layer normalization"
     torch: str  # the PyTorch equivalent, as DESIGN §2b names it
@@ -35,6 +83,8 @@ class LayerKind:
     couples_batch: bool = False  # its output for one sample depends on the others (batch norm)
     random: bool = False  # draws from rng in training mode (dropout)
     modes: bool = False  # training and inference differ (batch norm, dropout)
+    buffers: Callable[[FlatLayer], list[Buffer]] = _output_buffers  # its workspace arrays
+    fields: Callable[[FlatLayer], dict[str, object]] = _no_fields  # its template's values
 
     @property
     def template(self) -> str:
@@ -55,6 +105,8 @@ LAYERS: dict[str, LayerKind] = {
             "layer normalization",
             "nn.LayerNorm(n, eps)",
             "gamma ones, beta zeros",
+            buffers=_norm_buffers,
+            fields=_norm_fields,
         ),
         LayerKind(
             "batch_norm",
@@ -63,6 +115,8 @@ LAYERS: dict[str, LayerKind] = {
             "gamma ones, beta zeros; running mean zeros, running variance ones",
             couples_batch=True,
             modes=True,
+            buffers=_norm_buffers,
+            fields=_norm_fields,
         ),
         LayerKind(
             "dropout",
@@ -71,6 +125,8 @@ LAYERS: dict[str, LayerKind] = {
             "no parameters",
             random=True,
             modes=True,
+            buffers=_dropout_buffers,
+            fields=_dropout_fields,
         ),
         LayerKind("residual", "residual connection", "x + nn.Sequential(block)(x)", "none"),
     )

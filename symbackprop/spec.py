@@ -33,6 +33,7 @@ byte-order mark is ignored; a JSON object with a duplicate key is refused.
 
 from __future__ import annotations
 
+import decimal
 import json
 import keyword
 import math
@@ -85,6 +86,10 @@ MAX_NESTING = 64  # lists and tables inside each other in a spec file (4, and 2 
 # depth 2 * 31 + 2 <= MAX_NESTING, so from_dict accepts what load_spec can read back
 MAX_RESIDUAL_NESTING = (MAX_NESTING - 4) // 2
 MAX_SPEC_BYTES = 1 << 20  # 1 MiB; 100 layers with 500-character expressions need ~60 kB
+# an activation parameter's decimal exponent, as a number in an expression
+# (expressions.MAX_DIGITS): SymPy's factorization of the derivative slows with the size of
+# its coefficients (21 s for a slope of 5e-324; 1e-100 stays near a second)
+MAX_PARAMETER_EXPONENT = 100
 MAX_COUNT = 2**63 - 1  # train.epochs and train.batch_size: NumPy's int64
 MAX_SEED = 2**64 - 1  # train.seed
 _LONG_INTEGER = 100  # digits: a JSON integer longer than this is never a valid value
@@ -427,6 +432,10 @@ def from_dict(data: Any) -> NetworkSpec:
         for layer in flatten(inputs, layers)
         for shape in layer_parameters(layer).values()
     )
+    if parameters == 0:  # nothing to train, and no gradient to certify (torch.optim refuses)
+        raise InputError(
+            "layers", "the network has no trainable parameters; add a dense or normalization layer"
+        )
     if parameters > MAX_PARAMETERS:
         raise InputError(
             "layers",
@@ -713,7 +722,9 @@ def _function(value: Any, path: str, kind: str) -> FunctionSpec:
         _check_parameter_names(value, name, extra, path)
         if "expr" not in value:
             params = tuple(
-                sorted((key, _number(value[key], f"{path}.{shorten(key)}")) for key in extra)
+                sorted(
+                    (key, parameter_value(value[key], f"{path}.{shorten(key)}")) for key in extra
+                )
             )
             return FunctionSpec(name=name, params=params)
     _reject_unknown(value, {"name", "expr"}, f"{path}.")
@@ -724,6 +735,19 @@ def _function(value: Any, path: str, kind: str) -> FunctionSpec:
     if not isinstance(expr, str) or not expr.strip():
         raise InputError(f"{path}.expr", f"expected an expression string, got {_kind(expr)}")
     return FunctionSpec(name=name, expr=expr)
+
+
+def parameter_value(value: Any, path: str) -> float:
+    """An activation parameter (a leaky_relu slope, an elu alpha): a finite number whose
+    decimal exponent is within ``MAX_PARAMETER_EXPONENT``, or 0."""
+    number = _number(value, path)
+    if number != 0 and abs(decimal.Decimal(repr(number)).adjusted()) > MAX_PARAMETER_EXPONENT:
+        raise InputError(
+            path,
+            f"expected 0 or a number with a decimal exponent from -{MAX_PARAMETER_EXPONENT} "
+            f"to {MAX_PARAMETER_EXPONENT}, got {_kind(value)}",
+        )
+    return number
 
 
 def _takes() -> str:

@@ -105,3 +105,56 @@ def test_profile_step_runs(tmp_path: Path) -> None:
     result = run("profile_step.py", *args, "--json", str(out))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "train_step" in result.stdout and out.exists()
+
+
+def kinds_step(tmp_path: Path, *extra: str) -> tuple[subprocess.CompletedProcess, dict]:
+    out = tmp_path / "kinds_step.json"
+    result = run("kinds_step.py", "--quick", "--json", str(out), *extra)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result, json.loads(out.read_text(encoding="utf-8"))
+
+
+def test_kinds_step_quick(tmp_path: Path) -> None:
+    result, report = kinds_step(tmp_path)
+    assert report["checks_passed"] is True
+    assert report["settings"]["threads"] == 1
+    assert report["environment"]["thread_env"]["OPENBLAS_NUM_THREADS"] == "1"
+    configs = ["residual_ln", "batchnorm", "residual_ln_dropout"]
+    pairs = [(c, d) for c in configs for d in ("float64", "float32")]
+    assert [(c["config"], c["dtype"]) for c in report["checks"]] == pairs
+    assert [(r["config"], r["dtype"]) for r in report["results"]] == pairs
+    for check in report["checks"]:
+        assert check["passed"] is True and check["gradients_leave_params"] is True
+        oracles = [check["reference"]] + ([check["torch"]] if HAS_TORCH else [])
+        assert (check["torch"] is not None) == HAS_TORCH
+        for oracle in oracles:
+            assert oracle["passed"] is True and oracle["missing"] == []
+            assert oracle["max_rel_error"] <= check["tolerance"]
+            stepped = oracle["errors"]["params_after_step"]
+            if check["config"] == "batchnorm":  # the running statistics are compared too
+                assert {"mean2", "var2", "mean4", "var4"} <= stepped.keys()
+            if check["config"].startswith("residual_ln"):
+                assert {"gamma4", "beta4", "gamma7", "beta7"} <= oracle["errors"]["grads"].keys()
+        # the module drew a mask for the dropout layer (number 8) and both oracles used it
+        assert check["dropout_masks"] == ([8] if check["config"] == "residual_ln_dropout" else [])
+    for row in report["results"]:
+        assert row["batch"] == 128 and row["threads"] == 1
+        assert row["numpy_s"] > 0 and row["numpy_cpu_s"] > 0
+        assert (row["ratio"] is not None) == HAS_TORCH
+        assert (row["ratio_cpu"] is not None) == HAS_TORCH
+    assert "numpy/torch (CPU)" in result.stdout and "all passed" in result.stdout
+
+
+def test_kinds_step_without_torch_and_profile(tmp_path: Path) -> None:
+    args = ("--no-torch", "--configs", "batchnorm", "residual_ln_dropout", "--dtypes", "float32")
+    result, report = kinds_step(tmp_path, *args, "--profile", "--steps", "5")
+    assert report["checks_passed"] is True and report["environment"]["torch"] is None
+    assert len(report["checks"]) == 2
+    for check in report["checks"]:
+        assert check["torch"] is None and check["reference"]["passed"] is True
+    assert report["results"] == []  # --profile: line times instead of the comparison
+    assert [p["config"] for p in report["profiles"]] == ["batchnorm", "residual_ln_dropout"]
+    for profile in report["profiles"]:
+        assert profile["step_us"] > 0
+        assert any("numpy.dot" in line["code"] for line in profile["lines"])
+    assert "| µs/step | function:line | code |" in result.stdout

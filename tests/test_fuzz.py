@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from symbackprop import cli, graph
 from symbackprop.codegen import generate
+from symbackprop.derive import derive
 from symbackprop.errors import InputError
 from symbackprop.expressions import FUNCTIONS, parse_expression
 from symbackprop.spec import from_dict, to_dict
@@ -377,7 +378,8 @@ FIELDS = re.compile(r"(layers(\[\d+\](\.block)?)*|loss|train\.batch_size)[.:]")
 
 
 def check_kinds_spec(data: dict) -> str:
-    """'ok', 'refused' or 'unresolved'; only InputError, one line naming a field, escapes."""
+    """'ok' (a module is generated), 'refused' or 'unresolved'; nothing but InputError, one
+    line naming a field, escapes."""
     with watchdog(repr(data)[:200]):
         try:
             network = from_dict(data)
@@ -400,6 +402,9 @@ def check_kinds_spec(data: dict) -> str:
             assert FIELDS.match(str(err)), str(err)
             return "unresolved"
         assert list(symbolic.parameters()) == list(network.parameters)
+        source = generate(derive(network))
+    compile(source, "fuzz.py", "exec")
+    assert "def gradients(" in source
     return "ok"
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from test_spec import assert_field
 
-from symbackprop import functions, graph, spec
+from symbackprop import expressions, functions, graph, spec
 from symbackprop.cli import main
 from symbackprop.errors import InputError
 from symbackprop.spec import FunctionSpec, LayerSpec, NetworkSpec
@@ -309,7 +309,9 @@ def test_default_parameters_are_the_plain_entry(activation, name):
     assert activations[0] is functions.ACTIVATIONS[name]
 
 
-@pytest.mark.parametrize("slope", [0.2, -0.5, 1.0, 1e-300, 0.30000000000000004, 3])
+@pytest.mark.parametrize(
+    "slope", [0.2, -0.5, 1.0, 0.0, 1e-100, 9.9e100, -1e100, 0.30000000000000004, 3]
+)
 def test_leaky_relu_slope_is_the_number_given(slope):
     layer = spec.from_dict(net([dense(4, {"name": "leaky_relu", "slope": slope})])).layers[0]
     assert layer.activation.params == (("slope", float(slope)),)
@@ -319,6 +321,10 @@ def test_leaky_relu_slope_is_the_number_given(slope):
     assert np.array_equal(entry.reference(x), np.where(x > 0, x, slope * x))
     at = {functions.X: -2}
     assert float(entry.expr.subs(at)) == pytest.approx(-2 * slope, rel=1e-15)
+
+
+def test_parameter_exponents_are_bounded_as_numbers_in_expressions():
+    assert spec.MAX_PARAMETER_EXPONENT == expressions.MAX_DIGITS
 
 
 def test_elu_alpha_is_the_number_given():
@@ -340,6 +346,7 @@ def test_elu_alpha_is_the_number_given():
         ),
         (FunctionSpec("leaky_relu", params=(("slope", math.inf),)), "f.slope", "finite"),
         (FunctionSpec("leaky_relu", params=(("slope", "0.2"),)), "f.slope", "a number"),
+        (FunctionSpec("elu", params=(("alpha", 5e-324),)), "f.alpha", "exponent from -100"),
         (FunctionSpec("mine", "x", params=(("slope", 0.2),)), "f.slope", "takes no parameters"),
     ],
 )
@@ -596,6 +603,28 @@ BAD = [
             (10**400, "expected a finite number, got a 401-digit number"),
         ]
     ),
+    *(
+        (
+            f"slope-exponent-{shown}",
+            net([dense(4, {"name": "leaky_relu", "slope": value})]),
+            "layers[0].activation.slope",
+            "expected 0 or a number with a decimal exponent from -100 to 100, got " + shown,
+        )
+        for value, shown in [
+            (5e-324, "5e-324"),
+            (1e-101, "1e-101"),
+            (-9.99e-101, "-9.99e-101"),
+            (1e101, "1e+101"),
+            (1e300, "1e+300"),
+            (10**101, "a 102-digit number"),
+        ]
+    ),
+    (
+        "alpha-exponent",
+        net([dense(4, {"name": "elu", "alpha": 1e-200})]),
+        "layers[0].activation.alpha",
+        "a decimal exponent from -100 to 100",
+    ),
     (
         "alpha-nan",
         net([dense(4, {"name": "elu", "alpha": math.nan})]),
@@ -722,6 +751,24 @@ BAD = [
             ("residual", residual(dense(3, "sigmoid"))),
         ]
     ),
+    # something to train
+    (
+        "no-parameters",
+        net([{"kind": "dropout", "rate": 0.5}]),
+        "layers",
+        "the network has no trainable parameters; add a dense or normalization layer",
+    ),
+    (
+        "no-parameters-in-blocks",
+        net(
+            [
+                residual({"kind": "dropout", "rate": 0.1}),
+                residual(residual({"kind": "dropout", "rate": 0})),
+            ]
+        ),
+        "layers",
+        "no trainable parameters",
+    ),
     # batch norm trains on batches of at least two
     (
         "batch-norm-batch-1",
@@ -775,6 +822,8 @@ def test_bad_case_ids_are_unique():
             loss="binary_cross_entropy",
         ),
         net([residual(dense(9), dense(4))]),  # the block may widen on the way
+        net([{"kind": "layer_norm"}]),  # gamma and beta are trained
+        net([{"kind": "dropout", "rate": 0.5}, dense(1, bias=False)]),
     ],
 )
 def test_edge_values_accepted(data):
