@@ -23,9 +23,11 @@ The error measure is per parameter array and normwise: max |g - r| / scale, with
 max(max |g|, max |r|, floor) over the entries compared, and the floor FLOOR * max(|L|, tiny)
 * (the largest input the array multiplies; 1 for biases) tied to the loss's scale.  Entries
 far below their array's norm (saturated units) are then judged by the accuracy float64 can
-give them; a wrong entry of ordinary size or a missing factor still fails.  A parameter
-passes when that measure is at most the witness's tolerance (finite differences also allow
-the rounding of the loss divided by each entry's step).
+give them; a wrong entry of ordinary size or a missing factor still fails.  An array whose
+gradient cancels far below the terms it sums (a bias just before batch norm: 0 exactly) has
+the floor TERMS * (those terms' size, from the reference witness's own per-sample
+adjoints).  A parameter passes when that measure is at most the witness's tolerance (finite
+differences also allow the rounding of the loss divided by each entry's step).
 
 Every witness has an operation budget (sample x parameter products, exact-arithmetic
 operations): above it a witness runs on the first samples of the batch only, which checks
@@ -751,6 +753,10 @@ def certify(
     module = load_module(module_source or generate(derivation), net.spec.name)
     params, X, Y = point(net, batch, seed, data)
     batch = len(X)
+    if batch < least_samples(net):
+        raise InputError(
+            "--batch", f"batch norm needs at least 2 samples, and the data has {batch}"
+        )
     spent = [3 * pass_cost(net, batch)]
     with np.errstate(all="ignore"):
         value, grads = module.gradients(params, X, Y, **module_rng(net, seed))

@@ -649,3 +649,57 @@ def test_certify_passes_on_the_grid_of_mixed_networks(capsys) -> None:
         print(f"  failed: {len(failed)}")
     assert len(results) >= 50 and not failed, "\n\n".join(failed)
     assert all(count == len(results) for _, _, count in worst.values())
+
+
+def test_a_bias_before_batch_norm_has_gradient_zero_and_is_judged_by_its_terms() -> None:
+    layers = [
+        {"units": 4, "activation": "identity"},
+        {"kind": "batch_norm"},
+        {"units": 4, "activation": "tanh"},
+        {"units": 4, "activation": "identity"},
+        {"kind": "batch_norm"},
+        {"units": 3, "activation": "softmax"},
+    ]
+    spec = from_dict({"name": "bias_bn", "inputs": 3, "loss": "cross_entropy", "layers": layers})
+    d = derive(spec)
+    net = d.network
+    params, X, Y = point(net, 8, 0)
+    exact_b = exact.evaluate(net, params, X, Y).gradients
+    for key in ("b1", "b4"):  # batch norm removes any shift of its input
+        assert np.abs(exact_b[key]).max() < 1e-30
+    source = generate(d)
+    assert certify(d, module_source=source, batch=8).passed
+    # a gradient there of a size float64 resolves is still wrong
+    bug = (
+        source
+        + "\n\n_right = gradients\n\n\n"
+        + "def gradients(params, X, Y, rng=None):\n"
+        + "    value, grads = _right(params, X, Y, rng)\n"
+        + "    grads = dict(grads, b4=grads['b4'] + 1e-6 * abs(grads['W4']).max())\n"
+        + "    return value, grads\n"
+    )
+    wrong = certify(d, module_source=bug, batch=8)
+    assert {r.witness for p in wrong.parameters if p.name == "b4" for r in p.failures()} == {
+        "finite-diff",
+        "exact",
+        "pytorch",
+    }, wrong.table()
+
+
+def test_the_exact_routine_gives_the_worked_example_its_numbers() -> None:
+    """At batch 1, ``exact.evaluate`` holds every value and adjoint the document shows."""
+    from symbackprop.render import worked_example
+    from symbackprop.spec import load_spec
+
+    d = derive(load_spec("seed_mlp"))
+    shown = worked_example(d)
+    result = exact.evaluate(d.network, shown.params, shown.x[None], shown.y[None])
+    assert result.loss == shown.loss
+    for key, g in shown.gradients.items():
+        np.testing.assert_array_equal(result.gradients[key], g)
+    (values,), (adjoints,) = result.values, result.adjoints
+    for symbol, value in shown.values.items():
+        assert abs(values[symbol] - value) <= 1e-35 * max(1, abs(value)), symbol
+    for symbol, value in shown.adjoints.items():
+        mine = adjoints.get(symbol, result.shared.get(symbol))
+        assert abs(mine - value) <= 1e-35 * max(1, abs(value)), symbol
