@@ -703,3 +703,14 @@ def test_the_exact_routine_gives_the_worked_example_its_numbers() -> None:
     for symbol, value in shown.adjoints.items():
         mine = adjoints.get(symbol, result.shared.get(symbol))
         assert abs(mine - value) <= 1e-35 * max(1, abs(value)), symbol
+
+
+def test_a_first_dropout_layer_with_an_elementwise_loss_is_certified() -> None:
+    """Dropout layer 1 draws its uniforms into a buffer; so may an unfused loss's temporaries.
+
+    The module must keep the two apart (mixed7 and mixed15 of the grid are such networks).
+    """
+    layers = [{"kind": "dropout", "rate": 0.5}, {"units": 2, "activation": "tanh"}]
+    spec = from_dict({"name": "drop_first", "inputs": 3, "loss": "mse", "layers": layers})
+    certificate = certify(spec)
+    assert certificate.passed, certificate.table()
