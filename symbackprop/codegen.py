@@ -355,6 +355,10 @@ def context(derivation: Derivation) -> dict[str, object]:
     if out.softmax and not fused_q:
         backward_fetch.append('E = ws["E"]')
 
+    names_seen = [name for name, _ in buffers]
+    if len(set(names_seen)) != len(names_seen):  # pragma: no cover - a registry mistake
+        twice = sorted({name for name in names_seen if names_seen.count(name) > 1})
+        raise RuntimeError(f"two workspace buffers share a name: {', '.join(twice)}")
     predict, predict_doc = _predict(derivation)
     shapes = {**spec.parameters, **spec.state}
     train = spec.train

@@ -23,7 +23,15 @@ import mpmath
 import numpy as np
 import sympy
 
-from symbackprop.graph import LOSS, MEAN_LOSS, Node, SymbolicNetwork, split_sample
+from symbackprop.graph import (
+    LOSS,
+    MEAN_LOSS,
+    Node,
+    SymbolicNetwork,
+    activation,
+    pre_activation,
+    split_sample,
+)
 from symbackprop.primitives import to_textbook_form
 from symbackprop.printing import floatify
 
@@ -303,6 +311,34 @@ def _split(values: dict, adjoint: dict, batch: int) -> tuple[list, list, dict]:
             adjoints[sample - 1][plain] = sympy.Float(v, PRECISION)
     shared.pop(MEAN_LOSS, None)
     return per_sample, adjoints, shared
+
+
+def deltas(net: SymbolicNetwork, result: ExactEvaluation) -> dict[int, np.ndarray]:
+    """Per sample, d(mean loss)/d(node) of every dense layer's pre-activations and every
+    normalization's outputs: (batch, units) per layer (what their parameters' gradients sum)."""
+    batch = len(result.adjoints)
+    out = {}
+    for layer in net.flat:
+        if layer.kind == "dense":
+            symbol = pre_activation
+        elif layer.kind in ("layer_norm", "batch_norm"):
+            symbol = activation
+        else:
+            continue
+        zero = sympy.Float(0)
+        out[layer.index] = (
+            np.array(
+                [
+                    [
+                        float(adjoint.get(symbol(layer.index, i + 1), zero))
+                        for i in range(layer.units)
+                    ]
+                    for adjoint in result.adjoints
+                ]
+            )
+            / batch
+        )
+    return out
 
 
 def loss_and_gradients(

@@ -52,7 +52,7 @@ def _dropout_buffers(layer: FlatLayer) -> list[Buffer]:
     i, shape = layer.index, f"(batch, {layer.units})"
     rows: list[Buffer] = [(f"A{i}", shape, None), (f"dA{i}", shape, None)]
     if layer.layer.rate:
-        rows += [(f"M{i}", shape, None), (f"U{i}", shape, "numpy.float64")]
+        rows += [(f"M{i}", shape, None), (f"D{i}", shape, "numpy.float64")]
         rows.append((f"K{i}", shape, "numpy.bool_"))
     return rows
 

@@ -23,9 +23,11 @@ The error measure is per parameter array and normwise: max |g - r| / scale, with
 max(max |g|, max |r|, floor) over the entries compared, and the floor FLOOR * max(|L|, tiny)
 * (the largest input the array multiplies; 1 for biases) tied to the loss's scale.  Entries
 far below their array's norm (saturated units) are then judged by the accuracy float64 can
-give them; a wrong entry of ordinary size or a missing factor still fails.  A parameter
-passes when that measure is at most the witness's tolerance (finite differences also allow
-the rounding of the loss divided by each entry's step).
+give them; a wrong entry of ordinary size or a missing factor still fails.  An array whose
+gradient cancels far below the terms it sums (a bias just before batch norm: 0 exactly) has
+the floor TERMS * (those terms' size, from the reference witness's own per-sample
+adjoints).  A parameter passes when that measure is at most the witness's tolerance (finite
+differences also allow the rounding of the loss divided by each entry's step).
 
 Every witness has an operation budget (sample x parameter products, exact-arithmetic
 operations): above it a witness runs on the first samples of the batch only, which checks
@@ -45,7 +47,15 @@ import numpy as np
 import sympy
 
 from symbackprop import exact, layers
-from symbackprop.checkpoint import FD_STEP, Probe, load_module, mask_rng, point, point_masks
+from symbackprop.checkpoint import (
+    FD_STEP,
+    Forward,
+    Probe,
+    load_module,
+    mask_rng,
+    point,
+    point_masks,
+)
 from symbackprop.codegen import generate
 from symbackprop.derive import Derivation, derive
 from symbackprop.errors import InputError
@@ -68,6 +78,7 @@ NEURON_COST = 100  # an activation or loss node: SymPy evaluation, not a multipl
 FD_HALVINGS = 30  # a step is halved at most this often to keep its stencil off kinks
 TOLERANCE = {"finite-diff": 1e-6, "exact": 1e-8, "pytorch": 1e-8}
 FLOOR = 1e-8  # of |L| x the array's input scale: below it an entry is "flat" for float64
+TERMS = 1e-6  # of the terms an entry's gradient sums: where they cancel, float64 leaves ulps
 LARGE = 1e3  # the large-input point: inputs x LARGE and output logits +-LARGE
 LARGE_SAMPLES = 2
 
@@ -339,9 +350,47 @@ def exact_graph(
     X: np.ndarray,
     Y: np.ndarray,
     masks: Masks | None = None,
+    terms: dict[str, float] | None = None,
 ) -> dict[str, np.ndarray]:
-    """The neuron-level graph's exact gradient (see ``exact_loss_and_gradients``)."""
-    return exact_loss_and_gradients(net, params, X, Y, masks)[1]
+    """The neuron-level graph's exact gradient (see ``exact_loss_and_gradients``).
+
+    ``terms``, when given, receives each array's term sizes (``term_sizes``) from the exact
+    adjoints.
+    """
+    result = exact.evaluate(net, params, X, Y, masks)
+    if terms is not None:
+        run = Probe(net).forward(params, X, masks)
+        terms.update(term_sizes(net, run, exact.deltas(net, result)))
+    return result.gradients
+
+
+def term_sizes(
+    net: SymbolicNetwork, run: Forward, deltas: dict[int, np.ndarray]
+) -> dict[str, float]:
+    """Per parameter array, the largest sum of |terms| one entry's gradient is made of.
+
+    dW = sum over samples of delta a_in (per entry: sum |delta| |a_in|), db = sum of delta,
+    dgamma = sum of dA x_hat, dbeta = sum of dA.  Where these sums cancel (a bias just
+    before batch norm has the gradient 0 exactly, but its terms do not vanish), float64 can
+    resolve an entry only to a few ulps of its terms, not of its own size.
+    """
+    sizes = {}
+    for layer in net.flat:
+        d = deltas.get(layer.index)
+        if d is None:
+            continue
+        d = np.abs(d)
+        index = layer.index
+        if layer.kind == "dense":
+            source = np.abs(run.outputs[layer.sources[0]])
+            sizes[f"W{index}"] = float((d.T @ source).max(initial=0.0))
+            sizes[f"b{index}"] = float(d.sum(axis=0).max(initial=0.0))
+        else:
+            sizes[f"gamma{index}"] = float(
+                (d * np.abs(run.normalized[index])).sum(axis=0).max(initial=0.0)
+            )
+            sizes[f"beta{index}"] = float(d.sum(axis=0).max(initial=0.0))
+    return sizes
 
 
 # --- witness 3: PyTorch ----------------------------------------------------------------------
@@ -421,10 +470,13 @@ def pytorch_gradients(
     X: np.ndarray,
     Y: np.ndarray,
     masks: Masks | None = None,
+    deltas: dict[int, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
     """Autograd on the network built from each layer's ``layers.torch_forward`` in execution
     order, in training mode with the dropout keep ``masks``; batch norm reads copies of the
-    running statistics (torch updates them in place).  The trainable parameters' gradients."""
+    running statistics (torch updates them in place).  The trainable parameters' gradients;
+    ``deltas``, when given, receives d(mean loss)/d(node) per sample of every dense
+    pre-activation and normalization output (``exact.deltas``' layout)."""
     import torch
 
     exact.check_masks(net, masks, len(X))
@@ -441,16 +493,18 @@ def pytorch_gradients(
     keep = {k: torch.tensor(np.asarray(m), dtype=torch.float64) for k, m in (masks or {}).items()}
     outputs = {0: torch.tensor(X, dtype=torch.float64)}
     out = net.output_layer
+    nodes = {}  # dense pre-activations and normalization outputs: their adjoints
     for index in net.spec.order:
         layer = net.flat[index - 1]
         act = net.activations[index - 1]
-        fn = None
-        if act is not None and index != out.index:  # the output's activation: with the loss
-            fn = torch_activation(torch, act, namespace)
         inputs = [outputs[s] for s in layer.sources]
-        outputs[index] = layers.torch_forward(
-            layer, torch, tensors, inputs, activation=fn, masks=keep, training=True
-        )
+        value = layers.torch_forward(layer, torch, tensors, inputs, masks=keep, training=True)
+        if layer.kind in ("dense", "layer_norm", "batch_norm"):
+            value.retain_grad()
+            nodes[index] = value
+        if act is not None and index != out.index:  # the output's activation: with the loss
+            value = torch_activation(torch, act, namespace)(value)
+        outputs[index] = value
     z = outputs[out.index]  # the output layer's pre-activation when it is dense
     act, loss = net.output, net.loss
     if act.softmax:
@@ -474,6 +528,10 @@ def pytorch_gradients(
     if net.spec.l2:
         value = value + 0.5 * net.spec.l2 * sum((tensors[k] ** 2).sum() for k in net.weight_keys)
     value.backward()
+    if deltas is not None:
+        for index, node in nodes.items():
+            g = node.grad
+            deltas[index] = np.zeros(tuple(node.shape)) if g is None else g.numpy().copy()
     grads = {}
     for k in trainable:
         g = tensors[k].grad
@@ -484,10 +542,16 @@ def pytorch_gradients(
 # --- the certificate -------------------------------------------------------------------------
 
 
-def _floor(key: str, loss: float, scales: dict[str, float]) -> float:
-    """The absolute floor of an array's scale: FLOOR x |L| x the inputs it multiplies."""
+def _floor(
+    key: str, loss: float, scales: dict[str, float], terms: dict[str, float] | None = None
+) -> float:
+    """The absolute floor of an array's scale: FLOOR x |L| x the inputs it multiplies, or
+    TERMS x the size of the terms its entries sum (``term_sizes``), whichever is larger."""
     magnitude = max(abs(loss), np.finfo(np.float64).tiny) if math.isfinite(loss) else 1.0
-    return FLOOR * magnitude * scales.get(key, 1.0)
+    floor = FLOOR * magnitude * scales.get(key, 1.0)
+    if terms and math.isfinite(terms.get(key, 0.0)):
+        floor = max(floor, TERMS * terms.get(key, 0.0))
+    return floor
 
 
 def _compare(
@@ -689,6 +753,10 @@ def certify(
     module = load_module(module_source or generate(derivation), net.spec.name)
     params, X, Y = point(net, batch, seed, data)
     batch = len(X)
+    if batch < least_samples(net):
+        raise InputError(
+            "--batch", f"batch norm needs at least 2 samples, and the data has {batch}"
+        )
     spent = [3 * pass_cost(net, batch)]
     with np.errstate(all="ignore"):
         value, grads = module.gradients(params, X, Y, **module_rng(net, seed))
@@ -751,9 +819,11 @@ def certify(
             exact_view += f" on {_first(exact_samples, batch)}"
         ex_value, ex_grads = module_on(exact_samples)
         masks = point_masks(net, seed, exact_samples)
-        reference = exact_graph(net, params, X[:exact_samples], Y[:exact_samples], masks)
+        terms: dict[str, float] = {}
+        Xe, Ye = X[:exact_samples], Y[:exact_samples]
+        reference = exact_graph(net, params, Xe, Ye, masks, terms=terms)
         for key in trainable:
-            floor = _floor(key, ex_value, scales)
+            floor = _floor(key, ex_value, scales, terms)
             results[key].append(_compare("exact", ex_grads[key], reference[key], floor))
     elif count > GRAPH_LIMIT:
         skipped.append(
@@ -777,9 +847,13 @@ def certify(
     if use_torch:
         witnesses.append("pytorch")
         spent[0] += 3 * pass_cost(net, batch)
-        reference = pytorch_gradients(net, params, X, Y, point_masks(net, seed, batch))
+        masks = point_masks(net, seed, batch)
+        deltas: dict[int, np.ndarray] = {}
+        reference = pytorch_gradients(net, params, X, Y, masks, deltas)
+        with np.errstate(all="ignore"):
+            terms = term_sizes(net, probe.forward(params, X, masks), deltas)
         for key in trainable:
-            floor = _floor(key, value, scales)
+            floor = _floor(key, value, scales, terms)
             results[key].append(_compare("pytorch", grads[key], reference[key], floor))
     else:
         skipped.append(("pytorch", torch_why))
