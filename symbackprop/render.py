@@ -79,6 +79,12 @@ class Display:
     rows: tuple[Row, ...]
 
 
+def _require(condition: bool, what: str) -> None:
+    """A check of a symbolic step the document shows: raises, even under ``python -O``."""
+    if not condition:
+        raise RuntimeError(f"derivation document: {what}")
+
+
 def _tex(expr: sympy.Expr, names: Mapping[sympy.Symbol, str] | None = None, **kw: object) -> str:
     return _printer(names, **kw).doprint(expr)
 
@@ -438,7 +444,10 @@ def _linear_rows(net: SymbolicNetwork, layer: int, i: int) -> tuple[Row, ...]:
         for j in range(1, fan_in + 1)
     ] + [latex_name(bias(layer, i))]
     written = sum(weight(layer, i, j) * activation(layer - 1, j) for j in range(1, fan_in + 1))
-    assert sympy.expand(written + bias(layer, i) - node.expr) == 0
+    _require(
+        sympy.expand(written + bias(layer, i) - node.expr) == 0,
+        "a pre-activation as written is not the graph's",
+    )
     return _wrap(latex_name(node.symbol), "=", _signed(pieces))
 
 
@@ -535,7 +544,10 @@ def _section_identity(doc: _Doc, runs: list[tuple[int, int]]) -> None:
             stacked = W2 * (W1 * a + b1) + b2
             W_eff, b_eff = W2 * W1, W2 * b1 + b2
             difference = (stacked - (W_eff * a + b_eff)).applyfunc(sympy.expand)
-            assert difference == sympy.zeros(n2, 1)
+            _require(
+                difference == sympy.zeros(n2, 1),
+                "two identity layers do not collapse to one affine map",
+            )
             prev = _a(source)
             where = (
                 ""
@@ -778,7 +790,7 @@ def _cross_entropy_like(d: Derivation) -> bool:
     n = d.network.sizes[-1]
     ps = sympy.symbols(f"p1:{n + 1}", real=True)
     ys = sympy.symbols(f"y1:{n + 1}", real=True)
-    assert d.output.q is not None
+    _require(d.output.q is not None, "a softmax output rule without q")
     expr = _softmax_delta(n, 0, [], list(ps), list(ys), d.output.q)
     expr = expr.subs(ys[-1], 1 - sum(ys[:-1]))
     return sympy.expand(expr - (ps[0] - ys[0])) == 0
@@ -787,7 +799,7 @@ def _cross_entropy_like(d: Derivation) -> bool:
 def _section_output_softmax(doc: _Doc) -> None:
     d, net = doc.d, doc.d.network
     n = min(net.sizes[-1], SOFTMAX_DEMO_MAX)
-    assert softmax_jacobian_check(n).shape == (n, n)
+    _require(softmax_jacobian_check(n).shape == (n, n), "the softmax Jacobian has the wrong shape")
     z = [sympy.Symbol(f"z_{k}", real=True) for k in range(1, n + 1)]
     y = [sympy.Symbol(f"y_{k}", real=True) for k in range(1, n + 1)]
     names = {s: f"z_{{{i}}}" for i, s in enumerate(z, 1)} | {
@@ -815,11 +827,20 @@ def _section_output_softmax(doc: _Doc) -> None:
         loss = -sympy.Add(*(yj * sympy.log(pj) for yj, pj in zip(y, p, strict=False)))
         raw = sympy.diff(loss, z[0])
         simple = sympy.simplify(raw)
-        assert sympy.simplify(raw - simple) == 0
+        _require(
+            sympy.simplify(raw - simple) == 0,
+            "the simplified softmax + cross-entropy error differs",
+        )
         regrouped = p[0] * sympy.Add(*y) - y[0]
-        assert sympy.simplify(simple - regrouped) == 0
+        _require(
+            sympy.simplify(simple - regrouped) == 0,
+            "the regrouped softmax + cross-entropy error differs",
+        )
         final = sympy.simplify(simple.subs(y[-1], 1 - sympy.Add(*y[:-1])))
-        assert sympy.simplify(final - (p[0] - y[0]).subs(y[-1], 1 - sympy.Add(*y[:-1]))) == 0
+        _require(
+            sympy.simplify(final - (p[0] - y[0]).subs(y[-1], 1 - sympy.Add(*y[:-1]))) == 0,
+            "softmax + cross-entropy does not reduce to yhat - y",
+        )
         doc.text(
             f"Softmax and cross-entropy together simplify. SymPy derives it for $n = {n}$ outputs "
             "(writing $z_k$ for $z^{(L)}_k$); the same steps hold for any $n$. The loss of one "
@@ -884,7 +905,10 @@ def _section_output(doc: _Doc) -> None:
     if out.softmax:
         _section_output_softmax(doc)
         return
-    assert out.delta is not None and out.generic_delta is not None
+    _require(
+        out.delta is not None and out.generic_delta is not None,
+        "an elementwise output rule without delta",
+    )
     ad = d.layers[output_layer.index - 1] or derive_activation(net.output)
     names = {Z: "z", A: "a", Y: "y"}
     doc.text(
@@ -918,7 +942,10 @@ def _section_output(doc: _Doc) -> None:
             doc.sub("delta.output", _broken(r"\frac{\partial \ell}{\partial z}", "=", raw, names))
         )
         simple = out.delta.xreplace({A: ad.f})
-        assert sympy.simplify(sympy.expand(raw - simple).rewrite(sympy.exp)) == 0
+        _require(
+            sympy.simplify(sympy.expand(raw - simple).rewrite(sympy.exp)) == 0,
+            "the output error through the logit differs",
+        )
         displays.append(doc.sub("delta.output", _broken("", "=", simple, names)))
         doc.math(*displays)
         doc.text("and with $a = f(z)$ the output error is")
@@ -1005,14 +1032,14 @@ def _output_delta_expr(d: Derivation, k: int) -> sympy.Expr:
     net, out = d.network, d.output
     depth, n = net.depth, net.sizes[-1]
     if out.softmax:
-        assert out.q is not None
+        _require(out.q is not None, "a softmax output rule without q")
         ps = [activation(depth, j) for j in range(1, n + 1)]
         ys = [target(j) for j in range(1, n + 1)]
         expr = _softmax_delta(n, k - 1, [], ps, ys, out.q)
         if _cross_entropy_like(d):
             return ps[k - 1] - ys[k - 1]
         return expr
-    assert out.delta is not None
+    _require(out.delta is not None, "an elementwise output rule without delta")
     return out.delta.xreplace({Z: pre_activation(depth, k), A: activation(depth, k), Y: target(k)})
 
 
@@ -2356,10 +2383,9 @@ def _section_example(doc: _Doc) -> None:
                 expr = expr * _prime(d.layers[layer - 1], pre_activation(layer, i))
                 key = "delta.hidden"
             check = to_textbook_form(expr).xreplace(val).evalf(PRECISION)
-            assert abs(check - val[dsym]) <= 1e-25 * max(1, abs(val[dsym])), (
-                dsym,
-                check,
-                val[dsym],
+            _require(
+                abs(check - val[dsym]) <= 1e-25 * max(1, abs(val[dsym])),
+                f"the worked example's {dsym}: the recursion gives {check}, not {val[dsym]}",
             )
             if layer == depth:  # on its own here, not a factor: no brackets
                 rows = list(_broken(latex_name(dsym), "=", expr, names))
@@ -2601,8 +2627,10 @@ def _check_tags(sections: list[dict], derivation: Derivation) -> None:
         if b["kind"] == "math"
         for eq in b["equations"]
     ]
-    assert len(tags) == len(set(tags)), "duplicate equation numbers"
-    assert {str(e.number) for e in derivation.equations} <= set(tags), "a core equation is missing"
+    _require(len(tags) == len(set(tags)), "duplicate equation numbers")
+    _require(
+        {str(e.number) for e in derivation.equations} <= set(tags), "a core equation is missing"
+    )
 
 
 def _context(
