@@ -7,6 +7,20 @@ network and notation, the forward pass (neuron by neuron for networks within
 derivative, the output error, the backward recursion and the gradients, a worked numeric
 example (small networks), the update, and the certificate.
 
+A network with layers of other kinds (DESIGN §2b) gets the same order in matrix form: every
+layer by number, kind and input; each kind's forward equation; the multivariable chain rule
+(an output read by two layers, as a residual block's input, sums two contributions); one
+section per kind with its backward rule as SymPy derived it on the small instance of
+``symbackprop.rules`` (its Jacobian in closed form, checked entry by entry, and the
+vector-Jacobian product, proven equal to the formula the code uses); and the backward pass
+layer by layer.  The neuron-by-neuron sections and the worked example are for plain dense
+stacks (the document says so).
+
+Nothing here generates or runs the module: the cited equation numbers are
+``Derivation.cited``, the worked example's point is ``checkpoint.point`` (with
+``symbackprop.initialize``'s init_params) and its numbers ``exact.evaluate``, the
+certificate's own exact evaluation.
+
 Numbering: the core equations (``derivation.equations``) keep their numbers, because the
 generated module cites them; every other displayed equation is numbered ``N.k`` after the
 core equation N it belongs to.  All mathematics is printed here (SymPy's LaTeX printer, with
@@ -27,7 +41,7 @@ import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 import jinja2
@@ -1162,9 +1176,27 @@ def _proof(rule: rules.KindRule) -> str:
     return re.sub(r"(\d+) x (\d+)", lambda m: f"{m[1]} $\\times$ {m[2]}", text)
 
 
-def _check(derived: sympy.Expr, shown: sympy.Expr, what: str) -> None:
+@cache
+def _disproof(derived: sympy.ImmutableMatrix, shown: sympy.ImmutableMatrix) -> str | None:
+    """Why ``derived`` and ``shown`` differ (None: proven equal); cached, as the instances
+    are fixed and a document is rendered twice (.tex and .md)."""
+    try:
+        rules.check_equal(derived, shown, "")
+    except RuntimeError as err:
+        return str(err)
+    return None
+
+
+def _equal(derived: sympy.MatrixBase, shown: sympy.MatrixBase, what: str) -> None:
     """Raise RuntimeError unless SymPy's ``derived`` and the ``shown`` form are equal."""
-    rules.check_equal(sympy.Matrix([derived]), sympy.Matrix([shown]), what)
+    problem = _disproof(sympy.ImmutableMatrix(derived), sympy.ImmutableMatrix(shown))
+    if problem is not None:
+        raise RuntimeError(f"{what}{problem}")
+
+
+def _check(derived: sympy.Expr, shown: sympy.Expr, what: str) -> None:
+    """``_equal`` for one entry."""
+    _equal(sympy.Matrix([derived]), sympy.Matrix([shown]), what)
 
 
 def _block_layers(net: SymbolicNetwork, residual: FlatLayer) -> list[int]:
@@ -1753,9 +1785,7 @@ def _rule_norm(doc: _Doc, kind: str) -> None:
                 closed[a, b] = (
                     gammas[a] / root[a] * (kron - sympy.Rational(1, size) - hat[a] * hat[b] / size)
                 )
-    rules.check_equal(
-        rule.jacobian, closed.applyfunc(expand), f"{what}: the Jacobian in closed form"
-    )
+    _equal(rule.jacobian, closed.applyfunc(expand), f"{what}: the Jacobian in closed form")
     if batch:
         general = (
             r"\frac{\partial y_{si}}{\partial x_{tj}}",
@@ -1868,7 +1898,7 @@ def _rule_dropout(doc: _Doc) -> None:
     vjp = _tex(sympy.Matrix(rule.vjp), names)
     g = r"\left(" + ", ".join(f"g_{{{i + 1}}}" for i in range(n)) + r"\right)"
     diag = sympy.diag(*(layer_maps.mask(rules.INDEX, i + 1) for i in range(n)))
-    rules.check_equal(rule.jacobian, diag, "dropout: the Jacobian is diag(m)")
+    _equal(rule.jacobian, diag, "dropout: the Jacobian is diag(m)")
     doc.math(
         doc.sub("dropout.backward", ((r"y", rf" = x \odot m:\quad {ys}"),)),
         doc.sub("dropout.backward", ((r"J", rf" = {jac} = \operatorname{{diag}}(m),"),)),
@@ -1914,7 +1944,7 @@ def _rule_residual(doc: _Doc) -> None:
         n,
         lambda i, j: (1 if i == j else 0) + w[i][j] * (1 - sympy.tanh(z_values[zs[i]]) ** 2),
     )
-    rules.check_equal(rule.jacobian, closed, "residual: the Jacobian I + diag(tanh') W")
+    _equal(rule.jacobian, closed, "residual: the Jacobian I + diag(tanh') W")
     doc.math(
         doc.sub(
             "residual.backward",
