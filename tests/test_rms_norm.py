@@ -79,6 +79,13 @@ def test_rms_norm_is_a_kind_with_gamma_only():
     assert spec_for(ALONE).flat[0].layer.eps == EPS
 
 
+def test_parameter_limit_counts_gamma_only():
+    wide = [{"units": 10_000, "bias": False}] * 2 + [{"kind": "rms_norm"}]
+    data = {"name": "wide", "inputs": 10_000, "loss": "mse", "layers": wide}
+    with pytest.raises(InputError, match="200,010,000 trainable parameters"):  # no beta
+        from_dict(data)
+
+
 @pytest.mark.parametrize(
     ("layer", "path", "fragment"),
     [
