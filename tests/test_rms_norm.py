@@ -351,7 +351,7 @@ def test_generated_code_cites_the_rms_norm_equations():
         assert f"(eq. {d.number(f'rms_norm.{suffix}')})" in source, suffix
     assert d.number("rms_norm.backward") in d.cited
     assert "Layer 4: root-mean-square normalization of 4 features." in source
-    assert "    gamma ones.\n" in source  # init_params: an RMS norm has no beta
+    assert "    Normalization layers start with gamma ones.\n" in source  # RMS norm: no beta
 
 
 def _step_peak(module, spec, batch):
