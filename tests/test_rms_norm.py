@@ -192,6 +192,38 @@ def test_rms_norm_formula_matches_finite_differences_and_the_proven_one():
     np.testing.assert_allclose(got, _rms_backward(x, g, gm)[0], rtol=1e-12, atol=1e-12)
 
 
+# --- the document -------------------------------------------------------------------------------
+
+
+def test_the_document_derives_the_rule_and_has_no_beta():
+    from symbackprop import render
+
+    d = derive(spec_for(BETWEEN))
+    md = render.render_markdown(d)
+    titles = [line.split(". ", 1)[1] for line in md.splitlines() if line.startswith("## ")]
+    assert "The backward rule of root-mean-square normalization" in titles
+    body = md.split("The backward rule of root-mean-square normalization", 1)[1].split("\n## ")[0]
+    assert rf"\tag{{{d.number('rms_norm.backward')}}}" in body
+    assert rf"\tag{{{d.number('rms_norm.grad')}}}" in body
+    assert r"\nu = \frac{1}{3}\left(x_{1}^2 + x_{2}^2 + x_{3}^2\right)" in body
+    assert "reduced to 0 exactly" in body
+    assert r"\beta" not in md  # an RMS norm has a gain and no shift
+    assert "the mean square of all the features of its sample" in md
+
+
+def test_the_document_refuses_a_wrong_jacobian(monkeypatch):
+    """It prints the closed form only after SymPy's Jacobian agrees with it."""
+    import dataclasses
+
+    from symbackprop import render
+
+    real = rules.derive_rule("rms_norm")
+    wrong = dataclasses.replace(real, jacobian=real.jacobian.T)  # the transpose: not J
+    monkeypatch.setattr(render, "_rule", lambda kind: wrong if kind == "rms_norm" else real)
+    with pytest.raises(RuntimeError, match="RMS normalization, n = 3: the Jacobian"):
+        render.render_markdown(derive(spec_for(BETWEEN)))
+
+
 # --- the generated module against torch.nn.RMSNorm ------------------------------------------------
 
 torch = pytest.importorskip("torch")
