@@ -108,7 +108,7 @@ class Forward:
 
     outputs: dict[int, np.ndarray]  # layer -> its output (0: the input X)
     pre_activations: dict[int, np.ndarray]  # dense layer -> Z
-    normalized: dict[int, np.ndarray]  # layer or batch norm -> (x - mean) / sqrt(var + eps)
+    normalized: dict[int, np.ndarray]  # a normalization -> x hat (RMS norm: no mean)
     output: np.ndarray  # the network's output
 
 
@@ -159,6 +159,9 @@ class Probe:
             axis = 1 if layer.kind == "layer_norm" else 0
             run.normalized[index] = _normalize(A, axis, spec.eps)
             return params[f"gamma{index}"] * run.normalized[index] + params[f"beta{index}"]
+        if layer.kind == "rms_norm":
+            run.normalized[index] = A / np.sqrt((A * A).mean(axis=1, keepdims=True) + spec.eps)
+            return params[f"gamma{index}"] * run.normalized[index]
         if layer.kind == "dropout":
             if spec.rate == 0:
                 return A

@@ -321,7 +321,7 @@ def deltas(net: SymbolicNetwork, result: ExactEvaluation) -> dict[int, np.ndarra
     for layer in net.flat:
         if layer.kind == "dense":
             symbol = pre_activation
-        elif layer.kind in ("layer_norm", "batch_norm"):
+        elif layer.kind in ("layer_norm", "batch_norm", "rms_norm"):
             symbol = activation
         else:
             continue

@@ -5,8 +5,9 @@ Notation (the document and the generated code share it): layer l = 1..L (numbere
 weights ``W_l`` (units_l × n_in, entries w^{(l)}_{ij}), biases ``b_l``, pre-activations
 ``z_l = W_l a_{in} + b_l`` and activations ``a_l = f_l(z_l)``; a_0 = x.  A normalization
 layer has the statistics ``mu_l``, ``var_l`` (per sample for layer norm, per feature over
-the batch for batch norm) and ``gamma_l``, ``beta_l``; a dropout layer multiplies by its
-mask entries ``m_l``.  Indices in scalar names are 1-based, as in a textbook.
+the batch for batch norm; ``ms_l``, the mean square, for RMS norm) and ``gamma_l``,
+``beta_l``; a dropout layer multiplies by its mask entries ``m_l``.  Indices in scalar
+names are 1-based, as in a textbook.
 
 Two scalar views, for the document and the certificate:
 * the neuron-level graph: one SymPy symbol per neuron-level intermediate and one small
@@ -79,6 +80,11 @@ def norm_mean(layer: int, i: int | None = None) -> sympy.Symbol:
     return sympy.Symbol(f"mu{layer}" if i is None else f"mu{layer}_{i}", real=True)
 
 
+def norm_mean_square(layer: int) -> sympy.Symbol:
+    """ms<l>: an RMS norm's mean of the squares of one sample."""
+    return sympy.Symbol(f"ms{layer}", real=True)
+
+
 def norm_variance(layer: int, i: int | None = None) -> sympy.Symbol:
     """var<l> / var<l>_<i>: the biased variance, as ``norm_mean``."""
     return sympy.Symbol(f"var{layer}" if i is None else f"var{layer}_{i}", real=True)
@@ -122,7 +128,7 @@ def parameter_symbols(layer: FlatLayer) -> dict[str, list[sympy.Symbol]]:
     return out
 
 
-_GREEK = {"delta": r"\delta", "mu": r"\mu", "gamma": r"\gamma", "beta": r"\beta"}
+_GREEK = {"delta": r"\delta", "mu": r"\mu", "gamma": r"\gamma", "beta": r"\beta", "ms": r"\nu"}
 
 
 def latex_name(symbol: sympy.Symbol) -> str:
@@ -164,7 +170,7 @@ def latex_name(symbol: sympy.Symbol) -> str:
 class Node:
     """One neuron-level assignment ``symbol = expr`` of the scalar graph.
 
-    ``kind``: "z" (a dense pre-activation), "a" (a layer's output), "mu" and "var" (a
+    ``kind``: "z" (a dense pre-activation), "a" (a layer's output), "mu", "var" and "ms" (a
     normalization's statistics), "loss" (one sample's loss) or "mean_loss" (a batch
     graph's last node).  ``sample``: the sample (1-based) in a batch graph, None otherwise
     and for nodes the batch shares (batch norm's statistics, the mean loss).
@@ -376,6 +382,20 @@ def _layer_norm(layer: FlatLayer, xs: Outputs, samples: Samples) -> tuple:
     return nodes, outs
 
 
+def _rms_norm(layer: FlatLayer, xs: Outputs, samples: Samples) -> tuple:
+    n, nodes, outs = layer.index, [], []
+    eps = sympy.Float(layer.layer.eps)
+    g, _ = _affine(n)
+    for x, s in zip(xs, samples, strict=True):
+        ms = at_sample(norm_mean_square(n), s)
+        nodes.append(Node(ms, layers.mean_square(x), "ms", n, s))
+        normalized = layers.normalize(x, sympy.S.Zero, ms, eps, g, lambda i: sympy.S.Zero)
+        out = [at_sample(activation(n, i + 1), s) for i in range(layer.units)]
+        nodes.extend(Node(a, normalized(i), "a", n, s) for i, a in enumerate(out))
+        outs.append(out)
+    return nodes, outs
+
+
 def _batch_norm(layer: FlatLayer, xs: Outputs, samples: Samples) -> tuple:
     n, nodes = layer.index, []
     eps = sympy.Float(layer.layer.eps)
@@ -437,6 +457,8 @@ def _layer_nodes(
         return _dropout(layer, inputs[0], samples)
     if layer.kind == "residual":
         return _residual(layer, inputs[0], inputs[1], samples)
+    if layer.kind == "rms_norm":
+        return _rms_norm(layer, inputs[0], samples)
     raise ValueError(f"{layer.path}: no neuron-level graph for kind {layer.kind!r}")
 
 

@@ -48,6 +48,16 @@ def _norm_fields(layer: FlatLayer) -> dict[str, object]:
     }
 
 
+def _rms_buffers(layer: FlatLayer) -> list[Buffer]:
+    i, n = layer.index, layer.units
+    rows = [(f"{k}{i}", f"(batch, {n})", None) for k in ("A", "dA", "H", "T")]
+    return rows + [
+        (f"R{i}", "(batch, 1)", None),
+        (f"Q{i}", "(batch, 1)", None),
+        (f"dgamma{i}", f"({n},)", None),
+    ]
+
+
 def _dropout_buffers(layer: FlatLayer) -> list[Buffer]:
     i, shape = layer.index, f"(batch, {layer.units})"
     rows: list[Buffer] = [(f"A{i}", shape, None), (f"dA{i}", shape, None)]
@@ -129,6 +139,14 @@ LAYERS: dict[str, LayerKind] = {
             fields=_dropout_fields,
         ),
         LayerKind("residual", "residual connection", "x + nn.Sequential(block)(x)", "none"),
+        LayerKind(
+            "rms_norm",
+            "root-mean-square normalization",
+            "nn.RMSNorm(n, eps)",
+            "gamma ones",
+            buffers=_rms_buffers,
+            fields=_norm_fields,
+        ),
     )
 }
 if tuple(LAYERS) != KINDS:  # pragma: no cover - the spec's list of kinds must match
@@ -201,6 +219,22 @@ def layer_norm(
     return mu, var, [out(i) for i in range(len(x))]
 
 
+def mean_square(values: Sequence[sympy.Expr]) -> sympy.Expr:
+    return sympy.Add(*(v**2 for v in values)) / len(values)
+
+
+def rms_norm(
+    layer: FlatLayer, x: Vector, eps: sympy.Expr | None = None
+) -> tuple[sympy.Expr, Vector]:
+    """(mean of the squares, output) of one sample's n features: gamma x / sqrt(ms + eps)."""
+    e = sympy.Float(layer.layer.eps) if eps is None else eps
+    ms = mean_square(x)
+    out = normalize(
+        x, sympy.S.Zero, ms, e, lambda i: gamma(layer.index, i + 1), lambda i: sympy.S.Zero
+    )
+    return ms, [out(i) for i in range(len(x))]
+
+
 def batch_norm(
     layer: FlatLayer, X: list[Vector], eps: sympy.Expr | None = None
 ) -> tuple[Vector, Vector, list[Vector]]:
@@ -253,6 +287,8 @@ def torch_forward(
         return F.layer_norm(
             inputs[0], (layer.units,), tensors[f"gamma{index}"], tensors[f"beta{index}"], spec.eps
         )
+    if layer.kind == "rms_norm":
+        return F.rms_norm(inputs[0], (layer.units,), tensors[f"gamma{index}"], spec.eps)
     if layer.kind == "batch_norm":
         return F.batch_norm(
             inputs[0],

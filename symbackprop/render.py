@@ -1161,7 +1161,11 @@ def _per_weight(doc: _Doc) -> None:
 # ``symbackprop.rules``; and the backward pass layer by layer, in the reverse of the forward
 # pass's order.  The neuron-by-neuron sections and the worked example stay for plain networks.
 
-_OPERATOR = {"layer_norm": r"\operatorname{LN}", "batch_norm": r"\operatorname{BN}"}
+_OPERATOR = {
+    "layer_norm": r"\operatorname{LN}",
+    "batch_norm": r"\operatorname{BN}",
+    "rms_norm": r"\operatorname{RMS}",
+}
 
 
 def _rule(kind: str) -> rules.KindRule:
@@ -1228,7 +1232,7 @@ def _details(d: Derivation, layer: FlatLayer) -> str:
     if layer.kind == "dense":
         text = f"`{_act_name(d, layer.index)}`"
         return text if spec.bias else text + ", no bias"
-    if layer.kind == "layer_norm":
+    if layer.kind in ("layer_norm", "rms_norm"):
         return f"$\\epsilon = {_number(spec.eps)}$"
     if layer.kind == "batch_norm":
         return f"$\\epsilon = {_number(spec.eps)}$, momentum ${_number(spec.momentum)}$"
@@ -1342,6 +1346,24 @@ def _layer_rows(d: Derivation, layer: FlatLayer) -> list[Step]:
                         rf"\quad \mu^{{({idx})}}, \sigma^{{2\,({idx})}}:\ \text{{mean and variance "
                         rf"of the {layer.units} features of }} {_a(src)},\quad "
                         rf"\epsilon = {_number(spec.eps)}",
+                    ),
+                ),
+            )
+        ]
+    if layer.kind == "rms_norm":
+        return [
+            (
+                "rms_norm.forward",
+                (
+                    (
+                        _a(idx),
+                        rf" = \gamma^{{({idx})}} \odot \frac{{{_a(src)}}}"
+                        rf"{{\sqrt{{\nu^{{({idx})}} + \epsilon}}}},",
+                    ),
+                    (
+                        "",
+                        rf"\quad \nu^{{({idx})}}:\ \text{{mean of the squares of the {layer.units} "
+                        rf"features of }} {_a(src)},\quad \epsilon = {_number(spec.eps)}",
                     ),
                 ),
             )
@@ -1628,9 +1650,12 @@ def _chain_kinds(doc: _Doc) -> None:
             if "batch_norm" in _kinds_used(net)
             else ""
         )
+        stats = "mean and variance"
+        if "rms_norm" in _kinds_used(net):  # it has no mean: its statistic is the mean square
+            stats = "mean square" if len(norms) == 1 else stats + " (the mean square for RMS)"
         doc.text(
             f"The Jacobian of {' and that of '.join(norms)} is full: every output reads the "
-            f"mean and variance of all the features of its sample{over}."
+            f"{stats} of all the features of its sample{over}."
         )
     doc.text("SymPy derives each kind's Jacobian in its own section below.")
     doc.text(
@@ -1882,6 +1907,122 @@ def _rule_norm(doc: _Doc, kind: str) -> None:
     doc.math(doc.core(f"{kind}.grad"))
 
 
+def _rule_rms_norm(doc: _Doc) -> None:
+    """RMS norm: one sample's n features over their mean square (no mean, no shift)."""
+    net = doc.d.network
+    rule = _rule("rms_norm")
+    n = rule.shape[1]
+    inputs, upstream = list(rule.inputs), list(rule.upstream)
+    names = _instance_names(rule)
+    gammas = [layer_maps.gamma(rules.INDEX, i + 1) for i in range(n)]
+    nu = sympy.Symbol("nu", positive=True)
+    hats = [sympy.Symbol(f"xhat_{x.name}", real=True) for x in inputs]
+    hs = [sympy.Symbol(f"h_{g.name}", real=True) for g in upstream]
+    root = sympy.sqrt(nu + rules.EPS)
+    show = {**names, nu: r"\nu", **_hat_names(rule, hats, inputs)}
+    show.update({h: names[g].replace("g_", "h_", 1) for h, g in zip(hs, upstream, strict=True)})
+    mean_square = layer_maps.mean_square(inputs)
+
+    def expand(expr: sympy.Expr) -> sympy.Expr:
+        """An expression in the abbreviations, in the instance's own symbols."""
+        out = expr.xreplace({h: g * gm for h, g, gm in zip(hs, upstream, gammas, strict=True)})
+        out = out.xreplace({h: x / root for h, x in zip(hats, inputs, strict=True)})
+        return out.xreplace({nu: mean_square})
+
+    what = f"RMS normalization, n = {n}"
+    doc.section(f"The backward rule of {LAYERS['rms_norm'].title}")
+    doc.text(
+        f"RMS normalization ({_listing(_of_kind(net, 'rms_norm'))}) divides each sample by the "
+        "root of the mean square of its features; it subtracts no mean and adds no shift. "
+        "Every output depends on every feature of its input. SymPy builds a small instance "
+        f"from the layer's forward map: $n = {n}$ features $x_i$ of one sample (the layer's "
+        "input), $\\epsilon$ kept as a symbol:"
+    )
+    squares = " + ".join(f"{show[x]}^2" for x in inputs)
+    _check(rule.forward[0], expand(gammas[0] * hats[0]), f"{what}: the forward map")
+    doc.math(
+        doc.sub("rms_norm.backward", ((r"\nu", rf" = \frac{{1}}{{{n}}}\left({squares}\right),"),)),
+        doc.sub(
+            "rms_norm.backward",
+            (
+                (
+                    "y_{1}",
+                    rf" = \gamma_{{1}} \frac{{{show[inputs[0]]}}}{{\sqrt{{\nu + \epsilon}}}}"
+                    rf" = \gamma_{{1}} {show[hats[0]]}",
+                ),
+            ),
+        ),
+    )
+    doc.text(
+        f"and the other outputs alike. SymPy differentiates every output by every input "
+        f"({n} $\\times$ {n} entries). In closed form, with "
+        "$\\hat x = x/\\sqrt{\\nu + \\epsilon}$, checked entry by entry against SymPy's:"
+    )
+    closed = sympy.Matrix(
+        n, n, lambda i, j: gammas[i] / root * ((1 if i == j else 0) - hats[i] * hats[j] / n)
+    )
+    _equal(rule.jacobian, closed.applyfunc(expand), f"{what}: the Jacobian in closed form")
+    displays = [
+        doc.sub(
+            "rms_norm.backward",
+            (
+                (
+                    r"\frac{\partial y_{i}}{\partial x_{j}}",
+                    rf" = \frac{{\gamma_i}}{{\sqrt{{\nu + \epsilon}}}}"
+                    rf"\left(\delta_{{ij}} - \frac{{\hat x_{{i}} \hat x_{{j}}}}{{{n}}}\right)",
+                ),
+            ),
+        )
+    ]
+    for a, b in [(0, 0), (0, 1)]:
+        _check(rule.jacobian[a, b], expand(closed[a, b]), f"{what}: entry ({a}, {b})")
+        left = rf"\frac{{\partial y_{{{a + 1}}}}}{{\partial {show[inputs[b]]}}}"
+        text = _tex(sympy.factor(closed[a, b]), show)
+        displays.append(doc.sub("rms_norm.backward", ((left, f" = {text}"),)))
+    doc.math(*displays)
+    doc.text(
+        "With a symbolic upstream gradient $g_i = \\partial \\ell / \\partial y_i$ (the "
+        "error at the layer's output), the vector\u2013Jacobian product $g^\\top J$ is the "
+        f"error at its input. SymPy's first entry, {sympy.count_ops(rule.vjp[0])} operations "
+        "in the instance's symbols, equals (checked) this form, with $h = \\gamma \\odot g$:"
+    )
+    shown = (
+        hs[0] - hats[0] * sympy.Add(*(h * x for h, x in zip(hs, hats, strict=True))) / n
+    ) / root
+    _check(rule.vjp[0], expand(shown), f"{what}: the first entry of g^T J")
+    mean_hx = " + ".join(f"{show[h]} {show[x]}" for h, x in zip(hs, hats, strict=True))
+    doc.math(
+        doc.sub(
+            "rms_norm.backward",
+            (
+                (
+                    r"\left(g^\top J\right)_{1}",
+                    rf" = \sum_{{i}} g_{{i}} \frac{{\partial y_{{i}}}}"
+                    rf"{{\partial {show[inputs[0]]}}}",
+                ),
+                (
+                    "",
+                    rf" = \frac{{1}}{{\sqrt{{\nu + \epsilon}}}}\left({show[hs[0]]} - "
+                    rf"{show[hats[0]]}\, \frac{{{mean_hx}}}{{{n}}}\right)",
+                ),
+            ),
+        )
+    )
+    doc.text(
+        f"{_proof(rule)} Without the mean, the term $-\\frac{{1}}{{n}} \\sum_j h_j$ of layer "
+        "normalization's rule is absent. For any $n$, the same steps give the rule the "
+        "generated code evaluates:"
+    )
+    doc.math(doc.core("rms_norm.backward"))
+    (grad,) = rule.parameter_grads
+    doc.text(
+        "SymPy's derivative of $g^\\top y$ by the layer's gain is $g_i \\hat x_i$ (for "
+        f"$\\gamma_i$; {len(grad.derived)} entries, proven equal to the formula), which over "
+        "a batch gives"
+    )
+    doc.math(doc.core("rms_norm.grad"))
+
+
 def _rule_dropout(doc: _Doc) -> None:
     net = doc.d.network
     rule = _rule("dropout")
@@ -2017,6 +2158,8 @@ def _section_rule(doc: _Doc, kind: str) -> None:
         _rule_dropout(doc)
     elif kind == "residual":
         _rule_residual(doc)
+    elif kind == "rms_norm":
+        _rule_rms_norm(doc)
     else:  # pragma: no cover - a kind added to the registry without a document section
         raise RuntimeError(f"the document has no section for layer kind {kind!r}")
 
@@ -2089,6 +2232,21 @@ def _backward_rows(d: Derivation, layer: FlatLayer, readers: dict) -> list[Step]
                         rf"\frac{{1}}{{B}} \sum_t h_t \odot \hat x^{{({idx})}}_t\right),",
                     ),
                     ("", rf"\quad h_s = \gamma^{{({idx})}} \odot \left({_da(idx)}\right)_s"),
+                ),
+            )
+        ]
+    if layer.kind == "rms_norm":
+        return [
+            (
+                "rms_norm.backward",
+                (
+                    (
+                        target,
+                        rf" = \frac{{1}}{{\sqrt{{\nu^{{({idx})}} + \epsilon}}}}\left(h - "
+                        rf"\hat x^{{({idx})}}\, "
+                        rf"\frac{{1}}{{{layer.units}}} \sum_j h_j \hat x^{{({idx})}}_j\right),",
+                    ),
+                    ("", rf"\quad h = \gamma^{{({idx})}} \odot {_da(idx)}"),
                 ),
             )
         ]
@@ -2174,6 +2332,7 @@ def _backward_kinds(doc: _Doc) -> None:
         elif layer.kind in _OPERATOR:
             s = "_s" if layer.kind == "batch_norm" else ""
             err = rf"\left({_da(idx)}\right)_s" if s else _da(idx)
+            beta = f"beta{idx}" in layer_parameters(layer)  # RMS norm has none
             displays.append(
                 doc.sub(
                     f"{layer.kind}.grad",
@@ -2181,10 +2340,14 @@ def _backward_kinds(doc: _Doc) -> None:
                         (
                             rf"\frac{{\partial \ell}}{{\partial \gamma^{{({idx})}}}}",
                             rf" = {err} \odot \hat x^{{({idx})}}{s},\quad "
-                            rf"\frac{{\partial \ell}}{{\partial \beta^{{({idx})}}}} = "
-                            rf"{err},\quad "
-                            rf"\gamma^{{({idx})}}, \beta^{{({idx})}} \in "
-                            rf"\mathbb{{R}}^{{{layer.units}}}",
+                            + (
+                                rf"\frac{{\partial \ell}}{{\partial \beta^{{({idx})}}}} = "
+                                rf"{err},\quad "
+                                rf"\gamma^{{({idx})}}, \beta^{{({idx})}} \in "
+                                if beta
+                                else rf"\gamma^{{({idx})}} \in "
+                            )
+                            + rf"\mathbb{{R}}^{{{layer.units}}}",
                         ),
                     ),
                 )
@@ -2213,13 +2376,21 @@ def _update_kinds(doc: _Doc) -> None:
             r"b^{(l)} \leftarrow b^{(l)} - \eta \frac{\partial L}{\partial b^{(l)}},",
         )
     ]
-    if norms:
+    if norms and any(key.startswith("beta") for key in net.spec.parameters):
         rows.append(
             (
                 "",
                 r"\quad \gamma^{(l)} \leftarrow \gamma^{(l)} - \eta \frac{\partial L}"
                 r"{\partial \gamma^{(l)}},\quad \beta^{(l)} \leftarrow \beta^{(l)} - \eta "
                 r"\frac{\partial L}{\partial \beta^{(l)}},",
+            )
+        )
+    elif norms:  # RMS norms only: a gain and no shift
+        rows.append(
+            (
+                "",
+                r"\quad \gamma^{(l)} \leftarrow \gamma^{(l)} - \eta \frac{\partial L}"
+                r"{\partial \gamma^{(l)}},",
             )
         )
     last = rows[-1]

@@ -10,6 +10,8 @@ the general formula the generated NumPy code computes, evaluated on the same ins
 - layer norm (over the features of a sample) and batch norm (over the samples, per feature):
   with xhat = (x - mean) / sqrt(var + eps), rstd = 1 / sqrt(var + eps) and h = g * gamma,
   dx = rstd * (h - mean(h) - xhat * mean(h * xhat)); dgamma = sum g * xhat, dbeta = sum g;
+- RMS norm (over the features of a sample): with rstd = 1 / sqrt(mean(x^2) + eps),
+  xhat = x * rstd and h = g * gamma, dx = rstd * (h - xhat * mean(h * xhat)); dgamma = sum g * xhat;
 - dropout: dx = g * m (m the drawn mask entry, 0 or 1 / (1 - rate));
 - residual y = x + F(x): dx = g + (F's backward of g), the sum over both paths (the
   multivariable chain rule).
@@ -36,7 +38,7 @@ import sympy
 from symbackprop import layers
 from symbackprop.spec import FlatLayer, LayerSpec
 
-KINDS = ("layer_norm", "batch_norm", "dropout", "residual")
+KINDS = ("layer_norm", "batch_norm", "dropout", "residual", "rms_norm")
 EPS = sympy.Symbol("epsilon", positive=True)  # the normalization's eps, kept symbolic
 
 INDEX = 1  # the layer number of an instance's layer (its gamma1_i, beta1_i, m1_i)
@@ -294,6 +296,21 @@ def _batch_norm(batch: int, features: int) -> _Instance:
     return _Instance((batch, features), x, g, outputs, formula, grads, names)
 
 
+def _rms_norm(n: int, features: int) -> _Instance:
+    del features
+    x, g = _vector("x", n), _vector("g", n)
+    _, out = layers.rms_norm(_flat("rms_norm", n), list(x), eps=EPS)
+    gamma = [layers.gamma(INDEX, i + 1) for i in range(n)]
+    rstd = 1 / sympy.sqrt(layers.mean_square(x) + EPS)
+    xhat = [xi * rstd for xi in x]
+    h = [g[i] * gamma[i] for i in range(n)]
+    mean_hx = layers.mean([h[i] * xhat[i] for i in range(n)])
+    formula = sympy.Matrix([[rstd * (h[i] - xhat[i] * mean_hx) for i in range(n)]])
+    grads = (_parameter_grad("gamma", out, g, gamma, [g[i] * xhat[i] for i in range(n)]),)
+    names = tuple(p for p in _norm_names([x], [g], n) if not p[0].name.startswith("beta"))
+    return _Instance((1, n), x, g, tuple(out), formula, grads, names)
+
+
 def _dropout(n: int, features: int) -> _Instance:
     del features
     x, g = _vector("x", n), _vector("g", n)
@@ -429,6 +446,29 @@ EQUATIONS: dict[str, Rows] = {
             r"\delta^{(l)} = \frac{\partial \ell}{\partial a^{(l)}}",
         ),
     ),
+    "rms_norm": (
+        (
+            "rms_norm.forward",
+            "RMS normalization (over the n features of a sample)",
+            r"\nu = \frac{1}{n} \sum_{i=1}^{n} \left(a^{(l-1)}_i\right)^2,\quad "
+            r"\hat x = \frac{a^{(l-1)}}{\sqrt{\nu + \epsilon}},\quad "
+            r"a^{(l)} = \gamma^{(l)} \odot \hat x",
+        ),
+        (
+            "rms_norm.backward",
+            "RMS normalization: the error at its input",
+            r"\frac{\partial \ell}{\partial a^{(l-1)}} = \frac{1}{\sqrt{\nu + \epsilon}}"
+            r" \left(h - \hat x\, \frac{1}{n} \sum_{j=1}^{n} h_j \hat x_j\right),\quad "
+            r"h = \gamma^{(l)} \odot \delta^{(l)},\quad "
+            r"\delta^{(l)} = \frac{\partial \ell}{\partial a^{(l)}}",
+        ),
+        (
+            "rms_norm.grad",
+            "RMS normalization: the gradient of its gain",
+            r"\frac{\partial L}{\partial \gamma^{(l)}} = \frac{1}{B} \sum_{s=1}^{B} "
+            r"\delta^{(l)}_s \odot \hat x_s",
+        ),
+    ),
 }
 
 _INSTANCES: dict[str, Callable[[int, int], _Instance]] = {
@@ -436,6 +476,7 @@ _INSTANCES: dict[str, Callable[[int, int], _Instance]] = {
     "batch_norm": _batch_norm,
     "dropout": _dropout,
     "residual": _residual,
+    "rms_norm": _rms_norm,
 }
 
 _WHAT = {
@@ -443,6 +484,7 @@ _WHAT = {
     "batch_norm": "batch norm over a batch of B = {n} samples, {features} feature(s)",
     "dropout": "dropout of {n} features",
     "residual": "a residual around a {n} x {n} tanh dense block",
+    "rms_norm": "RMS norm over {n} features of one sample",
 }
 
 

@@ -17,8 +17,8 @@ Schema (DESIGN §2, §2b)::
                                # { name = "leaky_relu", slope = 0.2 }, { name = "elu", alpha = 1 }
     bias = true                # optional
     [[layers]]                 # DESIGN §2b: kind = "layer_norm" (eps), "batch_norm" (eps,
-    kind = "dropout"           # momentum), "dropout" (rate) or "residual" (block: a list
-    rate = 0.1                 # of layers that ends with its input's width)
+    kind = "dropout"           # momentum), "dropout" (rate), "residual" (block: a list
+    rate = 0.1                 # of layers that ends with its input's width) or "rms_norm" (eps)
     [train]                    # optional: optimizer, lr, epochs, batch_size, seed,
                                # momentum, beta1, beta2, eps
 
@@ -129,7 +129,7 @@ class LayerSpec:
     activation: FunctionSpec = IDENTITY
     kind: str = "dense"
     bias: bool = True  # dense
-    eps: float = 1e-5  # layer_norm, batch_norm
+    eps: float = 1e-5  # layer_norm, batch_norm, rms_norm
     momentum: float = 0.1  # batch_norm
     rate: float = 0.0  # dropout
     block: tuple[LayerSpec, ...] = ()  # residual
@@ -204,6 +204,8 @@ def layer_parameters(layer: FlatLayer) -> dict[str, tuple[int, ...]]:
         return shapes
     if layer.kind in ("layer_norm", "batch_norm"):
         return {f"gamma{index}": (n,), f"beta{index}": (n,)}
+    if layer.kind == "rms_norm":
+        return {f"gamma{index}": (n,)}
     return {}
 
 
@@ -476,7 +478,7 @@ def to_dict(spec: NetworkSpec) -> dict[str, Any]:
             if not item.bias:
                 out["bias"] = False
             return out
-        if item.kind == "layer_norm":
+        if item.kind in ("layer_norm", "rms_norm"):
             return {"kind": item.kind, "eps": item.eps}
         if item.kind == "batch_norm":
             return {"kind": item.kind, "eps": item.eps, "momentum": item.momentum}
@@ -585,13 +587,14 @@ def _positive_float(value: Any, path: str) -> float:
     return number
 
 
-KINDS = ("dense", "layer_norm", "batch_norm", "dropout", "residual")  # symbackprop.layers
+KINDS = ("dense", "layer_norm", "batch_norm", "dropout", "residual", "rms_norm")  # layers.LAYERS
 _KIND_FIELDS = {
     "dense": {"kind", "units", "activation", "bias"},
     "layer_norm": {"kind", "eps"},
     "batch_norm": {"kind", "eps", "momentum"},
     "dropout": {"kind", "rate"},
     "residual": {"kind", "block"},
+    "rms_norm": {"kind", "eps"},
 }
 
 
@@ -662,7 +665,7 @@ def _layer(value: Any, path: str, width: int, count: list[int], nesting: int) ->
         if not isinstance(bias, bool):
             raise InputError(f"{path}.bias", f"expected true or false, got {_kind(bias)}")
         return LayerSpec(units=units, activation=activation, bias=bias)
-    if kind in ("layer_norm", "batch_norm"):
+    if kind in ("layer_norm", "batch_norm", "rms_norm"):
         eps = _positive_float(value.get("eps", 1e-5), f"{path}.eps")
         momentum = 0.1
         if kind == "batch_norm":

@@ -389,7 +389,8 @@ def term_sizes(
             sizes[f"gamma{index}"] = float(
                 (d * np.abs(run.normalized[index])).sum(axis=0).max(initial=0.0)
             )
-            sizes[f"beta{index}"] = float(d.sum(axis=0).max(initial=0.0))
+            if f"beta{index}" in layers.parameters(layer):
+                sizes[f"beta{index}"] = float(d.sum(axis=0).max(initial=0.0))
     return sizes
 
 
@@ -499,7 +500,7 @@ def pytorch_gradients(
         act = net.activations[index - 1]
         inputs = [outputs[s] for s in layer.sources]
         value = layers.torch_forward(layer, torch, tensors, inputs, masks=keep, training=True)
-        if layer.kind in ("dense", "layer_norm", "batch_norm"):
+        if layer.kind in ("dense", "layer_norm", "batch_norm", "rms_norm"):
             value.retain_grad()
             nodes[index] = value
         if act is not None and index != out.index:  # the output's activation: with the loss

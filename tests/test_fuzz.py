@@ -338,6 +338,7 @@ OTHER_KINDS = st.one_of(
     ),
     st.builds(lambda rate: {"kind": "dropout", "rate": rate}, FRACTIONS),
     _table({"kind": "dropout"}, _optional("rate", NUMBERS_OF_FIELDS)),
+    _table({"kind": "rms_norm"}, _optional("eps", NUMBERS_OF_FIELDS)),
 )
 ODD_LAYERS = st.one_of(
     st.sampled_from([{"kind": "conv"}, {"kind": "Dense"}, {"kind": 3}, {"kind": None}, 3]),
@@ -425,4 +426,4 @@ def test_fuzz_specs_of_every_kind() -> None:
     collect()
     assert outcomes.count("ok") >= 30, outcomes.count("ok")
     assert outcomes.count("refused") >= 30, outcomes.count("refused")
-    assert kinds == {"dense", "layer_norm", "batch_norm", "dropout", "residual"}, kinds
+    assert kinds == {"dense", "layer_norm", "batch_norm", "dropout", "residual", "rms_norm"}, kinds

@@ -47,6 +47,19 @@ OTHERS = {
     "dropout_only": _spec(
         "dr", [{"units": 3, "activation": "relu"}, {"kind": "dropout", "rate": 0.5}, {"units": 1}]
     ),
+    # RMS norm (no mean, no beta) inside a residual, after batch norm, and as the output layer
+    "rms_norm": _spec(
+        "rms",
+        [
+            {"units": 3, "activation": "tanh"},
+            {
+                "kind": "residual",
+                "block": [{"units": 3, "activation": "relu"}, {"kind": "rms_norm"}],
+            },
+            {"kind": "batch_norm"},
+            {"kind": "rms_norm"},
+        ],
+    ),
     # a residual as the output layer, nested residuals, a dense layer without a bias, l2 and
     # an activation with a parameter
     "nested": _spec(

@@ -18,7 +18,7 @@ from symbackprop.cli import main
 from symbackprop.errors import InputError
 from symbackprop.spec import FunctionSpec, LayerSpec, NetworkSpec
 
-KNOWN_KINDS = "dense, layer_norm, batch_norm, dropout, residual"
+KNOWN_KINDS = "dense, layer_norm, batch_norm, dropout, residual, rms_norm"
 
 DESIGN_TOML = """\
 name = "design_net"
@@ -697,9 +697,9 @@ BAD = [
     ),
     (
         "kind-in-block",
-        net([residual({"kind": "rms_norm"})]),
+        net([residual({"kind": "group_norm"})]),
         "layers[0].block[0].kind",
-        "unknown layer kind 'rms_norm'",
+        "unknown layer kind 'group_norm'",
     ),
     # softmax anywhere but the output layer
     (
