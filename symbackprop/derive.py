@@ -44,7 +44,7 @@ FACTOR_MAX_DEGREE = 40
 SIMPLIFY_MAX_OPS = 60
 SIMPLIFY_MAX_DEGREE = 16
 
-_KIND_PREFIXES = ("layer_norm", "batch_norm", "dropout", "residual", "rms_norm")
+_KIND_PREFIXES = tuple(kind for kind in LAYERS if kind != "dense")  # the registry's
 _SAMPLE_POINTS = [sympy.Rational(k, 4) for k in range(-20, 21)] + [sympy.Rational(1, 1000)]
 
 

@@ -23,6 +23,7 @@ import mpmath
 import numpy as np
 import sympy
 
+from symbackprop import layers
 from symbackprop.graph import (
     LOSS,
     MEAN_LOSS,
@@ -321,7 +322,7 @@ def deltas(net: SymbolicNetwork, result: ExactEvaluation) -> dict[int, np.ndarra
     for layer in net.flat:
         if layer.kind == "dense":
             symbol = pre_activation
-        elif layer.kind in ("layer_norm", "batch_norm", "rms_norm"):
+        elif layers.parameters(layer):  # a normalization: its parameters act on its output
             symbol = activation
         else:
             continue

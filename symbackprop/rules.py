@@ -38,7 +38,7 @@ import sympy
 from symbackprop import layers
 from symbackprop.spec import FlatLayer, LayerSpec
 
-KINDS = ("layer_norm", "batch_norm", "dropout", "residual", "rms_norm")
+KINDS = tuple(kind for kind in layers.LAYERS if kind != "dense")  # each has a rule below
 EPS = sympy.Symbol("epsilon", positive=True)  # the normalization's eps, kept symbolic
 
 INDEX = 1  # the layer number of an instance's layer (its gamma1_i, beta1_i, m1_i)

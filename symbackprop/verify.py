@@ -500,7 +500,7 @@ def pytorch_gradients(
         act = net.activations[index - 1]
         inputs = [outputs[s] for s in layer.sources]
         value = layers.torch_forward(layer, torch, tensors, inputs, masks=keep, training=True)
-        if layer.kind in ("dense", "layer_norm", "batch_norm", "rms_norm"):
+        if layers.parameters(layer):  # dense pre-activations, normalizations' outputs
             value.retain_grad()
             nodes[index] = value
         if act is not None and index != out.index:  # the output's activation: with the loss
