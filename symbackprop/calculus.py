@@ -778,9 +778,39 @@ def descent_figure(result: DescentResult) -> Figure:
         axes.plot([r[0] for r in rows], [r[2] for r in rows], marker=".")
         axes.set_xlabel("step")
         axes.set_ylabel("f")
-    axes.set_title(f"gradient descent on f = {sympy.sstr(result.expression)}"[:80])
+    axes.set_title(_title(result))
     figure.tight_layout()
     return figure
+
+
+TITLE_MAX_CHARACTERS = 120  # of the formula's LaTeX; past it the title names f only
+
+
+def _math(tex: str) -> bool:
+    """Whether matplotlib's mathtext can typeset ``$tex$`` (it knows a subset of LaTeX)."""
+    from matplotlib.mathtext import MathTextParser
+
+    try:
+        MathTextParser("path").parse(f"${tex}$")
+    except ValueError:
+        return False
+    return True
+
+
+def _symbol(name: str) -> str:
+    """A variable's axis label in mathematics: w1 -> $w_{1}$ (as written if mathtext can't)."""
+    tex = sympy.latex(sympy.Symbol(name))
+    return f"${tex}$" if _math(tex) else name
+
+
+def _title(result: DescentResult) -> str:
+    """'gradient descent on $f(w_1, w_2) = w_1^2 + 3 w_2^2$': the function as a reader
+    writes it, not in Python syntax; f alone when the formula is long or mathtext can't."""
+    names = ", ".join(sympy.latex(sympy.Symbol(v)) for v in result.variables)
+    tex = f"f({names}) = {sympy.latex(result.expression)}"
+    if len(tex) <= TITLE_MAX_CHARACTERS and _math(tex):
+        return f"gradient descent on ${tex}$"
+    return f"gradient descent on $f({names})$" if _math(f"f({names})") else "gradient descent"
 
 
 def _safe_f(
@@ -806,6 +836,10 @@ def _plot_contour(
     xs = [r[1][0] for r in rows]
     ys = [r[1][1] for r in rows]
     (x0, x1), (y0, y1) = _span(xs), _span(ys)
+    # a square window at equal scale: the path is seen to cross the contours at right angles
+    half = max(x1 - x0, y1 - y0) / 2
+    (cx, cy) = ((x0 + x1) / 2, (y0 + y1) / 2)
+    (x0, x1), (y0, y1) = (cx - half, cx + half), (cy - half, cy + half)
     n = 80
     gx = [x0 + (x1 - x0) * i / (n - 1) for i in range(n)]
     gy = [y0 + (y1 - y0) * j / (n - 1) for j in range(n)]
@@ -814,12 +848,13 @@ def _plot_contour(
     # Quantile levels: valleys like Rosenbrock's vanish among evenly spaced levels.
     levels = sorted({finite[int(i * (len(finite) - 1) / 24)] for i in range(25)}) if finite else 1
     contour = axes.contour(gx, gy, grid, levels=levels if len(levels) > 1 else 10, cmap="viridis")
-    axes.figure.colorbar(contour, ax=axes, label="f")
+    axes.figure.colorbar(contour, ax=axes, label="$f$")
     axes.plot(xs, ys, color="tab:red", marker=".", linewidth=1, label="iterates")
     axes.plot(xs[:1], ys[:1], "o", color="black", label="start")
     axes.plot(xs[-1:], ys[-1:], "*", color="black", markersize=10, label="end")
-    axes.set_xlabel(names[0])
-    axes.set_ylabel(names[1])
+    axes.set_xlabel(_symbol(names[0]))
+    axes.set_ylabel(_symbol(names[1]))
+    axes.set_aspect("equal", adjustable="box")
     axes.legend()
 
 
@@ -838,6 +873,6 @@ def _plot_curve(axes: Axes, evaluate: _Evaluate, rows: Sequence[TraceRow], name:
         linewidth=0.8,
         label="iterates",
     )
-    axes.set_xlabel(name)
-    axes.set_ylabel("f")
+    axes.set_xlabel(_symbol(name))
+    axes.set_ylabel("$f$")
     axes.legend()

@@ -233,6 +233,27 @@ def test_descent_figure(text: str, start: str) -> None:
     figure = descent_figure(descent(text, start, steps=20))
     assert figure.axes
     figure.savefig(__import__("io").BytesIO(), format="png")
+    title = figure.axes[0].get_title()
+    assert "**" not in title and "*" not in title, title  # mathematics, not Python syntax
+    assert title.startswith("gradient descent on $f(") and title.endswith("$"), title
+
+
+def test_descent_contour_has_equal_scales() -> None:
+    """The article's picture: at equal scale the path crosses the contours at right angles."""
+    pytest.importorskip("matplotlib")
+    figure = descent_figure(descent("w1**2 + 3*w2**2", "w1=3,w2=1", steps=20))
+    axes = figure.axes[0]
+    assert axes.get_aspect() == 1.0
+    (x0, x1), (y0, y1) = axes.get_xlim(), axes.get_ylim()
+    assert x1 - x0 == pytest.approx(y1 - y0)
+    assert axes.get_xlabel() == "$w_{1}$" and axes.get_ylabel() == "$w_{2}$"
+
+
+def test_descent_title_falls_back_when_the_formula_is_long() -> None:
+    pytest.importorskip("matplotlib")
+    long = " + ".join(f"sin(w1 + {k}*w2)" for k in range(1, 12))
+    figure = descent_figure(descent(long, "w1=1,w2=1", steps=3))
+    assert figure.axes[0].get_title() == "gradient descent on $f(w_{1}, w_{2})$"
 
 
 def test_chain_over_a_high_degree_kink_finishes() -> None:
