@@ -150,8 +150,8 @@ def test_worked_example_matches_generated_module(name: str) -> None:
     example = render.worked_example(d)
     module = load_module(generate(d), name)
     # the document draws its point without the module: the weights are the module's own
-    # init_params(seed=0), the biases the certificate's redraw (not the module's zeros)
-    initial = module.init_params(seed=0)
+    # init_params(seed), the biases the certificate's redraw (not the module's zeros)
+    initial = module.init_params(seed=example.seed)
     assert set(initial) == set(example.params)
     for key in initial:
         if key.startswith("W"):
@@ -167,6 +167,29 @@ def test_worked_example_matches_generated_module(name: str) -> None:
     assert "A worked example" in md
     first = example.gradients["W1"][0, 0]
     assert render._number(first) in md
+
+
+@pytest.mark.parametrize("name", _small_cases())
+def test_worked_example_error_reaches_every_unit(name: str) -> None:
+    """At seed 0 all three first-layer ReLUs of seed_mlp were inactive: 24 of its 29
+    gradient entries were 0 and the update shown moved nothing."""
+    d = _derivation(name)
+    example = render.worked_example(d)
+    assert render._flowing(d, example) == 0
+    for key, grad in example.gradients.items():
+        assert np.count_nonzero(grad) == grad.size, key
+    for seed in range(example.seed):  # it is the first such seed
+        assert render._flowing(d, render.worked_example(d, seed)) > 0
+    md = render.render_markdown(d)
+    assert f"init_params(seed={example.seed})" in md
+
+
+def test_seed_mlp_example_is_no_longer_dead_at_seed_0() -> None:
+    d = _derivation("seed_mlp")
+    old = render.worked_example(d, 0)
+    assert render._flowing(d, old) > 0
+    assert sum(int((g == 0).sum()) for g in old.gradients.values()) == 24  # of 29 entries
+    assert render.worked_example(d).seed > 0
 
 
 def test_certificate_section() -> None:
