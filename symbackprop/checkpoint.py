@@ -299,14 +299,3 @@ def point(
     else:
         Y = data_rng.normal(0.0, 1.0, size=(batch, outputs))
     return params, X, Y
-
-
-def check_point(
-    module: types.ModuleType | None,
-    net: SymbolicNetwork,
-    batch: int,
-    seed: int,
-    data: tuple[np.ndarray, np.ndarray] | None = None,
-) -> tuple[dict, np.ndarray, np.ndarray]:
-    """``point(net, batch, seed, data)``; ``module`` is not read (kept for old callers)."""
-    return point(net, batch, seed, data)

@@ -183,10 +183,6 @@ def _grad_name(layer: FlatLayer) -> str:
     return f"dZ{layer.index}" if layer.kind == "dense" else f"dA{layer.index}"
 
 
-def _float(value: float) -> str:
-    return repr(float(value))
-
-
 def context(derivation: Derivation) -> dict[str, object]:
     net = derivation.network
     spec = net.spec

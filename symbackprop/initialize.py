@@ -10,14 +10,21 @@ numbers.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy
 
 from symbackprop.functions import resolve
 from symbackprop.spec import NetworkSpec, layer_parameters, layer_state
 
 
+@lru_cache(maxsize=256)
 def init_table(spec: NetworkSpec) -> dict[str, tuple[str, tuple[int, ...]]]:
-    """params' entries in network order: name -> (how it starts, shape)."""
+    """params' entries in network order: name -> (how it starts, shape).
+
+    Cached per spec: the worked example's seed search and each check point ask again, and
+    resolving a spec parses its custom expressions.  Callers only read the table.
+    """
     activations, _ = resolve(spec)
     table: dict[str, tuple[str, tuple[int, ...]]] = {}
     for layer, act in zip(spec.flat, activations, strict=True):

@@ -21,7 +21,7 @@ from typing import Any
 
 import sympy
 
-from symbackprop.spec import KINDS, FlatLayer, layer_parameters, layer_state
+from symbackprop.spec import KINDS, FlatLayer, layer_parameters
 
 Vector = list[sympy.Expr]
 
@@ -160,11 +160,6 @@ def kind(layer: FlatLayer) -> LayerKind:
 def parameters(layer: FlatLayer) -> dict[str, tuple[int, ...]]:
     """Trainable parameters of a layer by code name (W3, b3, gamma4, ...)."""
     return layer_parameters(layer)
-
-
-def state(layer: FlatLayer) -> dict[str, tuple[int, ...]]:
-    """Batch norm's running statistics by code name (mean5, var5)."""
-    return layer_state(layer)
 
 
 # --- scalar symbols ----------------------------------------------------------------------

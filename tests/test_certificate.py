@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from symbackprop import training
-from symbackprop.checkpoint import check_point, load_module
+from symbackprop.checkpoint import load_module, point
 from symbackprop.cli import main
 from symbackprop.codegen import generate
 from symbackprop.derive import derive
@@ -215,7 +215,7 @@ def test_a_batch_times_parameters_over_the_hard_limit_is_refused() -> None:
 def large(spec) -> object:
     d = derive(spec)
     module = load_module(generate(d))
-    params, X, Y = check_point(module, d.network, 4, 0)
+    params, X, Y = point(d.network, 4, 0)
     return large_inputs(module, d.network, params, X, Y)
 
 

@@ -9,8 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from symbackprop.checkpoint import check_point, load_module
-from symbackprop.codegen import generate
+from symbackprop.checkpoint import point
 from symbackprop.graph import EXPANDED_LIMIT, GRAPH_LIMIT, SizeLimitError, build
 from symbackprop.spec import from_dict
 from symbackprop.verify import certify, exact_expanded, exact_graph, local_partials
@@ -44,8 +43,7 @@ def test_expanded_and_graph_views_agree(
 ) -> None:
     spec = network(sizes, hidden, output, loss, l2=0.02)
     net = build(spec)
-    module = load_module(generate(spec))
-    params, X, Y = check_point(module, net, batch=3, seed=4)
+    params, X, Y = point(net, batch=3, seed=4)
     expanded = exact_expanded(net, params, X, Y)
     graph = exact_graph(net, params, X, Y)
     for key in params:
