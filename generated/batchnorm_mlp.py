@@ -334,7 +334,7 @@ def _forward(params, X, ws, train, rng):
     A1 = ws["A1"]
     # a = relu(z), elementwise (eq. 2)
     numpy.maximum(Z1, 0.0, out=A1)
-    # layer 2: batch norm of each of the 128 features (eq. 4)
+    # layer 2: batch norm of each of the 128 features (eq. 14)
     A2, H2 = ws["A2"], ws["H2"]
     M2, V2, R2 = ws["M2"], ws["V2"], ws["R2"]
     if train:  # the batch's mean and biased variance
@@ -345,7 +345,7 @@ def _forward(params, X, ws, train, rng):
         numpy.add.reduce(A2, axis=0, out=V2)
         V2 *= 1.0 / X.shape[0]
         numpy.add(V2, 1e-05, out=R2)
-    else:  # inference: the running statistics (eq. 5)
+    else:  # inference: the running statistics (eq. 18)
         numpy.subtract(A1, params["mean2"], out=H2)
         numpy.add(params["var2"], 1e-05, out=R2)
     numpy.sqrt(R2, out=R2)
@@ -360,7 +360,7 @@ def _forward(params, X, ws, train, rng):
     A3 = ws["A3"]
     # a = relu(z), elementwise (eq. 2)
     numpy.maximum(Z3, 0.0, out=A3)
-    # layer 4: batch norm of each of the 128 features (eq. 4)
+    # layer 4: batch norm of each of the 128 features (eq. 14)
     A4, H4 = ws["A4"], ws["H4"]
     M4, V4, R4 = ws["M4"], ws["V4"], ws["R4"]
     if train:  # the batch's mean and biased variance
@@ -371,7 +371,7 @@ def _forward(params, X, ws, train, rng):
         numpy.add.reduce(A4, axis=0, out=V4)
         V4 *= 1.0 / X.shape[0]
         numpy.add(V4, 1e-05, out=R4)
-    else:  # inference: the running statistics (eq. 5)
+    else:  # inference: the running statistics (eq. 18)
         numpy.subtract(A3, params["mean4"], out=H4)
         numpy.add(params["var4"], 1e-05, out=R4)
     numpy.sqrt(R4, out=R4)
@@ -396,7 +396,7 @@ def _forward(params, X, ws, train, rng):
 
 
 def _loss(params, X, Y, ws):
-    """The mean loss over the batch plus the l2 term (eq. 6), after _forward."""
+    """The mean loss over the batch plus the l2 term (eq. 4), after _forward."""
     total = -float(numpy.vdot(Y, ws["LP"])) / X.shape[0]
     for key in _WEIGHTS:
         total += 0.5 * L2 * float(numpy.vdot(params[key], params[key]))
@@ -415,7 +415,7 @@ def _backward(params, X, Y, ws, scale, weight_scale, unit_rows=False):
     A4 = ws["A4"]
     A5 = ws["A5"]
     dZ5 = ws["dZ5"]
-    # softmax + cross-entropy: dL/dz = p * sum(y) - y (eq. 8)
+    # softmax + cross-entropy: dL/dz = p * sum(y) - y (eq. 6)
     if unit_rows:  # one-hot rows from class labels: sum(y) = 1
         numpy.subtract(A5, Y, out=dZ5)
     else:
@@ -423,19 +423,19 @@ def _backward(params, X, Y, ws, scale, weight_scale, unit_rows=False):
         numpy.multiply(A5, ws["S"], out=dZ5)
         numpy.subtract(dZ5, Y, out=dZ5)
     numpy.multiply(dZ5, scale, out=dZ5)
-    numpy.dot(dZ5.T, A4, out=ws["dW5"])  # (eq. 13)
+    numpy.dot(dZ5.T, A4, out=ws["dW5"])  # (eq. 8)
     numpy.multiply(params["W5"], L2 * weight_scale, out=ws["R5"])
     ws["dW5"] += ws["R5"]
-    numpy.add.reduce(dZ5, axis=0, out=ws["db5"])  # (eq. 14)
+    numpy.add.reduce(dZ5, axis=0, out=ws["db5"])  # (eq. 9)
     dA4 = ws["dA4"]
-    numpy.dot(dZ5, params["W5"], out=dA4)  # (eq. 12)
+    numpy.dot(dZ5, params["W5"], out=dA4)  # (eq. 7)
     H4, T4 = ws["H4"], ws["T4"]
-    # dL/dgamma = sum over the batch of g * x hat, dL/dbeta = sum of g (eq. 10)
+    # dL/dgamma = sum over the batch of g * x hat, dL/dbeta = sum of g (eq. 16)
     numpy.multiply(dA4, H4, out=T4)
     numpy.add.reduce(T4, axis=0, out=ws["dgamma4"])
     numpy.add.reduce(dA4, axis=0, out=ws["dbeta4"])
     S4, Q4 = ws["S4"], ws["Q4"]
-    # the samples are coupled: means over the batch (eq. 9)
+    # the samples are coupled: means over the batch (eq. 15)
     numpy.multiply(dA4, params["gamma4"], out=T4)  # h
     numpy.add.reduce(T4, axis=0, out=S4)
     S4 *= 1.0 / X.shape[0]
@@ -446,23 +446,23 @@ def _backward(params, X, Y, ws, scale, weight_scale, unit_rows=False):
     numpy.subtract(T4, S4, out=T4)
     numpy.multiply(T4, ws["R4"], out=ws["dZ3"])
     dZ3 = ws["dZ3"]
-    G = ws["G3"]  # f'(z) of relu (eq. 7)
+    G = ws["G3"]  # f'(z) of relu (eq. 5)
     numpy.sign(A3, out=G)
     numpy.maximum(G, 0.0, out=G)
     numpy.multiply(dZ3, G, out=dZ3)
-    numpy.dot(dZ3.T, A2, out=ws["dW3"])  # (eq. 13)
+    numpy.dot(dZ3.T, A2, out=ws["dW3"])  # (eq. 8)
     numpy.multiply(params["W3"], L2 * weight_scale, out=ws["R3"])
     ws["dW3"] += ws["R3"]
-    numpy.add.reduce(dZ3, axis=0, out=ws["db3"])  # (eq. 14)
+    numpy.add.reduce(dZ3, axis=0, out=ws["db3"])  # (eq. 9)
     dA2 = ws["dA2"]
-    numpy.dot(dZ3, params["W3"], out=dA2)  # (eq. 12)
+    numpy.dot(dZ3, params["W3"], out=dA2)  # (eq. 7)
     H2, T2 = ws["H2"], ws["T2"]
-    # dL/dgamma = sum over the batch of g * x hat, dL/dbeta = sum of g (eq. 10)
+    # dL/dgamma = sum over the batch of g * x hat, dL/dbeta = sum of g (eq. 16)
     numpy.multiply(dA2, H2, out=T2)
     numpy.add.reduce(T2, axis=0, out=ws["dgamma2"])
     numpy.add.reduce(dA2, axis=0, out=ws["dbeta2"])
     S2, Q2 = ws["S2"], ws["Q2"]
-    # the samples are coupled: means over the batch (eq. 9)
+    # the samples are coupled: means over the batch (eq. 15)
     numpy.multiply(dA2, params["gamma2"], out=T2)  # h
     numpy.add.reduce(T2, axis=0, out=S2)
     S2 *= 1.0 / X.shape[0]
@@ -473,14 +473,14 @@ def _backward(params, X, Y, ws, scale, weight_scale, unit_rows=False):
     numpy.subtract(T2, S2, out=T2)
     numpy.multiply(T2, ws["R2"], out=ws["dZ1"])
     dZ1 = ws["dZ1"]
-    G = ws["G1"]  # f'(z) of relu (eq. 7)
+    G = ws["G1"]  # f'(z) of relu (eq. 5)
     numpy.sign(A1, out=G)
     numpy.maximum(G, 0.0, out=G)
     numpy.multiply(dZ1, G, out=dZ1)
-    numpy.dot(dZ1.T, X, out=ws["dW1"])  # (eq. 13)
+    numpy.dot(dZ1.T, X, out=ws["dW1"])  # (eq. 8)
     numpy.multiply(params["W1"], L2 * weight_scale, out=ws["R1"])
     ws["dW1"] += ws["R1"]
-    numpy.add.reduce(dZ1, axis=0, out=ws["db1"])  # (eq. 14)
+    numpy.add.reduce(dZ1, axis=0, out=ws["db1"])  # (eq. 9)
 
 
 def _step(params, X, Y, rng=None):
@@ -501,7 +501,7 @@ def _step(params, X, Y, rng=None):
 
 def _update_state(params, ws, batch):
     """Batch norm's running statistics after a training step, as PyTorch updates them."""
-    # layer 2: running mean and (unbiased) variance, momentum 0.1 (eq. 11)
+    # layer 2: running mean and (unbiased) variance, momentum 0.1 (eq. 17)
     mean, var, T = params["mean2"], params["var2"], ws["Q2"]
     mean *= 0.9
     numpy.multiply(ws["M2"], 0.1, out=T)
@@ -509,7 +509,7 @@ def _update_state(params, ws, batch):
     var *= 0.9
     numpy.multiply(ws["V2"], 0.1 * batch / (batch - 1), out=T)
     var += T
-    # layer 4: running mean and (unbiased) variance, momentum 0.1 (eq. 11)
+    # layer 4: running mean and (unbiased) variance, momentum 0.1 (eq. 17)
     mean, var, T = params["mean4"], params["var4"], ws["Q4"]
     mean *= 0.9
     numpy.multiply(ws["M4"], 0.1, out=T)
@@ -589,7 +589,7 @@ def gradients(params, X, Y, rng=None):
 
 
 def train_step(params, X, Y, lr, rng=None):
-    """One plain SGD step in place (eq. 15); returns the loss before the step.
+    """One plain SGD step in place (eq. 10); returns the loss before the step.
 
     Everything is checked before any parameter changes, so a ValueError leaves params as
     they were.

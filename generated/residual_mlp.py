@@ -348,7 +348,7 @@ def _forward(params, X, ws, train, rng):
     numpy.dot(A3, params["W4"].T, out=Z4)  # (eq. 1)
     numpy.add(Z4, params["b4"], out=Z4)
     # a = z: the identity activation keeps Z4 (eq. 2)
-    # layer 5: layer norm over the 64 features of each sample (eq. 4)
+    # layer 5: layer norm over the 64 features of each sample (eq. 11)
     A5, H5 = ws["A5"], ws["H5"]
     M5, R5 = ws["M5"], ws["R5"]
     numpy.add.reduce(Z4, axis=1, keepdims=True, out=M5)
@@ -363,10 +363,10 @@ def _forward(params, X, ws, train, rng):
     numpy.multiply(H5, R5, out=H5)  # x hat
     numpy.multiply(H5, params["gamma5"], out=A5)
     numpy.add(A5, params["beta5"], out=A5)
-    # layer 2: residual, the input plus its block's output (eq. 6)
+    # layer 2: residual, the input plus its block's output (eq. 21)
     A2 = ws["A2"]
     numpy.add(A1, A5, out=A2)
-    # layer 6: dropout, rate 0.2 (eq. 5)
+    # layer 6: dropout, rate 0.2 (eq. 19)
     A6 = ws["A6"]
     if train:  # keep = u >= rate for u ~ U[0, 1) drawn in float64, then scaled
         M6 = ws["M6"]
@@ -393,7 +393,7 @@ def _forward(params, X, ws, train, rng):
 
 
 def _loss(params, X, Y, ws):
-    """The mean loss over the batch plus the l2 term (eq. 7), after _forward."""
+    """The mean loss over the batch plus the l2 term (eq. 4), after _forward."""
     total = -float(numpy.vdot(Y, ws["LP"])) / X.shape[0]
     for key in _WEIGHTS:
         total += 0.5 * L2 * float(numpy.vdot(params[key], params[key]))
@@ -411,7 +411,7 @@ def _backward(params, X, Y, ws, scale, weight_scale, unit_rows=False):
     A6 = ws["A6"]
     A7 = ws["A7"]
     dZ7 = ws["dZ7"]
-    # softmax + cross-entropy: dL/dz = p * sum(y) - y (eq. 10)
+    # softmax + cross-entropy: dL/dz = p * sum(y) - y (eq. 6)
     if unit_rows:  # one-hot rows from class labels: sum(y) = 1
         numpy.subtract(A7, Y, out=dZ7)
     else:
@@ -419,25 +419,25 @@ def _backward(params, X, Y, ws, scale, weight_scale, unit_rows=False):
         numpy.multiply(A7, ws["S"], out=dZ7)
         numpy.subtract(dZ7, Y, out=dZ7)
     numpy.multiply(dZ7, scale, out=dZ7)
-    numpy.dot(dZ7.T, A6, out=ws["dW7"])  # (eq. 16)
+    numpy.dot(dZ7.T, A6, out=ws["dW7"])  # (eq. 8)
     numpy.multiply(params["W7"], L2 * weight_scale, out=ws["R7"])
     ws["dW7"] += ws["R7"]
-    numpy.add.reduce(dZ7, axis=0, out=ws["db7"])  # (eq. 17)
+    numpy.add.reduce(dZ7, axis=0, out=ws["db7"])  # (eq. 9)
     dA6 = ws["dA6"]
-    numpy.dot(dZ7, params["W7"], out=dA6)  # (eq. 15)
-    # the error passes the units that were kept, scaled alike (eq. 13)
+    numpy.dot(dZ7, params["W7"], out=dA6)  # (eq. 7)
+    # the error passes the units that were kept, scaled alike (eq. 20)
     numpy.multiply(dA6, ws["M6"], out=ws["dA2"])
     dA2 = ws["dA2"]
-    numpy.copyto(ws["dZ1"], dA2)  # (eq. 14)
-    numpy.copyto(ws["dA5"], dA2)  # (eq. 14)
+    numpy.copyto(ws["dZ1"], dA2)  # (eq. 22)
+    numpy.copyto(ws["dA5"], dA2)  # (eq. 22)
     dA5 = ws["dA5"]
     H5, T5 = ws["H5"], ws["T5"]
-    # dL/dgamma = sum over the batch of g * x hat, dL/dbeta = sum of g (eq. 12)
+    # dL/dgamma = sum over the batch of g * x hat, dL/dbeta = sum of g (eq. 13)
     numpy.multiply(dA5, H5, out=T5)
     numpy.add.reduce(T5, axis=0, out=ws["dgamma5"])
     numpy.add.reduce(dA5, axis=0, out=ws["dbeta5"])
     S5, Q5 = ws["S5"], ws["Q5"]
-    # dL/dx = (h - mean(h) - x hat mean(h x hat)) / sqrt(var + eps), h = g gamma (eq. 11)
+    # dL/dx = (h - mean(h) - x hat mean(h x hat)) / sqrt(var + eps), h = g gamma (eq. 12)
     numpy.multiply(dA5, params["gamma5"], out=T5)  # h
     numpy.add.reduce(T5, axis=1, keepdims=True, out=S5)
     S5 *= 0.015625
@@ -449,31 +449,31 @@ def _backward(params, X, Y, ws, scale, weight_scale, unit_rows=False):
     numpy.subtract(T5, S5, out=T5)
     numpy.multiply(T5, ws["R5"], out=ws["dZ4"])
     dZ4 = ws["dZ4"]
-    numpy.dot(dZ4.T, A3, out=ws["dW4"])  # (eq. 16)
+    numpy.dot(dZ4.T, A3, out=ws["dW4"])  # (eq. 8)
     numpy.multiply(params["W4"], L2 * weight_scale, out=ws["R4"])
     ws["dW4"] += ws["R4"]
-    numpy.add.reduce(dZ4, axis=0, out=ws["db4"])  # (eq. 17)
+    numpy.add.reduce(dZ4, axis=0, out=ws["db4"])  # (eq. 9)
     dZ3 = ws["dZ3"]
-    numpy.dot(dZ4, params["W4"], out=dZ3)  # (eq. 15)
-    G = ws["G3"]  # f'(z) of relu (eq. 8)
+    numpy.dot(dZ4, params["W4"], out=dZ3)  # (eq. 7)
+    G = ws["G3"]  # f'(z) of relu (eq. 5)
     numpy.sign(A3, out=G)
     numpy.maximum(G, 0.0, out=G)
     numpy.multiply(dZ3, G, out=dZ3)
-    numpy.dot(dZ3.T, A1, out=ws["dW3"])  # (eq. 16)
+    numpy.dot(dZ3.T, A1, out=ws["dW3"])  # (eq. 8)
     numpy.multiply(params["W3"], L2 * weight_scale, out=ws["R3"])
     ws["dW3"] += ws["R3"]
-    numpy.add.reduce(dZ3, axis=0, out=ws["db3"])  # (eq. 17)
+    numpy.add.reduce(dZ3, axis=0, out=ws["db3"])  # (eq. 9)
     dZ1 = ws["dZ1"]
-    numpy.dot(dZ3, params["W3"], out=ws["T3_in"])  # (eq. 15)
+    numpy.dot(dZ3, params["W3"], out=ws["T3_in"])  # (eq. 7)
     dZ1 += ws["T3_in"]
-    G = ws["G1"]  # f'(z) of relu (eq. 8)
+    G = ws["G1"]  # f'(z) of relu (eq. 5)
     numpy.sign(A1, out=G)
     numpy.maximum(G, 0.0, out=G)
     numpy.multiply(dZ1, G, out=dZ1)
-    numpy.dot(dZ1.T, X, out=ws["dW1"])  # (eq. 16)
+    numpy.dot(dZ1.T, X, out=ws["dW1"])  # (eq. 8)
     numpy.multiply(params["W1"], L2 * weight_scale, out=ws["R1"])
     ws["dW1"] += ws["R1"]
-    numpy.add.reduce(dZ1, axis=0, out=ws["db1"])  # (eq. 17)
+    numpy.add.reduce(dZ1, axis=0, out=ws["db1"])  # (eq. 9)
 
 
 def _step(params, X, Y, rng=None):
@@ -559,7 +559,7 @@ def gradients(params, X, Y, rng=None):
 
 
 def train_step(params, X, Y, lr, rng=None):
-    """One plain SGD step in place (eq. 18); returns the loss before the step.
+    """One plain SGD step in place (eq. 10); returns the loss before the step.
 
     Everything is checked before any parameter changes, so a ValueError leaves params as
     they were.

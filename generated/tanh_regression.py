@@ -272,7 +272,7 @@ def _forward(params, X, ws):
 
 
 def _loss(params, X, Y, ws):
-    """The mean loss over the batch (eq. 3), after _forward."""
+    """The mean loss over the batch (eq. 4), after _forward."""
     Z2 = ws["Z2"]
     U0 = ws["U0"]
     E = ws["E"]
@@ -302,7 +302,7 @@ def _backward(params, X, Y, ws, scale, weight_scale, unit_rows=False):
     numpy.dot(dZ2, params["W2"], out=dZ1)  # (eq. 7)
     T1_0 = ws["T1_0"]
     T1_1 = ws["T1_1"]
-    G = ws["G1"]  # f'(z) of tanh (eq. 4)
+    G = ws["G1"]  # f'(z) of tanh (eq. 5)
     numpy.absolute(Z1, out=T1_0)
     numpy.multiply(T1_0, (-2.0), out=T1_0)
     numpy.exp(T1_0, out=T1_0)

@@ -45,6 +45,30 @@ SIMPLIFY_MAX_OPS = 60
 SIMPLIFY_MAX_DEGREE = 16
 
 _KIND_PREFIXES = tuple(kind for kind in LAYERS if kind != "dense")  # the registry's
+
+# Every equation's number is the same in every network, so that a handout can cite it: the
+# output error is always (6).  A network without softmax has no (3), and the layer kinds'
+# equations are numbered from 11 on in the registry's order, whether a network uses them or
+# not.  All activations share (5), one row each.
+CORE_KEYS = (
+    "forward.linear",
+    "forward.activation",
+    "forward.softmax",
+    "loss",
+    "activation",
+    "delta.output",
+    "delta.hidden",
+    "grad.W",
+    "grad.b",
+    "update",
+)
+NUMBERS: dict[str, int] = {key: n for n, key in enumerate(CORE_KEYS, start=1)} | {
+    key: n
+    for n, key in enumerate(
+        (key for kind in LAYERS for key, _, _ in rules.EQUATIONS.get(kind, ())),
+        start=len(CORE_KEYS) + 1,
+    )
+}
 _SAMPLE_POINTS = [sympy.Rational(k, 4) for k in range(-20, 21)] + [sympy.Rational(1, 1000)]
 
 
@@ -97,10 +121,12 @@ class Derivation:
     equations: tuple[Equation, ...]
 
     def number(self, key: str) -> int:
-        for equation in self.equations:
-            if equation.key == key:
-                return equation.number
-        raise KeyError(key)
+        """The number of the equation ``key`` (``activation.<name>``: the activations' (5))."""
+        if key.startswith("activation."):
+            key = "activation"
+        if not self.has(key):
+            raise KeyError(key)
+        return NUMBERS[key]
 
     @property
     def cited(self) -> tuple[int, ...]:
@@ -132,6 +158,11 @@ class Derivation:
 
     def has(self, key: str) -> bool:
         return any(e.key == key for e in self.equations)
+
+    @property
+    def activation_rows(self) -> tuple[tuple[str, str], ...]:
+        """(activation name, LaTeX of its derivative) for the rows of equation (5)."""
+        return tuple(_activation_rows(self.layers))
 
     def _repr_markdown_(self) -> str:
         """The numbered core equations for Jupyter (the full document: render.render_markdown)."""
@@ -575,18 +606,17 @@ def _equations(
             rf"\ell(\hat y, y) = {sympy.latex(net.loss.expr)}",
         )
     )
-    seen: set[str] = set()
-    for d in layers:
-        if d is None:
-            continue
-        name = d.activation.name
-        if d.activation.softmax or name in seen:
-            continue
-        seen.add(name)
-        body = sympy.latex(d.derivative)
-        if d.through_output is not None and d.through_output != d.derivative:
-            body += rf" = {sympy.latex(d.through_output)}\ \text{{with }} a = f(z)"
-        rows.append((f"activation.{name}", f"derivative of {name}", rf"f'(z) = {body}"))
+    activations = _activation_rows(layers)
+    if activations:
+        rows.append(
+            (
+                "activation",
+                "derivatives of the activations",
+                r",\quad ".join(
+                    rf"f_{{\mathrm{{{_tex_name(n)}}}}}'(z) = {b}" for n, b in activations
+                ),
+            )
+        )
     if out.softmax:
         if out.q is None:  # pragma: no cover - derive_output always sets it for softmax
             raise RuntimeError("a softmax output rule without q")
@@ -641,7 +671,28 @@ def _equations(
             r"\theta \leftarrow \theta - \eta \frac{\partial L}{\partial \theta}",
         ),
     ]
-    return tuple(Equation(i + 1, key, title, tex) for i, (key, title, tex) in enumerate(rows))
+    return tuple(Equation(NUMBERS[key], key, title, tex) for key, title, tex in rows)
+
+
+def _activation_rows(layers: tuple[ActivationDerivative | None, ...]) -> list[tuple[str, str]]:
+    """(name, LaTeX of f'(z)) per distinct elementwise activation, in layer order."""
+    rows: list[tuple[str, str]] = []
+    for d in layers:
+        if d is None or d.activation.softmax:
+            continue
+        name = d.activation.name
+        if any(name == seen for seen, _ in rows):
+            continue
+        body = sympy.latex(d.derivative)
+        if d.through_output is not None and d.through_output != d.derivative:
+            body += rf" = {sympy.latex(d.through_output)}\ \text{{with }} a = f(z)"
+        rows.append((name, body))
+    return rows
+
+
+def _tex_name(name: str) -> str:
+    """An activation's name inside \\mathrm{}: underscores escaped, parameters dropped."""
+    return name.split("(")[0].replace("_", r"\_")
 
 
 def derive(spec_or_network: NetworkSpec | SymbolicNetwork) -> Derivation:

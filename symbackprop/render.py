@@ -26,8 +26,8 @@ generated module cites them; every other displayed equation is numbered ``N.k`` 
 core equation N it belongs to.  All mathematics is printed here (SymPy's LaTeX printer, with
 ``graph.latex_name`` for scalar symbols) and every symbolic claim shown is checked with SymPy
 before it is printed; the templates only lay the strings out.  Wherever a printed expression
-stands next to another factor (juxtaposed, ``\\cdot`` or ``\\odot``), it is printed by ``_factor``
-(or ``_operand`` for a number), which brackets everything that is not atomic for a product.
+stands next to another factor (juxtaposed, ``\\cdot`` or ``\\odot``), it is printed by ``as_factor``
+(or ``operand`` for a number), which brackets everything that is not atomic for a product.
 """
 
 from __future__ import annotations
@@ -38,8 +38,7 @@ import re
 import shutil
 import subprocess
 import tempfile
-from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cache, lru_cache
 from pathlib import Path
@@ -47,13 +46,30 @@ from pathlib import Path
 import jinja2
 import numpy as np
 import sympy
-from sympy.printing.latex import LatexPrinter
-from sympy.printing.precedence import PRECEDENCE, precedence, precedence_traditional
 
 import symbackprop.layers as layer_maps
 from symbackprop import exact, rules
 from symbackprop.checkpoint import point
 from symbackprop.derive import LP, Derivation, P, Z, derive_activation, softmax_jacobian_check
+from symbackprop.document import (
+    WIDTH,
+    Doc,
+    Row,
+    as_factor,
+    as_factors,
+    broken,
+    decimal,
+    glyphs,
+    latex_names,
+    make_printer,
+    operand,
+    require,
+    signed,
+    text_tex,
+    tidy_numbers,
+    to_tex,
+    wrap,
+)
 from symbackprop.errors import InputError
 from symbackprop.functions import A, X, Y
 from symbackprop.graph import (
@@ -72,226 +88,11 @@ from symbackprop.primitives import step, to_textbook_form
 from symbackprop.spec import FlatLayer, layer_parameters
 
 PRECISION = 40  # decimal digits of the worked example's exact evaluation
-WIDTH = 74  # rough glyph budget of one display line (10pt, 2.2 cm margins)
 SOFTMAX_DEMO_MAX = 3  # outputs in the concrete softmax + cross-entropy derivation
-
-Row = tuple[str, str]  # (left of the alignment point, from it on)
 
 
 class PdfLatexError(InputError):
     """pdflatex is missing or failed on the document."""
-
-
-# --- small printing helpers ------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Display:
-    """One numbered displayed equation, as aligned rows (left, right)."""
-
-    tag: str
-    rows: tuple[Row, ...]
-
-
-def _require(condition: bool, what: str) -> None:
-    """A check of a symbolic step the document shows: raises, even under ``python -O``."""
-    if not condition:
-        raise RuntimeError(f"derivation document: {what}")
-
-
-def _tex(expr: sympy.Expr, names: Mapping[sympy.Symbol, str] | None = None, **kw: object) -> str:
-    return _printer(names, **kw).doprint(expr)
-
-
-def _factor(expr: sympy.Expr, printer: LatexPrinter) -> str:
-    """``expr`` printed as one factor of a product (juxtaposed, ``\\cdot`` or ``\\odot``).
-
-    Bracketed unless it is atomic for a product: a symbol, a positive number or fraction, a
-    function application, a power, a product, or an already bracketed group, i.e. unless
-    SymPy's precedence for it is below that of Mul (a sum, or anything with a leading sign).
-    Every place that puts a printed expression next to another factor goes through here.
-    """
-    text = printer.doprint(expr)
-    if min(precedence(expr), precedence_traditional(expr)) < PRECEDENCE["Mul"]:
-        return rf"\left({text}\right)"
-    return text
-
-
-def _factors(expr: sympy.Expr, printer: LatexPrinter) -> list[str]:
-    """The factors of a product, each by ``_factor`` (so that a line may break between them)."""
-    return [_factor(f, printer) for f in sympy.Mul.make_args(expr)]
-
-
-def _printer(names: Mapping[sympy.Symbol, str] | None = None, **kw: object) -> LatexPrinter:
-    return LatexPrinter({"symbol_names": dict(names or {}), **kw})
-
-
-def _names(symbols: Iterable[sympy.Symbol]) -> dict[sympy.Symbol, str]:
-    return {s: latex_name(s) for s in symbols}
-
-
-def _width(tex: str) -> int:
-    """A rough count of the glyphs a LaTeX string prints (for line breaking only)."""
-    s = re.sub(r"\\(left|right|big|Big|operatorname|mathrm|text|,|;|!|quad|qquad)", "", tex)
-    s = re.sub(r"\\(frac|tfrac)\{([^{}]*)\}\{([^{}]*)\}", lambda m: max(m[2], m[3], key=len), s)
-    s = re.sub(r"\\[A-Za-z]+", "x", s)
-    return len(re.sub(r"[{}^_ &]", "", s))
-
-
-def _signed(pieces: list[str]) -> list[str]:
-    """Pieces after the first get a leading '+ ' unless they already start with a sign."""
-    return [p if i == 0 or p.startswith(("- ", "+ ")) else f"+ {p}" for i, p in enumerate(pieces)]
-
-
-def _wrap(left: str, relation: str, pieces: list[str], width: int = WIDTH) -> tuple[Row, ...]:
-    """``left relation p1 p2 ...`` broken into aligned rows of at most ``width`` glyphs."""
-    rows: list[Row] = []
-    current = f"{relation} "
-    budget = width - _width(left)
-    for piece in pieces:
-        candidate = f"{current}{piece} "
-        if _width(candidate) > budget and current.strip() not in ("", relation):
-            rows.append((left if not rows else "", current.rstrip()))
-            current = r"\quad " + piece + " "
-            budget = width - (0 if rows else _width(left))
-        else:
-            current = candidate
-    rows.append((left if not rows else "", current.rstrip()))
-    return tuple(rows)
-
-
-def _terms(expr: sympy.Expr, names: Mapping[sympy.Symbol, str], **kw: object) -> list[str]:
-    """The printed terms of a sum, signs attached, in the order SymPy prints them."""
-    printer = _printer(names, **kw)
-    terms = printer._as_ordered_terms(expr) if isinstance(expr, sympy.Add) else [expr]
-    out = []
-    for i, term in enumerate(terms):
-        if term.could_extract_minus_sign():
-            out.append("- " + _factors_text(-term, printer))
-        else:
-            out.append(("+ " if i else "") + _factors_text(term, printer))
-    return out
-
-
-def _factors_text(term: sympy.Expr, printer: LatexPrinter) -> str:
-    text = printer.doprint(term)
-    if _width(text) <= WIDTH - 12 or not isinstance(term, sympy.Mul):
-        return text
-    # a long product: print factor by factor so that _wrap may break between them
-    return "\u0000".join(_factors(term, printer))
-
-
-def _broken(
-    left: str, relation: str, expr: sympy.Expr, names: Mapping, **kw: object
-) -> tuple[Row, ...]:
-    pieces: list[str] = []
-    for term in _terms(expr, names, **kw):
-        pieces.extend(_tidy_numbers(piece) for piece in term.split("\u0000"))
-    return _wrap(left, relation, pieces)
-
-
-def _number(value: float) -> str:
-    """Four significant digits; powers of ten written out."""
-    text = f"{float(value):.4g}"
-    if "e" in text:
-        mantissa, exponent = text.split("e")
-        text = rf"{mantissa} \times 10^{{{int(exponent)}}}"
-    return text
-
-
-def _operand(value: float) -> str:
-    """A number as one factor (or to substitute into a formula): ``_factor``'s rule for it.
-
-    Bracketed exactly when SymPy's precedence for the number is below Mul: a negative one.
-    """
-    text = _number(value)
-    if precedence(sympy.Float(float(value))) < PRECEDENCE["Mul"]:
-        return rf"\left({text}\right)"
-    return text
-
-
-def _tidy_numbers(tex: str) -> str:
-    """Drop the parentheses of a substituted negative number where the context has its own."""
-    tex = re.sub(r"\\left\(\\left\((-[^()]*?)\\right\)\s*\\right\)", r"\\left(\1\\right)", tex)
-    return re.sub(r"\^\{\\left\((-[^{}()]*?)\\right\)\}", r"^{\1}", tex)
-
-
-def _split_core(latex: str) -> tuple[Row, ...]:
-    """A core equation's LaTeX, split at its top-level ',\\quad' and aligned at its '='."""
-    rows = []
-    parts = latex.split(r",\quad ")
-    for i, part in enumerate(parts):
-        part = part + ("," if i < len(parts) - 1 else "")
-        match = re.search(r"(?<![<>\\])=|\\leftarrow", part)
-        if match is None:
-            rows.append(("", part))
-        else:
-            rows.append((part[: match.start()].rstrip(), " " + part[match.start() :]))
-    return tuple(rows)
-
-
-def _text_tex(text: str) -> str:
-    """Mini-markup (``$math$``, ```code```, plain text) to LaTeX text."""
-    out = []
-    for i, chunk in enumerate(re.split(r"(\$[^$]*\$|`[^`]*`)", text)):
-        if i % 2 == 1 and chunk.startswith("$"):
-            out.append(chunk)
-            continue
-        code = i % 2 == 1
-        body = chunk[1:-1] if code else chunk
-        for char, repl in (
-            ("\\", r"\textbackslash{}"),
-            ("_", r"\_"),
-            ("%", r"\%"),
-            ("&", r"\&"),
-            ("#", r"\#"),
-            ("{", r"\{"),
-            ("}", r"\}"),
-            ("~", r"\~{}"),
-            ("^", r"\^{}"),
-        ):
-            body = body.replace(char, repl)
-        out.append(rf"\texttt{{{body}}}" if code else body)
-    return "".join(out).replace("--", "-{}-")
-
-
-# --- the document model ----------------------------------------------------------------------
-
-
-class _Doc:
-    """Sections of blocks; sub-numbers N.k under the core equation N."""
-
-    def __init__(self, derivation: Derivation) -> None:
-        self.d = derivation
-        self.sections: list[dict] = []
-        self.counts: Counter[int] = Counter()
-
-    def section(self, title: str) -> None:
-        self.sections.append({"title": title, "blocks": []})
-
-    def text(self, text: str) -> None:
-        self.sections[-1]["blocks"].append({"kind": "text", "text": text})
-
-    def items(self, items: list[str], ordered: bool = False) -> None:
-        self.sections[-1]["blocks"].append({"kind": "list", "entries": items, "ordered": ordered})
-
-    def table(self, header: list[str], rows: list[list[str]]) -> None:
-        self.sections[-1]["blocks"].append({"kind": "table", "header": header, "rows": rows})
-
-    def core(self, key: str) -> Display:
-        for eq in self.d.equations:
-            if eq.key == key:
-                return Display(str(eq.number), _split_core(eq.latex))
-        raise KeyError(key)
-
-    def sub(self, key: str, rows: Iterable[Row]) -> Display:
-        number = self.d.number(key)
-        self.counts[number] += 1
-        return Display(f"{number}.{self.counts[number]}", tuple(rows))
-
-    def math(self, *displays: Display) -> None:
-        if displays:
-            self.sections[-1]["blocks"].append({"kind": "math", "equations": list(displays)})
 
 
 # --- facts about the network -----------------------------------------------------------------
@@ -386,13 +187,13 @@ def _f_latex(derivation: Derivation, layer: int, arg: str = "z") -> str:
     act = derivation.layers[layer - 1].activation
     if act.softmax:
         return rf"\operatorname{{softmax}}({arg})"
-    return _tex(act.expr, {X: arg})
+    return to_tex(act.expr, {X: arg})
 
 
 # --- sections --------------------------------------------------------------------------------
 
 
-def _intro(doc: _Doc) -> str:
+def _intro(doc: Doc) -> str:
     d = doc.d
     net = d.network
     cited = ", ".join(f"({n})" for n in d.cited)
@@ -407,7 +208,7 @@ def _intro(doc: _Doc) -> str:
     )
 
 
-def _section_network(doc: _Doc) -> None:
+def _section_network(doc: Doc) -> None:
     d, net = doc.d, doc.d.network
     if not net.plain:
         _network_kinds(doc)
@@ -446,7 +247,7 @@ def _section_network(doc: _Doc) -> None:
         "computes $Z^{(l)} = A^{(l-1)} W^{(l)\\top} + b^{(l)}$ for all $B$ samples at once "
         "(names `Z1`, `A1`, `W1`, `b1`; `dZ1` holds $\\delta^{(1)}/B$). The loss is "
         f"`{net.loss.name}`; training uses `{net.spec.train.optimizer}` with learning rate "
-        f"$\\eta = {_number(net.spec.train.lr)}$."
+        f"$\\eta = {decimal(net.spec.train.lr)}$."
     )
 
 
@@ -458,14 +259,14 @@ def _linear_rows(net: SymbolicNetwork, layer: int, i: int) -> tuple[Row, ...]:
         for j in range(1, fan_in + 1)
     ] + [latex_name(bias(layer, i))]
     written = sum(weight(layer, i, j) * activation(layer - 1, j) for j in range(1, fan_in + 1))
-    _require(
+    require(
         sympy.expand(written + bias(layer, i) - node.expr) == 0,
         "a pre-activation as written is not the graph's",
     )
-    return _wrap(latex_name(node.symbol), "=", _signed(pieces))
+    return wrap(latex_name(node.symbol), "=", signed(pieces))
 
 
-def _section_forward(doc: _Doc) -> None:
+def _section_forward(doc: Doc) -> None:
     d, net = doc.d, doc.d.network
     if not net.plain:
         _forward_kinds(doc)
@@ -473,7 +274,7 @@ def _section_forward(doc: _Doc) -> None:
     doc.section("The forward pass")
     act_key = {True: "forward.softmax", False: "forward.activation"}
     if _small(net):
-        names = _names(s for n in net.neuron_graph for s in n.expr.free_symbols | {n.symbol})
+        names = latex_names(s for n in net.neuron_graph for s in n.expr.free_symbols | {n.symbol})
         doc.text(
             "Neuron by neuron, each pre-activation is a weighted sum of the previous layer's "
             "outputs plus a bias, and each activation applies $f_l$ to it:"
@@ -487,7 +288,7 @@ def _section_forward(doc: _Doc) -> None:
             ]
             for node in net.neuron_graph:
                 if node.kind == "a" and node.layer == layer:
-                    rows = _broken(latex_name(node.symbol), "=", node.expr, names)
+                    rows = broken(latex_name(node.symbol), "=", node.expr, names)
                     displays.append(doc.sub(act_key[softmax], rows))
             doc.math(*displays)
     else:
@@ -530,7 +331,7 @@ def _section_forward(doc: _Doc) -> None:
     )
 
 
-def _section_identity(doc: _Doc, runs: list[tuple[int, int]]) -> None:
+def _section_identity(doc: Doc, runs: list[tuple[int, int]]) -> None:
     _d, net = doc.d, doc.d.network
     doc.section("Why the non-linearity matters")
     doc.text(
@@ -558,7 +359,7 @@ def _section_identity(doc: _Doc, runs: list[tuple[int, int]]) -> None:
             stacked = W2 * (W1 * a + b1) + b2
             W_eff, b_eff = W2 * W1, W2 * b1 + b2
             difference = (stacked - (W_eff * a + b_eff)).applyfunc(sympy.expand)
-            _require(
+            require(
                 difference == sympy.zeros(n2, 1),
                 "two identity layers do not collapse to one affine map",
             )
@@ -569,7 +370,7 @@ def _section_identity(doc: _Doc, runs: list[tuple[int, int]]) -> None:
                 else f" (entries shown for a {n2}×{n1}×{n0} instance of the same shapes)"
             )
             doc.text(f"Layers {lower} and {upper} are both identity layers{where}:")
-            names = _names(
+            names = latex_names(
                 W1.free_symbols
                 | W2.free_symbols
                 | b1.free_symbols
@@ -597,14 +398,14 @@ def _section_identity(doc: _Doc, runs: list[tuple[int, int]]) -> None:
             ]
             for i in range(n2):
                 for j in range(n0):
-                    rows = _broken(
+                    rows = broken(
                         rf"\left(W_{{\mathrm{{eff}}}}\right)_{{{i + 1}{j + 1}}}",
                         "=",
                         W_eff[i, j],
                         names,
                     )
                     displays.append(doc.sub("forward.linear", rows))
-                rows = _broken(
+                rows = broken(
                     rf"\left(b_{{\mathrm{{eff}}}}\right)_{{{i + 1}}}", "=", b_eff[i], names
                 )
                 displays.append(doc.sub("forward.linear", rows))
@@ -616,7 +417,7 @@ def _section_identity(doc: _Doc, runs: list[tuple[int, int]]) -> None:
     )
 
 
-def _section_loss(doc: _Doc) -> None:
+def _section_loss(doc: Doc) -> None:
     _d, net = doc.d, doc.d.network
     doc.section("The loss")
     doc.text(
@@ -630,8 +431,8 @@ def _section_loss(doc: _Doc) -> None:
     n, out = net.output_layer.units, net.output_layer.index
     if _small(net):
         node = net.neuron_graph[-1]
-        names = _names(node.expr.free_symbols) | {LOSS: r"\ell"}
-        displays.append(doc.sub("loss", _broken(r"\ell", "=", node.expr, names)))
+        names = latex_names(node.expr.free_symbols) | {LOSS: r"\ell"}
+        displays.append(doc.sub("loss", broken(r"\ell", "=", node.expr, names)))
     else:
         displays.append(
             doc.sub(
@@ -646,10 +447,10 @@ def _section_loss(doc: _Doc) -> None:
         )
     doc.math(*displays)
     if net.spec.l2:
-        doc.text(f"Here $\\lambda = {_number(net.spec.l2)}$; the biases are not penalized.")
+        doc.text(f"Here $\\lambda = {decimal(net.spec.l2)}$; the biases are not penalized.")
 
 
-def _section_chain(doc: _Doc) -> None:
+def _section_chain(doc: Doc) -> None:
     _d, net = doc.d, doc.d.network
     if not net.plain:
         _chain_kinds(doc)
@@ -735,17 +536,21 @@ def _section_chain(doc: _Doc) -> None:
     )
 
 
-def _section_activations(doc: _Doc) -> None:
+def _section_activations(doc: Doc) -> None:
     d, _net = doc.d, doc.d.network
     doc.section("The derivatives of the activations")
-    doc.text(
-        "SymPy differentiates each activation. First the function as a student writes it, "
-        "with the smooth primitives spelled out in exp and log; then SymPy's derivative of the "
-        "function as the code evaluates it, and, where one exists that is as accurate as the "
-        "form in $z$ (checked against 30-digit values for $|z|$ up to 50), the same derivative "
-        "written through the layer's output $a = f(z)$, which the backward pass has already "
-        "computed."
-    )
+    if d.has("activation"):
+        doc.text(
+            "SymPy differentiates each activation. The derivatives the generated code uses "
+            "are these; where a form exists that is as accurate as the form in $z$ (checked "
+            "against 30-digit values for $|z|$ up to 50), the derivative is also written "
+            "through the layer's output $a = f(z)$, which the forward pass has already computed:"
+        )
+        doc.math(doc.core("activation"))
+        doc.text(
+            "Each one from the function as a student writes it, with the smooth primitives "
+            "spelled out in exp and log:"
+        )
     seen: set[str] = set()
     for index, ad in enumerate(d.layers, start=1):
         if ad is None:
@@ -770,26 +575,24 @@ def _section_activations(doc: _Doc) -> None:
         doc.text(f"The {kind} `{act.name}` ({layers}):")
         zn = {Z: "z"}
         book = to_textbook_form(ad.f)
-        displays = [doc.sub(f"activation.{act.name}", _broken("f(z)", "=", book, zn))]
+        displays = [doc.sub(f"activation.{act.name}", broken("f(z)", "=", book, zn))]
         if ad.f != book:
-            displays.append(doc.sub(f"activation.{act.name}", (("", " = " + _tex(ad.f, zn)),)))
+            displays.append(doc.sub(f"activation.{act.name}", (("", " = " + to_tex(ad.f, zn)),)))
         if ad.textbook != ad.derivative:
             displays.append(
                 doc.sub(
                     f"activation.{act.name}",
-                    _broken(
-                        rf"\frac{{d}}{{dz}}\left({_tex(book, zn)}\right)", "=", ad.textbook, zn
+                    broken(
+                        rf"\frac{{d}}{{dz}}\left({to_tex(book, zn)}\right)", "=", ad.textbook, zn
                     ),
                 )
             )
         doc.math(*displays)
-        doc.text("and SymPy's derivative, as the generated code uses it:")
-        doc.math(doc.core(f"activation.{act.name}"))
         if ad.derivative.has(step):
             doc.text(
-                "Here $\\operatorname{step}(z) = 1$ for $z > 0$ and $0$ otherwise: the kink at "
-                "$z = 0$ has no derivative, and the convention (PyTorch's) takes the right-hand "
-                "value at 0 to be 0 for ReLU and the slope for leaky ReLU."
+                "Here $\\operatorname{step}(z) = 1$ for $z > 0$ and $0$ otherwise. At the kink "
+                "$z = 0$ the function has no derivative; the code, like PyTorch, uses the "
+                "left-hand derivative there: 0 for ReLU, the slope for leaky ReLU."
             )
 
 
@@ -804,16 +607,16 @@ def _cross_entropy_like(d: Derivation) -> bool:
     n = d.network.sizes[-1]
     ps = sympy.symbols(f"p1:{n + 1}", real=True)
     ys = sympy.symbols(f"y1:{n + 1}", real=True)
-    _require(d.output.q is not None, "a softmax output rule without q")
+    require(d.output.q is not None, "a softmax output rule without q")
     expr = _softmax_delta(n, 0, [], list(ps), list(ys), d.output.q)
     expr = expr.subs(ys[-1], 1 - sum(ys[:-1]))
     return sympy.expand(expr - (ps[0] - ys[0])) == 0
 
 
-def _section_output_softmax(doc: _Doc) -> None:
+def _section_output_softmax(doc: Doc) -> None:
     d, net = doc.d, doc.d.network
     n = min(net.sizes[-1], SOFTMAX_DEMO_MAX)
-    _require(softmax_jacobian_check(n).shape == (n, n), "the softmax Jacobian has the wrong shape")
+    require(softmax_jacobian_check(n).shape == (n, n), "the softmax Jacobian has the wrong shape")
     z = [sympy.Symbol(f"z_{k}", real=True) for k in range(1, n + 1)]
     y = [sympy.Symbol(f"y_{k}", real=True) for k in range(1, n + 1)]
     names = {s: f"z_{{{i}}}" for i, s in enumerate(z, 1)} | {
@@ -841,17 +644,17 @@ def _section_output_softmax(doc: _Doc) -> None:
         loss = -sympy.Add(*(yj * sympy.log(pj) for yj, pj in zip(y, p, strict=False)))
         raw = sympy.diff(loss, z[0])
         simple = sympy.simplify(raw)
-        _require(
+        require(
             sympy.simplify(raw - simple) == 0,
             "the simplified softmax + cross-entropy error differs",
         )
         regrouped = p[0] * sympy.Add(*y) - y[0]
-        _require(
+        require(
             sympy.simplify(simple - regrouped) == 0,
             "the regrouped softmax + cross-entropy error differs",
         )
         final = sympy.simplify(simple.subs(y[-1], 1 - sympy.Add(*y[:-1])))
-        _require(
+        require(
             sympy.simplify(final - (p[0] - y[0]).subs(y[-1], 1 - sympy.Add(*y[:-1]))) == 0,
             "softmax + cross-entropy does not reduce to yhat - y",
         )
@@ -860,11 +663,11 @@ def _section_output_softmax(doc: _Doc) -> None:
             "(writing $z_k$ for $z^{(L)}_k$); the same steps hold for any $n$. The loss of one "
             "sample:"
         )
-        displays = [doc.sub("delta.output", _broken(r"\ell", "=", loss, names))]
+        displays = [doc.sub("delta.output", broken(r"\ell", "=", loss, names))]
         displays.append(
-            doc.sub("delta.output", _broken(r"\frac{\partial \ell}{\partial z_1}", "=", raw, names))
+            doc.sub("delta.output", broken(r"\frac{\partial \ell}{\partial z_1}", "=", raw, names))
         )
-        displays.append(doc.sub("delta.output", _broken("", "=", simple, names)))
+        displays.append(doc.sub("delta.output", broken("", "=", simple, names)))
         ysum = " + ".join(f"y_{{{j}}}" for j in range(1, n + 1))
         displays.append(doc.sub("delta.output", (("", rf" = \hat y_1 \left({ysum}\right) - y_1"),)))
         doc.math(*displays)
@@ -898,7 +701,7 @@ def _section_output_softmax(doc: _Doc) -> None:
         doc.math(doc.core("delta.output"))
 
 
-def _section_output(doc: _Doc) -> None:
+def _section_output(doc: Doc) -> None:
     d, net = doc.d, doc.d.network
     out = d.output
     doc.section("The output error")
@@ -919,7 +722,7 @@ def _section_output(doc: _Doc) -> None:
     if out.softmax:
         _section_output_softmax(doc)
         return
-    _require(
+    require(
         out.delta is not None and out.generic_delta is not None,
         "an elementwise output rule without delta",
     )
@@ -933,7 +736,7 @@ def _section_output(doc: _Doc) -> None:
     displays = [
         doc.sub(
             "delta.output",
-            _broken(
+            broken(
                 r"\delta^{(L)}_k = \frac{\partial \ell}{\partial \hat y_k} f_L'\left(z\right)",
                 "=",
                 out.generic_delta,
@@ -948,19 +751,19 @@ def _section_output(doc: _Doc) -> None:
             "with $\\log f(z)$ and $\\log(1 - f(z))$ in overflow-free form,"
         )
         displays = [
-            doc.sub("delta.output", _broken(r"\ell", "=", out.loss.xreplace({A: ad.f}), names))
+            doc.sub("delta.output", broken(r"\ell", "=", out.loss.xreplace({A: ad.f}), names))
         ]
         in_logit = out.loss.xreplace({A: ad.f})
         raw = sympy.diff(in_logit, Z)
         displays.append(
-            doc.sub("delta.output", _broken(r"\frac{\partial \ell}{\partial z}", "=", raw, names))
+            doc.sub("delta.output", broken(r"\frac{\partial \ell}{\partial z}", "=", raw, names))
         )
         simple = out.delta.xreplace({A: ad.f})
-        _require(
+        require(
             sympy.simplify(sympy.expand(raw - simple).rewrite(sympy.exp)) == 0,
             "the output error through the logit differs",
         )
-        displays.append(doc.sub("delta.output", _broken("", "=", simple, names)))
+        displays.append(doc.sub("delta.output", broken("", "=", simple, names)))
         doc.math(*displays)
         doc.text("and with $a = f(z)$ the output error is")
     else:
@@ -973,7 +776,7 @@ def _prime(ad, z: sympy.Symbol) -> sympy.Expr:  # noqa: ANN001 - ActivationDeriv
     return ad.derivative.xreplace({Z: z})
 
 
-def _section_backward(doc: _Doc) -> None:
+def _section_backward(doc: Doc) -> None:
     d, net = doc.d, doc.d.network
     if not net.plain:
         _backward_kinds(doc)
@@ -988,7 +791,7 @@ def _section_backward(doc: _Doc) -> None:
     displays = []
     for layer in range(depth - 1, 0, -1):
         ad = d.layers[layer - 1]
-        fp = _factor(ad.derivative, _printer({Z: f"z^{{({layer})}}"}))
+        fp = as_factor(ad.derivative, make_printer({Z: f"z^{{({layer})}}"}))
         displays.append(
             doc.sub(
                 "delta.hidden",
@@ -1046,14 +849,14 @@ def _output_delta_expr(d: Derivation, k: int) -> sympy.Expr:
     net, out = d.network, d.output
     depth, n = net.depth, net.sizes[-1]
     if out.softmax:
-        _require(out.q is not None, "a softmax output rule without q")
+        require(out.q is not None, "a softmax output rule without q")
         ps = [activation(depth, j) for j in range(1, n + 1)]
         ys = [target(j) for j in range(1, n + 1)]
         expr = _softmax_delta(n, k - 1, [], ps, ys, out.q)
         if _cross_entropy_like(d):
             return ps[k - 1] - ys[k - 1]
         return expr
-    _require(out.delta is not None, "an elementwise output rule without delta")
+    require(out.delta is not None, "an elementwise output rule without delta")
     return out.delta.xreplace({Z: pre_activation(depth, k), A: activation(depth, k), Y: target(k)})
 
 
@@ -1084,20 +887,20 @@ def _delta_one_level(d: Derivation, layer: int, i: int, names: Mapping, **kw: ob
     """delta^{(layer)}_i expanded one level, as LaTeX pieces that may go on separate lines."""
     net = d.network
     times = r" \cdot " if kw.get("mul_symbol") == "dot" else " "
-    printer = _printer(names, **kw)
+    printer = make_printer(names, **kw)
     if layer == net.depth:
-        return [_tidy_numbers(_factor(_output_delta_expr(d, i), printer))]
+        return [tidy_numbers(as_factor(_output_delta_expr(d, i), printer))]
     terms = [
         f"{names[weight(layer + 1, k, i)]}{times}"
         f"{names[sympy.Symbol(f'delta{layer + 1}_{k}', real=True)]}"
         for k in range(1, net.sizes[layer + 1] + 1)
     ]
     prime = _prime(d.layers[layer - 1], pre_activation(layer, i))
-    factors = _factors(prime, printer)
+    factors = as_factors(prime, printer)
     pieces = [rf"\left({' + '.join(terms)}\right)"] + [
         times.strip() + " " + f if times.strip() else f for f in factors
     ]
-    return [_tidy_numbers(p) for p in pieces]
+    return [tidy_numbers(p) for p in pieces]
 
 
 def _scalar_names(net: SymbolicNetwork) -> dict[sympy.Symbol, str]:
@@ -1106,10 +909,10 @@ def _scalar_names(net: SymbolicNetwork) -> dict[sympy.Symbol, str]:
         symbols |= {
             sympy.Symbol(f"delta{layer}_{i}", real=True) for i in range(1, net.sizes[layer] + 1)
         }
-    return _names(symbols)
+    return latex_names(symbols)
 
 
-def _per_weight(doc: _Doc) -> None:
+def _per_weight(doc: Doc) -> None:
     d, net = doc.d, doc.d.network
     names = _scalar_names(net)
     doc.text(
@@ -1130,9 +933,9 @@ def _per_weight(doc: _Doc) -> None:
             for j in range(1, net.sizes[layer - 1] + 1):
                 w, a = weight(layer, i, j), activation(layer - 1, j)
                 left = rf"\frac{{\partial \ell}}{{\partial {latex_name(w)}}}"
-                rows = list(_wrap(left, "=", _path_factors(net, layer, i, latex_name(w))))
+                rows = list(wrap(left, "=", _path_factors(net, layer, i, latex_name(w))))
                 rows.append(("", rf" = \delta^{{({layer})}}_{{{i}}} {latex_name(a)}"))
-                rows += _wrap("", "=", [*_delta_one_level(d, layer, i, names), latex_name(a)])
+                rows += wrap("", "=", [*_delta_one_level(d, layer, i, names), latex_name(a)])
                 displays.append(doc.sub("grad.W", rows))
         doc.text(f"Layer {layer}, weights:")
         doc.math(*displays)
@@ -1233,15 +1036,15 @@ def _details(d: Derivation, layer: FlatLayer) -> str:
         text = f"`{_act_name(d, layer.index)}`"
         return text if spec.bias else text + ", no bias"
     if layer.kind in ("layer_norm", "rms_norm"):
-        return f"$\\epsilon = {_number(spec.eps)}$"
+        return f"$\\epsilon = {decimal(spec.eps)}$"
     if layer.kind == "batch_norm":
-        return f"$\\epsilon = {_number(spec.eps)}$, momentum ${_number(spec.momentum)}$"
+        return f"$\\epsilon = {decimal(spec.eps)}$, momentum ${decimal(spec.momentum)}$"
     if layer.kind == "dropout":
-        return f"rate $p = {_number(spec.rate)}$"
+        return f"rate $p = {decimal(spec.rate)}$"
     return f"block: {_span(_block_layers(d.network, layer))}"
 
 
-def _network_kinds(doc: _Doc) -> None:
+def _network_kinds(doc: Doc) -> None:
     d, net = doc.d, doc.d.network
     out = net.output_layer.index
     doc.section("The network and the notation")
@@ -1306,7 +1109,7 @@ def _network_kinds(doc: _Doc) -> None:
         "`gamma<l>`, `beta<l>`); `dZ<l>` holds $\\delta^{(l)}/B$ of a dense layer and `dA<l>` "
         "the error at the output of a layer of another kind, over $B$. The loss is "
         f"`{net.loss.name}`; training uses `{net.spec.train.optimizer}` with learning rate "
-        f"$\\eta = {_number(net.spec.train.lr)}$."
+        f"$\\eta = {decimal(net.spec.train.lr)}$."
     )
 
 
@@ -1345,7 +1148,7 @@ def _layer_rows(d: Derivation, layer: FlatLayer) -> list[Step]:
                         "",
                         rf"\quad \mu^{{({idx})}}, \sigma^{{2\,({idx})}}:\ \text{{mean and variance "
                         rf"of the {layer.units} features of }} {_a(src)},\quad "
-                        rf"\epsilon = {_number(spec.eps)}",
+                        rf"\epsilon = {decimal(spec.eps)}",
                     ),
                 ),
             )
@@ -1363,7 +1166,7 @@ def _layer_rows(d: Derivation, layer: FlatLayer) -> list[Step]:
                     (
                         "",
                         rf"\quad \nu^{{({idx})}}:\ \text{{mean of the squares of the {layer.units} "
-                        rf"features of }} {_a(src)},\quad \epsilon = {_number(spec.eps)}",
+                        rf"features of }} {_a(src)},\quad \epsilon = {decimal(spec.eps)}",
                     ),
                 ),
             )
@@ -1381,8 +1184,8 @@ def _layer_rows(d: Derivation, layer: FlatLayer) -> list[Step]:
                     (
                         "",
                         rf"\quad \mu^{{({idx})}}_B, \sigma^{{2\,({idx})}}_B:\ \text{{per feature, "
-                        rf"over the }} B \text{{ samples}},\quad \epsilon = {_number(spec.eps)},"
-                        rf"\quad m = {_number(spec.momentum)}",
+                        rf"over the }} B \text{{ samples}},\quad \epsilon = {decimal(spec.eps)},"
+                        rf"\quad m = {decimal(spec.momentum)}",
                     ),
                 ),
             )
@@ -1394,7 +1197,7 @@ def _layer_rows(d: Derivation, layer: FlatLayer) -> list[Step]:
                 (
                     (
                         _a(idx),
-                        rf" = {_a(src)} \odot m^{{({idx})}},\quad p = {_number(spec.rate)}",
+                        rf" = {_a(src)} \odot m^{{({idx})}},\quad p = {decimal(spec.rate)}",
                     ),
                 ),
             )
@@ -1419,7 +1222,7 @@ def _layer_rows(d: Derivation, layer: FlatLayer) -> list[Step]:
     ]
 
 
-def _forward_kinds(doc: _Doc) -> None:
+def _forward_kinds(doc: Doc) -> None:
     d, net = doc.d, doc.d.network
     doc.section("The forward pass")
     doc.text(
@@ -1536,14 +1339,14 @@ def _composite_rows(net: SymbolicNetwork) -> tuple[Row, ...] | None:
         for index in net.spec.order:
             if index in named:
                 rows.append((_a(index), f" = {_composite(net, index, named - {index})[0]},"))
-        if all(_width(left + right) <= WIDTH for left, right in rows):
+        if all(glyphs(left + right) <= WIDTH for left, right in rows):
             last = rows[-1]
             rows[-1] = (last[0], last[1].rstrip(","))
             return tuple(rows)
     return None
 
 
-def _chain_kinds(doc: _Doc) -> None:
+def _chain_kinds(doc: Doc) -> None:
     net = doc.d.network
     doc.section("The chain rule")
     rows = _composite_rows(net)
@@ -1696,7 +1499,7 @@ def _hat_names(rule: rules.KindRule, hats: list[sympy.Symbol], x: list) -> dict:
     return {h: names[xi].replace("x_", r"\hat x_", 1) for h, xi in zip(hats, x, strict=True)}
 
 
-def _rule_norm(doc: _Doc, kind: str) -> None:
+def _rule_norm(doc: Doc, kind: str) -> None:
     """Layer norm (one sample's n features) or batch norm (each feature over B samples)."""
     net = doc.d.network
     rule = _rule(kind)
@@ -1832,7 +1635,7 @@ def _rule_norm(doc: _Doc, kind: str) -> None:
     for a, b in picks:
         entry = closed[a, b]
         left = rf"\frac{{\partial {out_names[a]}}}{{\partial {names[inputs[b]]}}}"
-        text = "0" if entry == 0 else _tex(sympy.factor(entry), show)
+        text = "0" if entry == 0 else to_tex(sympy.factor(entry), show)
         _check(rule.jacobian[a, b], expand(entry), f"{what}: entry ({a}, {b})")
         displays.append(doc.sub(f"{kind}.backward", ((left, f" = {text}"),)))
     doc.math(*displays)
@@ -1907,7 +1710,7 @@ def _rule_norm(doc: _Doc, kind: str) -> None:
     doc.math(doc.core(f"{kind}.grad"))
 
 
-def _rule_rms_norm(doc: _Doc) -> None:
+def _rule_rms_norm(doc: Doc) -> None:
     """RMS norm: one sample's n features over their mean square (no mean, no shift)."""
     net = doc.d.network
     rule = _rule("rms_norm")
@@ -1977,7 +1780,7 @@ def _rule_rms_norm(doc: _Doc) -> None:
     for a, b in [(0, 0), (0, 1)]:
         _check(rule.jacobian[a, b], expand(closed[a, b]), f"{what}: entry ({a}, {b})")
         left = rf"\frac{{\partial y_{{{a + 1}}}}}{{\partial {show[inputs[b]]}}}"
-        text = _tex(sympy.factor(closed[a, b]), show)
+        text = to_tex(sympy.factor(closed[a, b]), show)
         displays.append(doc.sub("rms_norm.backward", ((left, f" = {text}"),)))
     doc.math(*displays)
     doc.text(
@@ -2023,7 +1826,7 @@ def _rule_rms_norm(doc: _Doc) -> None:
     doc.math(doc.core("rms_norm.grad"))
 
 
-def _rule_dropout(doc: _Doc) -> None:
+def _rule_dropout(doc: Doc) -> None:
     net = doc.d.network
     rule = _rule("dropout")
     names = rule.symbol_names
@@ -2034,9 +1837,9 @@ def _rule_dropout(doc: _Doc) -> None:
         "entry $m_i$, drawn in the forward pass: $0$ with probability $p$, else $1/(1 - p)$. "
         f"SymPy's instance: $n = {n}$ features $x_i$ and the mask entries $m_i$ as symbols,"
     )
-    ys = ", ".join(rf"y_{{{i + 1}}} = {_tex(rule.forward[i], names)}" for i in range(n))
-    jac = _tex(sympy.Matrix(rule.jacobian), names)
-    vjp = _tex(sympy.Matrix(rule.vjp), names)
+    ys = ", ".join(rf"y_{{{i + 1}}} = {to_tex(rule.forward[i], names)}" for i in range(n))
+    jac = to_tex(sympy.Matrix(rule.jacobian), names)
+    vjp = to_tex(sympy.Matrix(rule.vjp), names)
     g = r"\left(" + ", ".join(f"g_{{{i + 1}}}" for i in range(n)) + r"\right)"
     diag = sympy.diag(*(layer_maps.mask(rules.INDEX, i + 1) for i in range(n)))
     _equal(rule.jacobian, diag, "dropout: the Jacobian is diag(m)")
@@ -2053,7 +1856,7 @@ def _rule_dropout(doc: _Doc) -> None:
     doc.math(doc.core("dropout.backward"))
 
 
-def _rule_residual(doc: _Doc) -> None:
+def _rule_residual(doc: Doc) -> None:
     net = doc.d.network
     rule = _rule("residual")
     n = rule.n
@@ -2089,15 +1892,20 @@ def _rule_residual(doc: _Doc) -> None:
     doc.math(
         doc.sub(
             "residual.backward",
-            ((r"y_{1}", f" = {_tex(y1, names)},\\quad z_{{1}} = {_tex(z_values[zs[0]], names)}"),),
+            (
+                (
+                    r"y_{1}",
+                    f" = {to_tex(y1, names)},\\quad z_{{1}} = {to_tex(z_values[zs[0]], names)}",
+                ),
+            ),
         ),
         doc.sub(
             "residual.backward",
             (
                 (
                     r"\frac{\partial y_{1}}{\partial x_{1}}",
-                    rf" = {_tex(shown11, names)},\quad "
-                    rf"\frac{{\partial y_{{1}}}}{{\partial x_{{2}}}} = {_tex(shown12, names)},",
+                    rf" = {to_tex(shown11, names)},\quad "
+                    rf"\frac{{\partial y_{{1}}}}{{\partial x_{{2}}}} = {to_tex(shown12, names)},",
                 ),
             ),
         ),
@@ -2151,7 +1959,7 @@ def _rule_residual(doc: _Doc) -> None:
     )
 
 
-def _section_rule(doc: _Doc, kind: str) -> None:
+def _section_rule(doc: Doc, kind: str) -> None:
     if kind in ("layer_norm", "batch_norm"):
         _rule_norm(doc, kind)
     elif kind == "dropout":
@@ -2191,7 +1999,7 @@ def _backward_rows(d: Derivation, layer: FlatLayer, readers: dict) -> list[Step]
     if layer.kind == "dense":
         if idx != out:
             ad = d.layers[idx - 1]
-            fp = _factor(ad.derivative, _printer({Z: f"z^{{({idx})}}"}))
+            fp = as_factor(ad.derivative, make_printer({Z: f"z^{{({idx})}}"}))
             steps.append(
                 (
                     "delta.hidden",
@@ -2260,7 +2068,7 @@ def _backward_rows(d: Derivation, layer: FlatLayer, readers: dict) -> list[Step]
     return [("residual.backward", tuple(rows))]
 
 
-def _backward_kinds(doc: _Doc) -> None:
+def _backward_kinds(doc: Doc) -> None:
     d, net = doc.d, doc.d.network
     out = net.output_layer.index
     readers = _readers(net)
@@ -2362,7 +2170,7 @@ def _backward_kinds(doc: _Doc) -> None:
     doc.math(*displays)
 
 
-def _update_kinds(doc: _Doc) -> None:
+def _update_kinds(doc: Doc) -> None:
     d, net = doc.d, doc.d.network
     train = net.spec.train
     norms = [k for k in _kinds_used(net) if k in _OPERATOR]
@@ -2394,7 +2202,7 @@ def _update_kinds(doc: _Doc) -> None:
             )
         )
     last = rows[-1]
-    rows[-1] = (last[0], last[1] + rf"\quad \eta = {_number(train.lr)}")
+    rows[-1] = (last[0], last[1] + rf"\quad \eta = {decimal(train.lr)}")
     doc.math(doc.sub("update", rows))
     if "batch_norm" in _kinds_used(net):
         doc.text(
@@ -2405,7 +2213,7 @@ def _update_kinds(doc: _Doc) -> None:
         )
         doc.math(doc.core("batch_norm.running"))
     doc.text(
-        f"The spec sets learning rate {_number(train.lr)}, optimizer `{train.optimizer}`, "
+        f"The spec sets learning rate {decimal(train.lr)}, optimizer `{train.optimizer}`, "
         f"{train.epochs} epochs and batches of {train.batch_size}; the generated module's "
         "`train_step` is the plain step above, and `fit` also offers momentum and Adam. "
         "Training repeats five steps:"
@@ -2537,7 +2345,7 @@ def _seed_reason(d: Derivation, ex: WorkedExample) -> str:
     )
 
 
-def _section_example(doc: _Doc) -> None:
+def _section_example(doc: Doc) -> None:
     d, net = doc.d, doc.d.network
     ex = worked_example(d)
     depth = net.depth
@@ -2548,7 +2356,7 @@ def _section_example(doc: _Doc) -> None:
             val[sympy.Symbol(f"delta{layer}_{i}", real=True)] = ex.adjoints[
                 pre_activation(layer, i)
             ]
-    nums = {s: _operand(v) for s, v in val.items()}
+    nums = {s: operand(v) for s, v in val.items()}
     dot: dict[str, object] = {"mul_symbol": "dot"}
 
     doc.section("A worked example")
@@ -2563,13 +2371,13 @@ def _section_example(doc: _Doc) -> None:
         "the generated code; the test suite checks that the generated module computes the same "
         "values to $10^{-12}$. Numbers are shown to four significant digits."
     )
-    data = [(latex_name(s), _number(val[s])) for s in net.inputs() + net.targets()]
+    data = [(latex_name(s), decimal(val[s])) for s in net.inputs() + net.targets()]
     doc.text("Input and target: " + ", ".join(f"${n} = {v}$" for n, v in data) + ".")
     displays = []
     for layer in range(1, depth + 1):
         W, b = net.weights(layer), net.biases(layer)
-        matrix = r" \\ ".join(" & ".join(_number(val[s]) for s in W.row(i)) for i in range(W.rows))
-        vector = " & ".join(_number(val[s]) for s in b)
+        matrix = r" \\ ".join(" & ".join(decimal(val[s]) for s in W.row(i)) for i in range(W.rows))
+        vector = " & ".join(decimal(val[s]) for s in b)
         displays.append(
             doc.sub(
                 "forward.linear",
@@ -2600,19 +2408,19 @@ def _section_example(doc: _Doc) -> None:
                     f"{nums[weight(layer, i, j)]} \\cdot {nums[activation(layer - 1, j)]}"
                     for j in range(1, fan_in + 1)
                 ] + [nums[bias(layer, i)]]
-                rows += _wrap("", "=", _signed(pieces))
+                rows += wrap("", "=", signed(pieces))
                 key = "forward.linear"
             else:
-                rows = list(_broken(latex_name(node.symbol), "=", node.expr, names))
-                rows += _broken("", "=", node.expr, nums, **dot)
+                rows = list(broken(latex_name(node.symbol), "=", node.expr, names))
+                rows += broken("", "=", node.expr, nums, **dot)
                 key = "forward.softmax" if softmax else "forward.activation"
-            rows.append(("", f" = {_number(val[node.symbol])}"))
+            rows.append(("", f" = {decimal(val[node.symbol])}"))
             displays.append(doc.sub(key, rows))
         doc.math(*displays)
     node = net.neuron_graph[-1]
-    rows = list(_broken(r"\ell", "=", node.expr, names))
-    rows += _broken("", "=", node.expr, nums, **dot)
-    rows.append(("", f" = {_number(val[LOSS])}"))
+    rows = list(broken(r"\ell", "=", node.expr, names))
+    rows += broken("", "=", node.expr, nums, **dot)
+    rows.append(("", f" = {decimal(val[LOSS])}"))
     displays = [doc.sub("loss", rows)]
     if net.spec.l2:
         displays.append(
@@ -2622,7 +2430,7 @@ def _section_example(doc: _Doc) -> None:
                     (
                         r"L",
                         rf" = \ell + \frac{{\lambda}}{{2}} \sum_{{l,i,j}} "
-                        rf"\left(w^{{(l)}}_{{ij}}\right)^2 = {_number(ex.loss)}",
+                        rf"\left(w^{{(l)}}_{{ij}}\right)^2 = {decimal(ex.loss)}",
                     ),
                 ),
             )
@@ -2648,17 +2456,17 @@ def _section_example(doc: _Doc) -> None:
                 expr = expr * _prime(d.layers[layer - 1], pre_activation(layer, i))
                 key = "delta.hidden"
             check = to_textbook_form(expr).xreplace(val).evalf(PRECISION)
-            _require(
+            require(
                 abs(check - val[dsym]) <= 1e-25 * max(1, abs(val[dsym])),
                 f"the worked example's {dsym}: the recursion gives {check}, not {val[dsym]}",
             )
             if layer == depth:  # on its own here, not a factor: no brackets
-                rows = list(_broken(latex_name(dsym), "=", expr, names))
-                rows += _broken("", "=", expr, nums, **dot)
+                rows = list(broken(latex_name(dsym), "=", expr, names))
+                rows += broken("", "=", expr, nums, **dot)
             else:
-                rows = list(_wrap(latex_name(dsym), "=", _delta_one_level(d, layer, i, names)))
-                rows += _wrap("", "=", _delta_one_level(d, layer, i, nums, **dot))
-            rows.append(("", f" = {_number(val[dsym])}"))
+                rows = list(wrap(latex_name(dsym), "=", _delta_one_level(d, layer, i, names)))
+                rows += wrap("", "=", _delta_one_level(d, layer, i, nums, **dot))
+            rows.append(("", f" = {decimal(val[dsym])}"))
             displays.append(doc.sub(key, rows))
         doc.math(*displays)
 
@@ -2674,7 +2482,7 @@ def _section_example(doc: _Doc) -> None:
             for j in range(1, net.sizes[layer - 1] + 1):
                 w, a = weight(layer, i, j), activation(layer - 1, j)
                 extra = rf" + \lambda {latex_name(w)}" if net.spec.l2 else ""
-                extra_n = rf" + {_operand(net.spec.l2)} \cdot {nums[w]}" if net.spec.l2 else ""
+                extra_n = rf" + {operand(net.spec.l2)} \cdot {nums[w]}" if net.spec.l2 else ""
                 value = ex.gradients[f"W{layer}"][i - 1, j - 1]
                 displays.append(
                     doc.sub(
@@ -2684,7 +2492,7 @@ def _section_example(doc: _Doc) -> None:
                                 rf"\frac{{\partial L}}{{\partial {latex_name(w)}}}",
                                 rf" = {latex_name(dsym)} {latex_name(a)}{extra} = {nums[dsym]} "
                                 rf"\cdot {nums[a]}{extra_n}"
-                                rf" = {_number(value)}",
+                                rf" = {decimal(value)}",
                             ),
                         ),
                     )
@@ -2696,7 +2504,7 @@ def _section_example(doc: _Doc) -> None:
                     (
                         (
                             rf"\frac{{\partial L}}{{\partial {latex_name(bias(layer, i))}}}",
-                            rf" = {latex_name(dsym)} = {_number(value)}",
+                            rf" = {latex_name(dsym)} = {decimal(value)}",
                         ),
                     ),
                 )
@@ -2706,7 +2514,7 @@ def _section_example(doc: _Doc) -> None:
     w = weight(1, 1, 1)
     g = ex.gradients["W1"][0, 0]
     doc.text(
-        f"One gradient-descent step with $\\eta = {_number(lr)}$ would then move, for example,"
+        f"One gradient-descent step with $\\eta = {decimal(lr)}$ would then move, for example,"
     )
     doc.math(
         doc.sub(
@@ -2714,15 +2522,15 @@ def _section_example(doc: _Doc) -> None:
             (
                 (
                     latex_name(w),
-                    rf" \leftarrow {nums[w]} - {_operand(lr)} \cdot {_operand(g)}"
-                    rf" = {_number(float(val[w]) - lr * g)}",
+                    rf" \leftarrow {nums[w]} - {operand(lr)} \cdot {operand(g)}"
+                    rf" = {decimal(float(val[w]) - lr * g)}",
                 ),
             ),
         )
     )
 
 
-def _section_update(doc: _Doc) -> None:
+def _section_update(doc: Doc) -> None:
     net = doc.d.network
     if not net.plain:
         _update_kinds(doc)
@@ -2739,13 +2547,13 @@ def _section_update(doc: _Doc) -> None:
                     "W^{(l)}",
                     r" \leftarrow W^{(l)} - \eta \frac{\partial L}{\partial W^{(l)}},\quad "
                     r"b^{(l)} \leftarrow b^{(l)} - \eta \frac{\partial L}{\partial b^{(l)}},\quad "
-                    rf"\eta = {_number(train.lr)}",
+                    rf"\eta = {decimal(train.lr)}",
                 ),
             ),
         )
     )
     doc.text(
-        f"The spec sets learning rate {_number(train.lr)}, optimizer `{train.optimizer}`, "
+        f"The spec sets learning rate {decimal(train.lr)}, optimizer `{train.optimizer}`, "
         f"{train.epochs} epochs and batches of {train.batch_size}; the generated module's "
         "`train_step` is the plain step above, and `fit` also offers momentum and Adam. "
         "Training repeats five steps:"
@@ -2770,7 +2578,7 @@ def _section_update(doc: _Doc) -> None:
     )
 
 
-def _section_certificate(doc: _Doc, certificate: object | None) -> None:
+def _section_certificate(doc: Doc, certificate: object | None) -> None:
     net = doc.d.network
     doc.section("The certificate")
     if certificate is None:
@@ -2785,7 +2593,7 @@ def _section_certificate(doc: _Doc, certificate: object | None) -> None:
     doc.text(
         f"The generated gradients were compared with independent witnesses "
         f"({', '.join(cert.witnesses)}) on a batch of {cert.batch} samples (loss "
-        f"${_number(cert.loss)}$).{view} Per parameter and witness, the largest absolute and "
+        f"${decimal(cert.loss)}$).{view} Per parameter and witness, the largest absolute and "
         "relative errors:"
     )
     rows = []
@@ -2818,7 +2626,7 @@ def _section_certificate(doc: _Doc, certificate: object | None) -> None:
 
 
 def _document(derivation: Derivation, certificate: object | None) -> tuple[str, list[dict]]:
-    doc = _Doc(derivation)
+    doc = Doc(derivation)
     intro = _intro(doc)
     _section_network(doc)
     _section_forward(doc)
@@ -2892,8 +2700,8 @@ def _check_tags(sections: list[dict], derivation: Derivation) -> None:
         if b["kind"] == "math"
         for eq in b["equations"]
     ]
-    _require(len(tags) == len(set(tags)), "duplicate equation numbers")
-    _require(
+    require(len(tags) == len(set(tags)), "duplicate equation numbers")
+    require(
         {str(e.number) for e in derivation.equations} <= set(tags), "a core equation is missing"
     )
 
@@ -2934,7 +2742,7 @@ def _environment() -> jinja2.Environment:
 
 def render_tex(derivation: Derivation, certificate: object | None = None) -> str:
     """The derivation document as a complete LaTeX document (pdflatex, texlive-latex-base)."""
-    context = _context(derivation, certificate, _text_tex)
+    context = _context(derivation, certificate, text_tex)
     return _environment().get_template("latex/derivation.tex.j2").render(context)
 
 

@@ -10,7 +10,7 @@ import shutil
 import numpy as np
 import pytest
 
-from symbackprop import render
+from symbackprop import document, render
 from symbackprop.checkpoint import load_module
 from symbackprop.codegen import generate
 from symbackprop.derive import derive
@@ -166,7 +166,7 @@ def test_worked_example_matches_generated_module(name: str) -> None:
     md = render.render_markdown(d)
     assert "A worked example" in md
     first = example.gradients["W1"][0, 0]
-    assert render._number(first) in md
+    assert document.decimal(first) in md
 
 
 @pytest.mark.parametrize("name", _small_cases())

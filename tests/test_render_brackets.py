@@ -17,7 +17,7 @@ import pytest
 import sympy
 from sympy.printing.latex import LatexPrinter
 
-from symbackprop import render
+from symbackprop import document, render
 from symbackprop.derive import derive
 from symbackprop.spec import from_dict, load_spec
 
@@ -287,4 +287,4 @@ PRINTER = LatexPrinter()
     ],
 )
 def test_factor_brackets_exactly_the_non_atomic(expr: sympy.Expr, text: str) -> None:
-    assert render._factor(expr, PRINTER) == text
+    assert document.as_factor(expr, PRINTER) == text
