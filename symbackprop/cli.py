@@ -171,7 +171,7 @@ def cmd_codegen(args: argparse.Namespace) -> int:
 
 def cmd_derive(args: argparse.Namespace) -> int:
     from symbackprop.derive import derive
-    from symbackprop.render import compile_pdf, render_markdown, render_tex
+    from symbackprop.render import compile_pdf, markdown_figures, render_markdown, render_tex
 
     path = None if args.output is None else output_path(args.output, "-o")
     implied = None if path is None else FORMAT_OF_SUFFIX.get(path.suffix.lower())
@@ -194,17 +194,30 @@ def cmd_derive(args: argparse.Namespace) -> int:
         from symbackprop.verify import certify
 
         certificate = certify(derivation, use_torch=False if args.no_torch else None)
+    figures: dict[Path, str] = {}
     if fmt == "md":
-        document: str | bytes = render_markdown(derivation, certificate)
+        stem = None if path is None else path.stem
+        document: str | bytes = render_markdown(derivation, certificate, stem)
+        if path is not None:  # the figures, SVG files beside the document
+            figures = {
+                path.with_name(name): svg
+                for name, svg in markdown_figures(derivation, stem).items()
+            }
+            check_outputs([path, *figures], "-o", inputs)
     else:
         document = render_tex(derivation, certificate)
         if fmt == "pdf":
             document = compile_pdf(document)
     if path is None:
         sys.stdout.write(document)
+        if fmt == "md":
+            print(
+                "the document's figures are SVG files beside it: use -o FILE.md to write them",
+                file=sys.stderr,
+            )
         return EXIT_OK
-    write_outputs({path: document}, "-o", inputs)
-    print(f"wrote {path}", file=sys.stderr)
+    write_outputs({path: document, **figures}, "-o", inputs)
+    print(f"wrote {path}" + "".join(f", {p.name}" for p in figures), file=sys.stderr)
     return EXIT_OK
 
 
@@ -374,12 +387,19 @@ DEMO_DIR = "symbackprop-demo"
 ARTICLE_SPEC = "seed_mlp"
 
 
+# The figures every derivation document has (figures.py), SVG files beside the Markdown.
+FIGURES = ("network", "descent", "big-picture")
+
+
 def _demo_files(out: Path, name: str, with_pdf: bool) -> dict[str, Path]:
     kinds = ("py", "tex", "md", "pdf") if with_pdf else ("py", "tex", "md")
     files = {kind: out / f"{name}.{kind}" for kind in kinds}
     files["npz"] = out / f"{name}_weights.npz"
     for kind in kinds[1:]:
         files[f"article.{kind}"] = out / f"{ARTICLE_SPEC}.{kind}"
+    for figure in FIGURES:  # the Markdown documents' figures
+        files[f"svg.{figure}"] = out / f"{name}-{figure}.svg"
+        files[f"article.svg.{figure}"] = out / f"{ARTICLE_SPEC}-{figure}.svg"
     return files
 
 
@@ -418,7 +438,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     import shutil
 
     from symbackprop.derive import derive
-    from symbackprop.render import compile_pdf, render_markdown, render_tex
+    from symbackprop.render import compile_pdf, markdown_figures, render_markdown, render_tex
     from symbackprop.spec import load_spec
     from symbackprop.verify import certify
 
@@ -468,6 +488,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         files["article.tex"]: article_tex,
         files["article.md"]: render_markdown(article, article_certificate),
     }
+    for prefix, derivation in (("", result.derivation), ("article.", article)):
+        for name, svg in markdown_figures(derivation).items():
+            figure = name.removeprefix(f"{derivation.network.spec.name}-").removesuffix(".svg")
+            contents[files[f"{prefix}svg.{figure}"]] = svg
     if with_pdf:
         contents[files["pdf"]] = compile_pdf(tex)
         contents[files["article.pdf"]] = compile_pdf(article_tex)

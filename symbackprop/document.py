@@ -177,12 +177,28 @@ def split_core(latex: str) -> tuple[Row, ...]:
     return tuple(rows)
 
 
+_REF = re.compile(r"\u27e8eq:([0-9.]+)\u27e9")
+
+
+def ref(number: object) -> str:
+    """A reference to equation ``number`` in text: ``\\eqref`` in LaTeX, ``(N)`` in Markdown."""
+    return f"\u27e8eq:{number}\u27e9"
+
+
+def text_md(text: str) -> str:
+    """Mini-markup to Markdown: the text itself, with equation references as (N)."""
+    return _REF.sub(r"(\1)", text)
+
+
 def text_tex(text: str) -> str:
-    """Mini-markup (``$math$``, ```code```, plain text) to LaTeX text."""
+    """Mini-markup (``$math$``, ```code```, equation references, plain text) to LaTeX text."""
     out = []
-    for i, chunk in enumerate(re.split(r"(\$[^$]*\$|`[^`]*`)", text)):
+    for i, chunk in enumerate(re.split(r"(\$[^$]*\$|`[^`]*`|\u27e8eq:[0-9.]+\u27e9)", text)):
         if i % 2 == 1 and chunk.startswith("$"):
             out.append(chunk)
+            continue
+        if i % 2 == 1 and chunk.startswith("\u27e8"):
+            out.append(_REF.sub(r"\\eqref{eq:\1}", chunk))
             continue
         code = i % 2 == 1
         body = chunk[1:-1] if code else chunk
@@ -222,10 +238,30 @@ class Doc:
     def items(self, items: list[str], ordered: bool = False) -> None:
         self.sections[-1]["blocks"].append({"kind": "list", "entries": items, "ordered": ordered})
 
-    def table(self, header: list[str], rows: list[list[str]]) -> None:
-        self.sections[-1]["blocks"].append({"kind": "table", "header": header, "rows": rows})
+    def table(self, header: list[str], rows: list[list[str]], columns: str | None = None) -> None:
+        """A table; ``columns`` is LaTeX's column specification (default: all ``l``)."""
+        self.sections[-1]["blocks"].append(
+            {
+                "kind": "table",
+                "header": header,
+                "rows": rows,
+                "columns": columns or "l" * len(header),
+            }
+        )
+
+    def figure(self, figure: object) -> None:
+        """A ``figures.Figure``: LaTeX picture in the PDF, an SVG file beside the Markdown."""
+        self.sections[-1]["blocks"].append({"kind": "figure", "figure": figure})
+
+    def box(self, title: str, displays: Iterable[Display]) -> None:
+        """A framed summary of equations shown elsewhere (tagged with their numbers)."""
+        self.sections[-1]["blocks"].append(
+            {"kind": "box", "title": title, "equations": list(displays)}
+        )
 
     def core(self, key: str) -> Display:
+        if key.startswith("activation."):
+            key = "activation"
         for eq in self.d.equations:
             if eq.key == key:
                 return Display(str(eq.number), split_core(eq.latex))

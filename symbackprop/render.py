@@ -53,6 +53,7 @@ from symbackprop.checkpoint import point
 from symbackprop.derive import LP, Derivation, P, Z, derive_activation, softmax_jacobian_check
 from symbackprop.document import (
     WIDTH,
+    Display,
     Doc,
     Row,
     as_factor,
@@ -65,6 +66,7 @@ from symbackprop.document import (
     operand,
     require,
     signed,
+    text_md,
     text_tex,
     tidy_numbers,
     to_tex,
@@ -2650,8 +2652,20 @@ def _document(derivation: Derivation, certificate: object | None) -> tuple[str, 
 # --- formats ---------------------------------------------------------------------------------
 
 
-def _formatted(sections: list[dict], text: Callable[[str], str]) -> list[dict]:
+def _displays(equations: list[Display]) -> list[dict]:
+    return [
+        {
+            "tag": eq.tag,
+            "rows": [f"{left} &{right}" for left, right in eq.rows],
+            "single": "".join(eq.rows[0]) if len(eq.rows) == 1 else "",
+        }
+        for eq in equations
+    ]
+
+
+def _formatted(sections: list[dict], text: Callable[[str], str], stem: str) -> list[dict]:
     out = []
+    figures = 0
     for number, section in enumerate(sections, start=1):
         blocks = []
         for block in section["blocks"]:
@@ -2672,23 +2686,38 @@ def _formatted(sections: list[dict], text: Callable[[str], str]) -> list[dict]:
                         "kind": kind,
                         "header": [text(h) for h in block["header"]],
                         "rows": [[text(c) for c in row] for row in block["rows"]],
+                        "columns": block["columns"],
                     }
                 )
-            else:
+            elif kind == "figure":
+                figures += 1
+                fig = block["figure"]
                 blocks.append(
                     {
                         "kind": kind,
-                        "equations": [
-                            {
-                                "tag": eq.tag,
-                                "rows": [f"{left} &{right}" for left, right in eq.rows],
-                                "single": "".join(eq.rows[0]) if len(eq.rows) == 1 else "",
-                            }
-                            for eq in block["equations"]
-                        ],
+                        "number": figures,
+                        "name": fig.name,
+                        "latex": fig.latex,
+                        "caption": text(fig.caption),
+                        "alt": re.sub(r"[$\\[\]{}^_]", "", fig.caption),
+                        "file": f"{stem}-{fig.name}.svg",
                     }
                 )
-        out.append({"number": number, "title": text(section["title"]), "blocks": blocks})
+            elif kind == "box":
+                blocks.append(
+                    {
+                        "kind": kind,
+                        "title": text(block["title"]),
+                        "equations": _displays(block["equations"]),
+                    }
+                )
+            else:
+                blocks.append({"kind": kind, "equations": _displays(block["equations"])})
+        title = text(section["title"])
+        if text is text_tex and "$" in section["title"]:  # PDF bookmarks hold no math
+            plain = re.sub(r"[$\\{}^_]", "", section["title"])
+            title = rf"\texorpdfstring{{{title}}}{{{plain}}}"
+        out.append({"number": number, "title": title, "blocks": blocks})
     return out
 
 
@@ -2707,7 +2736,10 @@ def _check_tags(sections: list[dict], derivation: Derivation) -> None:
 
 
 def _context(
-    derivation: Derivation, certificate: object | None, text: Callable[[str], str]
+    derivation: Derivation,
+    certificate: object | None,
+    text: Callable[[str], str],
+    stem: str | None = None,
 ) -> dict:
     intro, sections = _document(derivation, certificate)
     _check_tags(sections, derivation)
@@ -2716,7 +2748,7 @@ def _context(
         "name": name,
         "title": text(f"Backpropagation for `{name}`, derived with SymPy"),
         "intro": text(intro),
-        "sections": _formatted(sections, text),
+        "sections": _formatted(sections, text, stem or name),
     }
 
 
@@ -2746,10 +2778,29 @@ def render_tex(derivation: Derivation, certificate: object | None = None) -> str
     return _environment().get_template("latex/derivation.tex.j2").render(context)
 
 
-def render_markdown(derivation: Derivation, certificate: object | None = None) -> str:
-    """The derivation document as Markdown with $...$ and $$...$$ math (GitHub, Jupyter)."""
-    context = _context(derivation, certificate, lambda s: s)
+def render_markdown(
+    derivation: Derivation, certificate: object | None = None, stem: str | None = None
+) -> str:
+    """The derivation document as Markdown with $...$ and $$...$$ math (GitHub, Jupyter).
+
+    Its figures are SVG files beside it, named ``<stem>-<figure>.svg`` (``stem``: the
+    document's file name without ``.md``, by default the spec's name); ``markdown_figures``
+    gives their contents.
+    """
+    context = _context(derivation, certificate, text_md, stem)
     return _environment().get_template("markdown/derivation.md.j2").render(context)
+
+
+def markdown_figures(derivation: Derivation, stem: str | None = None) -> dict[str, str]:
+    """The SVG files the Markdown document refers to: {file name: SVG text}."""
+    _intro, sections = _document(derivation, None)
+    stem = stem or derivation.network.spec.name
+    return {
+        f"{stem}-{block['figure'].name}.svg": block["figure"].svg
+        for section in sections
+        for block in section["blocks"]
+        if block["kind"] == "figure"
+    }
 
 
 def compile_pdf(tex: str) -> bytes:
@@ -2796,4 +2847,6 @@ def golden_documents() -> dict[str, str]:
         derivation = derive(load_spec(path))
         files[f"generated/{name}.tex"] = render_tex(derivation)
         files[f"generated/{name}.md"] = render_markdown(derivation)
+        for file, svg in markdown_figures(derivation).items():
+            files[f"generated/{file}"] = svg
     return files

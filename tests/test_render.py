@@ -92,7 +92,7 @@ def test_tex_is_a_complete_document(rendered: tuple) -> None:
     assert r"\documentclass" in tex and tex.rstrip().endswith(r"\end{document}")
     assert r"\date{}" in tex
     packages = re.findall(r"\\usepackage(?:\[[^]]*\])?\{([^}]*)\}", tex)
-    assert set(packages) <= {"geometry", "amsmath", "amssymb"}
+    assert set(packages) <= {"geometry", "amsmath", "amssymb", "hyperref"}  # latex-base has them
 
 
 def test_document_names_the_cited_equations(rendered: tuple) -> None:
