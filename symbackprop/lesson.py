@@ -23,7 +23,7 @@ layers, units and the indices in an exercise's ``key`` are 1-based, as in the no
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -161,14 +161,24 @@ def _entries(net: SymbolicNetwork) -> tuple[tuple[str, tuple[int, ...], sympy.Sy
     return tuple(out)
 
 
-def _gradient(
-    net: SymbolicNetwork, symbol: sympy.Symbol, is_weight: bool, example: object
-) -> mpmath.mpf:
-    """dL/dtheta in 40 digits: the sample's adjoint, plus l2 * w for a weight (as the module)."""
-    g = _mp(example.adjoints[symbol])
-    if net.spec.l2 and is_weight:
-        g += _mp(_exact(net.spec.l2)) * _mp(example.values[symbol])
-    return g
+def _by_name(numbers: Mapping[sympy.Symbol, object]) -> dict[str, object]:
+    """The same numbers keyed by symbol name: a lookup then needs no SymPy comparison."""
+    return {symbol.name: value for symbol, value in numbers.items()}
+
+
+def _gradients(
+    net: SymbolicNetwork, example: object
+) -> Iterator[tuple[str, tuple[int, ...], sympy.Symbol, mpmath.mpf, mpmath.mpf]]:
+    """(key, index, symbol, value, dL/dtheta) of every entry in 40 digits, under workdps:
+    the gradient is the sample's adjoint, plus l2 * w for a weight (as the module has it)."""
+    l2 = _mp(_exact(net.spec.l2))
+    values, adjoints = _by_name(example.values), _by_name(example.adjoints)
+    for key, index, symbol, is_weight in _entries(net):
+        value = _mp(values[symbol.name])
+        g = _mp(adjoints[symbol.name])
+        if is_weight and l2:
+            g += l2 * value
+        yield key, index, symbol, value, g
 
 
 def _loss(net: SymbolicNetwork, values: Mapping) -> sympy.Float:
@@ -176,8 +186,9 @@ def _loss(net: SymbolicNetwork, values: Mapping) -> sympy.Float:
     with mpmath.workdps(PRECISION):
         total = _mp(values[LOSS])
         if net.spec.l2:
+            named = _by_name(values)
             squares = mpmath.fsum(
-                _mp(values[s]) ** 2 for _, _, s, is_weight in _entries(net) if is_weight
+                _mp(named[s.name]) ** 2 for _, _, s, is_weight in _entries(net) if is_weight
             )
             total += _mp(_exact(net.spec.l2)) / 2 * squares
         return _float(total)
@@ -245,14 +256,15 @@ def sgd_step(derivation: Derivation, example: WorkedExample) -> Step | None:
         return None
     lr = _exact(net.spec.train.lr)
     entries, after = [], {}
+    squares = []
     with mpmath.workdps(PRECISION):
-        for key, index, symbol, is_weight in _entries(net):
-            before = _mp(example.values[symbol])
-            g = _gradient(net, symbol, is_weight, example)
-            new = before - _mp(lr) * g
+        rate = _mp(lr)
+        for key, index, symbol, before, g in _gradients(net, example):
+            new = before - rate * g
             after[key, index] = new
+            squares.append(g * g)
             entries.append(Entry(key, index, symbol, _float(before), _float(g), _float(new)))
-        first_order = _mp(lr) * mpmath.fsum(_mp(e.gradient) ** 2 for e in entries)
+        first_order = rate * mpmath.fsum(squares)
     params = _array(net, example, after)
     result = _evaluate_at(net, params, example)
     return Step(
@@ -332,19 +344,17 @@ def optimizer_step(derivation: Derivation, example: WorkedExample) -> OptimizerS
     beta1, beta2, eps = (_exact(train.beta1), _exact(train.beta2), _exact(train.eps))
     entries, after = [], {}
     with mpmath.workdps(PRECISION):
-        for key, index, symbol, is_weight in _entries(net):
-            before = _mp(example.values[symbol])
-            g = _gradient(net, symbol, is_weight, example)
+        rate, b1, b2, tiny = _mp(lr), _mp(beta1), _mp(beta2), _mp(eps)
+        for key, index, symbol, before, g in _gradients(net, example):
             if adam:
-                b1, b2 = _mp(beta1), _mp(beta2)
                 m, v = (1 - b1) * g, (1 - b2) * g * g
                 m_hat, v_hat = m / (1 - b1), v / (1 - b2)
-                update = _mp(lr) * m_hat / (mpmath.sqrt(v_hat) + _mp(eps))
+                update = rate * m_hat / (mpmath.sqrt(v_hat) + tiny)
                 moments = tuple(_float(q) for q in (m, v, m_hat, v_hat))
                 velocity = None
             else:
                 velocity = _mp(mu) * 0 + g
-                update = _mp(lr) * velocity
+                update = rate * velocity
                 moments = (None, None, None, None)
                 velocity = _float(velocity)
             new = before - update
@@ -510,9 +520,10 @@ def dead_unit(
         errors = tuple(_float(_mp(adjoints[w])) for w in incoming)
         grads = tuple(_float(_mp(adjoints[w]) + _mp(l2) * _mp(values[w])) for w in incoming)
     outgoing = tuple(adjoints[weight(layer + 1, k, unit)] for k in range(1, fan_out + 1))
-    symbols = [s for _, _, s, _ in _entries(net)]
-    before = {s for s in symbols if example.adjoints[s] == 0}
-    after = {s for s in symbols if adjoints[s] == 0}
+    names = [s.name for _, _, s, _ in _entries(net)]
+    was, now = _by_name(example.adjoints), _by_name(adjoints)
+    before = {name for name in names if was[name] == 0}
+    after = {name for name in names if now[name] == 0}
     return DeadUnit(
         layer,
         unit,
@@ -532,7 +543,7 @@ def dead_unit(
         len(before),
         len(after),
         len(after - before),
-        len(symbols),
+        len(names),
         _loss(net, values),
         params,
     )
@@ -700,7 +711,8 @@ def _exercise_gradient(d: Derivation, ex: WorkedExample) -> Exercise:
     w, dl, a = weight(layer, i, j), delta(layer, i), activation(layer - 1, j)
     dv, av = ex.adjoints[pre_activation(layer, i)], ex.values[a]
     with mpmath.workdps(PRECISION):
-        g = _float(_gradient(net, w, True, ex))
+        g = _mp(ex.adjoints[w]) + _mp(_exact(net.spec.l2)) * _mp(ex.values[w])
+        g = _float(g)
     given = f"${latex_name(dl)} = {_number(dv)}$ and ${latex_name(a)} = {_number(av)}$"
     question = f"At the worked example's point, {given}. Compute ${_partial(w)}$."
     product = rf"{latex_name(dl)} {latex_name(a)}"
