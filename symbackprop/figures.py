@@ -17,9 +17,10 @@ A ``Figure`` holds a LaTeX fragment that uses only LaTeX's own ``picture`` envir
 slopes only, ``\\circle`` and ``\\circle*`` within their size limits, ``\\makebox``,
 ``\\framebox``: no package), and a standalone SVG 1.1 document of the same drawing, one
 unit a point in both.  Labels are written once, in a small subset of LaTeX, and turned into
-SVG text by ``_svg_runs``.  Every figure is at most ``MAX_WIDTH`` by ``MAX_HEIGHT`` points,
-so it fits a 10pt article's text width, and its numbers are printed in a fixed format, so
-the output is the same on every machine.  Nothing here writes a file.
+SVG text by ``_text_runs`` (an unknown macro is refused, never dropped).  Every figure is
+at most ``MAX_WIDTH`` by ``MAX_HEIGHT`` points (14 by 9 cm), its sloped lines hold at most
+``MAX_DOTS`` of the dots TeX draws them with (TeX's memory), and its numbers are printed in
+a fixed format, so the output is the same on every machine.  Nothing here writes a file.
 """
 
 from __future__ import annotations
@@ -176,26 +177,8 @@ def _math_runs(tex: str, level: int = 0) -> list[Run]:
             continue
         last_sup = None
         if c == "\\":
-            name = re.match(r"\\([A-Za-z]+|.)", tex[i:])
-            if name is None:
-                raise ValueError(f"label {tex!r}: a lone backslash")
-            macro, i = name.group(1), i + len(name.group(0))
-            if macro == "hat":
-                body, i = _argument(tex, i)
-                if ("hat", body) not in _ACCENTS:
-                    raise ValueError(f"label {tex!r}: no SVG form for \\hat{{{body}}}")
-                runs.append(Run(_ACCENTS["hat", body], True, level))
-            elif macro in _FONTS:
-                body, i = _argument(tex, i)
-                text = (
-                    "".join(_BLACKBOARD.get(ch, ch) for ch in body) if macro == "mathbb" else body
-                )
-                runs.append(Run(text, False, level))
-            elif macro in _SYMBOLS:
-                symbol = _SYMBOLS[macro]
-                runs.append(Run(symbol, symbol in _GREEK, level))
-            else:
-                raise ValueError(f"label {tex!r}: the macro \\{macro} has no SVG form")
+            run, i = _macro(tex, i, level)
+            runs.append(run)
             continue
         if c == "{":
             body, i = _argument(tex, i)
@@ -212,6 +195,27 @@ def _math_runs(tex: str, level: int = 0) -> list[Run]:
             c = c + pad if c == "," else pad + c + pad
         runs.append(Run(c, c.isalpha() and c.isascii(), level))
     return runs
+
+
+def _macro(tex: str, i: int, level: int) -> tuple[Run, int]:
+    """The run of the macro at ``tex[i]`` (a backslash) and the index after it."""
+    name = re.match(r"\\([A-Za-z]+|.)", tex[i:])
+    if name is None:
+        raise ValueError(f"label {tex!r}: a lone backslash")
+    macro, i = name.group(1), i + len(name.group(0))
+    if macro == "hat":
+        body, i = _argument(tex, i)
+        if ("hat", body) not in _ACCENTS:
+            raise ValueError(f"label {tex!r}: no SVG form for \\hat{{{body}}}")
+        return Run(_ACCENTS["hat", body], True, level), i
+    if macro in _FONTS:
+        body, i = _argument(tex, i)
+        text = "".join(_BLACKBOARD.get(ch, ch) for ch in body) if macro == "mathbb" else body
+        return Run(text, False, level), i
+    if macro in _SYMBOLS:
+        symbol = _SYMBOLS[macro]
+        return Run(symbol, symbol in _GREEK, level), i
+    raise ValueError(f"label {tex!r}: the macro \\{macro} has no SVG form")
 
 
 def _text_runs(tex: str) -> list[Run]:
@@ -234,7 +238,14 @@ def _text_runs(tex: str) -> list[Run]:
                 runs.append(Run(token))
     if len(tex.split("$")) % 2 == 0:
         raise ValueError(f"label {tex!r}: an unclosed $")
-    return runs
+    merged: list[Run] = []
+    for run in runs:  # one run per style: fewer tspans
+        last = merged[-1] if merged else None
+        if last and (last.italic, last.level) == (run.italic, run.level) and not run.back:
+            merged[-1] = Run(last.text + run.text, last.italic, last.level, last.back)
+        else:
+            merged.append(run)
+    return merged
 
 
 def label_width(tex: str, size: str) -> float:
@@ -624,7 +635,7 @@ def _words(items: Sequence[str]) -> str:
 # --- the network ---------------------------------------------------------------------------
 
 NEURON = 24.0  # a neuron's diameter (one of CIRCLE_SIZES)
-STEP = 60.0  # vertical distance of neurons, at most
+STEP = 66.0  # vertical distance of neurons, at most
 SMALL_WIDTH = 8  # neuron by neuron when the inputs and every layer have at most this many
 LABELLED_WEIGHTS = 30  # every weight named up to this many
 MAX_ROWS = 10  # layer boxes in a column, the input's included; more are elided in the middle
@@ -735,18 +746,7 @@ def _weight_labels(
 
 
 LABEL_GAP = 1.5  # points between two weight labels, at least
-WEIGHT_PLACES = (
-    0.2,
-    0.26,
-    0.32,
-    0.38,
-    0.44,
-    0.5,
-    0.56,
-    0.62,
-    0.68,
-    0.74,
-)  # from the receiver, in pitches
+WEIGHT_PLACES = (0.2, 0.25, 0.3, 0.35, 0.4, 0.46)  # from the receiver, in pitches
 
 
 def _place_weights(
@@ -904,7 +904,7 @@ def _layer_boxes(spec: NetworkSpec) -> tuple[list[Item], str]:
     drawn = [rows[k] if k is not None else _Row("gap", "$\\vdots$", 0) for k in shown]
     width = max(label_width(r.tex, "small") for r in drawn if r.kind == "box") + 12.0
     items: list[Item] = []
-    pitch = min(ROW, (MAX_HEIGHT - 2 * MARGIN - 36.0) / max(len(drawn) - 1, 1))
+    pitch = min(ROW, (MAX_HEIGHT - 2 * MARGIN - 48.0) / max(len(drawn) - 1, 1))
 
     def y(k: int) -> float:
         return -k * pitch
@@ -1098,7 +1098,7 @@ def _stage_layout(
     widths = [
         {"input": END_BOX, "loss": END_BOX, "stage": box, "gap": GAP_SLOT}[s.kind] for s in slots
     ]
-    arrow = min(MAX_ARROW, (MAX_WIDTH - 2 * MARGIN - sum(widths)) / (len(slots) - 1))
+    arrow = min(MAX_ARROW, (MAX_WIDTH - 2 * MARGIN - 4.0 - sum(widths)) / (len(slots) - 1))
     if arrow < MIN_ARROW:
         return None
     centres, x = [], 0.0
@@ -1248,7 +1248,7 @@ class DescentLayout:
     path: tuple[tuple[float, float], ...]
     values: tuple[float, ...]  # f along the path
     levels: tuple[float, ...]
-    minimum: tuple[float, float]
+    minimum: tuple[float, float] | None  # None: not in the window
     contours: tuple[tuple[tuple[float, float], ...], ...]  # polylines, in points
 
     def point(self, w1: float, w2: float) -> tuple[float, float]:
@@ -1334,9 +1334,12 @@ def descent_layout(
     grid = np.asarray(f(g1, g2), dtype=float)
     if grid.shape != g1.shape:
         raise ValueError(f"f: expected an array of shape {g1.shape}, got {grid.shape}")
-    if minimum is None:
-        low = int(np.nanargmin(np.where(np.isfinite(grid), grid, np.nan)))
-        minimum = (float(g1.flat[low]), float(g2.flat[low]))
+    if minimum is None:  # the lowest grid point, unless it lies on the edge of the window
+        j, i = np.unravel_index(
+            int(np.nanargmin(np.where(np.isfinite(grid), grid, np.nan))), grid.shape
+        )
+        if 0 < i < nx and 0 < j < ny:
+            minimum = (float(g1[j, i]), float(g2[j, i]))
     values = tuple(float(np.asarray(f(np.asarray(a), np.asarray(b)), dtype=float)) for a, b in path)
     chosen = _contour_levels(values, grid) if levels is None else tuple(float(v) for v in levels)
     if len(chosen) > MAX_LEVELS:
@@ -1609,7 +1612,6 @@ def _descent_items(layout: DescentLayout, names: tuple[str, str]) -> list[Item]:
     items += [Polyline(tuple(piece), thick=True, kind="path") for piece in pieces]
     inside = [p for p in points if 0 <= p[0] <= width and 0 <= p[1] <= height]
     items += [Circle(x, y, 2.5, filled=True, kind="iterate") for x, y in inside[1:]]
-    mx, my = layout.point(*layout.minimum)
     sx, sy = points[0]
     if points[0] in inside:
         right = len(points) < 2 or points[1][0] <= sx
@@ -1624,6 +1626,7 @@ def _descent_items(layout: DescentLayout, names: tuple[str, str]) -> list[Item]:
                 "scriptsize",
             )
         )
+    mx, my = layout.point(*layout.minimum) if layout.minimum else (-1.0, -1.0)
     if 0 <= mx <= width and 0 <= my <= height:
         below = sy >= my  # the label on the side away from the start
         items.append(Circle(mx, my, 8.0, kind="minimum"))
