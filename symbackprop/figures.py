@@ -873,6 +873,14 @@ def _levels(spec: NetworkSpec) -> dict[int, int]:
     return levels
 
 
+def _ranks(spec: NetworkSpec, shown: Sequence[int]) -> dict[int, int]:
+    """The nesting heights of the residuals whose skips are drawn, renumbered 1, 2, ... so
+    that the drawn ones sit next to each other."""
+    levels = _levels(spec)
+    order = sorted({levels[r] for r in shown})
+    return {r: order.index(levels[r]) + 1 for r in shown}
+
+
 def _elide(count: int, limit: int) -> tuple[list[int | None], dict[int, int]]:
     """Which of ``count`` rows to show (None for the elided middle) and where each row went."""
     if count <= limit:
@@ -929,14 +937,21 @@ def _layer_boxes(spec: NetworkSpec) -> tuple[list[Item], str]:
     last = len(drawn) - 1
     items.append(Arrow(0.0, y(last) - half(last), 0.0, y(last) - half(last) - 12.0))
     items.append(Text(0.0, y(last) - half(last) - 14.0, "$\\hat y$", "t", "small"))
-    levels = _levels(spec)
-    for layer in flat:
-        if layer.kind != "residual":
-            continue
-        source, plus = where[row_of[layer.sources[0]]], where[row_of[layer.index]]
-        if source == plus:
-            continue  # the whole block is elided
-        x = width / 2 + SKIP * levels[layer.index]
+    skips = [  # (residual, source row, "+" row) of each skip drawn
+        (layer.index, where[row_of[layer.sources[0]]], where[row_of[layer.index]])
+        for layer in flat
+        if layer.kind == "residual"
+    ]
+    skips = [(r, source, plus) for r, source, plus in skips if source != plus]  # not elided
+    levels = _ranks(spec, [r for r, _, _ in skips])
+    left = max(
+        (label_width(r.tex, "small") + PLUS / 2 + 4.0 for r in drawn if r.kind == "plus"),
+        default=0.0,
+    )
+    room = MAX_WIDTH - 2 * MARGIN - 4.0 - width / 2 - max(width / 2, left)
+    skip = min(SKIP, room / max(levels.values(), default=1))  # nested ones closer together
+    for residual, source, plus in skips:
+        x = width / 2 + skip * levels[residual]
         branch = (y(source) - half(source) + y(source + 1) + half(source + 1)) / 2
         end = y(plus)
         tip = PLUS / 2 if drawn[plus].kind == "plus" else 6.0
@@ -981,6 +996,8 @@ GRADIENT = 30.0  # the length of the arrows down to the gradients
 END_BOX = 20.0  # the width of the input's and the loss's boxes
 GAP_SLOT = 12.0  # the width of the elided middle
 MIN_ARROW, MAX_ARROW = 10.0, 48.0  # the length of the arrows between the boxes
+SKIP_RISE = 7.0  # points between nested skip connections, at most
+SKIP_ROOM = 120.0  # points of height for all of them
 
 
 @dataclass(frozen=True)
@@ -1147,16 +1164,17 @@ def _skips(
     gap = stages.index(None) + 1 if None in stages else -1
     slot_of = {slot.layer: k for k, slot in enumerate(slots) if slot.kind == "stage"}
     slot_of[0] = 0
-    levels = _levels(spec)
+    skips = [
+        (layer.index, slot_of.get(layer.sources[0], gap), slot_of.get(layer.index, gap))
+        for layer in spec.flat
+        if layer.kind == "residual"
+    ]
+    skips = [(r, source, plus) for r, source, plus in skips if source != plus]  # not elided
+    levels = _ranks(spec, [r for r, _, _ in skips])
+    rise = min(SKIP_RISE, SKIP_ROOM / max(levels.values(), default=1))
     items: list[Item] = []
-    for layer in spec.flat:
-        if layer.kind != "residual":
-            continue
-        source = slot_of.get(layer.sources[0], gap)
-        plus = slot_of.get(layer.index, gap)
-        if source == plus:
-            continue
-        height = top + 16.0 + 7.0 * (levels[layer.index] - 1)
+    for residual, source, plus in skips:
+        height = top + 16.0 + rise * (levels[residual] - 1)
         x1, x2 = centres[source] + 3.0, centres[plus] - 3.0
         items += [
             Line(x1, top, x1, height),

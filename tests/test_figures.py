@@ -393,6 +393,20 @@ def test_a_deep_net_elides_the_middle_layers() -> None:
         _check_latex(figure.latex)
 
 
+@pytest.mark.parametrize("depth", [3, 30])
+def test_residuals_nested_as_deep_as_a_spec_may_fit(depth: int) -> None:
+    block: list[dict] = [_dense(4, "tanh")]
+    for _ in range(depth - 1):
+        block = [_dense(4), {"kind": "residual", "block": block}]
+    layers = [{"kind": "residual", "block": block}, _dense(2, "identity")]
+    spec = from_dict({"name": "nest", "inputs": 4, "loss": "mse", "layers": layers})
+    network, big = figures.network_figure(spec), figures.big_picture_figure(spec)
+    for figure in (network, big):
+        _check_latex(figure.latex)
+    arrows = [a for a in _arrows(network.latex) if a.x2 < a.x1]  # into the "+" nodes drawn
+    assert len({a.x1 for a in arrows}) == len(arrows) == (depth if depth < 5 else 4)
+
+
 # --- the big picture -----------------------------------------------------------------------
 
 
@@ -404,7 +418,7 @@ def test_the_big_picture_of_seed_mlp() -> None:
     assert "\u2202\u2113/\u2202b(3)" in text
     assert "$\\delta^{(3)}$" in figure.caption
     # the backward arrows point left, the forward ones right, the gradients down
-    items = [i for i in _big_items(_spec("seed_mlp")) if isinstance(i, figures.Arrow)]
+    items = _arrows(figure.latex)
     forward = [a for a in items if a.x2 > a.x1]
     backward = [a for a in items if a.x2 < a.x1]
     down = [a for a in items if a.y2 < a.y1]
@@ -412,10 +426,9 @@ def test_the_big_picture_of_seed_mlp() -> None:
     assert min(a.y1 for a in forward) > max(a.y1 for a in backward)
 
 
-def _big_items(spec: NetworkSpec) -> list:
-    """The big picture's items, read back from its LaTeX (the arrows)."""
+def _arrows(latex: str) -> list[figures.Arrow]:
+    """The arrows of a figure, read back from its LaTeX."""
     out = []
-    latex = figures.big_picture_figure(spec).latex
     for x, y, ux, uy, length in re.findall(
         r"\\put\(([-0-9.]+),([-0-9.]+)\)\{\\vector\((-?\d),(-?\d)\)\{([0-9.]+)\}\}", latex
     ):
