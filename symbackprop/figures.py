@@ -33,7 +33,7 @@ from xml.sax.saxutils import escape
 
 import numpy as np
 
-from symbackprop.spec import FlatLayer, NetworkSpec
+from symbackprop.spec import FlatLayer, NetworkSpec, layer_parameters
 
 MAX_WIDTH = 398.0  # points: 14 cm
 MAX_HEIGHT = 256.0  # points: 9 cm
@@ -658,7 +658,7 @@ def _small(spec: NetworkSpec) -> bool:
 def _neuron_diagram(spec: NetworkSpec) -> tuple[list[Item], str] | None:
     """Columns of neurons, or None when the columns do not fit the width."""
     sizes = spec.sizes
-    layers = [layer for layer in spec.flat]
+    layers = list(spec.flat)
     acts = [activation_name(layer) for layer in layers]
     heads = ["input", *(f"layer {layer.index}" for layer in layers)]
     feet = ["", *acts]
@@ -705,20 +705,23 @@ def _neuron_diagram(spec: NetworkSpec) -> tuple[list[Item], str] | None:
         return None  # too many connections for TeX's memory: the layer boxes instead
     labels, which = _weight_labels(edges, centre, pitch)
     items += labels
-    neurons = "neuron" if sizes[1:] == (1,) else "neurons"
-    caption = (
+    return items, _neuron_caption(sizes, acts, which)
+
+
+def _neuron_caption(sizes: Sequence[int], acts: Sequence[str], which: str) -> str:
+    neurons = "neuron" if tuple(sizes[1:]) == (1,) else "neurons"
+    return (
         f"The network: {sizes[0]} input{'s' if sizes[0] > 1 else ''} and "
-        f"{'a dense layer' if len(layers) == 1 else 'dense layers'} of "
+        f"{'a dense layer' if len(sizes) == 2 else 'dense layers'} of "
         f"{_words([str(n) for n in sizes[1:]])} {neurons}"
-        f" ({_words(acts)}); the weight $w^{{(l)}}_{{ij}}$ connects neuron $j$ of layer $l-1$ "
-        f"to neuron $i$ of layer $l$"
+        f" ({_words(list(acts))}); the weight $w^{{(l)}}_{{ij}}$ connects neuron $j$ of layer "
+        "$l-1$ to neuron $i$ of layer $l$"
         + {
             "all": ", and every weight is named on its connection.",
             "first": ", named on the connections into the first neuron of each layer.",
             "none": ".",
         }[which]
     )
-    return items, caption
 
 
 def _weight_labels(
@@ -1017,8 +1020,6 @@ def _stage_lines(layer: FlatLayer, name_width: float) -> tuple[str, str]:
 
 
 def _gradients(layer: FlatLayer) -> list[str]:
-    from symbackprop.spec import layer_parameters
-
     out = []
     for key in layer_parameters(layer):
         symbol = _PARAMETER_SYMBOLS[key.rstrip("0123456789")]
@@ -1032,7 +1033,8 @@ def big_picture_figure(spec: NetworkSpec) -> Figure:
     elided = [*order[:2], None, *order[-2:]]
     tries = [  # every stage with the activations' names, then shorter names, then elided
         (stages, width)
-        for stages in ([list(order)] if len(order) <= MAX_STAGES else []) + [elided]
+        for stages in ([list(order)] if len(order) <= MAX_STAGES else [])
+        + ([elided] if len(order) > 4 else [])
         for width in (WIDE_NAME, NAME_WIDTH)
     ]
     for stages, name_width in tries:
@@ -1043,6 +1045,25 @@ def big_picture_figure(spec: NetworkSpec) -> Figure:
     else:  # pragma: no cover - names are capped at NAME_WIDTH, so five stages fit
         raise ValueError("the big picture's stages do not fit the width")
     slots, centres, box = layout
+    items = _big_picture_items(spec, slots, centres, box, texts)
+    items += _skips(spec, slots, stages, centres, STAGE_HEIGHT / 2)
+    return Figure(
+        "big-picture",
+        _big_picture_caption(spec, stages, texts),
+        to_latex(items),
+        to_svg(items, f"the big picture of backpropagation for {spec.name}"),
+    )
+
+
+def _big_picture_items(
+    spec: NetworkSpec,
+    slots: Sequence[_Slot],
+    centres: Sequence[float],
+    box: float,
+    texts: dict[int, tuple[str, str]],
+) -> list[Item]:
+    """The boxes, the arrows forward above and back below, and the gradients."""
+    flat, order = spec.flat, spec.order
     position = {s: k for k, s in enumerate(order)}
 
     def width(k: int) -> float:
@@ -1092,13 +1113,7 @@ def big_picture_figure(spec: NetworkSpec) -> Figure:
             )
     loss = centres[-1]
     items += [Arrow(loss, top + 16.0, loss, top), Text(loss, top + 18.0, "$y$", "b", "scriptsize")]
-    items += _skips(spec, slots, stages, centres, top)
-    return Figure(
-        "big-picture",
-        _big_picture_caption(spec, stages, texts),
-        to_latex(items),
-        to_svg(items, f"the big picture of backpropagation for {spec.name}"),
-    )
+    return items
 
 
 def _stage_layout(
