@@ -63,6 +63,7 @@ its own size, degree and generator budget.  Results are cached per (expression, 
 delta = (W^T delta) * f'(z): just ``left`` when the factor is 1, and the factor in brackets
 when it is a sum or starts with a minus sign (⊙ binds as a product does).
 ``sum_tex(index, count, term)`` writes a sum over ``count`` terms, or its one term.
+``teacher_terms`` gives the printed terms of a sum one by one, for breaking long displays.
 """
 
 from __future__ import annotations
@@ -189,6 +190,35 @@ def teacher_latex(
     return _choose(sympy.sympify(expr), names, _preferences(prefer))[1]
 
 
+def teacher_terms(
+    expr: sympy.Expr,
+    names: Mapping[sympy.Symbol, str] | None = None,
+    *,
+    prefer: Sequence[Prefer] = (),
+) -> list[str]:
+    """The terms of ``teacher_latex``'s sum, signs attached (``["a", "- y"]``), for breaking
+    a long display between terms: ``" ".join`` of them is ``teacher_latex``'s string."""
+    expr = sympy.sympify(expr)
+    prefs = _preferences(prefer)
+    form, tex = _choose(expr, names, prefs)
+    if not form.is_Add:
+        return [tex]
+    if form is expr:  # SymPy's own form: its order and signs
+        printer = LatexPrinter({"symbol_names": dict(names or {})})
+        terms = printer._as_ordered_terms(form)
+        negative = [t.could_extract_minus_sign() for t in terms]
+        texts = [printer.doprint(-t if n else t) for t, n in zip(terms, negative, strict=True)]
+    else:
+        printer = _TeacherPrinter(names, prefs)
+        terms = printer._ordered_terms(form)
+        negative = [_negative(t) for t in terms]
+        texts = [
+            printer._term_tex(_negate(t) if n else t) for t, n in zip(terms, negative, strict=True)
+        ]
+    signs = ["- " if n else ("+ " if i else "") for i, n in enumerate(negative)]
+    return [sign + text for sign, text in zip(signs, texts, strict=True)]
+
+
 def teacher_form(expr: sympy.Expr, *, prefer: Sequence[Prefer] = ()) -> sympy.Expr:
     """The chosen form itself: an unevaluated SymPy expression (``expr`` past the budget)."""
     return _choose(sympy.sympify(expr), None, _preferences(prefer))[0]
@@ -295,7 +325,7 @@ def _candidates(expr: sympy.Expr, prefs: _Preferences) -> list[sympy.Expr]:
         small = _factorable(base)
         factored = sympy.factor(base) if small else base
         out += [_distributed(base), factored, _merge_pairs(factored), _distributed(factored)]
-        if small:
+        if small and _has_denominator(base):  # without one, both give base or its factors
             out += [sympy.cancel(base), sympy.together(base)]
         if expansion_terms(base, EXPAND_MAX_TERMS) <= EXPAND_MAX_TERMS:
             expanded = sympy.expand(base)
@@ -305,6 +335,12 @@ def _candidates(expr: sympy.Expr, prefs: _Preferences) -> list[sympy.Expr]:
                 out.append(sympy.collect(expanded, symbols))
     out.append(expr)
     return list(dict.fromkeys(out))
+
+
+def _has_denominator(expr: sympy.Expr) -> bool:
+    return any(
+        node.is_Pow and node.exp.is_negative is True for node in sympy.preorder_traversal(expr)
+    )
 
 
 def _transformable(expr: sympy.Expr) -> bool:
@@ -658,6 +694,8 @@ def _cost(form: sympy.Basic) -> int:
             power = POWER_COST if form.exp != -1 else 0
             return PRODUCT_COST + power + _cost(form.base) + _cost(-form.exp)
         return POWER_COST + _cost(form.base) + _cost(form.exp)
+    if isinstance(form, expm1):  # printed as (e^u - 1)
+        return _cost(sympy.Add(sympy.exp(form.args[0]), sympy.S.NegativeOne, evaluate=False))
     return CALL_COST + sum(_cost(a) for a in form.args if isinstance(a, sympy.Basic))
 
 
@@ -767,11 +805,12 @@ class _TeacherPrinter(LatexPrinter):
                 term = _negate(term)
             elif i:
                 tex += " + "
-            text = self._print(term)
-            if term.is_Add:
-                text = rf"\left({text}\right)"
-            tex += text
+            tex += self._term_tex(term)
         return tex
+
+    def _term_tex(self, term: sympy.Basic) -> str:
+        text = self._print(term)
+        return rf"\left({text}\right)" if term.is_Add else text
 
     def _factor_tex(self, factor: sympy.Basic) -> str:
         text = self._print(factor)
@@ -838,4 +877,5 @@ __all__ = [
     "sum_tex",
     "teacher_form",
     "teacher_latex",
+    "teacher_terms",
 ]

@@ -18,7 +18,14 @@ from sympy import Abs, Indexed, Rational, Sum, Symbol, cosh, exp, tanh
 
 from symbackprop import forms
 from symbackprop.derive import LP, P, Z, derive, derive_activation, derive_output
-from symbackprop.forms import FormError, decimal_tex, hadamard, sum_tex, teacher_latex
+from symbackprop.forms import (
+    FormError,
+    decimal_tex,
+    hadamard,
+    sum_tex,
+    teacher_latex,
+    teacher_terms,
+)
 from symbackprop.functions import ACTIVATIONS, LOSSES, YHAT, A, X, Y, activation
 from symbackprop.functions import loss as loss_entry
 from symbackprop.primitives import sigmoid, step
@@ -167,6 +174,17 @@ def test_a_sum_with_equal_limits_is_its_term() -> None:
     assert teacher_latex(Sum(Indexed(x, k) ** 2, (k, 1, 3))) == sympy.latex(
         Sum(Indexed(x, k) ** 2, (k, 1, 3))
     )
+
+
+def test_terms_for_breaking_a_line() -> None:
+    gelu = derive_activation(ACTIVATIONS["gelu"]).derivative
+    terms = teacher_terms(gelu, NAMES)
+    assert terms[0] == r"\frac{1}{2}" and len(terms) == 3
+    assert all(t.startswith("+ ") for t in terms[1:])
+    assert teacher_terms(-Y + YHAT, NAMES) == [r"\hat{y}", "- y"]
+    assert teacher_terms(A * (1 - A), NAMES) == [r"a \left(1 - a\right)"]
+    big = sum(Symbol(f"w{i}") * tanh(Symbol(f"x{i}") - Y) for i in range(60))
+    assert " ".join(teacher_terms(big)) == teacher_latex(big) == sympy.latex(big)
 
 
 def test_sum_tex() -> None:
@@ -322,7 +340,8 @@ def _value(expr: sympy.Expr, point: dict) -> complex:
 def _assert_equal_form(expr: sympy.Expr, prefer: tuple) -> None:
     """The printed form, re-evaluated, equals ``expr`` at float points (an oracle apart from
     the module's own check: 30-digit values compared to 1e-12)."""
-    teacher_latex(expr, NAMES, prefer=prefer)  # raises FormError on a mismatch
+    tex = teacher_latex(expr, NAMES, prefer=prefer)  # raises FormError on a mismatch
+    assert " ".join(teacher_terms(expr, NAMES, prefer=prefer)) == tex
     form = forms._evaluate(forms.teacher_form(expr, prefer=prefer))
     meanings = {s: m for s, m in (p for p in prefer if isinstance(p, tuple))}
     form, expr = form.xreplace(meanings), expr.xreplace(meanings)
