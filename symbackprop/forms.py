@@ -78,7 +78,7 @@ from sympy.core.function import FunctionClass
 from sympy.printing.latex import LatexPrinter, _between_two_numbers_p
 
 from symbackprop.expressions import degree, expansion_terms, tree_size
-from symbackprop.primitives import expm1, sigmoid
+from symbackprop.primitives import expm1, sigmoid, to_textbook_form
 
 # --- budgets (operation counts, never a clock) ---------------------------------------------
 
@@ -359,12 +359,12 @@ def _factorable(expr: sympy.Expr) -> bool:
     # the polynomial code writes e^(851 z / 500) as (e^(z / 500))^851: a degree-851 polynomial
     for node in sympy.preorder_traversal(expr):
         exponent = node.args[0] if isinstance(node, sympy.exp) else None
-        if node.is_Pow and not node.exp.is_number:
+        if node.is_Pow and not node.exp.is_Integer:
             exponent = node.exp
-        for term in sympy.Add.make_args(exponent) if exponent is not None else ():
-            c = term.as_coeff_Mul()[0]
-            if c.is_Rational and max(abs(c.p), c.q) > FACTOR_MAX_DEGREE:
-                return False
+        if exponent is not None:
+            for c in exponent.atoms(sympy.Rational):
+                if max(abs(c.p), c.q) > FACTOR_MAX_DEGREE:
+                    return False
     return True
 
 
@@ -737,6 +737,8 @@ def _agree_at_points(left: sympy.Expr, right: sympy.Expr) -> bool | None:
         left.free_symbols | right.free_symbols,
         key=lambda s: (sympy.default_sort_key(s), sorted(s.assumptions0.items())),
     )
+    # sigmoid and softplus evaluate only at Numbers: at tanh(5/7) they are their exp forms
+    left, right = to_textbook_form(left), to_textbook_form(right)
     conclusive = 0
     for j in range(POINTS):
         point = {s: _VALUES[(j + 5 * i) % len(_VALUES)] for i, s in enumerate(symbols)}
@@ -754,7 +756,10 @@ def _agree_at_points(left: sympy.Expr, right: sympy.Expr) -> bool | None:
 
 
 def _finite_number(value: sympy.Basic) -> bool:
-    return bool(value.is_number and value.is_finite and not value.has(sympy.nan, sympy.zoo))
+    """A finite number written with digits (not a call that did not evaluate)."""
+    if not value.is_number or value.atoms(sympy.Function) or value.has(sympy.nan, sympy.zoo):
+        return False
+    return bool(value.is_finite)
 
 
 # --- printing ------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from symbackprop.forms import (
 )
 from symbackprop.functions import ACTIVATIONS, LOSSES, YHAT, A, X, Y, activation
 from symbackprop.functions import loss as loss_entry
-from symbackprop.primitives import sigmoid, step
+from symbackprop.primitives import sigmoid, softplus, step
 from symbackprop.spec import FunctionSpec, load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -267,6 +267,27 @@ def test_a_huge_expression_is_sympys_own_form(monkeypatch: pytest.MonkeyPatch) -
 
     monkeypatch.setattr(forms, "_candidates", refuse)
     assert teacher_latex(big) == sympy.latex(big)
+
+
+def test_large_rationals_in_exponents_are_not_factored() -> None:
+    """factor writes e^(851/500) as (e^(1/500))^851: it ran for minutes on such input."""
+    expr = -exp(Rational(851, 500)) + 3 - 1 / YHAT**2
+    assert not forms._factorable(expr)
+    assert not forms._factorable(exp((A - Y - Rational(601, 500)) ** 2))
+    assert forms._factorable(exp(-3 * X - 1) + 1)
+    assert teacher_latex(expr, NAMES) == r"3 - e^{1.702} - \frac{1}{\hat{y}^{2}}"
+
+
+def test_points_where_a_primitive_does_not_evaluate() -> None:
+    """softplus(tanh(5/7) - 7/4) stays a call: the check evaluates its exp form instead."""
+    expr = -2 * cosh(Y) + softplus(A + tanh(Z) - Rational(7, 4)) + Rational(41, 16)
+    prefs = forms._preferences(())
+    spelled = expr.replace(
+        lambda e: isinstance(e, softplus), lambda e: sympy.log(1 + exp(e.args[0]))
+    )
+    assert forms._same(expr, spelled, prefs) is True
+    assert forms._same(expr, spelled + Rational(1, 10**30), prefs) is False
+    assert teacher_latex(expr, NAMES).startswith(r"2.5625 - 2 \cosh")  # 41/16
 
 
 def test_a_bad_preference_is_refused() -> None:
