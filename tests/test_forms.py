@@ -8,13 +8,14 @@ are the ones the documents will print.
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import sympy
-from sympy import Abs, Indexed, Rational, Sum, Symbol, cosh, exp, tanh
+from sympy import Abs, Indexed, Integer, Rational, Sum, Symbol, cosh, exp, tanh
 
 from symbackprop import forms
 from symbackprop.derive import LP, P, Z, derive, derive_activation, derive_output
@@ -28,7 +29,7 @@ from symbackprop.forms import (
 )
 from symbackprop.functions import ACTIVATIONS, LOSSES, YHAT, A, X, Y, activation
 from symbackprop.functions import loss as loss_entry
-from symbackprop.primitives import sigmoid, softplus, step
+from symbackprop.primitives import expm1, sigmoid, softplus, step
 from symbackprop.spec import FunctionSpec, load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -424,3 +425,33 @@ def test_every_bundled_example() -> None:
             f = d.network.output.expr.xreplace({X: Z})
             for expr in (out.loss, out.delta, out.generic_delta):
                 _assert_equal_form(expr, ((A, f), Y))
+
+
+def _random_expression(rng: random.Random, depth: int) -> sympy.Expr:
+    leaves = [Z, A, Y, YHAT, Integer(1), Integer(2), Rational(1, 2), Rational(851, 500), -1]
+    calls = [tanh, exp, sigmoid, Abs, step, softplus, sympy.sin, cosh, sympy.erf, expm1]
+    if depth == 0 or rng.random() < 0.25:
+        return sympy.sympify(rng.choice(leaves))
+    left, right = _random_expression(rng, depth - 1), _random_expression(rng, depth - 1)
+    pick = rng.random()
+    if pick < 0.3:
+        return left + right
+    if pick < 0.55:
+        return left * right
+    if pick < 0.65:
+        return left - right
+    if pick < 0.72:
+        return left / (1 + right**2)
+    if pick < 0.8:
+        return left ** rng.choice([2, 3, -1, -2])
+    return rng.choice(calls)(left)
+
+
+def test_random_expressions() -> None:
+    """Seeded random expressions with each kind of preference: every form printed equals its
+    input (the oracle above) and its terms join to the same string."""
+    rng = random.Random(20240610)
+    preferences = [(), ((A, tanh(Z)), Y), ((A, sigmoid(Z)),), (sigmoid,), (YHAT, Y)]
+    for _ in range(80):
+        expr = _random_expression(rng, rng.choice([2, 3, 4]))
+        _assert_equal_form(expr, rng.choice(preferences))
