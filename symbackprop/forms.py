@@ -57,7 +57,9 @@ at most ``DECIMAL_MAX_PLACES`` decimal places prints as its exact terminating de
 
 Budgets are operation counts, never a clock: an input of more than ``MAX_NODES`` tree nodes
 prints in SymPy's own form at once (no candidates, no checks), and each candidate step has
-its own size, degree and generator budget.  Results are cached per (expression, prefer).
+its own size, degree and generator budget (``factor`` also needs every rational in an
+exponent within ``FACTOR_MAX_DEGREE``: to it e^(851 z/500) is a polynomial of degree 851).
+Results are cached per (expression, prefer).
 
 ``hadamard(left_tex, factor, names)`` writes ``left \\odot factor`` for the recursion
 delta = (W^T delta) * f'(z): just ``left`` when the factor is 1, and the factor in brackets
