@@ -47,7 +47,12 @@ def require(condition: bool, what: str) -> None:
 
 
 def to_tex(expr: sympy.Expr, names: Mapping[sympy.Symbol, str] | None = None, **kw: object) -> str:
-    return make_printer(names, **kw).doprint(expr)
+    return bars(make_printer(names, **kw).doprint(expr))
+
+
+def bars(tex: str) -> str:
+    """Absolute values with ``\\lvert``/``\\rvert``: a bare ``|`` splits a Markdown table cell."""
+    return tex.replace(r"\left|", r"\left\lvert ").replace(r"\right|", r"\right\rvert ")
 
 
 def as_factor(expr: sympy.Expr, printer: LatexPrinter) -> str:
@@ -81,6 +86,8 @@ def glyphs(tex: str) -> int:
     """A rough count of the glyphs a LaTeX string prints (for line breaking only)."""
     s = re.sub(r"\\(left|right|big|Big|operatorname|mathrm|text|,|;|!|quad|qquad)", "", tex)
     s = re.sub(r"\\(frac|tfrac)\{([^{}]*)\}\{([^{}]*)\}", lambda m: max(m[2], m[3], key=len), s)
+    # named functions print their names
+    s = re.sub(r"\\(log|exp|sinh|cosh|tanh|sin|cos|tan|max|min|erf|sign)(?![A-Za-z])", r"\1", s)
     s = re.sub(r"\\[A-Za-z]+", "x", s)
     return len(re.sub(r"[{}^_ &]", "", s))
 

@@ -38,8 +38,7 @@ import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
 from functools import cache, lru_cache
 from pathlib import Path
 
@@ -48,8 +47,7 @@ import numpy as np
 import sympy
 
 import symbackprop.layers as layer_maps
-from symbackprop import exact, rules
-from symbackprop.checkpoint import point
+from symbackprop import figures, lesson, rules, teaching
 from symbackprop.derive import LP, Derivation, P, Z, derive_activation, softmax_jacobian_check
 from symbackprop.document import (
     WIDTH,
@@ -64,6 +62,7 @@ from symbackprop.document import (
     latex_names,
     make_printer,
     operand,
+    ref,
     require,
     signed,
     text_md,
@@ -86,6 +85,7 @@ from symbackprop.graph import (
     weight,
 )
 from symbackprop.layers import LAYERS
+from symbackprop.lesson import EXAMPLE_SEEDS, WorkedExample, silent_units, worked_example
 from symbackprop.primitives import step, to_textbook_form
 from symbackprop.spec import FlatLayer, layer_parameters
 
@@ -195,18 +195,39 @@ def _f_latex(derivation: Derivation, layer: int, arg: str = "z") -> str:
 # --- sections --------------------------------------------------------------------------------
 
 
+def _ranges(numbers: Iterable[int]) -> str:
+    """(1)–(4), (6) for 1, 2, 3, 4, 6."""
+    numbers = sorted(numbers)
+    out: list[str] = []
+    start = prev = numbers[0]
+    for n in [*numbers[1:], None]:
+        if n is not None and n == prev + 1:
+            prev = n
+            continue
+        out.append(f"({start})" if start == prev else f"({start})\u2013({prev})")
+        if n is not None:
+            start = prev = n
+    return ", ".join(out)
+
+
 def _intro(doc: Doc) -> str:
     d = doc.d
     net = d.network
-    cited = ", ".join(f"({n})" for n in d.cited)
-    core = f"(1)--({len(d.equations)})".replace("--", "\u2013")
     return (
         f"This document derives backpropagation for the network `{net.spec.name}` "
-        f"(sizes {'-'.join(map(str, net.sizes))}, {net.parameter_count} parameters) with SymPy. "
-        f"Equations {core} are the core equations: the generated NumPy module "
-        f"`{net.spec.name}.py` cites equations {cited} in its comments as (eq. N). "
-        "Every other displayed equation is numbered N.k after the core equation N it "
-        "belongs to, and every symbolic step shown was checked with SymPy."
+        f"(sizes {'-'.join(map(str, net.sizes))}, {net.parameter_count} parameters) with "
+        "SymPy, in the order a first course tells it: the forward pass, why the non-linearity "
+        "matters, the loss, the chain rule, the errors flowing back, gradient descent"
+        + (", a worked example" if _small(net) else "")
+        + " and the big picture.\n\n"
+        f"Equations {_ranges(e.number for e in d.equations)} are the core equations. Each has "
+        "the same number in every document symbackprop writes (the output error is always "
+        "(6)), and the generated NumPy module "
+        f"`{net.spec.name}.py` cites equations {', '.join(ref(n) for n in d.cited)} in its "
+        "comments as (eq. N).\n\n"
+        "Every other displayed equation is numbered N.k and follows its core equation N. "
+        "Every symbolic step shown was checked with SymPy, and every number comes from an "
+        "exact evaluation."
     )
 
 
@@ -235,6 +256,7 @@ def _section_network(doc: Doc) -> None:
             ]
         )
     doc.table(["layer $l$", "units $n_l$", "activation", "shape of $W^{(l)}$", "parameters"], rows)
+    doc.figure(figures.network_figure(net.spec))
     doc.text(
         "Notation: $a^{(0)} = x$ is the input; $z^{(l)} = W^{(l)} a^{(l-1)} + b^{(l)}$ is "
         "the pre-activation and $a^{(l)} = f_l(z^{(l)})$ the activation of layer $l$; the "
@@ -274,13 +296,24 @@ def _section_forward(doc: Doc) -> None:
         _forward_kinds(doc)
         return
     doc.section("The forward pass")
+    doc.text(
+        "Every layer computes, for one sample, weighted sums of the previous layer's outputs "
+        "plus a bias, the pre-activations, and applies its activation to them:"
+    )
+    displays = [doc.core("forward.linear"), doc.core("forward.activation")]
+    if net.output.softmax:
+        displays.append(doc.core("forward.softmax"))
+    doc.math(*displays)
+    if net.output.softmax:
+        doc.text(
+            "The softmax output turns the last pre-activations into probabilities; the code "
+            "evaluates its logarithm with the largest $z^{(L)}_j$ subtracted, which changes "
+            "nothing mathematically and keeps $e^z$ from overflowing."
+        )
     act_key = {True: "forward.softmax", False: "forward.activation"}
     if _small(net):
         names = latex_names(s for n in net.neuron_graph for s in n.expr.free_symbols | {n.symbol})
-        doc.text(
-            "Neuron by neuron, each pre-activation is a weighted sum of the previous layer's "
-            "outputs plus a bias, and each activation applies $f_l$ to it:"
-        )
+        doc.text("Neuron by neuron, for this network:")
         for layer in range(1, net.depth + 1):
             softmax = d.layers[layer - 1].activation.softmax
             doc.text(f"Layer {layer} (`{_act_name(d, layer)}`):")
@@ -299,11 +332,6 @@ def _section_forward(doc: Doc) -> None:
             f"{EXPANDED_LIMIT} within which this document writes out every neuron, so the "
             "forward pass is given in matrix form only."
         )
-    doc.text("In matrix form, for one sample, every layer computes")
-    displays = [doc.core("forward.linear"), doc.core("forward.activation")]
-    if net.output.softmax:
-        displays.append(doc.core("forward.softmax"))
-    doc.math(*displays)
     rows = []
     for layer in range(1, net.depth + 1):
         rows_, cols_ = net.sizes[layer], net.sizes[layer - 1]
@@ -316,7 +344,7 @@ def _section_forward(doc: Doc) -> None:
                 ((left, rf" = W^{{({layer})}} {prev} + b^{{({layer})}},\quad {shape}"),),
             )
         )
-    doc.text("Layer by layer, with the shapes:")
+    doc.text("In matrix form, layer by layer, with the shapes:")
     doc.math(*rows)
     doc.text("and for a batch whose samples are the rows of $A^{(0)} = X$ (the code's convention):")
     doc.math(
@@ -333,14 +361,20 @@ def _section_forward(doc: Doc) -> None:
     )
 
 
-def _section_identity(doc: Doc, runs: list[tuple[int, int]]) -> None:
-    _d, net = doc.d, doc.d.network
+def _section_nonlinearity(doc: Doc) -> None:
     doc.section("Why the non-linearity matters")
-    doc.text(
-        "Without a non-linear activation, stacked layers are no more expressive than one: "
-        "the composition of affine maps is affine. This network has consecutive identity "
-        "layers, so here is the collapse, checked by SymPy."
-    )
+    teaching.collapse(doc)
+    runs = identity_runs(doc.d)
+    if runs:
+        doc.text(
+            "This network does have consecutive identity layers, and those collapse: here "
+            "is the collapse, checked by SymPy."
+        )
+        _identity_runs(doc, runs)
+
+
+def _identity_runs(doc: Doc, runs: list[tuple[int, int]]) -> None:
+    _d, net = doc.d, doc.d.network
     for first, last in runs:
         for lower in range(first, last):
             upper = lower + 1
@@ -459,7 +493,11 @@ def _section_chain(doc: Doc) -> None:
         return
     depth = net.depth
     doc.section("The chain rule")
-    doc.text("The loss of one sample is a composite function of the parameters:")
+    teaching.chain_rule_scalar(doc)
+    doc.text(
+        "The network as a composite function: the loss of one sample is a chain of the "
+        "layers' maps, applied to the parameters:"
+    )
     inner = r"W^{(1)} x + b^{(1)}"
     if depth <= 4:
         for layer in range(1, depth):
@@ -485,14 +523,7 @@ def _section_chain(doc: Doc) -> None:
             rf"\frac{{\partial a^{{({layer})}}}}{{\partial z^{{({layer})}}}}",
         ]
     factors.append(r"\frac{\partial z^{(1)}}{\partial W^{(1)}}")
-    rows = []
-    for start in range(0, len(factors), 5):
-        chunk = " ".join(factors[start : start + 5])
-        rows.append(
-            ("", r"\quad " + chunk)
-            if start
-            else (r"\frac{\partial \ell}{\partial W^{(1)}}", " = " + chunk)
-        )
+    rows = wrap(r"\frac{\partial \ell}{\partial W^{(1)}}", "=", factors)
     doc.math(doc.sub("loss", rows))
     doc.text("The factors are")
     doc.math(
@@ -690,17 +721,19 @@ def _section_output_softmax(doc: Doc) -> None:
             )
         )
         doc.text(
-            "In general (the rule the generated code evaluates, for any loss of the probabilities):"
+            "The rule the generated code evaluates, "
+            + ref(d.number("delta.output"))
+            + ", holds for any loss of the probabilities and reduces to this one."
         )
-        doc.math(doc.core("delta.output"))
     else:
         doc.text(
             "By the chain rule through the Jacobian, "
             "$\\partial \\ell/\\partial z_k = \\sum_j \\partial \\ell/\\partial \\hat y_j\\, "
             "\\hat y_j(\\delta_{jk} - \\hat y_k) = q_k - \\hat y_k \\sum_j q_j$ with "
-            "$q_j = \\hat y_j\\, \\partial \\ell / \\partial \\hat y_j$, which SymPy gives as:"
+            "$q_j = \\hat y_j\\, \\partial \\ell / \\partial \\hat y_j$, as in "
+            + ref(d.number("delta.output"))
+            + "."
         )
-        doc.math(doc.core("delta.output"))
 
 
 def _section_output(doc: Doc) -> None:
@@ -721,6 +754,9 @@ def _section_output(doc: Doc) -> None:
             "The backward pass starts at the output layer with "
             "$\\delta^{(L)} = \\partial \\ell / \\partial z^{(L)}$."
         )
+    doc.text("For this network's output layer and loss it is")
+    doc.math(doc.core("delta.output"))
+    doc.text("and here is how SymPy derives it.")
     if out.softmax:
         _section_output_softmax(doc)
         return
@@ -767,11 +803,10 @@ def _section_output(doc: Doc) -> None:
         )
         displays.append(doc.sub("delta.output", broken("", "=", simple, names)))
         doc.math(*displays)
-        doc.text("and with $a = f(z)$ the output error is")
+        doc.text("and with $a = f(z)$ this is the output error " + ref(d.number("delta.output")))
     else:
         doc.math(*displays)
-        doc.text("which SymPy simplifies to")
-    doc.math(doc.core("delta.output"))
+        doc.text("which SymPy simplifies to the output error " + ref(d.number("delta.output")))
 
 
 def _prime(ad, z: sympy.Symbol) -> sympy.Expr:  # noqa: ANN001 - ActivationDerivative
@@ -790,6 +825,7 @@ def _section_backward(doc: Doc) -> None:
         "derivative of the activation:"
     )
     doc.math(doc.core("delta.hidden"))
+    teaching.hadamard(doc)
     displays = []
     for layer in range(depth - 1, 0, -1):
         ad = d.layers[layer - 1]
@@ -842,8 +878,12 @@ def _section_backward(doc: Doc) -> None:
         )
     doc.text("Per layer, for one sample:")
     doc.math(*displays)
+    teaching.shapes(doc)
+    teaching.why_fast(doc, lesson.operation_counts(net.spec))
     if _small(net):
         _per_weight(doc)
+    else:
+        _one_path(doc)
 
 
 def _output_delta_expr(d: Derivation, k: int) -> sympy.Expr:
@@ -898,10 +938,14 @@ def _delta_one_level(d: Derivation, layer: int, i: int, names: Mapping, **kw: ob
         for k in range(1, net.sizes[layer + 1] + 1)
     ]
     prime = _prime(d.layers[layer - 1], pre_activation(layer, i))
-    factors = as_factors(prime, printer)
-    pieces = [rf"\left({' + '.join(terms)}\right)"] + [
-        times.strip() + " " + f if times.strip() else f for f in factors
-    ]
+    factors = [] if prime == 1 else as_factors(prime, printer)
+    joined = " + ".join(terms)
+    if glyphs(joined) <= WIDTH // 2:
+        head = [rf"\left({joined}\right)"]
+    else:  # one piece per term, so that the line may break inside the sum
+        head = [rf"\bigl({terms[0]}"] + [f"+ {t}" for t in terms[1:]]
+        head[-1] += r"\bigr)"
+    pieces = head + [times.strip() + " " + f if times.strip() else f for f in factors]
     return [tidy_numbers(p) for p in pieces]
 
 
@@ -914,47 +958,89 @@ def _scalar_names(net: SymbolicNetwork) -> dict[sympy.Symbol, str]:
     return latex_names(symbols)
 
 
+PER_NEURON_INPUTS = 5  # a neuron's weights in one line up to this many inputs
+
+
 def _per_weight(doc: Doc) -> None:
+    """Each layer's first weight through every path in full, then every weight in one line."""
     d, net = doc.d, doc.d.network
     names = _scalar_names(net)
     doc.text(
         "Weight by weight, each derivative is a sum over the paths from the weight to the loss "
-        "of products of local partial derivatives; the sums over the later layers' neurons are "
-        "exactly $\\delta^{(l)}_i$, expanded here one level"
+        "of products of local partial derivatives (the sums run over the neurons of the later "
+        "layers). For the first weight of each layer in full:"
+    )
+    displays = []
+    for layer in range(net.depth, 0, -1):
+        w, a = weight(layer, 1, 1), activation(layer - 1, 1)
+        left = rf"\frac{{\partial \ell}}{{\partial {latex_name(w)}}}"
+        rows = list(wrap(left, "=", _path_factors(net, layer, 1, latex_name(w))))
+        rows.append(("", rf" = \delta^{{({layer})}}_{{1}} {latex_name(a)}"))
+        displays.append(doc.sub("grad.W", rows))
+    doc.math(*displays)
+    doc.text(
+        "The sums over the later layers are exactly $\\delta^{(l)}_i$: computing the "
+        "$\\delta$'s once, layer by layer from the output, is what saves backpropagation "
+        "from summing over every path again for every weight. With them, every weight and "
+        "bias of neuron $i$ of layer $l$ takes one line"
         + (
             " (the $\\ell_2$ term adds $\\lambda w^{(l)}_{ij}$ to $\\partial L / \\partial "
             "w^{(l)}_{ij}$)"
             if net.spec.l2
             else ""
         )
-        + ":"
+        + ", with $\\delta^{(l)}_i$ expanded one level:"
     )
     for layer in range(net.depth, 0, -1):
         displays = []
+        prev = [latex_name(activation(layer - 1, j)) for j in range(1, net.sizes[layer - 1] + 1)]
+        fan_in = net.sizes[layer - 1]
         for i in range(1, net.sizes[layer] + 1):
-            for j in range(1, net.sizes[layer - 1] + 1):
-                w, a = weight(layer, i, j), activation(layer - 1, j)
-                left = rf"\frac{{\partial \ell}}{{\partial {latex_name(w)}}}"
-                rows = list(wrap(left, "=", _path_factors(net, layer, i, latex_name(w))))
-                rows.append(("", rf" = \delta^{{({layer})}}_{{{i}}} {latex_name(a)}"))
-                rows += wrap("", "=", [*_delta_one_level(d, layer, i, names), latex_name(a)])
-                displays.append(doc.sub("grad.W", rows))
-        doc.text(f"Layer {layer}, weights:")
-        doc.math(*displays)
-        displays = [
-            doc.sub(
-                "grad.b",
-                (
+            ws = [latex_name(weight(layer, i, j)) for j in range(1, fan_in + 1)]
+            dname = names[sympy.Symbol(f"delta{layer}_{i}", real=True)]
+            if fan_in <= PER_NEURON_INPUTS:
+                rows: tuple[Row, ...] = (
                     (
-                        rf"\frac{{\partial \ell}}{{\partial {latex_name(bias(layer, i))}}}",
-                        rf" = \delta^{{({layer})}}_{{{i}}} \cdot 1 = \delta^{{({layer})}}_{{{i}}}",
+                        rf"\frac{{\partial \ell}}{{\partial \left({', '.join(ws)}, "
+                        rf"{latex_name(bias(layer, i))}\right)}}",
+                        rf" = {dname} \left({', '.join(prev)}, 1\right)",
                     ),
-                ),
-            )
-            for i in range(1, net.sizes[layer] + 1)
-        ]
-        doc.text(f"Layer {layer}, biases:")
+                )
+            else:  # too many inputs for one line: the pattern, with its range
+                w_ij = f"w^{{({layer})}}_{{{i}{',' if i > 9 else ''}j}}"
+                a_j = "x_{j}" if layer == 1 else f"a^{{({layer - 1})}}_{{j}}"
+                rows = (
+                    (
+                        rf"\frac{{\partial \ell}}{{\partial {w_ij}}}",
+                        rf" = {dname} {a_j}\ \ (j = 1, \dots, {fan_in}),\quad "
+                        rf"\frac{{\partial \ell}}{{\partial {latex_name(bias(layer, i))}}}"
+                        rf" = {dname}",
+                    ),
+                )
+            displays.append(doc.sub("grad.W", rows))
+        for i in range(1, net.sizes[layer] + 1):
+            dname = names[sympy.Symbol(f"delta{layer}_{i}", real=True)]
+            key = "delta.output" if layer == net.depth else "delta.hidden"
+            displays.append(doc.sub(key, wrap(dname, "=", _delta_one_level(d, layer, i, names))))
+        doc.text(f"Layer {layer}:")
         doc.math(*displays)
+
+
+def _one_path(doc: Doc) -> None:
+    """For networks too large to list every weight: one weight of layer 1 through every path."""
+    net = doc.d.network
+    w = weight(1, 1, 1)
+    doc.text(
+        f"This network has {net.parameter_count} parameters, too many to list every weight "
+        "(this document writes every weight out up to "
+        f"{EXPANDED_LIMIT}). One path in full instead: the first weight of layer 1 reaches the "
+        "loss through every neuron of every later layer, and the chain rule sums over all of "
+        "those paths:"
+    )
+    left = rf"\frac{{\partial \ell}}{{\partial {latex_name(w)}}}"
+    rows = list(wrap(left, "=", _path_factors(net, 1, 1, latex_name(w))))
+    rows.append(("", rf" = \delta^{{(1)}}_{{1}} {latex_name(activation(0, 1))}"))
+    doc.math(doc.sub("grad.W", rows))
 
 
 # --- networks with layers of other kinds (DESIGN §2b) ----------------------------------------
@@ -1050,6 +1136,7 @@ def _network_kinds(doc: Doc) -> None:
     d, net = doc.d, doc.d.network
     out = net.output_layer.index
     doc.section("The network and the notation")
+    doc.figure(figures.network_figure(net.spec))
     doc.text(
         f"The network has $n_0 = {net.sizes[0]}$ inputs and {net.depth} layers, numbered "
         + (
@@ -1351,6 +1438,7 @@ def _composite_rows(net: SymbolicNetwork) -> tuple[Row, ...] | None:
 def _chain_kinds(doc: Doc) -> None:
     net = doc.d.network
     doc.section("The chain rule")
+    teaching.chain_rule_scalar(doc)
     rows = _composite_rows(net)
     if rows is not None:
         operators = [
@@ -1374,7 +1462,7 @@ def _chain_kinds(doc: Doc) -> None:
     )
     doc.math(
         doc.sub(
-            "delta.hidden",
+            "loss",
             (
                 (
                     r"\frac{\partial \ell}{\partial a^{(l)}}",
@@ -1446,7 +1534,7 @@ def _chain_kinds(doc: Doc) -> None:
             )
         else:
             continue  # the normalizations: below
-        displays.append(doc.sub(f"{kind}.backward", rows))
+        displays.append(doc.sub("loss", rows))
     doc.math(*displays)
     norms = [LAYERS[k].title for k in _kinds_used(net) if k in _OPERATOR]
     if norms:
@@ -1501,6 +1589,12 @@ def _hat_names(rule: rules.KindRule, hats: list[sympy.Symbol], x: list) -> dict:
     return {h: names[xi].replace("x_", r"\hat x_", 1) for h, xi in zip(hats, x, strict=True)}
 
 
+def _rule_first(doc: Doc, kind: str) -> None:
+    """A kind's section opens with its backward rule; the derivation follows."""
+    doc.text("The rule the generated code evaluates, derived by SymPy below:")
+    doc.math(doc.core(f"{kind}.backward"))
+
+
 def _rule_norm(doc: Doc, kind: str) -> None:
     """Layer norm (one sample's n features) or batch norm (each feature over B samples)."""
     net = doc.d.network
@@ -1551,6 +1645,7 @@ def _rule_norm(doc: Doc, kind: str) -> None:
     title = LAYERS[kind].title
     numbers = _of_kind(net, kind)
     doc.section(f"The backward rule of {title}")
+    _rule_first(doc, kind)
     if batch:
         doc.text(
             f"Batch normalization ({_listing(numbers)}) couples the samples of a batch, so its "
@@ -1694,9 +1789,8 @@ def _rule_norm(doc: Doc, kind: str) -> None:
     doc.math(doc.sub(f"{kind}.backward", rows))
     doc.text(
         f"{_proof(rule)} For any ${'B' if batch else 'n'}$, the same steps give the rule the "
-        "generated code evaluates:"
+        f"generated code evaluates, {ref(doc.d.number(f'{kind}.backward'))} above."
     )
-    doc.math(doc.core(f"{kind}.backward"))
     grads = {p.name: p for p in rule.parameter_grads}
     doc.text(
         "SymPy's derivatives of $g^\\top y$ by the layer's own parameters are "
@@ -1736,6 +1830,7 @@ def _rule_rms_norm(doc: Doc) -> None:
 
     what = f"RMS normalization, n = {n}"
     doc.section(f"The backward rule of {LAYERS['rms_norm'].title}")
+    _rule_first(doc, "rms_norm")
     doc.text(
         f"RMS normalization ({_listing(_of_kind(net, 'rms_norm'))}) divides each sample by the "
         "root of the mean square of its features; it subtracts no mean and adds no shift. "
@@ -1816,9 +1911,8 @@ def _rule_rms_norm(doc: Doc) -> None:
     doc.text(
         f"{_proof(rule)} Without the mean, the term $-\\frac{{1}}{{n}} \\sum_j h_j$ of layer "
         "normalization's rule is absent. For any $n$, the same steps give the rule the "
-        "generated code evaluates:"
+        f"generated code evaluates, {ref(doc.d.number('rms_norm.backward'))} above."
     )
-    doc.math(doc.core("rms_norm.backward"))
     (grad,) = rule.parameter_grads
     doc.text(
         "SymPy's derivative of $g^\\top y$ by the layer's gain is $g_i \\hat x_i$ (for "
@@ -1834,6 +1928,7 @@ def _rule_dropout(doc: Doc) -> None:
     names = rule.symbol_names
     n = rule.n
     doc.section("The backward rule of dropout")
+    _rule_first(doc, "dropout")
     doc.text(
         f"Dropout ({_listing(_of_kind(net, 'dropout'))}) multiplies each feature by its mask "
         "entry $m_i$, drawn in the forward pass: $0$ with probability $p$, else $1/(1 - p)$. "
@@ -1853,9 +1948,8 @@ def _rule_dropout(doc: Doc) -> None:
     doc.text(
         f"{_proof(rule)} The error passes the units that were kept, scaled by $1/(1 - p)$ as "
         "they were, with the same mask as the forward pass; at inference the layer is the "
-        "identity. In general:"
+        f"identity. In general, this is {ref(doc.d.number('dropout.backward'))} above."
     )
-    doc.math(doc.core("dropout.backward"))
 
 
 def _rule_residual(doc: Doc) -> None:
@@ -1872,6 +1966,7 @@ def _rule_residual(doc: Doc) -> None:
     z_values = {zs[i]: b[i] + sum(w[i][j] * x[j] for j in range(n)) for i in range(n)}
     numbers = _of_kind(net, "residual")
     doc.section("The backward rule of the residual connection")
+    _rule_first(doc, "residual")
     doc.text(
         f"A residual layer ({_listing(numbers)}) adds its input to its block's output, "
         "$a^{(l)} = a^{(l-1)} + F(a^{(l-1)})$: the input reaches the output along two paths, "
@@ -1951,9 +2046,9 @@ def _rule_residual(doc: Doc) -> None:
         "and by the block, so the error at $x$ is the sum of the two paths' contributions. "
         "The skip passes $\\delta^{(l)}$ on unchanged; the block's last layer receives the "
         "same $\\delta^{(l)}$ at its output, the block's own backward pass carries it to "
-        "its input, and the result is added (`+=` in the code) to the skip's:"
+        "its input, and the result is added (`+=` in the code) to the skip's, as "
+        f"{ref(doc.d.number('residual.backward'))} above says."
     )
-    doc.math(doc.core("residual.backward"))
     doc.text(
         "The block's parameters get their gradients from their own layers' rules (SymPy's "
         "$\\partial (g^\\top y) / \\partial w_{ij}$ on the instance is the dense rule's "
@@ -2083,9 +2178,10 @@ def _backward_kinds(doc: Doc) -> None:
         "activation's derivative and passes $W^{(l)\\top} \\delta^{(l)}$ on:"
     )
     doc.math(doc.core("delta.hidden"))
+    teaching.hadamard(doc)
     doc.text(
         f"For this network, starting from the output error $\\delta^{{({out})}}$ "
-        f"(equation ({d.number('delta.output')})):"
+        f"(equation {ref(d.number('delta.output'))}):"
     )
     for index in reversed(net.spec.order):
         layer = net.flat[index - 1]
@@ -2164,12 +2260,13 @@ def _backward_kinds(doc: Doc) -> None:
             )
     doc.text(
         "Per layer, for one sample (the normalizations' by their equations "
-        + ", ".join(f"({d.number(f'{k}.grad')})" for k in _kinds_used(net) if k in _OPERATOR)
+        + ", ".join(ref(d.number(f"{k}.grad")) for k in _kinds_used(net) if k in _OPERATOR)
         + "; a batch's gradient is the mean over its samples):"
         if any(k in _OPERATOR for k in _kinds_used(net))
         else "Per layer, for one sample (a batch's gradient is the mean over its samples):"
     )
     doc.math(*displays)
+    teaching.shapes(doc)
 
 
 def _update_kinds(doc: Doc) -> None:
@@ -2177,7 +2274,9 @@ def _update_kinds(doc: Doc) -> None:
     train = net.spec.train
     norms = [k for k in _kinds_used(net) if k in _OPERATOR]
     doc.section("Gradient descent")
-    doc.text("Every parameter moves a small step against its gradient:")
+    teaching.descent_intro(doc)
+    doc.figure(figures.descent_figure())
+    doc.text("In the network, every parameter moves a small step against its gradient:")
     doc.math(doc.core("update"))
     rows: list[Row] = [
         (
@@ -2217,9 +2316,11 @@ def _update_kinds(doc: Doc) -> None:
     doc.text(
         f"The spec sets learning rate {decimal(train.lr)}, optimizer `{train.optimizer}`, "
         f"{train.epochs} epochs and batches of {train.batch_size}; the generated module's "
-        "`train_step` is the plain step above, and `fit` also offers momentum and Adam. "
-        "Training repeats five steps:"
+        "`train_step` is the plain step above, and `fit` also offers momentum and Adam."
     )
+    teaching.optimizer_rules(doc)
+    doc.section("The five training steps")
+    doc.text("Training repeats five steps, each one an equation of this document:")
     kinds = _kinds_used(net)
     fwd = [d.number("forward.linear"), d.number("forward.activation")]
     if net.output.softmax:
@@ -2230,18 +2331,18 @@ def _update_kinds(doc: Doc) -> None:
     doc.items(
         [
             "forward: every layer's output for a batch, in training mode, equations "
-            + ", ".join(f"({n})" for n in fwd)
+            + ", ".join(ref(n) for n in fwd)
             + ";",
-            f"loss: evaluate $L$, equation ({d.number('loss')});",
-            f"backpropagate: $\\delta^{{(L)}}$ by ({d.number('delta.output')}), then layer by "
-            f"layer by ({d.number('delta.hidden')}) and "
-            + ", ".join(f"({n})" for n in back)
+            f"loss: evaluate $L$, equation {ref(d.number('loss'))};",
+            f"backpropagate: $\\delta^{{(L)}}$ by {ref(d.number('delta.output'))}, then layer by "
+            f"layer by {ref(d.number('delta.hidden'))} and "
+            + ", ".join(ref(n) for n in back)
             + ", and the gradients by "
-            + ", ".join(f"({n})" for n in grads)
+            + ", ".join(ref(n) for n in grads)
             + ";",
-            f"update: every parameter by ({d.number('update')})"
+            f"update: every parameter by {ref(d.number('update'))}"
             + (
-                f", and the running statistics by ({d.number('batch_norm.running')});"
+                f", and the running statistics by {ref(d.number('batch_norm.running'))};"
                 if "batch_norm" in kinds
                 else ";"
             ),
@@ -2254,84 +2355,9 @@ def _update_kinds(doc: Doc) -> None:
 # --- the worked example ----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class WorkedExample:
-    """One sample's forward and backward pass, evaluated exactly (40 digits) on the graph."""
-
-    params: dict[str, np.ndarray]
-    x: np.ndarray
-    y: np.ndarray
-    values: dict[sympy.Symbol, sympy.Float]  # every node and input of the neuron graph
-    adjoints: dict[sympy.Symbol, sympy.Float]  # d loss / d symbol, per sample (no l2)
-    loss: float  # with the l2 term
-    gradients: dict[str, np.ndarray]  # with the l2 term
-    seed: int = 0  # the check point's seed
-
-
-# The worked example's point: the first seed below this count at which every unit's error
-# delta is non-zero, so that the gradient flows through every layer (a count, never a clock).
-EXAMPLE_SEEDS = 32
-
-
-def _flowing(derivation: Derivation, example: WorkedExample) -> int:
-    """How many dense units of the example pass no error back (delta exactly 0)."""
-    dead = 0
-    for layer in derivation.network.flat:
-        if layer.kind != "dense":
-            continue
-        for i in range(1, layer.units + 1):
-            if example.adjoints.get(pre_activation(layer.index, i), 0) == 0:
-                dead += 1
-    return dead
-
-
-def example_seed(derivation: Derivation) -> int:
-    """The first seed in [0, EXAMPLE_SEEDS) whose example has no unit without error; else the
-    seed with the fewest (the first of them)."""
-    best, fewest = 0, None
-    for seed in range(EXAMPLE_SEEDS):
-        dead = _flowing(derivation, _evaluate_example(derivation, seed))
-        if dead == 0:
-            return seed
-        if fewest is None or dead < fewest:
-            best, fewest = seed, dead
-    return best
-
-
-def worked_example(derivation: Derivation, seed: int | None = None) -> WorkedExample:
-    """The worked example at ``seed``, by default ``example_seed``'s (see there)."""
-    return _evaluate_example(derivation, example_seed(derivation) if seed is None else seed)
-
-
-@lru_cache(maxsize=256)
-def _evaluate_example(derivation: Derivation, seed: int) -> WorkedExample:
-    """Parameters and data as the certificate's check point (batch 1), evaluated exactly.
-
-    The point is ``checkpoint.point`` (the module's ``init_params(seed)`` as
-    ``symbackprop.initialize`` computes it, with the certificate's bias draw); the numbers
-    are ``exact.evaluate``'s, the certificate's own exact evaluation of the neuron-level graph.
-    Nothing here generates or runs the module.
-    """
-    net = derivation.network
-    params, X_, Y_ = point(net, batch=1, seed=seed)
-    result = exact.evaluate(net, params, X_, Y_)
-    adjoints = dict(result.adjoints[0])
-    adjoints.update(result.shared)
-    return WorkedExample(
-        params,
-        X_[0],
-        Y_[0],
-        dict(result.values[0]),
-        adjoints,
-        result.loss,
-        result.gradients,
-        seed,
-    )
-
-
 def _seed_reason(d: Derivation, ex: WorkedExample) -> str:
     """Why this seed: the first at which the error reaches every unit (or the fewest dead)."""
-    dead = _flowing(d, ex)
+    dead = silent_units(d, ex)
     if dead == 0:
         if ex.seed == 0:
             return "; at this point every unit passes an error back"
@@ -2351,7 +2377,6 @@ def _section_example(doc: Doc) -> None:
     d, net = doc.d, doc.d.network
     ex = worked_example(d)
     depth = net.depth
-    names = _scalar_names(net)
     val = dict(ex.values)
     for layer in range(1, depth + 1):
         for i in range(1, net.sizes[layer] + 1):
@@ -2378,24 +2403,19 @@ def _section_example(doc: Doc) -> None:
     displays = []
     for layer in range(1, depth + 1):
         W, b = net.weights(layer), net.biases(layer)
-        matrix = r" \\ ".join(" & ".join(decimal(val[s]) for s in W.row(i)) for i in range(W.rows))
-        vector = " & ".join(decimal(val[s]) for s in b)
-        displays.append(
-            doc.sub(
-                "forward.linear",
-                (
-                    (
-                        f"W^{{({layer})}}",
-                        rf" = \begin{{pmatrix}} {matrix} \end{{pmatrix}},\quad "
-                        rf"b^{{({layer})}} = \begin{{pmatrix}} {vector} \end{{pmatrix}}^\top",
-                    ),
-                ),
-            )
-        )
+        Wv = np.array([[float(val[s]) for s in W.row(i)] for i in range(W.rows)])
+        bv = np.array([float(val[s]) for s in b])
+        rows = _pair(f"W^{{({layer})}}", "", Wv, f"b^{{({layer})}}", "", bv)
+        displays.append(doc.sub("forward.linear", rows))
     doc.text("The parameters:")
     doc.math(*displays)
 
-    doc.text("Forward pass:")
+    doc.text(
+        "Forward pass, with the numbers put into "
+        + ", ".join(ref(d.number(k)) for k in ("forward.linear", "forward.activation"))
+        + (" and the softmax " + ref(d.number("forward.softmax")) if net.output.softmax else "")
+        + ":"
+    )
     for layer in range(1, depth + 1):
         softmax = d.layers[layer - 1].activation.softmax
         displays = []
@@ -2405,24 +2425,23 @@ def _section_example(doc: Doc) -> None:
             if node.kind == "z":
                 i = int(node.symbol.name.split("_")[1])
                 fan_in = net.sizes[layer - 1]
-                rows = list(_linear_rows(net, layer, i))
                 pieces = [
                     f"{nums[weight(layer, i, j)]} \\cdot {nums[activation(layer - 1, j)]}"
                     for j in range(1, fan_in + 1)
                 ] + [nums[bias(layer, i)]]
-                rows += wrap("", "=", signed(pieces))
+                rows = list(wrap(latex_name(node.symbol), "=", signed(pieces)))
                 key = "forward.linear"
             else:
-                rows = list(broken(latex_name(node.symbol), "=", node.expr, names))
-                rows += broken("", "=", node.expr, nums, **dot)
+                rows = list(broken(latex_name(node.symbol), "=", node.expr, nums, **dot))
                 key = "forward.softmax" if softmax else "forward.activation"
-            rows.append(("", f" = {decimal(val[node.symbol])}"))
+            last = rows[-1]
+            rows[-1] = (last[0], f"{last[1]} = {decimal(val[node.symbol])}")
             displays.append(doc.sub(key, rows))
         doc.math(*displays)
     node = net.neuron_graph[-1]
-    rows = list(broken(r"\ell", "=", node.expr, names))
-    rows += broken("", "=", node.expr, nums, **dot)
-    rows.append(("", f" = {decimal(val[LOSS])}"))
+    rows = list(broken(r"\ell", "=", node.expr, nums, **dot))
+    last = rows[-1]
+    rows[-1] = (last[0], f"{last[1]} = {decimal(val[LOSS])}")
     displays = [doc.sub("loss", rows)]
     if net.spec.l2:
         displays.append(
@@ -2463,71 +2482,201 @@ def _section_example(doc: Doc) -> None:
                 f"the worked example's {dsym}: the recursion gives {check}, not {val[dsym]}",
             )
             if layer == depth:  # on its own here, not a factor: no brackets
-                rows = list(broken(latex_name(dsym), "=", expr, names))
-                rows += broken("", "=", expr, nums, **dot)
+                rows = list(broken(latex_name(dsym), "=", expr, nums, **dot))
             else:
-                rows = list(wrap(latex_name(dsym), "=", _delta_one_level(d, layer, i, names)))
-                rows += wrap("", "=", _delta_one_level(d, layer, i, nums, **dot))
-            rows.append(("", f" = {decimal(val[dsym])}"))
+                rows = list(wrap(latex_name(dsym), "=", _delta_one_level(d, layer, i, nums, **dot)))
+            last = rows[-1]
+            rows[-1] = (last[0], f"{last[1]} = {decimal(val[dsym])}")
             displays.append(doc.sub(key, rows))
         doc.math(*displays)
 
     doc.text(
-        "The gradient entries"
-        + (" (with $\\lambda w$ for the weights)" if net.spec.l2 else "")
+        "The gradients, $\\partial \\ell / \\partial W^{(l)} = \\delta^{(l)} a^{(l-1)\\top}$ "
+        "and $\\partial \\ell / \\partial b^{(l)} = \\delta^{(l)}$"
+        + (" (with $\\lambda W^{(l)}$ added for the weights)" if net.spec.l2 else "")
         + ":"
     )
+    displays = []
     for layer in range(depth, 0, -1):
-        displays = []
-        for i in range(1, net.sizes[layer] + 1):
-            dsym = sympy.Symbol(f"delta{layer}_{i}", real=True)
-            for j in range(1, net.sizes[layer - 1] + 1):
-                w, a = weight(layer, i, j), activation(layer - 1, j)
-                extra = rf" + \lambda {latex_name(w)}" if net.spec.l2 else ""
-                extra_n = rf" + {operand(net.spec.l2)} \cdot {nums[w]}" if net.spec.l2 else ""
-                value = ex.gradients[f"W{layer}"][i - 1, j - 1]
-                displays.append(
-                    doc.sub(
-                        "grad.W",
-                        (
-                            (
-                                rf"\frac{{\partial L}}{{\partial {latex_name(w)}}}",
-                                rf" = {latex_name(dsym)} {latex_name(a)}{extra} = {nums[dsym]} "
-                                rf"\cdot {nums[a]}{extra_n}"
-                                rf" = {decimal(value)}",
-                            ),
-                        ),
-                    )
-                )
-            value = ex.gradients[f"b{layer}"][i - 1]
-            displays.append(
-                doc.sub(
-                    "grad.b",
-                    (
-                        (
-                            rf"\frac{{\partial L}}{{\partial {latex_name(bias(layer, i))}}}",
-                            rf" = {latex_name(dsym)} = {decimal(value)}",
-                        ),
-                    ),
-                )
-            )
-        doc.math(*displays)
-    lr = net.spec.train.lr
-    w = weight(1, 1, 1)
-    g = ex.gradients["W1"][0, 0]
+        G, g = ex.gradients[f"W{layer}"], ex.gradients[f"b{layer}"]
+        dW = rf"\frac{{\partial L}}{{\partial W^{{({layer})}}}}"
+        db = rf"\frac{{\partial L}}{{\partial b^{{({layer})}}}}"
+        displays.append(doc.sub("grad.W", _pair(dW, "", G, db, "", g)))
+    doc.math(*displays)
+    _example_step(doc, ex, nums)
+
+
+MATRIX_COLUMNS = 6  # wider matrices of numbers are printed transposed (narrower then)
+SHARED_ROW_COLUMNS = 3  # a matrix and a vector this narrow share one row
+
+
+def _pair(
+    left: str, rule: str, matrix: np.ndarray, vleft: str, vrule: str, vector: np.ndarray
+) -> tuple[Row, ...]:
+    """``left rule = matrix, vleft vrule = vector`` as aligned rows that fit the line: one
+    row when both are narrow, else one each, the value on its own row after a long rule."""
+    shown = _matrix(matrix)
+    rows_, columns = np.atleast_2d(matrix).shape
+    if columns > MATRIX_COLUMNS and rows_ < columns:  # _matrix prints it transposed
+        columns = rows_
+    vec = _column(vector)
+    relation = " =" if not vrule else ""
+    if columns <= SHARED_ROW_COLUMNS and len(np.ravel(vector)) <= SHARED_ROW_COLUMNS:
+        return ((left, rf"{rule} = {shown},\quad {vleft}{vrule}{relation} {vec}"),)
+    if rule and columns > SHARED_ROW_COLUMNS:
+        rows: list[Row] = [(left, rule), ("", f" = {shown},")]
+    else:
+        rows = [(left, f"{rule} = {shown},")]
+    rows.append((vleft, f"{vrule}{relation} {vec}"))
+    return tuple(rows)
+
+
+def _matrix(values: np.ndarray) -> str:
+    """A matrix of numbers as a LaTeX pmatrix (four significant digits), transposed with
+    a ``^\\top`` when it is wider than ``MATRIX_COLUMNS`` and taller than wide."""
+    values = np.atleast_2d(values)
+    top = ""
+    if values.shape[1] > MATRIX_COLUMNS and values.shape[0] < values.shape[1]:
+        values, top = values.T, r"^\top"
+    body = r" \\ ".join(" & ".join(decimal(v) for v in row) for row in values)
+    return rf"\begin{{pmatrix}} {body} \end{{pmatrix}}{top}"
+
+
+def _column(values: np.ndarray) -> str:
+    """A vector of numbers: a transposed row when short, else a column."""
+    values = np.ravel(values)
+    if len(values) <= MATRIX_COLUMNS:
+        return _matrix(values[None]) + r"^\top"
+    return _matrix(values[:, None])
+
+
+def _entries(entries: Iterable, key: str, field: str, shape: tuple[int, ...]) -> np.ndarray:
+    """The ``field`` of a lesson step's entries of parameter ``key``, as an array."""
+    out = np.zeros(shape)
+    for e in entries:
+        if e.key == key:
+            out[e.index] = float(getattr(e, field))
+    return out
+
+
+def _example_step(doc: Doc, ex: WorkedExample, nums: Mapping) -> None:
+    """One full SGD step of every parameter, the loss before and after, then the optimizer's."""
+    d, net = doc.d, doc.d.network
+    _ex, step, _dead = _lesson(d)
+    shapes = net.spec.parameters
     doc.text(
-        f"One gradient-descent step with $\\eta = {decimal(lr)}$ would then move, for example,"
+        f"One gradient-descent step {ref(d.number('update'))} with $\\eta = {decimal(step.lr)}$ "
+        "moves every parameter against its gradient:"
+    )
+    displays = []
+    for layer in range(1, net.depth + 1):
+        W, b = f"W{layer}", f"b{layer}"
+        after_W = _entries(step.entries, W, "after", shapes[W])
+        after_b = _entries(step.entries, b, "after", shapes[b])
+        rule = (
+            rf" \leftarrow W^{{({layer})}} - {operand(step.lr)}\,"
+            rf"\frac{{\partial L}}{{\partial W^{{({layer})}}}}"
+        )
+        rows = _pair(f"W^{{({layer})}}", rule, after_W, f"b^{{({layer})}}", r" \leftarrow", after_b)
+        displays.append(doc.sub("update", rows))
+    doc.math(*displays)
+    fell = step.loss_after < step.loss_before
+    doc.text(
+        f"On the same sample the loss goes from ${decimal(step.loss_before)}$ to "
+        f"${decimal(step.loss_after)}$"
+        + (
+            ": the step helped. "
+            if fell
+            else ": it rose, because this step is too long for the curvature here. "
+        )
+        + "To first order in $\\eta$ a step against the gradient lowers the loss by "
+        f"$\\eta \\lVert \\nabla L \\rVert^2 = {decimal(step.first_order)}$; the actual "
+        f"change, ${decimal(step.loss_after - step.loss_before)}$, differs because $L$ is "
+        "not linear over a step this long."
+    )
+    _example_optimizer(doc, ex)
+    _example_dead(doc, ex)
+
+
+def _example_optimizer(doc: Doc, ex: WorkedExample) -> None:
+    d = doc.d
+    opt = lesson.optimizer_step(d, ex)
+    if opt is None:
+        return
+    e = opt.entry("W1", 0, 0)
+    w = latex_name(e.symbol)
+    if opt.optimizer == "momentum":
+        doc.text(
+            "The spec trains with momentum. Its first step is the same as SGD's, because the "
+            f"velocity starts at 0: for ${w}$, $v = {decimal(e.velocity)}$ and "
+            f"${w} \\leftarrow {decimal(e.before)} - {operand(opt.lr)} \\cdot "
+            f"{operand(e.velocity)} = {decimal(e.after)}$. Later steps add $\\mu v$ from "
+            "the steps before."
+        )
+        return
+    doc.text(
+        f"The spec trains with Adam, whose first step {ref(d.number('update'))} differs: for "
+        f"${w}$, with $g = {decimal(e.gradient)}$,"
     )
     doc.math(
         doc.sub(
             "update",
             (
                 (
-                    latex_name(w),
-                    rf" \leftarrow {nums[w]} - {operand(lr)} \cdot {operand(g)}"
-                    rf" = {decimal(float(val[w]) - lr * g)}",
+                    "m",
+                    rf" = (1 - \beta_1)\, g = {decimal(e.m)},\quad "
+                    rf"v = (1 - \beta_2)\, g^2 = {decimal(e.v)},",
+                ),
+                (
+                    r"\hat m",
+                    rf" = {decimal(e.m_hat)},\quad \hat v = {decimal(e.v_hat)},",
+                ),
+                (
+                    w,
+                    rf" \leftarrow {decimal(e.before)} - {operand(opt.lr)}"
+                    rf" \cdot \frac{{{decimal(e.m_hat)}}}{{\sqrt{{{decimal(e.v_hat)}}} + "
+                    rf"\epsilon}} = {decimal(e.after)}",
                 ),
             ),
+        )
+    )
+    doc.text(
+        "At the first step $\\hat m / \\sqrt{\\hat v} = \\pm 1$ for every entry: Adam "
+        f"moves every parameter by almost exactly $\\eta = {decimal(opt.lr)}$, whatever the "
+        f"size of its gradient. On the sample, the loss goes from "
+        f"${decimal(opt.loss_before)}$ to ${decimal(opt.loss_after)}$."
+    )
+
+
+def _example_dead(doc: Doc, ex: WorkedExample) -> None:
+    """The dead-ReLU lesson: one unit pushed below 0 on purpose."""
+    d = doc.d
+    dead = _lesson(d)[2]
+    if dead is None:
+        return
+    l_, i = dead.layer, dead.unit
+    z, b = f"z^{{({l_})}}_{{{i}}}", f"b^{{({l_})}}_{{{i}}}"
+    relu = dead.slope == 0
+    fan_in = d.network.sizes[l_ - 1]
+    doc.text(
+        f"A dead unit, on purpose. Neuron {i} of layer {l_} has ${z} = {decimal(dead.z_before)}$ "
+        f"and passes the error $\\delta^{{({l_})}}_{{{i}}} = {decimal(dead.delta_before)}$ back. "
+        f"Set its bias to ${b} = {decimal(dead.bias)}$ instead of "
+        f"${decimal(dead.bias_before)}$: now ${z} = {decimal(dead.z)} < 0$, so "
+        + (
+            f"$a^{{({l_})}}_{{{i}}} = 0$ and, since ReLU's slope is 0 there, "
+            f"$\\delta^{{({l_})}}_{{{i}}} = 0$. Every gradient through this unit is 0: the "
+            f"{fan_in} weights into it and its bias (each gradient is $\\delta^{{({l_})}}_{{{i}}}$ "
+            "times something), and the weights out of it (each is a later $\\delta$ times "
+            f"$a^{{({l_})}}_{{{i}}} = 0$). Of the {dead.total} gradient entries, "
+            f"{dead.zero_after} are now 0. Gradient descent cannot change any of them, so the "
+            "unit stays off for this input: a dead ReLU. If $z < 0$ for every input, the unit "
+            "never learns again; a smaller learning rate, a careful initialization or a leaky "
+            "ReLU avoid it."
+            if relu
+            else f"its slope there is ${decimal(float(dead.slope))}$ and "
+            f"$\\delta^{{({l_})}}_{{{i}}} = {decimal(dead.delta)}$: the error still passes, "
+            "scaled down, which is why a leaky ReLU cannot die."
         )
     )
 
@@ -2539,7 +2688,9 @@ def _section_update(doc: Doc) -> None:
         return
     train = net.spec.train
     doc.section("Gradient descent")
-    doc.text("Every parameter moves a small step against its gradient:")
+    teaching.descent_intro(doc)
+    doc.figure(figures.descent_figure())
+    doc.text("In the network, every parameter moves a small step against its gradient:")
     doc.math(doc.core("update"))
     doc.math(
         doc.sub(
@@ -2557,9 +2708,11 @@ def _section_update(doc: Doc) -> None:
     doc.text(
         f"The spec sets learning rate {decimal(train.lr)}, optimizer `{train.optimizer}`, "
         f"{train.epochs} epochs and batches of {train.batch_size}; the generated module's "
-        "`train_step` is the plain step above, and `fit` also offers momentum and Adam. "
-        "Training repeats five steps:"
+        "`train_step` is the plain step above, and `fit` also offers momentum and Adam."
     )
+    teaching.optimizer_rules(doc)
+    doc.section("The five training steps")
+    doc.text("Training repeats five steps, each one an equation of this document:")
     d = doc.d
     fwd = [d.number("forward.linear"), d.number("forward.activation")]
     if net.output.softmax:
@@ -2567,13 +2720,13 @@ def _section_update(doc: Doc) -> None:
     doc.items(
         [
             "forward: compute every $z^{(l)}$ and $a^{(l)}$ for a batch, equations "
-            + ", ".join(f"({n})" for n in fwd)
+            + ", ".join(ref(n) for n in fwd)
             + ";",
-            f"loss: evaluate $L$, equation ({d.number('loss')});",
-            f"backpropagate: $\\delta^{{(L)}}$ by ({d.number('delta.output')}), then "
-            f"$\\delta^{{(l)}}$ by ({d.number('delta.hidden')}) and the gradients by "
-            f"({d.number('grad.W')}) and ({d.number('grad.b')});",
-            f"update: every parameter by ({d.number('update')});",
+            f"loss: evaluate $L$, equation {ref(d.number('loss'))};",
+            f"backpropagate: $\\delta^{{(L)}}$ by {ref(d.number('delta.output'))}, then "
+            f"$\\delta^{{(l)}}$ by {ref(d.number('delta.hidden'))} and the gradients by "
+            f"{ref(d.number('grad.W'))} and {ref(d.number('grad.b'))};",
+            f"update: every parameter by {ref(d.number('update'))};",
             "repeat with the next batch, for every batch of every epoch.",
         ],
         ordered=True,
@@ -2632,21 +2785,60 @@ def _document(derivation: Derivation, certificate: object | None) -> tuple[str, 
     intro = _intro(doc)
     _section_network(doc)
     _section_forward(doc)
-    runs = identity_runs(derivation)
-    if runs:
-        _section_identity(doc, runs)
+    _section_nonlinearity(doc)
     _section_loss(doc)
     _section_chain(doc)
     _section_activations(doc)
+    teaching.saturation(doc)
     for kind in _kinds_used(derivation.network):
         _section_rule(doc, kind)
     _section_output(doc)
+    teaching.delta_meaning(doc)
     _section_backward(doc)
+    _section_update(doc)
     if _small(derivation.network):
         _section_example(doc)
-    _section_update(doc)
+    _section_big_picture(doc)
     _section_certificate(doc, certificate)
+    if _small(derivation.network):
+        ex, step, dead = _lesson(derivation)
+        items = lesson.exercises(derivation, ex, step, dead)
+    else:
+        items = teaching.large_exercises(derivation)
+    teaching.exercises(doc, items)
     return intro, doc.sections
+
+
+@lru_cache(maxsize=64)
+def _lesson(
+    derivation: Derivation,
+) -> tuple[WorkedExample, lesson.Step, lesson.DeadUnit | None]:
+    """The worked example, its SGD step and its dead unit (each an exact evaluation)."""
+    ex = worked_example(derivation)
+    step = lesson.sgd_step(derivation, ex)
+    require(step is not None, "a worked example without its step")
+    return ex, step, lesson.dead_unit(derivation, ex)
+
+
+def _section_big_picture(doc: Doc) -> None:
+    d = doc.d
+    doc.section("The big picture")
+    doc.text(
+        "Input, forward, loss, derivative, backpropagation of errors: the input goes forward "
+        "through every layer to the prediction and the loss; the derivative of the loss gives "
+        "the output error $\\delta^{(L)}$ " + ref(d.number("delta.output")) + "; the errors "
+        "flow back stage by stage, each layer's $\\delta$ from the one above "
+        + ref(d.number("delta.hidden"))
+        + "; each stage's $\\delta$ gives the gradients of that stage's parameters "
+        + ref(d.number("grad.W"))
+        + ", "
+        + ref(d.number("grad.b"))
+        + "; and gradient descent "
+        + ref(d.number("update"))
+        + " moves every parameter against its gradient."
+    )
+    doc.figure(figures.big_picture_figure(d.network.spec))
+    teaching.summary(doc)
 
 
 # --- formats ---------------------------------------------------------------------------------
@@ -2730,6 +2922,11 @@ def _check_tags(sections: list[dict], derivation: Derivation) -> None:
         for eq in b["equations"]
     ]
     require(len(tags) == len(set(tags)), "duplicate equation numbers")
+    seen: set[str] = set()
+    for tag in tags:  # a handout reads the core equation before its sub-equations
+        core = tag.split(".")[0]
+        require(core == tag or core in seen, f"equation {tag} comes before equation {core}")
+        seen.add(tag)
     require(
         {str(e.number) for e in derivation.equations} <= set(tags), "a core equation is missing"
     )

@@ -432,10 +432,12 @@ def test_markdown_math_of_more_random_specs_is_whitelisted(spec: RandomSpec) -> 
 
 # --- PDF: zero warnings -------------------------------------------------------------------
 
+# "LaTeX Warning:", "Package hyperref Warning:", "LaTeX Font Warning:", "pdfTeX warning (ext4)";
+# not the names of packages that provide warnings (hyperref loads "infwarerr")
 _PROBLEM = re.compile(
-    r"warning|(?:Overfull|Underfull) \\[hv]box|Missing character|Rerun", re.IGNORECASE
+    r"[Ww]arning(?::| \()|(?:Overfull|Underfull) \\[hv]box|Missing character|Rerun to get"
 )
-_RERUN = re.compile(r"\bRerun\b|rerunfilecheck")
+_RERUN = re.compile(r"Rerun to get|Label\(s\) may have changed|rerunfilecheck Warning")
 
 
 class CompileError(Exception):

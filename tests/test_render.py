@@ -92,7 +92,7 @@ def test_tex_is_a_complete_document(rendered: tuple) -> None:
     assert r"\documentclass" in tex and tex.rstrip().endswith(r"\end{document}")
     assert r"\date{}" in tex
     packages = re.findall(r"\\usepackage(?:\[[^]]*\])?\{([^}]*)\}", tex)
-    assert set(packages) <= {"geometry", "amsmath", "amssymb", "hyperref"}  # latex-base has them
+    assert set(packages) <= {"geometry", "amsmath", "amssymb", "multicol", "hyperref"}  # latex-base
 
 
 def test_document_names_the_cited_equations(rendered: tuple) -> None:
@@ -108,8 +108,10 @@ def test_identity_collapse_appears_exactly_with_consecutive_identity_layers(
 ) -> None:
     d, tex, md = rendered
     expected = bool(render.identity_runs(d))
-    assert (TITLE in tex) is expected
-    assert (TITLE in md) is expected
+    for text in (tex, md):
+        assert TITLE in text  # always: what the network would collapse to without f
+        assert "W_{\\mathrm{eff}}" in text
+        assert ("does have consecutive identity layers" in text) is expected
 
 
 def test_identity_runs() -> None:
@@ -122,7 +124,10 @@ def test_large_network_has_no_scalar_expansion() -> None:
     assert d.network.parameter_count > EXPANDED_LIMIT
     tex, md = render.render_tex(d), render.render_markdown(d)
     for text in (tex, md):
-        assert re.search(r"\\partial w\^\{\(\d+\)\}_\{\d", text) is None
+        # one path in full, for the first weight of layer 1, and no other weight
+        chains = re.findall(r"\\partial w\^\{\((\d+)\)\}_\{(\d+)\}", text)
+        assert set(chains) == {("1", "11")}
+        assert "too many to list every weight" in text
         assert "A worked example" not in text
         assert "matrix form only" in text
         assert max(len(line) for line in text.splitlines()) < 700
@@ -134,9 +139,12 @@ def test_small_network_has_per_weight_chains() -> None:
     for layer, (rows, cols) in enumerate(
         zip(d.network.sizes[1:], d.network.sizes, strict=False), start=1
     ):
-        for i in range(1, rows + 1):
-            for j in range(1, cols + 1):
-                assert rf"\frac{{\partial \ell}}{{\partial w^{{({layer})}}_{{{i}{j}}}}}" in md
+        # every weight of the layer through all its paths in full: the first one
+        assert rf"\frac{{\partial \ell}}{{\partial w^{{({layer})}}_{{11}}}}" in md
+        for i in range(1, rows + 1):  # and every weight and bias in one line per neuron
+            ws = ", ".join(f"w^{{({layer})}}_{{{i}{j}}}" for j in range(1, cols + 1))
+            line = rf"\frac{{\partial \ell}}{{\partial \left({ws}, b^{{({layer})}}_{{{i}}}\right)}}"
+            assert line in md, line
     assert r"\hat y_1 - y_1" in md  # the softmax + cross-entropy simplification, derived
 
 
