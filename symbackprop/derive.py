@@ -24,6 +24,7 @@ import sympy
 
 from symbackprop import rules
 from symbackprop.expressions import degree, expansion_terms, tree_size
+from symbackprop.forms import teacher_latex
 from symbackprop.functions import YHAT, A, Activation, Loss, X, Y
 from symbackprop.graph import SymbolicNetwork, build
 from symbackprop.layers import LAYERS
@@ -603,7 +604,8 @@ def _equations(
             "loss (batch mean)",
             r"L = \frac{1}{B} \sum_{s=1}^{B} \sum_k \ell\left(\hat y_{sk}, y_{sk}\right)"
             rf"{l2},\quad "
-            rf"\ell(\hat y, y) = {sympy.latex(net.loss.expr)}",
+            rf"\ell(\hat y, y) = "
+            + teacher_latex(net.loss.expr, {YHAT: r"\hat y", Y: "y"}, prefer=(YHAT, Y)),
         )
     )
     activations = _activation_rows(layers)
@@ -625,7 +627,8 @@ def _equations(
                 "delta.output",
                 "output error (softmax)",
                 r"\delta^{(L)}_k = q_k - \hat y_k \sum_j q_j,\quad "
-                r"q = \hat y\,\frac{\partial \ell}{\partial \hat y} = " + sympy.latex(out.q),
+                r"q = \hat y\,\frac{\partial \ell}{\partial \hat y} = "
+                + teacher_latex(out.q, {P: r"\hat y", LP: r"\log \hat y", Y: "y"}, prefer=(P, Y)),
             )
         )
     else:
@@ -636,7 +639,7 @@ def _equations(
                 "delta.output",
                 "output error",
                 r"\delta^{(L)} = \frac{\partial \ell}{\partial z^{(L)}} = "
-                + sympy.latex(out.delta),
+                + _output_delta_tex(net, out.delta),
             )
         )
     rows += _kind_rows(net, "backward")
@@ -683,11 +686,19 @@ def _activation_rows(layers: tuple[ActivationDerivative | None, ...]) -> list[tu
         name = d.activation.name
         if any(name == seen for seen, _ in rows):
             continue
-        body = sympy.latex(d.derivative)
+        body = teacher_latex(d.derivative, {Z: "z"})
         if d.through_output is not None and d.through_output != d.derivative:
-            body += rf" = {sympy.latex(d.through_output)}\ \text{{with }} a = f(z)"
+            through = teacher_latex(d.through_output, {Z: "z", A: "a"}, prefer=((A, d.f),))
+            body += rf" = {through}\ \text{{with }} a = f(z)"
         rows.append((name, body))
     return rows
+
+
+def _output_delta_tex(net: SymbolicNetwork, delta: sympy.Expr) -> str:
+    """The output error in the teacher's form: through a = f(z), the target y after it."""
+    f = net.output.expr.xreplace({X: Z})
+    prefer = (Z, Y) if f == Z else ((A, f), Y)
+    return teacher_latex(delta, {Z: "z", A: "a", Y: "y"}, prefer=prefer)
 
 
 def _tex_name(name: str) -> str:

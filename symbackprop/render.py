@@ -54,7 +54,6 @@ from symbackprop.document import (
     Display,
     Doc,
     Row,
-    as_factor,
     as_factors,
     broken,
     decimal,
@@ -62,6 +61,7 @@ from symbackprop.document import (
     latex_names,
     make_printer,
     operand,
+    printed_terms,
     ref,
     require,
     signed,
@@ -72,6 +72,7 @@ from symbackprop.document import (
     wrap,
 )
 from symbackprop.errors import InputError
+from symbackprop.forms import hadamard, teacher_latex, teacher_terms
 from symbackprop.functions import A, X, Y
 from symbackprop.graph import (
     EXPANDED_LIMIT,
@@ -317,15 +318,13 @@ def _section_forward(doc: Doc) -> None:
         for layer in range(1, net.depth + 1):
             softmax = d.layers[layer - 1].activation.softmax
             doc.text(f"Layer {layer} (`{_act_name(d, layer)}`):")
-            displays = [
-                doc.sub("forward.linear", _linear_rows(net, layer, i))
-                for i in range(1, net.sizes[layer] + 1)
+            zs = [_linear_rows(net, layer, i) for i in range(1, net.sizes[layer] + 1)]
+            acts = [
+                broken(latex_name(node.symbol), "=", node.expr, names)
+                for node in net.neuron_graph
+                if node.kind == "a" and node.layer == layer
             ]
-            for node in net.neuron_graph:
-                if node.kind == "a" and node.layer == layer:
-                    rows = broken(latex_name(node.symbol), "=", node.expr, names)
-                    displays.append(doc.sub(act_key[softmax], rows))
-            doc.math(*displays)
+            doc.math(*_neurons(doc, zs, acts, act_key[softmax]))
     else:
         doc.text(
             f"This network has {net.parameter_count} parameters, more than the "
@@ -359,6 +358,23 @@ def _section_forward(doc: Doc) -> None:
             ),
         )
     )
+
+
+def _neurons(
+    doc: Doc, zs: list[tuple[Row, ...]], acts: list[tuple[Row, ...]], act_key: str
+) -> list[Display]:
+    """Each neuron's pre-activation and activation: on one line (numbered under (1)) when
+    both fit, else the pre-activations under (1) and the activations under (2) or (3)."""
+    pairs = list(zip(zs, acts, strict=True))
+    if all(
+        len(z) == 1 and len(a) == 1 and glyphs("".join(z[0]) + "".join(a[0])) <= WIDTH - 6
+        for z, a in pairs
+    ):
+        return [
+            doc.sub("forward.linear", ((z[0][0], rf"{z[0][1]},\quad {''.join(a[0])}"),))
+            for z, a in pairs
+        ]
+    return [doc.sub("forward.linear", z) for z in zs] + [doc.sub(act_key, a) for a in acts]
 
 
 def _section_nonlinearity(doc: Doc) -> None:
@@ -774,11 +790,13 @@ def _section_output(doc: Doc) -> None:
     displays = [
         doc.sub(
             "delta.output",
-            broken(
+            wrap(
                 r"\delta^{(L)}_k = \frac{\partial \ell}{\partial \hat y_k} f_L'\left(z\right)",
                 "=",
-                out.generic_delta,
-                names,
+                # a probability output keeps the product, simplified through the logit below
+                printed_terms(out.generic_delta, names)
+                if ad.activation.log_output is not None
+                else teacher_terms(out.generic_delta, names, prefer=_output_prefer(ad)),
             ),
         )
     ]
@@ -809,6 +827,11 @@ def _section_output(doc: Doc) -> None:
         doc.text("which SymPy simplifies to the output error " + ref(d.number("delta.output")))
 
 
+def _output_prefer(ad) -> tuple:  # noqa: ANN001 - ActivationDerivative
+    """The teacher's form of an output error: through a = f(z) (z for identity), y last."""
+    return (Z, Y) if ad.f == Z else ((A, ad.f), Y)
+
+
 def _prime(ad, z: sympy.Symbol) -> sympy.Expr:  # noqa: ANN001 - ActivationDerivative
     return ad.derivative.xreplace({Z: z})
 
@@ -829,19 +852,9 @@ def _section_backward(doc: Doc) -> None:
     displays = []
     for layer in range(depth - 1, 0, -1):
         ad = d.layers[layer - 1]
-        fp = as_factor(ad.derivative, make_printer({Z: f"z^{{({layer})}}"}))
-        displays.append(
-            doc.sub(
-                "delta.hidden",
-                (
-                    (
-                        f"\\delta^{{({layer})}}",
-                        rf" = \left(W^{{({layer + 1})\top}} \delta^{{({layer + 1})}}\right) "
-                        rf"\odot {fp}",
-                    ),
-                ),
-            )
-        )
+        left = rf"\left(W^{{({layer + 1})\top}} \delta^{{({layer + 1})}}\right)"
+        right = hadamard(left, ad.derivative, {Z: f"z^{{({layer})}}"})
+        displays.append(doc.sub("delta.hidden", ((f"\\delta^{{({layer})}}", f" = {right}"),)))
     if displays:
         doc.text("For this network:")
         doc.math(*displays)
@@ -930,8 +943,12 @@ def _delta_one_level(d: Derivation, layer: int, i: int, names: Mapping, **kw: ob
     net = d.network
     times = r" \cdot " if kw.get("mul_symbol") == "dot" else " "
     printer = make_printer(names, **kw)
-    if layer == net.depth:
-        return [tidy_numbers(as_factor(_output_delta_expr(d, i), printer))]
+    if layer == net.depth:  # on its own: no brackets
+        expr = _output_delta_expr(d, i)
+        if "mul_symbol" not in kw:  # symbols: the teacher's form, the output before the target
+            a, y = activation(layer, i), target(i)
+            return [teacher_latex(expr, names, prefer=(a, pre_activation(layer, i), y))]
+        return [tidy_numbers(printer.doprint(expr))]
     terms = [
         f"{names[weight(layer + 1, k, i)]}{times}"
         f"{names[sympy.Symbol(f'delta{layer + 1}_{k}', real=True)]}"
@@ -2096,13 +2113,8 @@ def _backward_rows(d: Derivation, layer: FlatLayer, readers: dict) -> list[Step]
     if layer.kind == "dense":
         if idx != out:
             ad = d.layers[idx - 1]
-            fp = as_factor(ad.derivative, make_printer({Z: f"z^{{({idx})}}"}))
-            steps.append(
-                (
-                    "delta.hidden",
-                    ((rf"\delta^{{({idx})}}", rf" = {_da(idx)} \odot {fp}"),),
-                )
-            )
+            right = hadamard(_da(idx), ad.derivative, {Z: f"z^{{({idx})}}"})
+            steps.append(("delta.hidden", ((rf"\delta^{{({idx})}}", f" = {right}"),)))
         if src != 0:
             steps.append(
                 ("delta.hidden", ((target, rf" = W^{{({idx})\top}} \delta^{{({idx})}}"),)),
@@ -2418,7 +2430,7 @@ def _section_example(doc: Doc) -> None:
     )
     for layer in range(1, depth + 1):
         softmax = d.layers[layer - 1].activation.softmax
-        displays = []
+        zs, acts = [], []
         for node in net.neuron_graph:
             if node.layer != layer or node.kind == "loss":
                 continue
@@ -2430,14 +2442,13 @@ def _section_example(doc: Doc) -> None:
                     for j in range(1, fan_in + 1)
                 ] + [nums[bias(layer, i)]]
                 rows = list(wrap(latex_name(node.symbol), "=", signed(pieces)))
-                key = "forward.linear"
             else:
                 rows = list(broken(latex_name(node.symbol), "=", node.expr, nums, **dot))
-                key = "forward.softmax" if softmax else "forward.activation"
             last = rows[-1]
             rows[-1] = (last[0], f"{last[1]} = {decimal(val[node.symbol])}")
-            displays.append(doc.sub(key, rows))
-        doc.math(*displays)
+            (zs if node.kind == "z" else acts).append(tuple(rows))
+        key = "forward.softmax" if softmax else "forward.activation"
+        doc.math(*_neurons(doc, zs, acts, key))
     node = net.neuron_graph[-1]
     rows = list(broken(r"\ell", "=", node.expr, nums, **dot))
     last = rows[-1]

@@ -412,7 +412,10 @@ def why_fast(doc: Doc, counts: Counts | None) -> None:
         f"{counts.forward:,} multiply-adds and the backward pass {counts.backward:,} (the "
         f"products $W^\\top \\delta$, the elementwise products by $f'$ and the outer "
         f"products $\\delta a^\\top$): {counts.backprop:,} in all for the whole gradient of "
-        f"its {counts.parameters:,} parameters. One derivative per parameter instead, by "
+        f"its {counts.parameters:,} parameters."
+    )
+    doc.text(
+        "One derivative per parameter instead, by "
         f"finite differences, costs a forward pass each, {counts.finite_difference:,} "
         f"multiply-adds ({_times(counts.finite_difference_ratio)}); and writing every "
         "derivative out as its sum over paths, as the chain rule alone gives it, takes "

@@ -33,6 +33,8 @@ def test_demo_writes_every_file(demo_run: tuple[Path, str]) -> None:
     names = {p.name for p in folder.iterdir()}
     expected = {"digits_mlp.py", "digits_mlp.tex", "digits_mlp.md", "digits_mlp_weights.npz"}
     expected |= {"seed_mlp.tex", "seed_mlp.md"}
+    for name in ("digits_mlp", "seed_mlp"):  # the Markdown documents' figures
+        expected |= {f"{name}-{f}.svg" for f in ("network", "descent", "big-picture")}
     if shutil.which("pdflatex"):
         expected |= {"digits_mlp.pdf", "seed_mlp.pdf"}
     elif os.environ.get("CI"):

@@ -281,7 +281,9 @@ def test_format_and_suffix_that_agree(workdir, argv, name, tex):
     text = (workdir / name).read_text("utf-8")
     assert ("\\documentclass" in text) is tex
     assert ("$$" in text) is not tex
-    assert [p.name for p in workdir.iterdir()] == [name]
+    stem = name.rsplit(".", 1)[0]
+    figures = [] if tex else [f"{stem}-{f}.svg" for f in ("big-picture", "descent", "network")]
+    assert sorted(p.name for p in workdir.iterdir()) == sorted([name, *figures])
 
 
 def test_long_file_name_is_written(workdir):

@@ -10,7 +10,7 @@ import shutil
 import numpy as np
 import pytest
 
-from symbackprop import document, render
+from symbackprop import document, lesson, render
 from symbackprop.checkpoint import load_module
 from symbackprop.codegen import generate
 from symbackprop.derive import derive
@@ -183,11 +183,11 @@ def test_worked_example_error_reaches_every_unit(name: str) -> None:
     gradient entries were 0 and the update shown moved nothing."""
     d = _derivation(name)
     example = render.worked_example(d)
-    assert render._flowing(d, example) == 0
+    assert lesson.silent_units(d, example) == 0
     for key, grad in example.gradients.items():
         assert np.count_nonzero(grad) == grad.size, key
     for seed in range(example.seed):  # it is the first such seed
-        assert render._flowing(d, render.worked_example(d, seed)) > 0
+        assert lesson.silent_units(d, render.worked_example(d, seed)) > 0
     md = render.render_markdown(d)
     assert f"init_params(seed={example.seed})" in md
 
@@ -195,7 +195,7 @@ def test_worked_example_error_reaches_every_unit(name: str) -> None:
 def test_seed_mlp_example_is_no_longer_dead_at_seed_0() -> None:
     d = _derivation("seed_mlp")
     old = render.worked_example(d, 0)
-    assert render._flowing(d, old) > 0
+    assert lesson.silent_units(d, old) > 0
     assert sum(int((g == 0).sum()) for g in old.gradients.values()) == 24  # of 29 entries
     assert render.worked_example(d).seed > 0
 
@@ -222,6 +222,8 @@ def test_output_is_deterministic() -> None:
 def test_golden_documents_cover_every_example() -> None:
     files = render.golden_documents()
     expected = {f"generated/{n}.{ext}" for n in bundled_examples() for ext in ("tex", "md")}
+    figures = ("network", "descent", "big-picture")  # the Markdown's, beside it
+    expected |= {f"generated/{n}-{f}.svg" for n in bundled_examples() for f in figures}
     assert set(files) == expected
     assert all(text.endswith("\n") for text in files.values())
 
@@ -231,7 +233,7 @@ def test_markdown_math_is_simple() -> None:
     assert r"\begin{align}" not in md
     assert md.count("$$") % 2 == 0
     for block in re.findall(r"\$\$\n(.*?)\n\$\$", md, flags=re.S):
-        assert block.count(r"\tag{") == 1
+        assert block.count(r"\tag{") + block.count(r"\tag*{") == 1  # the summary's: tag*
 
 
 def test_notebook_reprs_show_every_core_equation() -> None:

@@ -202,7 +202,9 @@ def test_the_document_derives_the_rule_and_has_no_beta():
     md = render.render_markdown(d)
     titles = [line.split(". ", 1)[1] for line in md.splitlines() if line.startswith("## ")]
     assert "The backward rule of root-mean-square normalization" in titles
-    body = md.split("The backward rule of root-mean-square normalization", 1)[1].split("\n## ")[0]
+    body = md.split(". The backward rule of root-mean-square normalization\n", 1)[1].split("\n## ")[
+        0
+    ]
     assert rf"\tag{{{d.number('rms_norm.backward')}}}" in body
     assert rf"\tag{{{d.number('rms_norm.grad')}}}" in body
     assert r"\nu = \frac{1}{3}\left(x_{1}^2 + x_{2}^2 + x_{3}^2\right)" in body
