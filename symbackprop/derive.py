@@ -627,7 +627,7 @@ def _equations(
                 "delta.output",
                 "output error (softmax)",
                 r"\delta^{(L)}_k = q_k - \hat y_k \sum_j q_j,\quad "
-                r"q = \hat y\,\frac{\partial \ell}{\partial \hat y} = "
+                r"q = \hat y \odot \frac{\partial \ell}{\partial \hat y} = "
                 + teacher_latex(out.q, {P: r"\hat y", LP: r"\log \hat y", Y: "y"}, prefer=(P, Y)),
             )
         )

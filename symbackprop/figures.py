@@ -1207,17 +1207,19 @@ def _big_picture_caption(
     n = len(flat)
     if n == 1:
         text = (
-            "The big picture: the forward pass (arrows above the boxes) takes $x$ through the "
-            "layer to the prediction $\\hat y$ and the loss $\\ell$; the backward pass (arrow "
-            "below) starts from the derivative $\\partial\\ell/\\partial\\hat y$, which gives "
+            "The big picture: the forward pass (the arrows pointing right) takes $x$ through the "
+            "layer to the prediction $\\hat y$ and the loss $\\ell$; the backward pass (the arrow "
+            "pointing left) starts from the derivative $\\partial\\ell/\\partial\\hat y$, "
+            "which gives "
             f"the output error $\\delta^{{({out})}}$, and the layer turns its error into the "
             "gradients of its parameters"
         )
     else:
         text = (
-            "The big picture: the forward pass (arrows above the boxes) takes $x$ through the "
+            "The big picture: the forward pass (the arrows pointing right) takes $x$ through the "
             f"{n} layers to the prediction $\\hat y$ and the loss $\\ell$; the backward pass "
-            "(arrows below) starts from the derivative $\\partial\\ell/\\partial\\hat y$ and "
+            "(the arrows pointing left) starts from the derivative "
+            "$\\partial\\ell/\\partial\\hat y$ and "
             "carries each layer's error back to the layer before it, from the output error "
             f"$\\delta^{{({out})}}$ on; each layer with parameters turns its error "
             "$\\delta^{(l)}$ into their gradients"

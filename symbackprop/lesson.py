@@ -798,7 +798,11 @@ def _exercise_dead(d: Derivation, dead: DeadUnit) -> Exercise:
     b, z = latex_name(bias(layer, i)), latex_name(pre_activation(layer, i))
     dl, a = latex_name(delta(layer, i)), latex_name(activation(layer, i))
     sign = "-" if dead.bias < 0 else "+"
-    total = f"{_number(dead.weighted_sum)} {sign} {_number(abs(dead.bias))}"
+    old = -dead.bias_before
+    total = (
+        f"{_number(dead.z_before)} {'-' if old < 0 else '+'} {_number(abs(old))} "
+        f"{sign} {_number(abs(dead.bias))}"
+    )
     question = (
         f"In the worked example, set ${b} = {_number(dead.bias)}$ (it was "
         f"${_number(dead.bias_before)}$), so that ${z} = {total} = {_number(dead.z)} < 0$, and "

@@ -597,8 +597,8 @@ def _section_activations(doc: Doc) -> None:
         )
         doc.math(doc.core("activation"))
         doc.text(
-            "Each one from the function as a student writes it, with the smooth primitives "
-            "spelled out in exp and log:"
+            "Each activation as a student writes it (smooth primitives such as the sigmoid "
+            "spelled out in exp and log), and the derivative of that form:"
         )
     seen: set[str] = set()
     for index, ad in enumerate(d.layers, start=1):
@@ -675,7 +675,8 @@ def _section_output_softmax(doc: Doc) -> None:
     p = [sympy.exp(v) / total for v in z]
     doc.text(
         "With a softmax output, every $\\hat y_j$ depends on every $z^{(L)}_k$. SymPy's "
-        f"Jacobian of softmax (computed for $n = {n}$ and compared entry by entry) is"
+        f"Jacobian of softmax (computed for $n = {n}$ and compared entry by entry) is, with "
+        "$[j = k]$ for 1 when $j = k$ and 0 otherwise,"
     )
     doc.math(
         doc.sub(
@@ -683,7 +684,7 @@ def _section_output_softmax(doc: Doc) -> None:
             (
                 (
                     r"\frac{\partial \hat y_j}{\partial z_k}",
-                    r" = \hat y_j\left(\delta_{jk} - \hat y_k\right),"
+                    r" = \hat y_j\left([j = k] - \hat y_k\right),"
                     r"\quad \text{i.e.}\quad J = \operatorname{diag}(\hat y) - \hat y \hat y^\top",
                 ),
             ),
@@ -745,7 +746,7 @@ def _section_output_softmax(doc: Doc) -> None:
         doc.text(
             "By the chain rule through the Jacobian, "
             "$\\partial \\ell/\\partial z_k = \\sum_j \\partial \\ell/\\partial \\hat y_j\\, "
-            "\\hat y_j(\\delta_{jk} - \\hat y_k) = q_k - \\hat y_k \\sum_j q_j$ with "
+            "\\hat y_j([j = k] - \\hat y_k) = q_k - \\hat y_k \\sum_j q_j$ with "
             "$q_j = \\hat y_j\\, \\partial \\ell / \\partial \\hat y_j$, as in "
             + ref(d.number("delta.output"))
             + "."
@@ -2326,9 +2327,11 @@ def _update_kinds(doc: Doc) -> None:
         )
         doc.math(doc.core("batch_norm.running"))
     doc.text(
-        f"The spec sets learning rate {decimal(train.lr)}, optimizer `{train.optimizer}`, "
-        f"{train.epochs} epochs and batches of {train.batch_size}; the generated module's "
-        "`train_step` is the plain step above, and `fit` also offers momentum and Adam."
+        f"The network's spec file sets learning rate {decimal(train.lr)}, optimizer "
+        f"`{train.optimizer}`, {train.epochs} epochs and batches of {train.batch_size}. The "
+        "generated module's `train_step` is the plain step above; its `fit`, which "
+        "`symbackprop train` runs, uses the spec's optimizer"
+        + (" (the same plain step)." if train.optimizer == "sgd" else ", below.")
     )
     teaching.optimizer_rules(doc)
     doc.section("The five training steps")
@@ -2408,7 +2411,9 @@ def _section_example(doc: Doc) -> None:
         + ". Every number "
         "comes from an exact (40-digit) evaluation of the neuron-level graph, independent of "
         "the generated code; the test suite checks that the generated module computes the same "
-        "values to $10^{-12}$. Numbers are shown to four significant digits."
+        "values to $10^{-12}$. Numbers are rounded to four significant digits (trailing zeros "
+        "dropped), so a result recomputed by hand from the rounded numbers may differ in its "
+        "last digit."
     )
     data = [(latex_name(s), decimal(val[s])) for s in net.inputs() + net.targets()]
     doc.text("Input and target: " + ", ".join(f"${n} = {v}$" for n, v in data) + ".")
@@ -2717,9 +2722,11 @@ def _section_update(doc: Doc) -> None:
         )
     )
     doc.text(
-        f"The spec sets learning rate {decimal(train.lr)}, optimizer `{train.optimizer}`, "
-        f"{train.epochs} epochs and batches of {train.batch_size}; the generated module's "
-        "`train_step` is the plain step above, and `fit` also offers momentum and Adam."
+        f"The network's spec file sets learning rate {decimal(train.lr)}, optimizer "
+        f"`{train.optimizer}`, {train.epochs} epochs and batches of {train.batch_size}. The "
+        "generated module's `train_step` is the plain step above; its `fit`, which "
+        "`symbackprop train` runs, uses the spec's optimizer"
+        + (" (the same plain step)." if train.optimizer == "sgd" else ", below.")
     )
     teaching.optimizer_rules(doc)
     doc.section("The five training steps")
@@ -2749,9 +2756,10 @@ def _section_certificate(doc: Doc, certificate: object | None) -> None:
     doc.section("The certificate")
     if certificate is None:
         doc.text(
-            "The certificate was not run for this document. Run `symbackprop check "
-            f"{net.spec.name}` to compare every gradient of the generated module with "
-            "finite differences, the exact symbolic gradient and PyTorch."
+            "This copy of the notes was written without the certificate (`--no-check`). "
+            f"`symbackprop check {net.spec.name}` compares every gradient of the generated "
+            "module with three independent witnesses: finite differences, the exact symbolic "
+            "gradient and PyTorch; `symbackprop derive` runs it and reports it here by default."
         )
         return
     cert = certificate
@@ -2849,6 +2857,7 @@ def _section_big_picture(doc: Doc) -> None:
         + " moves every parameter against its gradient."
     )
     doc.figure(figures.big_picture_figure(d.network.spec))
+    doc.section("Summary")
     teaching.summary(doc)
 
 

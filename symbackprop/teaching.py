@@ -125,12 +125,13 @@ def _breaks_it(d: Derivation) -> str:
             if gap.is_number and gap != 0:
                 name = ad.activation.name
                 values = [decimal(float(sympy.N(t, 30))) for t in at]
+                rest = decimal(float(sympy.N(at[1] + at[2] - at[3], 30)))
                 return (
-                    f" The `{name}` activation breaks the collapse: an affine $f$ has "
-                    "$f(u + v) = f(u) + f(v) - f(0)$, but "
-                    f"$f({_num(u + v)}) = {values[0]}$ while "
-                    f"$f({_num(u)}) + f({_num(v)}) - f(0) = "
-                    f"{decimal(float(sympy.N(at[1] + at[2] - at[3], 30)))}$."
+                    f" The `{name}` activation $f$ breaks the collapse: an affine $f$ has "
+                    "$f(u + v) = f(u) + f(v) - f(0)$ for all $u$, $v$, but with "
+                    f"$u = {_num(u)}$, $v = {_num(v)}$ the left side is "
+                    f"$f({_num(u + v)}) = {values[0]}$ and the right side "
+                    f"$f({_num(u)}) + f({_num(v)}) - f({_num(0)}) = {rest}$."
                 )
     return ""
 
@@ -154,7 +155,7 @@ def chain_rule_scalar(doc: Doc) -> None:
     value = sympy.diff(loss, w).xreplace(point)
     require(sympy.nsimplify(value) == sympy.Rational(-1, 2), "the scalar example's value")
     doc.text(
-        "First on a scalar, as the article does. One neuron with a sigmoid "
+        "First on a scalar, as a first course does. One neuron with a sigmoid "
         "$\\sigma(u) = 1/(1 + e^{-u})$ and a squared error is a chain of three functions of "
         "its weight $w$: $C(w) = w x + b$, then $B(u) = \\sigma(u)$, then "
         "$A(v) = (v - y)^2$, so $\\ell(w) = A(B(C(w)))$. The chain rule multiplies the "
@@ -181,7 +182,7 @@ def chain_rule_scalar(doc: Doc) -> None:
     )
     doc.text(
         "A function of several weights has one partial derivative per weight: change that "
-        "weight, hold the others fixed. For the article's $f(w_1, w_2) = w_1^2 + 3 w_2^2$, "
+        "weight, hold the others fixed. For the classic example $f(w_1, w_2) = w_1^2 + 3 w_2^2$, "
         "$\\partial f / \\partial w_1 = 2 w_1$ and $\\partial f / \\partial w_2 = 6 w_2$. "
         "Together they form the gradient, which points where $f$ grows fastest:"
     )
@@ -380,11 +381,13 @@ def descent_intro(doc: Doc) -> None:
     doc.text(
         "Gradient descent walks downhill: start at some point, find the direction of "
         "steepest descent, which is minus the gradient, take a small step of size $\\eta$ "
-        "(the learning rate) along it, and repeat. The figure shows it on the article's "
+        "(the learning rate) along it, and repeat. The figure shows it on the same "
         "$f(w_1, w_2) = w_1^2 + 3 w_2^2$ from $(3, 1)$ with $\\eta = 0.1$; the first step "
         "goes to $(3, 1) - 0.1 \\cdot (6, 6) = (2.4, 0.4)$. Drawn at equal scale on both "
         "axes, each step leaves its contour line at a right angle, because the gradient is "
-        "perpendicular to the level sets."
+        "perpendicular to the level sets. The steps shrink near the minimum, where the "
+        "gradient is small, and the path bends because each step multiplies $w_2$ by "
+        "$1 - 0.1 \\cdot 6 = 0.4$ but $w_1$ only by $1 - 0.1 \\cdot 2 = 0.8$."
     )
 
 
@@ -416,7 +419,8 @@ def why_fast(doc: Doc, counts: Counts | None) -> None:
     )
     doc.text(
         "One derivative per parameter instead, by "
-        f"finite differences, costs a forward pass each, {counts.finite_difference:,} "
+        "finite differences, costs a forward pass for each parameter plus the unperturbed "
+        f"one, {counts.finite_difference:,} "
         f"multiply-adds ({_times(counts.finite_difference_ratio)}); and writing every "
         "derivative out as its sum over paths, as the chain rule alone gives it, takes "
         f"{counts.path_terms:,} product terms ({_times(counts.path_ratio)}), a number that "
