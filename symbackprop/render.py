@@ -2756,10 +2756,9 @@ def _section_certificate(doc: Doc, certificate: object | None) -> None:
     doc.section("The certificate")
     if certificate is None:
         doc.text(
-            "This copy of the notes was written without the certificate (`--no-check`). "
-            f"`symbackprop check {net.spec.name}` compares every gradient of the generated "
-            "module with three independent witnesses: finite differences, the exact symbolic "
-            "gradient and PyTorch; `symbackprop derive` runs it and reports it here by default."
+            "This copy was written without the certificate (`--no-check`): `symbackprop "
+            f"check {net.spec.name}` compares every gradient of the generated module with "
+            "finite differences, the exact symbolic gradient and PyTorch."
         )
         return
     cert = certificate
@@ -2857,7 +2856,6 @@ def _section_big_picture(doc: Doc) -> None:
         + " moves every parameter against its gradient."
     )
     doc.figure(figures.big_picture_figure(d.network.spec))
-    doc.section("Summary")
     teaching.summary(doc)
 
 

@@ -400,7 +400,7 @@ def summary(doc: Doc) -> None:
     displays = [
         doc.core(e.key) for e in sorted(d.equations, key=lambda e: e.number) if e.number in d.cited
     ]
-    doc.box("The core equations (the generated code cites each one)", displays)
+    doc.box("Summary: the core equations, each one cited by the generated code", displays)
 
 
 # --- why backpropagation is fast ------------------------------------------------------------
@@ -485,8 +485,7 @@ def exercises(doc: Doc, items: tuple[Exercise, ...]) -> None:
     """The exercises, then their answers, as the document's last two sections."""
     doc.section("Exercises")
     doc.text(
-        "The answers follow in the next section; every number in them is checked by the "
-        "test suite against the generated module."
+        "Answers in the next section; the test suite checks each against the generated module."
     )
     doc.items([e.question for e in items], ordered=True)
     doc.section("Answers")

@@ -210,7 +210,7 @@ def test_teaching_paragraphs_are_present() -> None:
         "Why backpropagation is fast",
         "First on a scalar",
         "hold the others fixed",
-        "The core equations",
+        "Summary: the core equations",
     ):
         assert phrase in md, phrase
     assert "Saturation" in _md("tanh_regression")
