@@ -387,16 +387,14 @@ DEMO_DIR = "symbackprop-demo"
 ARTICLE_SPEC = "seed_mlp"
 
 
-# The figures every derivation document has (figures.py), SVG files beside the Markdown.
-FIGURES = ("network", "descent", "big-picture")
-
-
 def _demo_files(out: Path, name: str, with_pdf: bool) -> dict[str, Path]:
     kinds = ("py", "tex", "md", "pdf") if with_pdf else ("py", "tex", "md")
     files = {kind: out / f"{name}.{kind}" for kind in kinds}
     files["npz"] = out / f"{name}_weights.npz"
     for kind in kinds[1:]:
         files[f"article.{kind}"] = out / f"{ARTICLE_SPEC}.{kind}"
+    from symbackprop.figures import FIGURES
+
     for figure in FIGURES:  # the Markdown documents' figures
         files[f"svg.{figure}"] = out / f"{name}-{figure}.svg"
         files[f"article.svg.{figure}"] = out / f"{ARTICLE_SPEC}-{figure}.svg"
@@ -438,7 +436,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     import shutil
 
     from symbackprop.derive import derive
-    from symbackprop.render import compile_pdf, markdown_figures, render_markdown, render_tex
+    from symbackprop.render import compile_pdf, document_figures, render_markdown, render_tex
     from symbackprop.spec import load_spec
     from symbackprop.verify import certify
 
@@ -489,9 +487,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         files["article.md"]: render_markdown(article, article_certificate),
     }
     for prefix, derivation in (("", result.derivation), ("article.", article)):
-        for name, svg in markdown_figures(derivation).items():
-            figure = name.removeprefix(f"{derivation.network.spec.name}-").removesuffix(".svg")
-            contents[files[f"{prefix}svg.{figure}"]] = svg
+        for name, figure in document_figures(derivation.network.spec).items():
+            contents[files[f"{prefix}svg.{name}"]] = figure.svg
     if with_pdf:
         contents[files["pdf"]] = compile_pdf(tex)
         contents[files["article.pdf"]] = compile_pdf(article_tex)

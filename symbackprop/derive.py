@@ -160,11 +160,6 @@ class Derivation:
     def has(self, key: str) -> bool:
         return any(e.key == key for e in self.equations)
 
-    @property
-    def activation_rows(self) -> tuple[tuple[str, str], ...]:
-        """(activation name, LaTeX of its derivative) for the rows of equation (5)."""
-        return tuple(_activation_rows(self.layers))
-
     def _repr_markdown_(self) -> str:
         """The numbered core equations for Jupyter (the full document: render.render_markdown)."""
         spec = self.network.spec

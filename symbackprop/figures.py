@@ -40,6 +40,11 @@ MAX_HEIGHT = 256.0  # points: 9 cm
 MARGIN = 2.0  # points of white around the drawing's bounding box
 
 
+# The figures of every derivation document, by name: the Markdown's SVG files are
+# <stem>-<name>.svg.
+FIGURES = ("network", "descent", "big-picture")
+
+
 @dataclass(frozen=True)
 class Figure:
     """One figure: a file stem, a one-sentence caption (``$...$`` math valid in LaTeX and

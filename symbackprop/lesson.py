@@ -34,6 +34,7 @@ import sympy
 from symbackprop import exact
 from symbackprop.checkpoint import point
 from symbackprop.derive import ActivationDerivative, Derivation, Z
+from symbackprop.document import decimal
 from symbackprop.graph import (
     LOSS,
     SymbolicNetwork,
@@ -658,15 +659,9 @@ class Exercise:
 
 
 def _number(value: object) -> str:
-    """Four significant digits; powers of ten written out."""
+    """The document's four significant digits (``document.decimal``); -0 printed as 0."""
     number = float(value)
-    if number == 0:
-        return "0"
-    text = f"{number:.4g}"
-    if "e" in text:
-        mantissa, exponent = text.split("e")
-        text = rf"{mantissa} \times 10^{{{int(exponent)}}}"
-    return text
+    return "0" if number == 0 else decimal(number)
 
 
 def _operand(value: object) -> str:

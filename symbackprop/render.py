@@ -88,7 +88,7 @@ from symbackprop.graph import (
 from symbackprop.layers import LAYERS
 from symbackprop.lesson import EXAMPLE_SEEDS, WorkedExample, silent_units, worked_example
 from symbackprop.primitives import step, to_textbook_form
-from symbackprop.spec import FlatLayer, layer_parameters
+from symbackprop.spec import FlatLayer, NetworkSpec, layer_parameters
 
 PRECISION = 40  # decimal digits of the worked example's exact evaluation
 SOFTMAX_DEMO_MAX = 3  # outputs in the concrete softmax + cross-entropy derivation
@@ -257,7 +257,7 @@ def _section_network(doc: Doc) -> None:
             ]
         )
     doc.table(["layer $l$", "units $n_l$", "activation", "shape of $W^{(l)}$", "parameters"], rows)
-    doc.figure(figures.network_figure(net.spec))
+    doc.figure(document_figures(net.spec)["network"])
     doc.text(
         "Notation: $a^{(0)} = x$ is the input; $z^{(l)} = W^{(l)} a^{(l-1)} + b^{(l)}$ is "
         "the pre-activation and $a^{(l)} = f_l(z^{(l)})$ the activation of layer $l$; the "
@@ -1154,7 +1154,7 @@ def _network_kinds(doc: Doc) -> None:
     d, net = doc.d, doc.d.network
     out = net.output_layer.index
     doc.section("The network and the notation")
-    doc.figure(figures.network_figure(net.spec))
+    doc.figure(document_figures(net.spec)["network"])
     doc.text(
         f"The network has $n_0 = {net.sizes[0]}$ inputs and {net.depth} layers, numbered "
         + (
@@ -2288,7 +2288,7 @@ def _update_kinds(doc: Doc) -> None:
     norms = [k for k in _kinds_used(net) if k in _OPERATOR]
     doc.section("Gradient descent")
     teaching.descent_intro(doc)
-    doc.figure(figures.descent_figure())
+    doc.figure(document_figures(doc.d.network.spec)["descent"])
     doc.text("In the network, every parameter moves a small step against its gradient:")
     doc.math(doc.core("update"))
     rows: list[Row] = [
@@ -2519,7 +2519,7 @@ def _section_example(doc: Doc) -> None:
         db = rf"\frac{{\partial L}}{{\partial b^{{({layer})}}}}"
         displays.append(doc.sub("grad.W", _pair(dW, "", G, db, "", g)))
     doc.math(*displays)
-    _example_step(doc, ex, nums)
+    _example_step(doc, ex)
 
 
 MATRIX_COLUMNS = 6  # wider matrices of numbers are printed transposed (narrower then)
@@ -2566,20 +2566,10 @@ def _column(values: np.ndarray) -> str:
     return _matrix(values[:, None])
 
 
-def _entries(entries: Iterable, key: str, field: str, shape: tuple[int, ...]) -> np.ndarray:
-    """The ``field`` of a lesson step's entries of parameter ``key``, as an array."""
-    out = np.zeros(shape)
-    for e in entries:
-        if e.key == key:
-            out[e.index] = float(getattr(e, field))
-    return out
-
-
-def _example_step(doc: Doc, ex: WorkedExample, nums: Mapping) -> None:
+def _example_step(doc: Doc, ex: WorkedExample) -> None:
     """One full SGD step of every parameter, the loss before and after, then the optimizer's."""
     d, net = doc.d, doc.d.network
     _ex, step, _dead = _lesson(d)
-    shapes = net.spec.parameters
     doc.text(
         f"One gradient-descent step {ref(d.number('update'))} with $\\eta = {decimal(step.lr)}$ "
         "moves every parameter against its gradient:"
@@ -2587,8 +2577,7 @@ def _example_step(doc: Doc, ex: WorkedExample, nums: Mapping) -> None:
     displays = []
     for layer in range(1, net.depth + 1):
         W, b = f"W{layer}", f"b{layer}"
-        after_W = _entries(step.entries, W, "after", shapes[W])
-        after_b = _entries(step.entries, b, "after", shapes[b])
+        after_W, after_b = step.params[W], step.params[b]
         rule = (
             rf" \leftarrow W^{{({layer})}} - {operand(step.lr)}\,"
             rf"\frac{{\partial L}}{{\partial W^{{({layer})}}}}"
@@ -2705,7 +2694,7 @@ def _section_update(doc: Doc) -> None:
     train = net.spec.train
     doc.section("Gradient descent")
     teaching.descent_intro(doc)
-    doc.figure(figures.descent_figure())
+    doc.figure(document_figures(doc.d.network.spec)["descent"])
     doc.text("In the network, every parameter moves a small step against its gradient:")
     doc.math(doc.core("update"))
     doc.math(
@@ -2855,7 +2844,7 @@ def _section_big_picture(doc: Doc) -> None:
         + ref(d.number("update"))
         + " moves every parameter against its gradient."
     )
-    doc.figure(figures.big_picture_figure(d.network.spec))
+    doc.figure(document_figures(d.network.spec)["big-picture"])
     teaching.summary(doc)
 
 
@@ -3006,15 +2995,24 @@ def render_markdown(
     return _environment().get_template("markdown/derivation.md.j2").render(context)
 
 
+@lru_cache(maxsize=64)
+def document_figures(spec: NetworkSpec) -> dict[str, figures.Figure]:
+    """The figures every derivation document shows, by name (``figures.FIGURES``' order)."""
+    drawn = {
+        "network": figures.network_figure(spec),
+        "descent": figures.descent_figure(),
+        "big-picture": figures.big_picture_figure(spec),
+    }
+    require(tuple(drawn) == figures.FIGURES, "a figure without its name in figures.FIGURES")
+    return drawn
+
+
 def markdown_figures(derivation: Derivation, stem: str | None = None) -> dict[str, str]:
     """The SVG files the Markdown document refers to: {file name: SVG text}."""
-    _intro, sections = _document(derivation, None)
     stem = stem or derivation.network.spec.name
     return {
-        f"{stem}-{block['figure'].name}.svg": block["figure"].svg
-        for section in sections
-        for block in section["blocks"]
-        if block["kind"] == "figure"
+        f"{stem}-{name}.svg": figure.svg
+        for name, figure in document_figures(derivation.network.spec).items()
     }
 
 
