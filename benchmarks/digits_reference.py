@@ -49,14 +49,17 @@ initialisation and mini-batch shuffling.  All three train in float64.
 
 Reported: test accuracy per seed and its mean ± sample standard deviation (ddof = 1; 0 for
 one seed), and the wall time of training alone (``time.perf_counter`` around ``fit`` or the
-training loop; code generation, imports and data loading excluded).  The networks are tiny,
-so per-step overhead dominates: torch runs single-threaded by default (``--torch-threads N``
-changes it; 0 keeps torch's own choice, which on a small or busy machine can be several
-times slower), while NumPy and scikit-learn use whatever BLAS threading the environment sets
-(e.g. ``OMP_NUM_THREADS=1``).  Timings on a shared machine are noisy; compare them within one
-run.  The Markdown table goes to standard output; ``--json PATH`` also writes every number,
-the settings, the thread count and the library versions.  A generated seed-0 accuracy below
-97 % is flagged with a WARNING line after the table.
+training loop; code generation, imports and data loading excluded), with the process's CPU
+time over the same span (``time.process_time``) in the JSON (``train_cpu_seconds``).  The
+networks are tiny, so per-step overhead dominates: torch runs single-threaded by default
+(``--torch-threads N`` changes it; 0 keeps torch's own choice, which on a small or busy
+machine can be several times slower), while NumPy and scikit-learn use whatever BLAS
+threading the environment sets (e.g. ``OMP_NUM_THREADS=1``).  Timings on a shared machine
+are noisy; compare them within one run (``benchmarks/targets.py`` times these same trainers
+in interleaved rounds, one thread, by CPU time).  The Markdown table goes to standard
+output; ``--json PATH`` also writes every number, the settings, the thread count and the
+library versions.  A generated seed-0 accuracy below 97 % is flagged with a WARNING line
+after the table.
 """
 
 from __future__ import annotations
@@ -85,17 +88,27 @@ TEST_FRACTION = 0.2
 IMPLEMENTATIONS = ("generated", "sklearn", "torch")
 ACCURACY_FLOOR = 0.97  # the generated trainer's seed-0 accuracy is expected to reach this
 
-Result = dict[str, object]  # {"seed", "accuracy", "train_seconds"} or {"seed", "error"}
+Result = dict[str, object]  # {"seed", "accuracy", "train_seconds", ...} or {"seed", "error"}
+Run = tuple[float, float, float]  # (test accuracy, training wall seconds, training CPU seconds)
+
+
+def _start() -> tuple[float, float]:
+    return time.perf_counter(), time.process_time()
+
+
+def _spent(start: tuple[float, float]) -> tuple[float, float]:
+    """(wall, CPU) seconds since ``_start()``."""
+    return time.perf_counter() - start[0], time.process_time() - start[1]
 
 
 # --- the three trainers ----------------------------------------------------------------------
 
 
-def run_generated(module, spec: NetworkSpec, data: Dataset, seed: int) -> tuple[float, float]:
-    """(test accuracy, training seconds) of the generated module with the spec's defaults."""
+def run_generated(module, spec: NetworkSpec, data: Dataset, seed: int) -> Run:
+    """(test accuracy, training wall and CPU seconds) of the generated module's ``fit``."""
     train = spec.train
     params = module.init_params(seed=seed)
-    start = time.perf_counter()
+    start = _start()
     module.fit(
         params,
         np.asarray(data.X_train),
@@ -106,8 +119,8 @@ def run_generated(module, spec: NetworkSpec, data: Dataset, seed: int) -> tuple[
         optimizer=train.optimizer,
         seed=seed,
     )
-    seconds = time.perf_counter() - start
-    return accuracy(module.predict(params, data.X_test), data.y_test), seconds
+    seconds, cpu = _spent(start)
+    return accuracy(module.predict(params, data.X_test), data.y_test), seconds, cpu
 
 
 def sklearn_alpha(spec: NetworkSpec) -> float:
@@ -115,7 +128,7 @@ def sklearn_alpha(spec: NetworkSpec) -> float:
     return spec.l2 * spec.train.batch_size
 
 
-def run_sklearn(spec: NetworkSpec, data: Dataset, seed: int) -> tuple[float, float]:
+def run_sklearn(spec: NetworkSpec, data: Dataset, seed: int) -> Run:
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.neural_network import MLPClassifier
 
@@ -140,17 +153,23 @@ def run_sklearn(spec: NetworkSpec, data: Dataset, seed: int) -> tuple[float, flo
     X_train, y_train = np.array(data.X_train), np.array(data.y_train)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # max_iter reached: intended
-        start = time.perf_counter()
+        start = _start()
         model.fit(X_train, y_train)
-        seconds = time.perf_counter() - start
+        seconds, cpu = _spent(start)
     if model.n_iter_ != train.epochs:
         raise RuntimeError(f"sklearn stopped after {model.n_iter_} of {train.epochs} epochs")
-    return accuracy(model.predict(np.array(data.X_test)), data.y_test), seconds
+    return accuracy(model.predict(np.array(data.X_test)), data.y_test), seconds, cpu
 
 
-def run_torch(spec: NetworkSpec, data: Dataset, seed: int) -> tuple[float, float]:
+def torch_model(spec: NetworkSpec, seed: int, init: dict | None = None):
+    """(layers, logits, optimizer) of the PyTorch loop, float64.
+
+    Weights drawn like the generated module's (He-normal for the ReLU layers, Xavier-uniform
+    for the softmax layer, zero biases) from ``torch.Generator`` seeded with ``seed``, or
+    copied from ``init`` (the generated module's ``{"W1", "b1", ...}``); ``torch.optim.Adam``
+    with the spec's settings and ``weight_decay=l2`` on the weights only.
+    """
     import torch
-    import torch.nn.functional as F
 
     train = spec.train
     dtype = torch.float64
@@ -163,6 +182,10 @@ def run_torch(spec: NetworkSpec, data: Dataset, seed: int) -> tuple[float, float
     with torch.no_grad():
         for index, layer in enumerate(layers):
             fan_out, fan_in = layer.weight.shape
+            if init is not None:
+                layer.weight.copy_(torch.from_numpy(np.asarray(init[f"W{index + 1}"])))
+                layer.bias.copy_(torch.from_numpy(np.asarray(init[f"b{index + 1}"])))
+                continue
             if index < len(layers) - 1:  # ReLU layers: He-normal, as the generated module
                 layer.weight.normal_(0.0, math.sqrt(2.0 / fan_in), generator=generator)
             else:  # the softmax layer: Xavier-uniform, as the generated module
@@ -184,23 +207,43 @@ def run_torch(spec: NetworkSpec, data: Dataset, seed: int) -> tuple[float, float
         betas=(train.beta1, train.beta2),
         eps=train.eps,
     )
+    return layers, logits, optimizer, generator
+
+
+def torch_steps(logits, optimizer, X, y, batches) -> None:
+    """The loop's mini-batch steps: zero_grad, mean cross-entropy on logits, backward, step."""
+    import torch.nn.functional as F
+
+    for batch in batches:
+        optimizer.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(logits(X[batch]), y[batch])
+        loss.backward()
+        optimizer.step()
+
+
+def run_torch(spec: NetworkSpec, data: Dataset, seed: int) -> Run:
+    import torch
+
+    train = spec.train
+    dtype = torch.float64
+    _, logits, optimizer, generator = torch_model(spec, seed)
     X_train = torch.tensor(np.array(data.X_train), dtype=dtype)
     y_train = torch.tensor(np.array(data.y_train), dtype=torch.int64)
     X_test = torch.tensor(np.array(data.X_test), dtype=dtype)
     count = X_train.shape[0]
-    start = time.perf_counter()
-    for _ in range(train.epochs):
-        order = torch.randperm(count, generator=generator)
-        for first in range(0, count, train.batch_size):
-            batch = order[first : first + train.batch_size]
-            optimizer.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(logits(X_train[batch]), y_train[batch])
-            loss.backward()
-            optimizer.step()
-    seconds = time.perf_counter() - start
+
+    def batches():
+        for _ in range(train.epochs):
+            order = torch.randperm(count, generator=generator)
+            for first in range(0, count, train.batch_size):
+                yield order[first : first + train.batch_size]
+
+    start = _start()
+    torch_steps(logits, optimizer, X_train, y_train, batches())
+    seconds, cpu = _spent(start)
     with torch.no_grad():
         predicted = logits(X_test).argmax(dim=1).numpy()
-    return accuracy(predicted, data.y_test), seconds
+    return accuracy(predicted, data.y_test), seconds, cpu
 
 
 # --- running and reporting -------------------------------------------------------------------
@@ -265,7 +308,7 @@ def benchmark(seeds: int, torch_threads: int, log: Callable[[str], None]) -> dic
     )
     module = load_module(generate(spec), f"{spec.name}_generated")
     available = versions()
-    runners: dict[str, Callable[[int], tuple[float, float]]] = {
+    runners: dict[str, Callable[[int], Run]] = {
         "generated": lambda s: run_generated(module, spec, data, s),
         "sklearn": lambda s: run_sklearn(spec, data, s),
         "torch": lambda s: run_torch(spec, data, s),
@@ -284,7 +327,7 @@ def benchmark(seeds: int, torch_threads: int, log: Callable[[str], None]) -> dic
             continue
         for seed in range(seeds):
             try:
-                acc, seconds = runners[name](seed)
+                acc, seconds, cpu = runners[name](seed)
             except Exception as error:  # a broken optional library must not stop the others
                 if name == "generated":
                     raise
@@ -292,7 +335,9 @@ def benchmark(seeds: int, torch_threads: int, log: Callable[[str], None]) -> dic
                 results[name].append({"seed": seed, "error": f"{type(error).__name__}: {error}"})
                 continue
             log(f"{name} seed {seed}: test accuracy {acc:.4f}, training {seconds:.2f} s")
-            results[name].append({"seed": seed, "accuracy": acc, "train_seconds": seconds})
+            results[name].append(
+                {"seed": seed, "accuracy": acc, "train_seconds": seconds, "train_cpu_seconds": cpu}
+            )
     train = spec.train
     return {
         "spec": spec.name,

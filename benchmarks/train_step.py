@@ -350,6 +350,17 @@ class PyTensorStep:
     def step(self, X, Y) -> float:
         return float(self.function(X, Y))
 
+    def trusted(self):
+        """The same compiled function and parameters with ``trust_input = True``.
+
+        PyTensor then skips its per-call input checks and conversions (the caller passes
+        arrays of the exact dtype and rank); a copy that shares the parameters' storage, so
+        ``state`` and ``reset`` apply to it too.
+        """
+        function = self.function.copy(share_memory=True)
+        function.trust_input = True
+        return function
+
     def state(self):
         return {n: self.shared[n].get_value() for n in self.names}
 

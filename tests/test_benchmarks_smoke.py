@@ -158,3 +158,54 @@ def test_kinds_step_without_torch_and_profile(tmp_path: Path) -> None:
         assert profile["step_us"] > 0
         assert any("numpy.dot" in line["code"] for line in profile["lines"])
     assert "| µs/step | function:line | code |" in result.stdout
+
+
+def test_targets_quick(tmp_path: Path) -> None:
+    """targets.py --quick: every section runs, checks pass; optional peers may be absent."""
+    out = tmp_path / "targets.json"
+    result = run("targets.py", "--quick", "--json", str(out))
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(out.read_text(encoding="utf-8"))
+    assert report["checks_passed"] is True
+    assert report["checks"] and all(check["passed"] for check in report["checks"])
+    assert report["sections"] == ["cli", "exact", "step", "fit", "threads"]
+    assert {row["section"] for row in report["rows"]} == set(report["sections"])
+    env = report["environment"]
+    assert env["thread_env_used"]["OPENBLAS_NUM_THREADS"] == "1"
+    # the checkout's own package is what was measured
+    assert Path(env["symbackprop_path"]) == ROOT / "symbackprop"
+    for row in report["rows"]:
+        assert row.keys() >= {"target", "ours", "peer", "ratio", "goal", "met"}
+        if row["ratio"] is None or row["goal_kind"] is None:
+            assert row["met"] is None
+    targets = {row["target"]: row for row in report["rows"]}
+    sympy_rows = [t for t in targets if t.startswith("CLI: codegen seed_mlp vs import sympy")]
+    (codegen,) = sympy_rows
+    assert targets[codegen]["ours"] > 0 and targets[codegen]["peer"] > 0
+    assert targets[codegen]["difference"] is not None
+    steps = [row for row in report["rows"] if row["section"] == "step"]
+    assert len(steps) == 4  # 2-3-3-2 at batch 1 and 32, against PyTensor and PyTorch
+    for row in steps:
+        assert row["ours"] > 0
+        if "PyTorch" in row["target"]:
+            assert (row["peer"] is not None) == HAS_TORCH
+    fit = [row for row in report["rows"] if row["section"] == "fit"]
+    assert len(fit) == 2 and all(row["ours"] > 0 for row in fit)
+    assert (fit[0]["ratio"] is not None) == HAS_TORCH
+    assert "| target | ours | peer | ratio | goal | met |" in result.stdout
+    assert "correctness checks: all passed" in result.stdout
+
+
+def test_targets_without_optional_peers(tmp_path: Path) -> None:
+    """Without torch, PyTensor and scikit-learn their rows read n/a and nothing fails."""
+    out = tmp_path / "targets.json"
+    args = ("--quick", "--sections", "step", "fit", "--no-torch", "--no-pytensor", "--no-sklearn")
+    result = run("targets.py", *args, "--json", str(out))
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(out.read_text(encoding="utf-8"))
+    assert report["checks_passed"] is True
+    assert report["rows"]
+    for row in report["rows"]:
+        assert row["ours"] > 0
+        assert row["peer"] is None and row["ratio"] is None and row["met"] is None
+    assert "n/a" in result.stdout
