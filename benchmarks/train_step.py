@@ -13,13 +13,14 @@ For every configuration x activation (relu, tanh) x dtype (float64, float32) the
 2. checks, before any timing, that the generated ``gradients`` and ``train_step`` agree with
    PyTorch autograd (loss, every gradient, every parameter after one step), with a plain
    hand-written NumPy backprop that shares no code with the generator, and (loss and
-   parameters after one step) with PyTensor; relative tolerance 1e-10 in float64, 1e-4 in
-   float32;
+   parameters after one step) with PyTensor, as compiled and with ``trust_input``; relative
+   tolerance 1e-10 in float64, 1e-4 in float32;
 3. for each thread count, limits NumPy's BLAS (threadpoolctl) and torch
    (``torch.set_num_threads``) to the same number of threads, measures the GEMM rate of this
    process, and times the steps interleaved: blocks of numpy, torch (two variants), pytensor
-   steps in rotating order, after a warm-up, with ``time.perf_counter`` around every step and
-   the garbage collector paused (as ``timeit`` does); the median per-step time is reported.
+   (as compiled and with ``trust_input``) steps in rotating order, after a warm-up, with
+   ``time.perf_counter`` and ``time.process_time`` around every step and the garbage
+   collector paused (as ``timeit`` does); the median per-step times are reported.
 
 See benchmarks/README.md for what every number means.
 """
@@ -357,9 +358,13 @@ class PyTensorStep:
         arrays of the exact dtype and rank); a copy that shares the parameters' storage, so
         ``state`` and ``reset`` apply to it too.
         """
-        function = self.function.copy(share_memory=True)
-        function.trust_input = True
-        return function
+        if getattr(self, "_trusted", None) is None:
+            self._trusted = self.function.copy(share_memory=True)
+            self._trusted.trust_input = True
+        return self._trusted
+
+    def step_trusted(self, X, Y) -> float:
+        return float(self.trusted()(X, Y))
 
     def state(self):
         return {n: self.shared[n].get_value() for n in self.names}
@@ -451,6 +456,16 @@ def run_checks(module, params, X, Y, labels, activation, dtype, torch, pytensor_
                 loss_pair=(ours_loss, p_loss),
                 params_pair=(stepped, fn.state()),
             )
+            # the same compiled step without PyTensor's input checks (trust_input)
+            fn.reset(params)
+            trusted = compare(
+                "pytensor trust_input",
+                tolerance,
+                loss_pair=(ours_loss, fn.step_trusted(X, Y)),
+                params_pair=(stepped, fn.state()),
+            )
+            result["pytensor"]["trust_input"] = trusted
+            result["pytensor"]["passed"] &= trusted["passed"]
     else:
         result["pytensor"] = None
     result["passed"] = all(
@@ -490,7 +505,12 @@ def gemm_rate_torch(torch, m, k, n, dtype, budget_s) -> float:
 
 
 def time_interleaved(steps: dict, budget_s: float, min_rounds: int, warmup: int) -> dict:
-    """Median per-step seconds per variant, from blocks of steps run in rotating order."""
+    """Median per-step seconds per variant, from blocks of steps run in rotating order.
+
+    Each step is timed by the wall clock (``median_s``) and by this process's CPU time
+    (``cpu_median_s``, ``time.process_time``: all threads, so with one thread the step's own
+    work, without the time the process waits for a CPU on a shared machine).
+    """
     names = list(steps)
     estimate = {}
     for name in names:
@@ -508,6 +528,8 @@ def time_interleaved(steps: dict, budget_s: float, min_rounds: int, warmup: int)
     per_round = sum(block[n] * estimate[n] for n in names)
     rounds = max(min_rounds, int(budget_s / per_round))
     samples = {n: [] for n in names}
+    cpu = {n: [] for n in names}
+    clock, cpu_clock = time.perf_counter, time.process_time
     enabled = gc.isenabled()
     gc.collect()  # once, before: a collection of this heap (SymPy, torch) takes ~0.1 s
     gc.disable()
@@ -516,11 +538,12 @@ def time_interleaved(steps: dict, budget_s: float, min_rounds: int, warmup: int)
             for i in range(len(names)):
                 name = names[(i + r) % len(names)]
                 fn = steps[name]
-                out = samples[name]
+                out, out_cpu = samples[name], cpu[name]
                 for _ in range(block[name]):
-                    t = time.perf_counter()
+                    c, t = cpu_clock(), clock()
                     fn()
-                    out.append(time.perf_counter() - t)
+                    out.append(clock() - t)
+                    out_cpu.append(cpu_clock() - c)
     finally:
         if enabled:
             gc.enable()
@@ -528,6 +551,7 @@ def time_interleaved(steps: dict, budget_s: float, min_rounds: int, warmup: int)
         n: {
             "median_s": statistics.median(samples[n]),
             "min_s": min(samples[n]),
+            "cpu_median_s": statistics.median(cpu[n]),
             "samples": len(samples[n]),
             "block": block[n],
         }
@@ -589,16 +613,19 @@ def fmt(value, spec) -> str:
 def markdown_table(rows) -> str:
     head = (
         "| config | sizes | batch | act | dtype | threads | numpy µs | torch µs | numpy/torch "
-        "| BLAS frac (peak) | BLAS frac (layer) | torch BLAS frac (peak) | pytensor µs |"
+        "| numpy/torch (CPU) | BLAS frac (peak) | BLAS frac (layer) | torch BLAS frac (peak) "
+        "| pytensor µs | pytensor trust µs |"
     )
     lines = [head, head_rule(head)]
     for r in rows:
         lines.append(
             f"| {r['config']} | {r['sizes_text']} | {r['batch']} | {r['activation']} "
             f"| {r['dtype']} | {r['threads']} | {fmt_us(r['numpy_s'])} | {fmt_us(r['torch_s'])} "
-            f"| {fmt(r['ratio'], '.2f')} | {fmt(r['fraction_blas_peak'], '.3f')} "
+            f"| {fmt(r['ratio'], '.2f')} | {fmt(r['ratio_cpu'], '.2f')} "
+            f"| {fmt(r['fraction_blas_peak'], '.3f')} "
             f"| {fmt(r['fraction_blas_layer'], '.3f')} "
-            f"| {fmt(r['torch_fraction_blas_peak'], '.3f')} | {fmt_us(r['pytensor_s'])} |"
+            f"| {fmt(r['torch_fraction_blas_peak'], '.3f')} | {fmt_us(r['pytensor_s'])} "
+            f"| {fmt_us(r['pytensor_trust_s'])} |"
         )
     return "\n".join(lines)
 
@@ -778,6 +805,8 @@ def main(argv=None) -> int:
                                 compiled = pt_state["fn"]
                                 compiled.reset(params)
                                 steps["pytensor"] = lambda f=compiled, X=X, Y=Y: f.step(X, Y)
+                                trusted = compiled.trusted()
+                                steps["pytensor_trust"] = lambda f=trusted, X=X, Y=Y: float(f(X, Y))
                             timing = time_interleaved(
                                 steps, args.budget, 2 if args.quick else 5, 1 if args.quick else 3
                             )
@@ -790,6 +819,9 @@ def main(argv=None) -> int:
                             )
                             torch_s = timing[variant]["median_s"]
                         pytensor_s = timing["pytensor"]["median_s"] if pt_ok else None
+                        trust_s = timing["pytensor_trust"]["median_s"] if pt_ok else None
+                        numpy_cpu = timing["numpy"]["cpu_median_s"]
+                        torch_cpu = timing[variant]["cpu_median_s"] if torch is not None else None
                         peak_rate = peak["numpy_gflops"] * 1e9
                         torch_peak = peak["torch_gflops"]
                         row = {
@@ -809,6 +841,7 @@ def main(argv=None) -> int:
                             ),
                             "torch_optim_s": timing["torch_optim"]["median_s"] if torch else None,
                             "pytensor_s": pytensor_s,
+                            "pytensor_trust_s": trust_s,
                             "pytensor_compile_s": pt_state.get("compile_s"),
                             "pytensor_note": (
                                 None
@@ -821,6 +854,10 @@ def main(argv=None) -> int:
                             ),
                             "ratio": numpy_s / torch_s if torch_s else None,
                             "ratio_pytensor": numpy_s / pytensor_s if pytensor_s else None,
+                            "ratio_pytensor_trust": numpy_s / trust_s if trust_s else None,
+                            "numpy_cpu_s": numpy_cpu,
+                            "torch_cpu_s": torch_cpu,
+                            "ratio_cpu": numpy_cpu / torch_cpu if torch_cpu else None,
                             "gemm_peak_gflops": peak["numpy_gflops"],
                             "gemm_layer_shape": f"({m} x {k}) @ ({k} x {n})",
                             "gemm_layer_gflops": layer_rate / 1e9,
@@ -842,7 +879,7 @@ def main(argv=None) -> int:
                         print(
                             f"# {label} threads={threads}: numpy {fmt_us(numpy_s)} µs, "
                             f"torch {fmt_us(torch_s)} µs ({variant}), "
-                            f"pytensor {fmt_us(pytensor_s)} µs",
+                            f"pytensor {fmt_us(pytensor_s)} µs (trust_input {fmt_us(trust_s)})",
                             file=sys.stderr,
                         )
 

@@ -62,7 +62,9 @@ def test_train_step_quick(tmp_path: Path) -> None:
         assert row["numpy_s"] > 0
         assert row["threads"] == 1
         assert row["fraction_blas_peak"] > 0
-        assert row["pytensor_s"] is None
+        assert row["pytensor_s"] is None and row["pytensor_trust_s"] is None
+        assert row["numpy_cpu_s"] > 0
+        assert (row["ratio_cpu"] is not None) == HAS_TORCH
         assert (row["torch_s"] is not None) == HAS_TORCH
         assert (row["ratio"] is not None) == HAS_TORCH
     assert "| config |" in result.stdout
