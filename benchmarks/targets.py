@@ -166,29 +166,32 @@ def make_row(
     difference=None,
     note=None,
     peer_text=None,
+    ours_text=None,
+    goal_text=None,
 ):
     """One line of the table.
 
     ``goal``: None (reported only), ``("ratio<=", t)``, ``("ratio>=", t)``, ``("ours<=", t)``
-    or ``("diff<=", t)`` (ours − peer, median of the per-round differences).
+    or ``("diff<=", t)`` (ours − peer, median of the per-round differences).  ``ours_text``,
+    ``peer_text`` and ``goal_text`` replace the printed value or goal.
     """
     if ratio is None and ours is not None and peer:
         ratio = ours / peer if ratio_of == "ours/peer" else peer / ours
     met = None
-    goal_text = "report"
+    text = "report"
     if goal is not None:
         kind, threshold = goal
         if kind == "ratio<=":
-            goal_text = f"{ratio_of} ≤ {threshold:g}"
+            text = f"{ratio_of} ≤ {threshold:g}"
             met = None if ratio is None else ratio <= threshold
         elif kind == "ratio>=":
-            goal_text = f"{ratio_of} ≥ {threshold:g}"
+            text = f"{ratio_of} ≥ {threshold:g}"
             met = None if ratio is None else ratio >= threshold
         elif kind == "ours<=":
-            goal_text = f"ours ≤ {threshold:g} {unit}"
+            text = f"ours ≤ {threshold:g} {unit}"
             met = None if ours is None else ours <= threshold
         elif kind == "diff<=":
-            goal_text = f"ours − peer ≤ {threshold:g} {unit}"
+            text = f"ours − peer ≤ {threshold:g} {unit}"
             met = None if difference is None else difference <= threshold
         else:
             raise ValueError(kind)
@@ -201,12 +204,13 @@ def make_row(
         "ratio": ratio,
         "ratio_of": ratio_of,
         "difference": difference,
-        "goal": goal_text,
+        "goal": text if goal_text is None else goal_text,
         "goal_kind": None if goal is None else goal[0],
         "goal_threshold": None if goal is None else goal[1],
         "met": met,
         "note": note,
         "peer_text": peer_text,
+        "ours_text": ours_text,
     }
 
 
@@ -240,10 +244,8 @@ def table(rows) -> str:
         elif r["peer"] is None and r.get("note"):
             peer = f"n/a ({r['note']})"
         ratio = "n/a" if r["ratio"] is None else f"{r['ratio']:.2f}"
-        lines.append(
-            f"| {r['target']} | {fmt_value(r['ours'], r['unit'])} | {peer} | {ratio} "
-            f"| {r['goal']} | {fmt_met(r)} |"
-        )
+        ours = r.get("ours_text") or fmt_value(r["ours"], r["unit"])
+        lines.append(f"| {r['target']} | {ours} | {peer} | {ratio} | {r['goal']} | {fmt_met(r)} |")
     return "\n".join(lines)
 
 
@@ -392,6 +394,40 @@ def run_child(argv: list[str], cwd: str, timeout: float = 900) -> dict:
     }
 
 
+# run as `python -c PROBE ARGS...`: the command as `python -m symbackprop ARGS...` would run
+# it, then, at exit, which of these modules it had imported
+WATCHED_MODULES = ("torch", "numpy", "matplotlib", "jinja2", "sympy.physics.units")
+PROBE_MARK = "symbackprop-targets-imported:"
+PROBE = f"""
+import atexit, runpy, sys
+def _imported():
+    names = [m for m in {WATCHED_MODULES!r} if m in sys.modules]
+    sys.stderr.write("\\n{PROBE_MARK}" + ",".join(names) + "\\n")
+atexit.register(_imported)
+sys.argv = ["symbackprop", *sys.argv[1:]]
+runpy.run_module("symbackprop", run_name="__main__", alter_sys=True)
+"""
+# the commands that must not import torch (the PyTorch witness is not used in them)
+NO_TORCH = ("codegen", "chain", "check --no-torch", "derive --no-check")
+
+
+def imported_modules(argv: list[str], cwd: str) -> list[str] | None:
+    """The watched modules a command imports (None when the probe could not tell)."""
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, *argv[len(MODULE) :]],
+        cwd=cwd,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    for line in reversed(done.stderr.splitlines()):
+        if line.startswith(PROBE_MARK):
+            return [name for name in line[len(PROBE_MARK) :].split(",") if name]
+    return None
+
+
 def cli_section(args, checks: Checks, torch_ok: bool) -> tuple[list, dict]:
     flags = {} if args.quick else no_check_flags(("derive", "train", "demo"))
     commands = cli_commands(args.quick, torch_ok, flags)
@@ -428,6 +464,13 @@ def cli_section(args, checks: Checks, torch_ok: bool) -> tuple[list, dict]:
                     f"cli round {r + 1}/{rounds} {name}: "
                     + (f"{result['cpu_s']:.2f} s CPU" if "cpu_s" in result else result["note"])
                 )
+        # untimed: which modules the commands that need no torch import
+        probed = [
+            n for n in NO_TORCH if n in commands and (not args.quick or n.startswith("check"))
+        ]
+        imports = {}
+        for name in probed:
+            imports[name] = imported_modules(commands[name][0], tempfile.mkdtemp(dir=scratch))
     for name in names:
         bad = [s for s in samples[name] if not s["ok"]]
         checks.add(
@@ -476,6 +519,22 @@ def cli_section(args, checks: Checks, torch_ok: bool) -> tuple[list, dict]:
             cpu("import sympy"),
             goal=("ours<=", CLI_GOALS["check_no_torch"]),
             ratio=ratio("check --no-torch", "import sympy"),
+        )
+    )
+    unknown = [name for name, found in imports.items() if found is None]
+    checks.add("cli", "the import probe ran every command", not unknown, commands=unknown)
+    importing = [name for name, found in imports.items() if found and "torch" in found]
+    rows.append(
+        make_row(
+            "cli",
+            "CLI: commands that import torch without using it (of: " + ", ".join(probed) + ")",
+            None if unknown else len(importing),
+            None,
+            unit="",
+            goal=None if unknown else ("ours<=", 0),
+            ours_text="none" if not importing and not unknown else ", ".join(importing) or None,
+            peer_text="—",
+            goal_text="none",
         )
     )
     skipped = "not run with --quick" if args.quick else None
@@ -530,6 +589,8 @@ def cli_section(args, checks: Checks, torch_ok: bool) -> tuple[list, dict]:
     detail = {
         "rounds": rounds,
         "no_check_flags": flags,
+        "imported_modules": imports,
+        "watched_modules": list(WATCHED_MODULES),
         "commands": {name: " ".join(commands[name][0]) for name in names},
         "median_cpu_s": {name: cpu(name) for name in names},
         "median_wall_s": {
@@ -1208,12 +1269,23 @@ def details_text(details: dict) -> str:
     out = []
     cli = details.get("cli")
     if cli:
-        out += ["", f"CLI commands ({cli['rounds']} rounds):", "", "| command | CPU s | wall s |"]
-        out.append("|---|---|---|")
+        out += [
+            "",
+            f"CLI commands ({cli['rounds']} rounds; imports: which of "
+            f"{', '.join(cli['watched_modules'])} the command imported):",
+            "",
+            "| command | CPU s | wall s | imports |",
+            "|---|---|---|---|",
+        ]
         for name, cpu in cli["median_cpu_s"].items():
             wall = cli["median_wall_s"].get(name)
             command = cli["commands"][name]
-            out.append(f"| {command} | {fmt_value(cpu, '')} | {fmt_value(wall, '')} |")
+            found = cli["imported_modules"].get(name, "—")  # —: not probed
+            if isinstance(found, list):
+                found = ", ".join(found) or "none"
+            elif found is None:
+                found = "n/a"
+            out.append(f"| {command} | {fmt_value(cpu, '')} | {fmt_value(wall, '')} | {found} |")
     exact = details.get("exact")
     if exact:
         out += [

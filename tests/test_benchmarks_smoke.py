@@ -178,13 +178,16 @@ def test_targets_quick(tmp_path: Path) -> None:
     assert Path(env["symbackprop_path"]) == ROOT / "symbackprop"
     for row in report["rows"]:
         assert row.keys() >= {"target", "ours", "peer", "ratio", "goal", "met"}
-        if row["ratio"] is None or row["goal_kind"] is None:
+        if row["goal_kind"] is None or (row["ratio"] is None and row["goal_kind"] == "ratio<="):
             assert row["met"] is None
     targets = {row["target"]: row for row in report["rows"]}
     sympy_rows = [t for t in targets if t.startswith("CLI: codegen seed_mlp vs import sympy")]
     (codegen,) = sympy_rows
     assert targets[codegen]["ours"] > 0 and targets[codegen]["peer"] > 0
     assert targets[codegen]["difference"] is not None
+    (probe,) = [row for t, row in targets.items() if "import torch without using it" in t]
+    assert probe["ours"] is not None  # the import probe ran check --no-torch
+    assert report["details"]["cli"]["imported_modules"].keys() == {"check --no-torch"}
     steps = [row for row in report["rows"] if row["section"] == "step"]
     assert len(steps) == 4  # 2-3-3-2 at batch 1 and 32, against PyTensor and PyTorch
     for row in steps:
