@@ -35,6 +35,10 @@ the expression must also be real-valued for real variables: a constant with an i
 part (``asin(2)``, ``atanh(3)``, ``sqrt(-x**2)`` = i|x|), a negative constant to a variable
 power (``(-1)**x``) and a ``Min``/``Max`` that cannot compare its arguments are refused.
 ``chain``/``descent`` (``variables=None``) accept complex constants: they only print them.
+
+Beside the parser, the counts the clean-up budgets are measured in (``degree``,
+``tree_size``, ``expansion_terms``) and ``simplify``: SymPy's own, without the import of
+SymPy's unit systems it would make.
 """
 
 from __future__ import annotations
