@@ -36,6 +36,7 @@ from symbackprop.expressions import (
     degree,
     expansion_terms,
     parse_expression,
+    simplify,
     tree_size,
 )
 
@@ -135,7 +136,7 @@ def _simplest(expr: sympy.Expr) -> sympy.Expr:
     candidates = [expr, sympy.factor_terms(expr)]
     if _may_simplify(expr):
         try:
-            candidates.append(sympy.simplify(expr))
+            candidates.append(simplify(expr))
         except Exception:  # noqa: BLE001 - simplification is a nicety; the input is correct
             pass
     return min(candidates, key=sympy.count_ops)

@@ -188,12 +188,13 @@ def cmd_derive(args: argparse.Namespace) -> int:
         path = output_path(f"{spec.name}.pdf", "-o")
     if path is not None:
         check_outputs([path], "-o", inputs)
+    use_torch = False if args.no_check else _torch_witness(args)
     derivation = derive(spec)
     certificate = None
     if not args.no_check:
         from symbackprop.verify import certify
 
-        certificate = certify(derivation, use_torch=False if args.no_torch else None)
+        certificate = certify(derivation, use_torch=use_torch)
     figures: dict[Path, str] = {}
     if fmt == "md":
         stem = None if path is None else path.stem
@@ -219,6 +220,24 @@ def cmd_derive(args: argparse.Namespace) -> int:
     write_outputs({path: document, **figures}, "-o", inputs)
     print(f"wrote {path}" + "".join(f", {p.name}" for p in figures), file=sys.stderr)
     return EXIT_OK
+
+
+def _torch_witness(args: argparse.Namespace) -> bool:
+    """derive, train and demo: the PyTorch witness only when asked for (``--torch``).
+
+    Importing torch alone costs more CPU (2.6-3 s) than those commands' own work on the
+    bundled examples; ``check`` (whose job is the certificate) uses it when importable.
+    """
+    if not getattr(args, "torch", False):
+        return False
+    from symbackprop.verify import torch_available
+
+    if not torch_available():
+        raise InputError(
+            "--torch",
+            "the PyTorch witness needs torch, which is not importable (pip install torch)",
+        )
+    return True
 
 
 def cmd_chain(args: argparse.Namespace) -> int:
@@ -283,7 +302,7 @@ def _print_progress(p: object) -> None:
     print(_progress_line(p), flush=True)
 
 
-def _train(spec: object, args: argparse.Namespace) -> object | None:
+def _train(spec: object, args: argparse.Namespace, use_torch: bool) -> object | None:
     """Shared by train and demo: check, train with progress, print the summary.
 
     None when the certificate failed (training refused; the table says why).
@@ -316,6 +335,7 @@ def _train(spec: object, args: argparse.Namespace) -> object | None:
             test_fraction=args.test_fraction,
             progress=_print_progress,
             checked=checked,
+            use_torch=use_torch,
         )
     except training.CheckFailed as failed:
         print(f"symbackprop: {failed}", file=sys.stderr)
@@ -339,8 +359,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     inputs = {**_spec_input(args.spec), "--data": _data_input(args.data)}
     if out is not None:
         check_outputs([out], "--out", inputs)
+    use_torch = _torch_witness(args)
     spec = _spec(args)
-    result = _train(spec, args)
+    result = _train(spec, args, use_torch)
     if result is None:
         return EXIT_CHECK_FAILED
     if _diverged(result):
@@ -458,6 +479,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             "--out",
             f"{existing[0]} exists; use --force to overwrite or --out to choose another folder",
         )
+    use_torch = _torch_witness(args)
 
     sizes = "-".join(map(str, spec.sizes))
     print(
@@ -469,14 +491,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
     print()
     args.data = "digits"
-    result = _train(spec, args)
+    result = _train(spec, args, use_torch)
     if result is None or _diverged(result):
         return EXIT_CHECK_FAILED
     print("\nthe chain rule, as SymPy derived it (equation numbers of the documents):")
     print("\n".join(_derivation_summary(result.derivation)))
     tex = render_tex(result.derivation, result.certificate)
     article = derive(load_spec(ARTICLE_SPEC))
-    article_certificate = certify(article)
+    article_certificate = certify(article, use_torch=use_torch)
     article_tex = render_tex(article, article_certificate)
     contents: dict[Path, str | bytes] = {
         files["py"]: result.source,
@@ -577,9 +599,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--format", choices=("tex", "md", "pdf"), help="default: -o's suffix, else tex"
     )
     sub.add_argument("--no-check", action="store_true", help="leave the certificate out")
-    sub.add_argument(
-        "--no-torch", action="store_true", help="skip the certificate's PyTorch witness"
-    )
+    _torch_arguments(sub)
 
     sub = command("chain", cmd_chain, "the chain rule on a composite function, step by step")
     sub.add_argument("expr", metavar="EXPR", help='e.g. "sin(exp(x**2))"')
@@ -634,6 +654,20 @@ def _training_arguments(sub: argparse.ArgumentParser, data_required: bool) -> No
     sub.add_argument(
         "--test-fraction", type=float, default=0.2, help="held-out share of the data (default 0.2)"
     )
+    _torch_arguments(sub)
+
+
+def _torch_arguments(sub: argparse.ArgumentParser) -> None:
+    """--torch (the PyTorch witness in the certificate) and, kept for scripts, --no-torch."""
+    choice = sub.add_mutually_exclusive_group()
+    choice.add_argument(
+        "--torch",
+        action="store_true",
+        help="add the PyTorch witness to the certificate (needs torch, whose import alone "
+        "costs about 3 s CPU); without it, finite differences and (within its operation "
+        "budget) the exact witness check every gradient",
+    )
+    choice.add_argument("--no-torch", action="store_true", help="no PyTorch witness (the default)")
 
 
 class Terminated(BaseException):

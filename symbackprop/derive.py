@@ -19,18 +19,29 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
-import numpy as np
 import sympy
 
 from symbackprop import rules
-from symbackprop.expressions import degree, expansion_terms, tree_size
+from symbackprop.expressions import degree, expansion_terms, simplify, tree_size
 from symbackprop.forms import teacher_latex
-from symbackprop.functions import YHAT, A, Activation, Loss, X, Y
+from symbackprop.functions import ACTIVATIONS, YHAT, A, Activation, Loss, X, Y
 from symbackprop.graph import SymbolicNetwork, build
 from symbackprop.layers import LAYERS
-from symbackprop.primitives import NUMPY_HELPERS, sigmoid, softplus, step, to_textbook_form
+from symbackprop.lazy import lazy
+from symbackprop.primitives import (
+    NUMPY_HELPERS,
+    expm1,
+    sigmoid,
+    softplus,
+    step,
+    to_textbook_form,
+)
 from symbackprop.printing import inplace_statements, numpy_code
 from symbackprop.spec import NetworkSpec
+
+# the float64 checks of the printed kernels only: a derivation of the built-in activations
+# (tabulated below) and of softmax outputs needs no NumPy
+np = lazy("numpy")
 
 Z = sympy.Symbol("z", real=True)
 P = sympy.Symbol("p", real=True)  # softmax probability yhat
@@ -210,7 +221,7 @@ def _tidy(expr: sympy.Expr) -> sympy.Expr:
         and sympy.count_ops(expr) < SIMPLIFY_MAX_OPS
         and degree(expr) <= SIMPLIFY_MAX_DEGREE
     ):
-        candidates.append(sympy.simplify(expr))
+        candidates.append(simplify(expr))
     return _simplest(*candidates)
 
 
@@ -245,7 +256,7 @@ _SLOW = ("exp", "log", "cosh", "sinh", "tanh", "_ndtr", "_erf", "power", "sin", 
 def _kernel(expr: sympy.Expr) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
     """The float64 NumPy kernel of ``expr`` in z and a, exactly as the module prints it."""
     code, helpers = numpy_code(expr, {Z: "z", A: "a", Y: "y"})
-    namespace: dict = {"numpy": np}
+    namespace: dict = {"numpy": np.module}
     for helper in sorted(helpers):
         exec(NUMPY_HELPERS[helper], namespace)  # our own helper source
     # printed from a validated expression, never from user text
@@ -359,18 +370,67 @@ def _through_output(act: Activation, f: sympy.Expr, derivative: sympy.Expr) -> s
     return None
 
 
-@lru_cache(maxsize=256)
-def derive_activation(act: Activation) -> ActivationDerivative:
+def derive_in_full(act: Activation) -> tuple[sympy.Expr, sympy.Expr | None]:
+    """f'(z) from sympy.diff, tidied, and f' through a (``_through_output``): the work."""
     f = act.expr.xreplace({X: Z})
     # Max/Min/abs in custom activations differentiate to Heaviside, whose H(0) = 1/2;
     # symbackprop's convention is step(0) = 0 (ReLU'(0) = 0, as in PyTorch).
-    derivative = sympy.diff(f, Z).replace(sympy.Heaviside, lambda arg, *_: step(arg))
+    derivative = _tidy(sympy.diff(f, Z).replace(sympy.Heaviside, lambda arg, *_: step(arg)))
+    return derivative, _through_output(act, f, derivative)
+
+
+def _leaky(u: sympy.Expr) -> sympy.Expr:
+    """factor's (99 u + 1)/100, the number left outside (SymPy would distribute it)."""
+    return sympy.Mul(sympy.Rational(1, 100), 99 * u + 1, evaluate=False)
+
+
+def _gelu() -> sympy.Expr:
+    root2 = sympy.sqrt(2)
+    return (
+        root2 * Z * sympy.exp(-(Z**2) / 2) / (2 * sympy.sqrt(sympy.pi))
+        + sympy.erf(root2 * Z / 2) / 2
+        + sympy.Rational(1, 2)
+    )
+
+
+# ``derive_in_full`` of each built-in activation, as it gives them, node for node: the
+# through-a search evaluates every candidate's float64 kernel (NumPy) and its exact value
+# (30 digits) at the tail points, 0.02-0.3 s CPU per activation and NumPy's import, for
+# results that never change.  tests/test_derive_table.py derives each entry again and
+# compares the trees node by node, so that a change to the derivation that changes one fails
+# there, printing the new tree.  Each is built when first asked for.
+_BUILT_IN: dict[str, Callable[[], tuple[sympy.Expr, sympy.Expr | None]]] = {
+    "identity": lambda: (sympy.S.One, sympy.S.One),
+    "relu": lambda: (step(Z), step(A)),
+    "leaky_relu": lambda: (_leaky(step(Z)), _leaky(step(A))),
+    "sigmoid": lambda: ((1 - sigmoid(Z)) * sigmoid(Z), A * (1 - sigmoid(Z))),
+    "tanh": lambda: (1 - sympy.tanh(Z) ** 2, None),
+    "softplus": lambda: (sigmoid(Z), -expm1(-A)),
+    "elu": lambda: (sympy.exp(sympy.Min(0, Z)), None),
+    "gelu": lambda: (_gelu(), None),
+    "silu": lambda: ((1 - Z * (sigmoid(Z) - 1)) * sigmoid(Z), None),
+    "softmax": lambda: (sympy.S.One, sympy.S.One),
+}
+
+
+def built_in_derivative(act: Activation) -> tuple[sympy.Expr, sympy.Expr | None] | None:
+    """f'(z) and f' through a of a built-in registry entry, from the table; None for any
+    other activation (custom, or a built-in with parameters of its own)."""
+    build = _BUILT_IN.get(act.name)
+    if build is None or ACTIVATIONS.get(act.name) is not act:
+        return None
+    return build()
+
+
+@lru_cache(maxsize=256)
+def derive_activation(act: Activation) -> ActivationDerivative:
+    f = act.expr.xreplace({X: Z})
     # as a student would write it by hand: simplify() turns swish' into cosh(z/2) forms
     textbook = sympy.diff(to_textbook_form(f), Z).replace(
         sympy.Heaviside, lambda arg, *_: step(arg)
     )
-    derivative = _tidy(derivative)
-    return ActivationDerivative(act, f, derivative, textbook, _through_output(act, f, derivative))
+    derivative, through = built_in_derivative(act) or derive_in_full(act)
+    return ActivationDerivative(act, f, derivative, textbook, through)
 
 
 # --- stable forms for the printed kernels ----------------------------------------------------
@@ -549,7 +609,7 @@ def softmax_jacobian_check(n: int = 3) -> sympy.Matrix:
     p = [sympy.exp(zi) / total for zi in z]
     jacobian = sympy.Matrix(n, n, lambda j, k: sympy.diff(p[j], z[k]))
     rule = sympy.Matrix(n, n, lambda j, k: p[j] * ((1 if j == k else 0) - p[k]))
-    if (jacobian - rule).applyfunc(sympy.simplify) != sympy.zeros(n, n):  # pragma: no cover
+    if (jacobian - rule).applyfunc(simplify) != sympy.zeros(n, n):  # pragma: no cover
         raise RuntimeError(f"SymPy's softmax Jacobian for n = {n} is not diag(p) - p p^T")
     return jacobian
 

@@ -14,12 +14,12 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
 import sympy
 from sympy import erf, log, sqrt, tanh
 
 from symbackprop.errors import InputError
 from symbackprop.expressions import parse_expression
+from symbackprop.lazy import lazy
 from symbackprop.primitives import (
     LEAKY_SLOPE,
     elu,
@@ -32,12 +32,15 @@ from symbackprop.primitives import (
 )
 from symbackprop.spec import ACTIVATION_PARAMETERS, FunctionSpec, NetworkSpec, parameter_value
 
+# the references run only in tests: generating code or a document needs no NumPy
+np = lazy("numpy")
+
 # real: |x|' is sign(x), not an expression in re(x) and im(x)
 X = sympy.Symbol("x", real=True)
 YHAT = sympy.Symbol("yhat", real=True)
 Y = sympy.Symbol("y", real=True)
 
-Reference = Callable[[np.ndarray], np.ndarray]
+Reference = Callable[["np.ndarray"], "np.ndarray"]
 
 
 @dataclass(frozen=True)
@@ -120,7 +123,7 @@ ACTIVATIONS: dict[str, Activation] = {
             log_output=-softplus(-X),
             log_one_minus_output=-softplus(X),
         ),
-        Activation("tanh", tanh(X), r"\tanh(x)", reference=np.tanh),
+        Activation("tanh", tanh(X), r"\tanh(x)", reference=lambda x: np.tanh(x)),
         Activation(
             "softplus",
             softplus(X),

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-import numpy
-
 from symbackprop.functions import resolve
+from symbackprop.lazy import lazy
 from symbackprop.spec import NetworkSpec, layer_parameters, layer_state
+
+# ``_initialize`` names the module ``numpy``, as the generated module does; codegen, which
+# only copies its source, needs no NumPy
+numpy = lazy("numpy")
 
 
 @lru_cache(maxsize=256)
@@ -63,7 +66,7 @@ def _initialize(table, seed, dtype):
 
 
 def init_params(
-    spec: NetworkSpec, seed: int = 0, dtype: type = numpy.float64
+    spec: NetworkSpec, seed: int = 0, dtype: object = "float64"
 ) -> dict[str, numpy.ndarray]:
     """The generated module's ``init_params(seed, dtype)``, without generating it."""
     return _initialize(init_table(spec), seed, dtype)

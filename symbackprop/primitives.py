@@ -12,29 +12,60 @@ Conventions: step(0) = 0, so relu'(0) = 0 and leaky_relu'(0) = slope (PyTorch's)
 
 from __future__ import annotations
 
-import inspect
+from collections.abc import Iterator, Mapping
 
 import sympy
 from mpmath.libmp import prec_to_dps
 from sympy import Function, Rational, exp, log
 from sympy.printing.printer import Printer
 
-from symbackprop.numpy_erf import _erf, _ndtr
-
 LEAKY_SLOPE = Rational(1, 100)
+
+
+class _Helpers(Mapping[str, str]):
+    """Helper name -> its source; the ones in numpy_erf.py are read when first asked for.
+
+    Their source is that of the tested functions themselves (``inspect.getsource``), which
+    imports NumPy and tokenizes the file (together 0.2 s CPU): a kernel without erf never
+    pays for it.
+    """
+
+    def __init__(self, sources: dict[str, str], from_numpy_erf: tuple[str, ...]) -> None:
+        self._sources = dict(sources)
+        self._names = (*sources, *from_numpy_erf)
+
+    def __getitem__(self, name: str) -> str:
+        if name not in self._sources and name in self._names:
+            import inspect
+
+            from symbackprop import numpy_erf
+
+            self._sources[name] = inspect.getsource(getattr(numpy_erf, name))
+        return self._sources[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names
+
 
 # NumPy helper functions the generated module defines when a kernel uses them.  Each is
 # stable for every finite input and keeps the dtype of its argument (float32 stays float32).
-NUMPY_HELPERS: dict[str, str] = {
-    "_stable_sigmoid": (
-        "def _stable_sigmoid(x):\n"
-        "    # exp(-log(1 + exp(-x))): never overflows, exact in both tails\n"
-        "    return numpy.exp(-numpy.logaddexp(0, -x))\n"
-    ),
-}
-# NumPy has no erf: the generated module carries its own, vectorized (numpy_erf.py)
-NUMPY_HELPERS["_erf"] = inspect.getsource(_erf)
-NUMPY_HELPERS["_ndtr"] = inspect.getsource(_ndtr)
+# NumPy has no erf: the generated module carries its own, vectorized (numpy_erf.py).
+NUMPY_HELPERS: Mapping[str, str] = _Helpers(
+    {
+        "_stable_sigmoid": (
+            "def _stable_sigmoid(x):\n"
+            "    # exp(-log(1 + exp(-x))): never overflows, exact in both tails\n"
+            "    return numpy.exp(-numpy.logaddexp(0, -x))\n"
+        ),
+    },
+    ("_erf", "_ndtr"),
+)
 # helpers that call other helpers
 HELPER_NEEDS: dict[str, tuple[str, ...]] = {"_ndtr": ("_erf",)}
 

@@ -36,6 +36,7 @@ from functools import cache
 import sympy
 
 from symbackprop import layers
+from symbackprop.expressions import simplify
 from symbackprop.spec import FlatLayer, LayerSpec
 
 KINDS = tuple(kind for kind in layers.LAYERS if kind != "dense")  # each has a rule below
@@ -122,7 +123,7 @@ def check_equal(
                     f"{sympy.N(value, 6)} at {point}"
                 )
     for k, difference in enumerate(differences):
-        if not (identically_zero(difference) or sympy.simplify(difference) == 0):
+        if not (identically_zero(difference) or simplify(difference) == 0):
             raise RuntimeError(
                 f"{what}: entry {k}: SymPy's derivative minus the formula does not reduce to 0"
             )

@@ -20,10 +20,23 @@ from symbackprop.codegen import generate
 from symbackprop.data import Dataset, check_features, load_dataset
 from symbackprop.derive import Derivation, derive
 from symbackprop.errors import InputError
+from symbackprop.graph import SymbolicNetwork
 from symbackprop.spec import OPTIMIZERS, NetworkSpec, TrainSpec
-from symbackprop.verify import Certificate, certify
+from symbackprop.verify import Certificate, certify, pass_cost
 
 CHECK_BATCH = 4
+
+# The certificate before training costs no more than the training itself, by operation counts
+# (never a clock), in the certificate's unit: sample-parameter products of a float64 pass.
+STEP_PASSES = 3  # a training step: forward, backward and update, one pass each
+# One operation of the exact witness (40-digit arithmetic) costs the CPU of this many products
+# of the module's float64 passes (measured: 0.4-0.5 ns per product in fit, 6-30 us per exact
+# operation with the neuron-level graph; 130 us on digits_mlp before its evaluation was
+# compiled)
+EXACT_OP_PRODUCTS = 50_000
+# exact operations always allowed: a small network's exact witness costs less than its
+# derivation (seed_mlp: 929 per sample)
+EXACT_FLOOR = 4_000
 
 
 class CheckFailed(Exception):
@@ -128,6 +141,28 @@ def _loss(module: types.ModuleType, params: dict, X: np.ndarray, y: np.ndarray) 
     return module.loss(params, X, y)
 
 
+def training_work(net: SymbolicNetwork, samples: int, opts: TrainSpec) -> int:
+    """The sample-parameter products of fit's float64 passes over ``samples`` training rows."""
+    batch = max(1, min(opts.batch_size, samples))
+    steps = opts.epochs * math.ceil(samples / batch)
+    return steps * STEP_PASSES * pass_cost(net, batch)
+
+
+def exact_budget(net: SymbolicNetwork, samples: int, opts: TrainSpec) -> int:
+    """Exact operations the certificate before training may spend: what half of the
+    training's own work pays for (finite differences take the other half), at least
+    EXACT_FLOOR.  digits_mlp on the bundled digits: 12,500, and one sample needs 22,870, so
+    its finite differences check it; ``symbackprop check`` runs the exact witness too."""
+    return max(EXACT_FLOOR, training_work(net, samples, opts) // 2 // EXACT_OP_PRODUCTS)
+
+
+def _budget(budget: int) -> dict[str, int]:
+    """certify's ``exact_budget`` keyword, where the certify at hand takes one."""
+    if "exact_budget" in inspect.signature(certify).parameters:
+        return {"exact_budget": budget}
+    return {}
+
+
 def train(
     spec: NetworkSpec,
     data: str,
@@ -136,8 +171,14 @@ def train(
     test_fraction: float = 0.2,
     progress: Callable[[Progress], None] | None = None,
     checked: Callable[[Certificate], None] | None = None,
+    use_torch: bool = False,
 ) -> TrainResult:
-    """Generate, certify on a batch of the data, train, evaluate; raises CheckFailed."""
+    """Generate, certify on a batch of the data, train, evaluate; raises CheckFailed.
+
+    The certificate's witnesses: finite differences, the exact witness within
+    ``exact_budget``, and PyTorch only with ``use_torch`` (its import alone outweighs the
+    training of the bundled examples).
+    """
     derivation = derive(spec)
     net = derivation.network
     opts = train_options or spec.train
@@ -161,7 +202,13 @@ def train(
     module = load_module(source, spec.name)
     sample = (dataset.X_train[:CHECK_BATCH], dataset.y_train[:CHECK_BATCH])
     certificate = certify(
-        derivation, batch=len(sample[0]), seed=opts.seed, module_source=source, data=sample
+        derivation,
+        batch=len(sample[0]),
+        seed=opts.seed,
+        module_source=source,
+        data=sample,
+        use_torch=use_torch,
+        **_budget(exact_budget(net, len(dataset.X_train), opts)),
     )
     if checked is not None:
         checked(certificate)

@@ -344,13 +344,13 @@ def test_chain_and_descent_outputs_do_not_depend_on_the_clock(monkeypatch) -> No
 
 def _count_simplify(monkeypatch: pytest.MonkeyPatch) -> list[sympy.Expr]:
     calls: list[sympy.Expr] = []
-    simplify = sympy.simplify
+    simplify = calculus.simplify  # SymPy's, without the units import (expressions.simplify)
 
-    def counted(expr: sympy.Expr, *args: object, **kwargs: object) -> sympy.Expr:
+    def counted(expr: sympy.Expr) -> sympy.Expr:
         calls.append(expr)
-        return simplify(expr, *args, **kwargs)
+        return simplify(expr)
 
-    monkeypatch.setattr(sympy, "simplify", counted)
+    monkeypatch.setattr(calculus, "simplify", counted)
     return calls
 
 

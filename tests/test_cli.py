@@ -406,3 +406,94 @@ def test_progress_line_compact_rmse():
     line = progress_line(1.0, metric=4.4e40, classification=False)
     assert "test rmse 4.4000e+40 " in line
     assert len(line) < 80
+
+
+# --- the PyTorch witness: opt-in for derive, train and demo ----------------------------------
+
+
+@pytest.mark.parametrize("command", ["derive", "train", "demo"])
+def test_help_offers_the_torch_witness(workdir, capsys, command):
+    assert run_main([command, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--torch" in out and "--no-torch" in out
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["derive", "seed_mlp", "--torch", "--no-torch"],
+        ["train", "seed_mlp", "--data", "digits", "--no-torch", "--torch"],
+        ["demo", "--torch", "--no-torch"],
+    ],
+    ids=["derive", "train", "demo"],
+)
+def test_torch_and_no_torch_exclude_each_other(workdir, capsys, argv):
+    assert_bad_input(run_main(argv), capsys, "--torch")
+    assert list(workdir.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["derive", "seed_mlp", "--torch", "-o", "x.md"],
+        ["train", "seed_mlp", "--data", "digits", "--torch", "--out", "w.npz"],
+        ["demo", "--torch", "--out", "demo"],
+    ],
+    ids=["derive", "train", "demo"],
+)
+def test_torch_asked_for_but_not_importable(workdir, capsys, monkeypatch, argv):
+    from symbackprop import verify
+
+    monkeypatch.setattr(verify, "torch_available", lambda: False)
+    assert_bad_input(run_main(argv), capsys, "--torch")
+    assert list(workdir.iterdir()) == []
+
+
+class _Asked(Exception):
+    """Raised by a stand-in once it has recorded what it was asked (the work is not run)."""
+
+
+def _record(monkeypatch, target: str) -> list[dict]:
+    """Replace ``target`` by a stand-in that records its keyword arguments and stops."""
+    asked: list[dict] = []
+
+    def stand_in(*args, **kwargs):
+        asked.append(kwargs)
+        raise _Asked
+
+    monkeypatch.setattr(target, stand_in)
+    return asked
+
+
+TORCH_FLAGS = [([], False), (["--no-torch"], False), (["--torch"], True)]
+
+
+@pytest.mark.parametrize(("flags", "use_torch"), TORCH_FLAGS)
+def test_derive_certifies_with_torch_only_when_asked(workdir, monkeypatch, flags, use_torch):
+    monkeypatch.setattr("symbackprop.verify.torch_available", lambda: True)
+    asked = _record(monkeypatch, "symbackprop.verify.certify")
+    with pytest.raises(_Asked):
+        main(["derive", "seed_mlp", *flags, "-o", "x.tex"])
+    assert asked[0]["use_torch"] is use_torch
+
+
+@pytest.mark.parametrize(("flags", "use_torch"), TORCH_FLAGS)
+def test_train_certifies_with_torch_only_when_asked(workdir, monkeypatch, flags, use_torch):
+    monkeypatch.setattr("symbackprop.verify.torch_available", lambda: True)
+    asked = _record(monkeypatch, "symbackprop.training.train")
+    with pytest.raises(_Asked):
+        main(["train", "seed_mlp", "--data", "digits", *flags])
+    assert asked[0]["use_torch"] is use_torch
+
+
+def test_derive_document_says_the_torch_witness_was_not_asked_for(workdir):
+    assert run_main(["derive", "seed_mlp", "-o", "x.md"]) == 0
+    assert "skipped pytorch: not requested" in (workdir / "x.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize(("flags", "use_torch"), [([], None), (["--no-torch"], False)])
+def test_check_uses_torch_when_importable(workdir, monkeypatch, flags, use_torch):
+    asked = _record(monkeypatch, "symbackprop.verify.certify")
+    with pytest.raises(_Asked):
+        main(["check", "seed_mlp", *flags])
+    assert asked[0]["use_torch"] is use_torch  # None: when torch is importable

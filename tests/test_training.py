@@ -279,3 +279,62 @@ def test_generated_script_stops_on_divergence(tmp_path: Path) -> None:
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
         assert result.stderr.startswith("error: ") and words in result.stderr
         assert "saved" not in result.stdout and not (tmp_path / "w.npz").exists()
+
+
+# --- the certificate before training costs no more than the training -------------------------
+
+
+def _network(name: str):  # noqa: ANN202 - SymbolicNetwork
+    from symbackprop.graph import build
+
+    return build(load_spec(name))
+
+
+def test_training_work_counts_every_step() -> None:
+    from symbackprop import training, verify
+
+    net = _network("digits_mlp")
+    opts = load_spec("digits_mlp").train
+    steps = opts.epochs * -(-1438 // opts.batch_size)
+    assert training.training_work(net, 1438, opts) == (
+        steps * training.STEP_PASSES * verify.pass_cost(net, opts.batch_size)
+    )
+    # fewer rows than a batch: one step of that many rows per epoch
+    assert training.training_work(net, 5, opts) == (
+        opts.epochs * training.STEP_PASSES * verify.pass_cost(net, 5)
+    )
+
+
+def test_digits_training_pays_for_no_exact_witness_and_seed_mlp_for_one() -> None:
+    from symbackprop import training, verify
+
+    digits, seed = _network("digits_mlp"), _network("seed_mlp")
+    budget = training.exact_budget(digits, 1438, load_spec("digits_mlp").train)
+    assert budget < verify.exact_cost(digits)  # not even one sample: finite differences check
+    small = training.exact_budget(seed, 100, load_spec("seed_mlp").train)
+    assert small == training.EXACT_FLOOR >= training.CHECK_BATCH * verify.exact_cost(seed)
+
+
+def test_train_gives_certify_the_budget_and_no_torch(
+    in_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from symbackprop import training
+
+    asked: list[dict] = []
+    real = training.certify
+
+    def certify(source, *, exact_budget=None, **kwargs):  # noqa: ANN001, ANN202
+        asked.append({"exact_budget": exact_budget, **kwargs})
+        return real(source, **kwargs)
+
+    monkeypatch.setattr(training, "certify", certify)
+    X = np.random.default_rng(0).normal(size=(40, 2))
+    np.savez("d.npz", X=X, y=(X[:, 0] > 0).astype(np.int64))
+    spec = load_spec("seed_mlp")
+    result = training.train(spec, "d.npz", training.options(spec, epochs=1))
+    rows = len(result.dataset.X_train)
+    assert asked[0]["use_torch"] is False
+    assert asked[0]["exact_budget"] == training.exact_budget(
+        _network("seed_mlp"), rows, result.options
+    )
+    assert result.certificate.witnesses == ("finite-diff", "exact")
