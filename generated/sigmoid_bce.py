@@ -16,15 +16,29 @@ dtype, or a kernel calls a helper such as _erf).  Each thread has buffers of its
 every function may be called from several threads at once on one module; train_step and
 fit update params in place, so threads that train at the same time need their own params.
 
+With one sample (X of one row) train_step computes in Python floats instead: for a network
+this small that is several times faster than NumPy's calls, and gives the same step to
+rounding (float32 parameters get the float64 step, rounded).
+
 Bad arrays, shapes, keys or hyperparameters raise ValueError before anything changes (NaN
 or infinite values in X, Y or params are found when they make the loss or the outputs
 non-finite, and by fit up front); fit raises FloatingPointError when training diverges.
+
+BLAS threads: NumPy's matrix products run in its BLAS library, which by default starts one
+thread per core (OpenBLAS).  For networks of this size, and on a machine busy with other
+work, one thread is usually fastest: threads that wait for a core cost far more than they
+save (a loaded 2-core machine ran train_step 90 times slower with the default threads).
+Choose with `with blas_threads(1): ...` or fit(..., threads=1) (both need threadpoolctl),
+or start Python with OPENBLAS_NUM_THREADS=1 (MKL_NUM_THREADS=1 for MKL, OMP_NUM_THREADS=1
+for either), which works without threadpoolctl.
 """
 
 import argparse
+import contextlib
 import math
 import sys
 import threading
+import warnings
 import weakref
 
 import numpy
@@ -53,6 +67,9 @@ _INIT = {
     "b2": ("zeros", (1,)),
 }
 _REALS = (int, float, numpy.integer, numpy.floating)
+_FLOAT64, _FLOAT32 = numpy.dtype(numpy.float64), numpy.dtype(numpy.float32)
+_SHAPE_ITEMS = tuple(_SHAPES.items())
+_PARAMETER_COUNT = 17
 _FLOAT_MAX = sys.float_info.max
 _EXPLOSION = 1e6  # fit: a mini-batch loss above 1e6 * max(1, the first one) has diverged
 
@@ -375,6 +392,24 @@ def _ndtr(x: "numpy.typing.ArrayLike") -> "numpy.ndarray | numpy.floating":
 
 
 def _check_params(params):
+    """The dtype of params, once their keys, shapes and dtypes are as PARAMETERS says."""
+    # the usual case, by identity: a dict of plain arrays of one float dtype
+    if type(params) is dict and params.keys() == _SHAPES.keys():
+        dtype = getattr(params["W1"], "dtype", None)
+        if dtype is _FLOAT64 or dtype is _FLOAT32:
+            for key, shape in _SHAPE_ITEMS:
+                value = params[key]
+                if type(value) is not numpy.ndarray or value.shape != shape:
+                    break
+                if value.dtype is not dtype:
+                    break
+            else:
+                return dtype
+    return _check_params_fully(params)
+
+
+def _check_params_fully(params):
+    """_check_params for any params: a ValueError naming what is wrong, else the dtype."""
     if not isinstance(params, dict) or params.keys() != _SHAPES.keys():
         keys = sorted(params) if isinstance(params, dict) else type(params).__name__
         raise ValueError(f"params has keys {keys}, expected {sorted(_SHAPES)}")
@@ -449,6 +484,10 @@ def _check_updatable(params):
 
 
 def _inputs(X, dtype):
+    """X as a (batch, 2) array of dtype."""
+    if type(X) is numpy.ndarray and X.dtype is dtype and X.ndim == 2:
+        if X.shape[1] == LAYER_SIZES[0] and X.shape[0]:
+            return X
     X = numpy.asarray(X)
     if X.dtype.kind not in "biuf":
         raise ValueError(f"X has dtype {X.dtype}, expected real numbers")
@@ -462,8 +501,11 @@ def _targets(Y, batch, dtype, ws=None):
 
     Integer class labels become one-hot rows (in ws["Y"] when a workspace is given).
     """
-    Y = numpy.asarray(Y)
     outputs = LAYER_SIZES[-1]
+    if type(Y) is numpy.ndarray and Y.dtype is dtype and Y.shape == (batch, outputs):
+        if Y.flags.c_contiguous:
+            return Y, False
+    Y = numpy.asarray(Y)
     if Y.ndim == 1 and Y.shape[0] == batch and CLASSIFICATION and Y.dtype.kind in "iub":
         low, high = (0, 1) if outputs == 1 else (0, outputs - 1)
         if Y.min() < low or Y.max() > high:
@@ -526,6 +568,16 @@ class _Buffers(dict):
         return array
 
 
+def _views(flat):
+    """One view of the flat array per parameter, in PARAMETERS' order and shapes."""
+    views, start = {}, 0
+    for key, shape in PARAMETERS.items():
+        end = start + math.prod(shape)
+        views[key] = flat[start:end].reshape(shape)
+        start = end
+    return views
+
+
 def _workspace(batch, dtype):
     """This thread's arrays for one batch size and dtype: made once, then reused.
 
@@ -558,9 +610,13 @@ def _workspace(batch, dtype):
             "U2": (batch, 1),
         }
         ws = _Buffers(shapes, numpy.dtype(dtype))
+        # every gradient is a view of one array, so that fit's optimizers step them at once
+        ws["grads"] = numpy.empty(_PARAMETER_COUNT, ws.dtype)
+        for name, view in _views(ws["grads"]).items():
+            ws["d" + name] = view
         ws["rows"] = numpy.arange(batch) * LAYER_SIZES[-1]
         ws["index"] = numpy.empty(batch, dtype=numpy.intp)
-        size = sum(int(numpy.prod(shape)) for shape in shapes.values()) * ws.dtype.itemsize
+        size = sum(math.prod(shape) for shape in shapes.values()) * ws.dtype.itemsize
         if size <= _CACHE_BYTES:
             if len(workspaces) >= 4:
                 workspaces.clear()
@@ -613,11 +669,13 @@ def _loss(params, X, Y, ws):
     return total
 
 
-def _backward(params, X, Y, ws, scale, weight_scale, unit_rows=False):
+def _backward(params, X, Y, ws, scale, weight_scale, unit_rows=False, sgd=False):
     """scale * dL/dZ for every layer, then the gradients into ws["dW<l>"], ws["db<l>"].
 
     scale is 1/batch for the gradient; train_step passes lr/batch (and weight_scale lr) so
-    that the buffers hold the SGD step itself.  unit_rows: every row of Y sums to 1.
+    that the buffers hold the SGD step itself, and sgd=True: then each layer's parameters
+    take that step as soon as the pass has read them for the last time (eq. 10).
+    unit_rows: every row of Y sums to 1.
     """
     A1 = ws["A1"]
     Z1 = ws["Z1"]
@@ -630,6 +688,9 @@ def _backward(params, X, Y, ws, scale, weight_scale, unit_rows=False):
     numpy.add.reduce(dZ2, axis=0, out=ws["db2"])  # (eq. 9)
     dZ1 = ws["dZ1"]
     numpy.dot(dZ2, params["W2"], out=dZ1)  # (eq. 7)
+    if sgd:  # layer 2's step: the pass has read W2, b2 for the last time
+        params["W2"] -= ws["dW2"]
+        params["b2"] -= ws["db2"]
     T1_0 = ws["T1_0"]
     T1_1 = ws["T1_1"]
     G = ws["G1"]  # f'(z) of gelu (eq. 5)
@@ -643,12 +704,19 @@ def _backward(params, X, Y, ws, scale, weight_scale, unit_rows=False):
     numpy.multiply(dZ1, G, out=dZ1)
     numpy.dot(dZ1.T, X, out=ws["dW1"])  # (eq. 8)
     numpy.add.reduce(dZ1, axis=0, out=ws["db1"])  # (eq. 9)
+    if sgd:  # layer 1's step: the pass has read W1, b1 for the last time
+        params["W1"] -= ws["dW1"]
+        params["b1"] -= ws["db1"]
 
 
-def _step(params, X, Y, rng=None):
-    """Checked inputs, the workspace, and the loss after a forward pass."""
-    dtype = _check_params(params)
-    X = _inputs(X, dtype)
+def _step(params, X, Y, rng=None, dtype=None):
+    """Checked inputs, the workspace, and the loss after a forward pass.
+
+    dtype: params and X are checked already (as train_step does), and dtype is theirs.
+    """
+    if dtype is None:
+        dtype = _check_params(params)
+        X = _inputs(X, dtype)
     rng = _generator(rng)
     ws = _workspace(X.shape[0], dtype)
     Y, unit_rows = _targets(Y, X.shape[0], dtype, ws)
@@ -657,6 +725,93 @@ def _step(params, X, Y, rng=None):
     if not math.isfinite(value):  # a bad input (ValueError), else an overflow: returned
         _check_finite(params, X, Y)
     return X, Y, ws, unit_rows, value
+
+
+# --- one sample in Python floats ------------------------------------------------------------
+
+
+def _ndtr1(x):
+    # the standard normal CDF of one float, accurate in the lower tail
+    return 0.5 * math.erfc(-x * 0.7071067811865476)
+
+def _softplus1(x):
+    # log(1 + exp(x)) for one float, as numpy.logaddexp(0, x) computes it
+    return max(x, 0.0) + math.log1p(math.exp(-abs(x)))
+
+def _scalar_targets(Y, dtype):
+    """Y of one sample as a list of floats, checked as _targets checks it."""
+    if type(Y) is numpy.ndarray and Y.dtype is dtype and Y.shape == (1, LAYER_SIZES[-1]):
+        return Y.tolist()[0]
+    return _targets(Y, 1, dtype)[0].tolist()[0]
+
+
+def _scalar_step(params, X, Y, lr, rng, dtype):
+    """train_step for one sample, checked as train_step checks it: the loss, or None when
+    the vectorized step must decide (math raised, or the loss is not finite)."""
+    _generator(rng)
+    y = _scalar_targets(Y, dtype)
+    _check_updatable(params)
+    try:
+        return _scalar_core(params, X, y, lr)
+    except (OverflowError, ZeroDivisionError, ValueError):  # NumPy gives inf or nan there
+        return None
+
+
+def _scalar_core(params, X, y, lr):
+    """train_step for one sample in Python floats: the loss before the step, or
+    None (params untouched) where math raised or the loss is not finite.
+    """
+    x0, x1 = X.tolist()[0]
+    (y0,) = y
+    W1 = params["W1"]
+    (w1_0_0, w1_0_1), (w1_1_0, w1_1_1), (w1_2_0, w1_2_1), (w1_3_0, w1_3_1) = W1.tolist()
+    b1 = params["b1"]
+    b1_0, b1_1, b1_2, b1_3 = b1.tolist()
+    W2 = params["W2"]
+    ((w2_0_0, w2_0_1, w2_0_2, w2_0_3),) = W2.tolist()
+    b2 = params["b2"]
+    (b2_0,) = b2.tolist()
+    # layer 1: 2 -> 4, gelu
+    z1_0 = w1_0_0 * x0 + w1_0_1 * x1 + b1_0
+    z1_1 = w1_1_0 * x0 + w1_1_1 * x1 + b1_1
+    z1_2 = w1_2_0 * x0 + w1_2_1 * x1 + b1_2
+    z1_3 = w1_3_0 * x0 + w1_3_1 * x1 + b1_3
+    a1_0 = z1_0*_ndtr1(z1_0)
+    a1_1 = z1_1*_ndtr1(z1_1)
+    a1_2 = z1_2*_ndtr1(z1_2)
+    a1_3 = z1_3*_ndtr1(z1_3)
+    # layer 2: 4 -> 1, sigmoid
+    z2_0 = w2_0_0 * a1_0 + w2_0_1 * a1_1 + w2_0_2 * a1_2 + w2_0_3 * a1_3 + b2_0
+    a2_0 = math.exp(-_softplus1(-(z2_0)))
+    loss = (y0*_softplus1(-z2_0) + (1 - y0)*_softplus1(z2_0))
+    if not math.isfinite(loss):
+        return None
+    # dL/dz of the output layer, times lr (eq. 6)
+    d2_0 = (a2_0 - y0) * lr
+    # back through W2 and gelu' (eq. 7, 5)
+    d1_0 = (d2_0 * w2_0_0) * (0.39894228040143268*z1_0*math.exp(-0.5*z1_0 * z1_0) + _ndtr1(z1_0))
+    d1_1 = (d2_0 * w2_0_1) * (0.39894228040143268*z1_1*math.exp(-0.5*z1_1 * z1_1) + _ndtr1(z1_1))
+    d1_2 = (d2_0 * w2_0_2) * (0.39894228040143268*z1_2*math.exp(-0.5*z1_2 * z1_2) + _ndtr1(z1_2))
+    d1_3 = (d2_0 * w2_0_3) * (0.39894228040143268*z1_3*math.exp(-0.5*z1_3 * z1_3) + _ndtr1(z1_3))
+    # the step in place: W -= dL/dW, b -= dL/db (eq. 8, 9, 10)
+    W1[0, 0] = w1_0_0 - d1_0 * x0
+    W1[0, 1] = w1_0_1 - d1_0 * x1
+    b1[0] = b1_0 - d1_0
+    W1[1, 0] = w1_1_0 - d1_1 * x0
+    W1[1, 1] = w1_1_1 - d1_1 * x1
+    b1[1] = b1_1 - d1_1
+    W1[2, 0] = w1_2_0 - d1_2 * x0
+    W1[2, 1] = w1_2_1 - d1_2 * x1
+    b1[2] = b1_2 - d1_2
+    W1[3, 0] = w1_3_0 - d1_3 * x0
+    W1[3, 1] = w1_3_1 - d1_3 * x1
+    b1[3] = b1_3 - d1_3
+    W2[0, 0] = w2_0_0 - d2_0 * a1_0
+    W2[0, 1] = w2_0_1 - d2_0 * a1_1
+    W2[0, 2] = w2_0_2 - d2_0 * a1_2
+    W2[0, 3] = w2_0_3 - d2_0 * a1_3
+    b2[0] = b2_0 - d2_0
+    return loss
 
 
 # --- public interface -----------------------------------------------------------------------
@@ -717,80 +872,93 @@ def train_step(params, X, Y, lr, rng=None):
     they were.
     """
     _check_lr(lr)
-    X, Y, ws, unit_rows, value = _step(params, X, Y, rng)
+    dtype = _check_params(params)
+    X = _inputs(X, dtype)
+    if X.shape[0] == 1:  # one sample: Python floats beat NumPy's per-call cost here
+        value = _scalar_step(params, X, Y, lr, rng, dtype)
+        if value is not None:
+            return value
+    X, Y, ws, unit_rows, value = _step(params, X, Y, rng, dtype)
     _check_updatable(params)
-    _backward(params, X, Y, ws, lr / X.shape[0], lr, unit_rows)
-    _sgd_update(params, ws)
+    _backward(params, X, Y, ws, lr / X.shape[0], lr, unit_rows, sgd=True)
     return value
-
-
-def _sgd_update(params, ws):
-    """params -= the step the backward pass left in ws (it was scaled by lr there)."""
-    for key in PARAMETERS:
-        params[key] -= ws["d" + key]
 
 
 def _optimizer(params, optimizer, lr):
     """(gradient scale, update(ws)) for sgd, momentum or adam (torch.optim's definitions).
 
-    sgd lets the backward pass scale by lr, so that its buffers hold the step itself.
+    sgd lets the backward pass scale by lr and step the parameters itself (update is None).
+    The others work on every parameter at once: their state is one flat array each, as
+    ws["grads"] holds every gradient.
     """
     if optimizer == "sgd":
-        return lr, lambda ws: _sgd_update(params, ws)
-    trained = {key: params[key] for key in PARAMETERS}
-    scratch = {key: numpy.empty_like(value) for key, value in trained.items()}
+        return lr, None
+    if optimizer not in ("momentum", "adam"):
+        raise ValueError(f"optimizer is {optimizer!r}, expected 'sgd', 'momentum' or 'adam'")
+    dtype = params["W1"].dtype
+    scratch = numpy.empty(_PARAMETER_COUNT, dtype)
+    steps = [(params[key], part) for key, part in _views(scratch).items()]
     if optimizer == "momentum":
         mu = TRAIN_DEFAULTS["momentum"]
-        velocity = {key: numpy.zeros_like(value) for key, value in trained.items()}
+        velocity = numpy.zeros(_PARAMETER_COUNT, dtype)
 
         def update(ws):
-            for key, param in trained.items():
-                v = velocity[key]
-                v *= mu
-                v += ws["d" + key]
-                numpy.multiply(v, lr, out=scratch[key])
-                param -= scratch[key]
+            numpy.multiply(velocity, mu, out=velocity)
+            numpy.add(velocity, ws["grads"], out=velocity)
+            numpy.multiply(velocity, lr, out=scratch)
+            for param, part in steps:
+                param -= part
         return 1.0, update
-    if optimizer == "adam":
-        beta1, beta2 = TRAIN_DEFAULTS["beta1"], TRAIN_DEFAULTS["beta2"]
-        eps = TRAIN_DEFAULTS["eps"]
-        first = {key: numpy.zeros_like(value) for key, value in trained.items()}
-        second = {key: numpy.zeros_like(value) for key, value in trained.items()}
-        step = [0]
+    beta1, beta2 = TRAIN_DEFAULTS["beta1"], TRAIN_DEFAULTS["beta2"]
+    eps = TRAIN_DEFAULTS["eps"]
+    first = numpy.zeros(_PARAMETER_COUNT, dtype)
+    second = numpy.zeros(_PARAMETER_COUNT, dtype)
+    count = [0]
 
-        def update(ws):
-            step[0] += 1
-            correction1 = 1.0 - beta1 ** step[0]
-            correction2 = 1.0 - beta2 ** step[0]
-            for key, param in trained.items():
-                grad, m, v, t = ws["d" + key], first[key], second[key], scratch[key]
-                m *= beta1
-                numpy.multiply(grad, 1.0 - beta1, out=t)
-                m += t
-                v *= beta2
-                numpy.square(grad, out=t)
-                t *= 1.0 - beta2
-                v += t
-                numpy.divide(v, correction2, out=t)
-                numpy.sqrt(t, out=t)
-                t += eps
-                numpy.divide(m, t, out=t)
-                t *= lr / correction1
-                param -= t
-        return 1.0, update
-    raise ValueError(f"optimizer is {optimizer!r}, expected 'sgd', 'momentum' or 'adam'")
+    def update(ws):
+        count[0] += 1
+        correction1 = 1.0 - beta1 ** count[0]
+        correction2 = 1.0 - beta2 ** count[0]
+        grad, m, v, t = ws["grads"], first, second, scratch
+        numpy.multiply(m, beta1, out=m)
+        numpy.multiply(grad, 1.0 - beta1, out=t)
+        numpy.add(m, t, out=m)
+        numpy.multiply(v, beta2, out=v)
+        numpy.square(grad, out=t)
+        numpy.multiply(t, 1.0 - beta2, out=t)
+        numpy.add(v, t, out=v)
+        numpy.divide(v, correction2, out=t)
+        numpy.sqrt(t, out=t)
+        numpy.add(t, eps, out=t)
+        numpy.divide(m, t, out=t)
+        numpy.multiply(t, lr / correction1, out=t)
+        for param, part in steps:
+            param -= part
+    return 1.0, update
 
 
 def fit(
-    params, X, Y, *, epochs, batch_size, lr, optimizer="sgd", seed=0, verbose=False, callback=None
+    params,
+    X,
+    Y,
+    *,
+    epochs,
+    batch_size,
+    lr,
+    optimizer="sgd",
+    seed=0,
+    verbose=False,
+    callback=None,
+    threads=None,
 ):
     """Train in place on shuffled mini-batches; returns the per-epoch mean losses.
 
-    callback(epoch, mean_loss), if given, is called after every epoch.  Bad inputs or
-    hyperparameters raise ValueError before anything changes.  Training stops with a
-    FloatingPointError when a mini-batch loss is not finite or above _EXPLOSION times
-    max(1, the first mini-batch's loss), or the parameters stop being finite: lr is too
-    large for this data (params then hold the last steps taken).
+    callback(epoch, mean_loss), if given, is called after every epoch.  threads, if given,
+    is the number of BLAS threads while fit runs (see blas_threads; None leaves them as
+    they are).  Bad inputs or hyperparameters raise ValueError before anything changes.
+    Training stops with a FloatingPointError when a mini-batch loss is not finite or above
+    _EXPLOSION times max(1, the first mini-batch's loss), or the parameters stop being
+    finite: lr is too large for this data (params then hold the last steps taken).
     """
     dtype = _check_params(params)
     X = _inputs(X, dtype)
@@ -799,39 +967,46 @@ def fit(
         if isinstance(value, bool) or not isinstance(value, (int, numpy.integer)) or value < 1:
             raise ValueError(f"{label} is {value!r}, expected a positive integer")
     _check_lr(lr)
+    if threads is not None:
+        _check_threads(threads)
     _check_finite(params, X, Y)
     _check_updatable(params)
     scale, update = _optimizer(params, optimizer, lr)
-    rng = numpy.random.default_rng(seed)
-    count = X.shape[0]
-    history = []
-    first, limit = None, _FLOAT_MAX  # any finite loss, until the first mini-batch's
-    for epoch in range(1, epochs + 1):
-        order = rng.permutation(count)
-        total = 0.0
-        for number, start in enumerate(range(0, count, batch_size), start=1):
-            batch = order[start : start + batch_size]
-            ws = _workspace(len(batch), dtype)
-            Xb = numpy.take(X, batch, axis=0, out=ws["X"])
-            Yb = numpy.take(Y, batch, axis=0, out=ws["Y"])
-            _forward(params, Xb, ws)
-            value = _loss(params, Xb, Yb, ws)
-            if not -_FLOAT_MAX <= value <= limit:  # also NaN
-                raise FloatingPointError(_diverged(value, first, epoch, number, lr))
-            if first is None:
-                first, limit = value, _EXPLOSION * max(1.0, value)
-            total += value * len(batch)
-            _backward(params, Xb, Yb, ws, scale / len(batch), scale, unit_rows)
-            update(ws)
-        for key, param in params.items():  # the epoch's last step is not followed by a loss
-            if not math.isfinite(param.sum()) and not numpy.isfinite(param).all():
-                what = f"params[{key!r}] became NaN or infinite"
-                raise FloatingPointError(_diverged(what, first, epoch, number, lr))
-        history.append(total / count)
-        if verbose:
-            print(f"epoch {epoch}/{epochs}: loss {history[-1]:.6g}")
-        if callback is not None:
-            callback(epoch, history[-1])
+    limit_threads = blas_threads(threads) if threads is not None else contextlib.nullcontext()
+    with limit_threads:
+        rng = numpy.random.default_rng(seed)
+        count = X.shape[0]
+        history = []
+        first, limit = None, _FLOAT_MAX  # any finite loss, until the first mini-batch's
+        for epoch in range(1, epochs + 1):
+            order = rng.permutation(count)
+            total = 0.0
+            for number, start in enumerate(range(0, count, batch_size), start=1):
+                batch = order[start : start + batch_size]
+                ws = _workspace(len(batch), dtype)
+                Xb = numpy.take(X, batch, axis=0, out=ws["X"])
+                Yb = numpy.take(Y, batch, axis=0, out=ws["Y"])
+                _forward(params, Xb, ws)
+                value = _loss(params, Xb, Yb, ws)
+                if not -_FLOAT_MAX <= value <= limit:  # also NaN
+                    raise FloatingPointError(_diverged(value, first, epoch, number, lr))
+                if first is None:
+                    first, limit = value, _EXPLOSION * max(1.0, value)
+                total += value * len(batch)
+                if update is None:  # sgd: the backward pass steps params itself
+                    _backward(params, Xb, Yb, ws, scale / len(batch), scale, unit_rows, sgd=True)
+                else:
+                    _backward(params, Xb, Yb, ws, scale / len(batch), scale, unit_rows)
+                    update(ws)
+            for key, param in params.items():  # the epoch's last step is not followed by a loss
+                if not math.isfinite(param.sum()) and not numpy.isfinite(param).all():
+                    what = f"params[{key!r}] became NaN or infinite"
+                    raise FloatingPointError(_diverged(what, first, epoch, number, lr))
+            history.append(total / count)
+            if verbose:
+                print(f"epoch {epoch}/{epochs}: loss {history[-1]:.6g}")
+            if callback is not None:
+                callback(epoch, history[-1])
     return history
 
 
@@ -868,6 +1043,60 @@ def load(path):
         params = {key: data[key] for key in data.files}
     _check_params(params)
     return params
+
+
+# --- BLAS threads ---------------------------------------------------------------------------
+
+_THREADS_LOCK = threading.Lock()
+_THREADS = {"users": 0, "limiter": None}  # the blocks running now, and the limit they share
+
+
+def _check_threads(count):
+    if isinstance(count, bool) or not isinstance(count, (int, numpy.integer)) or count < 1:
+        raise ValueError(f"threads is {count!r}, expected a positive integer")
+
+
+@contextlib.contextmanager
+def blas_threads(count):
+    """At most count BLAS threads for NumPy's matrix products inside the with block.
+
+    With threadpoolctl installed this is threadpool_limits(count, user_api="blas");
+    without it a RuntimeWarning says that the threads stay as they are, and the way to
+    choose them is an environment variable set before Python starts: OPENBLAS_NUM_THREADS
+    (MKL_NUM_THREADS for MKL, OMP_NUM_THREADS for either).  The limit holds for the whole
+    process: blocks that overlap in time (in several threads) share the first one's count,
+    and the threads are restored when the last of them ends.
+    """
+    _check_threads(count)
+    with _THREADS_LOCK:
+        if _THREADS["users"] == 0:
+            _THREADS["limiter"] = _limit_blas(int(count))
+        _THREADS["users"] += 1
+    try:
+        yield
+    finally:
+        with _THREADS_LOCK:
+            _THREADS["users"] -= 1
+            limiter = _THREADS["limiter"]
+            if _THREADS["users"] == 0 and limiter is not None:
+                _THREADS["limiter"] = None
+                limiter.restore_original_limits()
+
+
+def _limit_blas(count):
+    """threadpoolctl's limit of the BLAS threads to count, or None (and a warning) without it."""
+    try:
+        import threadpoolctl
+    except ImportError:
+        warnings.warn(
+            "blas_threads: threadpoolctl is not installed, so the BLAS threads stay as they "
+            f"are; set OPENBLAS_NUM_THREADS={count} (MKL_NUM_THREADS for MKL) before Python "
+            "starts, or pip install threadpoolctl",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        return None
+    return threadpoolctl.threadpool_limits(count, user_api="blas")
 
 
 # --- script mode ----------------------------------------------------------------------------
@@ -922,6 +1151,12 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=TRAIN_DEFAULTS["seed"])
     parser.add_argument("--float32", action="store_true", help="train in float32")
     parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="BLAS threads while training (needs threadpoolctl; default: BLAS's own choice)",
+    )
+    parser.add_argument(
         "--out",
         default="sigmoid_bce_weights.npz",
         help="where to save the weights",
@@ -943,6 +1178,7 @@ def main(argv=None):
                 optimizer=args.optimizer,
                 seed=args.seed,
                 verbose=True,
+                threads=args.threads,
             )
             final = loss(params, X, y)
         if not math.isfinite(final):

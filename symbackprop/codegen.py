@@ -23,9 +23,10 @@ from symbackprop.derive import LP, ActivationDerivative, Derivation, P, Z, deriv
 from symbackprop.functions import A, Y
 from symbackprop.initialize import _initialize, init_table
 from symbackprop.layers import LAYERS
-from symbackprop.primitives import NUMPY_HELPERS
+from symbackprop.primitives import NUMPY_HELPERS, relu, step
 from symbackprop.printing import inplace_statements
-from symbackprop.spec import FlatLayer, NetworkSpec
+from symbackprop.scalar import SCALAR_HELPERS, step_source
+from symbackprop.spec import FlatLayer, NetworkSpec, layer_parameters
 
 
 def template_dir() -> Path:
@@ -47,6 +48,12 @@ def environment() -> jinja2.Environment:
         keep_trailing_newline=True,
         autoescape=False,
     )
+
+
+@lru_cache(maxsize=1)
+def module_template() -> jinja2.Template:
+    """The module template, compiled once per process (its first compile is ~0.1 s)."""
+    return environment().get_template("numpy/module.py.j2")
 
 
 @dataclass(frozen=True)
@@ -81,6 +88,20 @@ def _plan(
 
 def _helper_source(helpers: set[str]) -> list[str]:
     return [NUMPY_HELPERS[helper].rstrip("\n") for helper in sorted(helpers)]
+
+
+def _never_negative(f: sympy.Expr) -> bool:
+    """f(z) >= 0 for every real z (ReLU), so that step(f) = sign(f)."""
+    # relu carries no sign assumption of its own, so it is named here
+    return isinstance(f, relu) or bool(f.is_nonnegative)
+
+
+def _step_as_sign(prime: sympy.Expr, f: sympy.Expr) -> sympy.Expr:
+    """f' through a = f(z) with step(a) written sign(a) when a is never negative: one ufunc
+    instead of step's two (sign, then max with 0), the same numbers (sign(0) = 0)."""
+    if not _never_negative(f):
+        return prime
+    return prime.replace(lambda e: isinstance(e, step) and e.args[0] == A, lambda e: sympy.sign(A))
 
 
 LINE_LENGTH = 100  # the project's ruff setting, which generated modules pass
@@ -166,6 +187,7 @@ class LayerCode:
     sends: tuple[tuple[str, bool], ...] = ()
     receives_from: int = 0  # a dense layer whose W^T delta this block receives first thing
     receives_first: bool = True
+    params: tuple[str, ...] = ()  # its trainable parameters (PARAMETERS' keys)
 
     @property
     def template(self) -> str:
@@ -233,6 +255,7 @@ def context(derivation: Derivation) -> dict[str, object]:
             "grad": _grad_name(layer),
             "is_output": index == out_layer.index,
             "sends": tuple(sends),
+            "params": tuple(layer_parameters(layer)),
         }
         if layer.kind == "dense":
             if d is None:  # pragma: no cover - derive gives every dense layer its f'
@@ -258,6 +281,8 @@ def context(derivation: Derivation) -> dict[str, object]:
                 temps, helpers = max(temps, len(plan.temp_fetch)), helpers | plan.helpers
             if index != out_layer.index:
                 prime = d.through_output if d.uses_output else d.derivative
+                if d.uses_output:
+                    prime = _step_as_sign(prime, d.f)
                 entry["eq_prime"] = derivation.number(f"activation.{d.activation.name}")
                 if prime != 1:
                     arrays = {A: names[index], Z: f"Z{index}"}
@@ -356,6 +381,8 @@ def context(derivation: Derivation) -> dict[str, object]:
         twice = sorted({name for name in names_seen if names_seen.count(name) > 1})
         raise RuntimeError(f"two workspace buffers share a name: {', '.join(twice)}")
     predict, predict_doc = _predict(derivation)
+    scalar = step_source(derivation)
+    scalar_code, scalar_helpers = scalar if scalar is not None else ("", ())
     shapes = {**spec.parameters, **spec.state}
     train = spec.train
     defaults = {
@@ -430,6 +457,9 @@ def context(derivation: Derivation) -> dict[str, object]:
         "modes": modes,
         "random": random,
         "batch_norms": batch_norms,
+        "parameter_count": spec.parameter_count,
+        "scalar": scalar_code,
+        "scalar_helpers": [SCALAR_HELPERS[name].rstrip("\n") for name in scalar_helpers],
         "softmax": out.softmax,
         "output_name": "P" if out.softmax else last,
         "output_grad": grad_out,
@@ -461,4 +491,4 @@ def context(derivation: Derivation) -> dict[str, object]:
 def generate(source: NetworkSpec | Derivation) -> str:
     """The module's source text for a spec (validated on the way) or a derivation."""
     derivation = source if isinstance(source, Derivation) else derive(source)
-    return environment().get_template("numpy/module.py.j2").render(context(derivation))
+    return module_template().render(context(derivation))
