@@ -71,6 +71,7 @@ _REALS = (int, float, numpy.integer, numpy.floating)
 _FLOAT64, _FLOAT32 = numpy.dtype(numpy.float64), numpy.dtype(numpy.float32)
 _SHAPE_ITEMS = tuple(_SHAPES.items())
 _PARAMETER_COUNT = 8970
+_GRADIENTS = frozenset("d" + key for key in PARAMETERS)
 _FLOAT_MAX = sys.float_info.max
 _EXPLOSION = 1e6  # fit: a mini-batch loss above 1e6 * max(1, the first one) has diverged
 
@@ -86,9 +87,11 @@ def _check_params(params):
         if dtype is _FLOAT64 or dtype is _FLOAT32:
             for key, shape in _SHAPE_ITEMS:
                 value = params[key]
-                if type(value) is not numpy.ndarray or value.shape != shape:
-                    break
-                if value.dtype is not dtype:
+                if (
+                    type(value) is not numpy.ndarray
+                    or value.shape != shape
+                    or value.dtype is not dtype
+                ):
                     break
             else:
                 return dtype
@@ -172,9 +175,14 @@ def _check_updatable(params):
 
 def _inputs(X, dtype):
     """X as a (batch, 64) array of dtype."""
-    if type(X) is numpy.ndarray and X.dtype is dtype and X.ndim == 2:
-        if X.shape[1] == LAYER_SIZES[0] and X.shape[0]:
-            return X
+    if (
+        type(X) is numpy.ndarray
+        and X.dtype is dtype
+        and X.ndim == 2
+        and X.shape[1] == LAYER_SIZES[0]
+        and X.shape[0]
+    ):
+        return X
     X = numpy.asarray(X)
     if X.dtype.kind not in "biuf":
         raise ValueError(f"X has dtype {X.dtype}, expected real numbers")
@@ -189,9 +197,13 @@ def _targets(Y, batch, dtype, ws=None):
     Integer class labels become one-hot rows (in ws["Y"] when a workspace is given).
     """
     outputs = LAYER_SIZES[-1]
-    if type(Y) is numpy.ndarray and Y.dtype is dtype and Y.shape == (batch, outputs):
-        if Y.flags.c_contiguous:
-            return Y, False
+    if (
+        type(Y) is numpy.ndarray
+        and Y.dtype is dtype
+        and Y.shape == (batch, outputs)
+        and Y.flags.c_contiguous
+    ):
+        return Y, False
     Y = numpy.asarray(Y)
     if Y.ndim == 1 and Y.shape[0] == batch and CLASSIFICATION and Y.dtype.kind in "iub":
         low, high = (0, 1) if outputs == 1 else (0, outputs - 1)
@@ -251,6 +263,12 @@ class _Buffers(dict):
         self.shapes, self.dtype = shapes, dtype
 
     def __missing__(self, name):
+        if name == "grads" or name in _GRADIENTS:
+            # every gradient is a view of one array, so that fit's optimizers step them at once
+            self["grads"] = numpy.empty(_PARAMETER_COUNT, self.dtype)
+            for key, view in _views(self["grads"]).items():
+                self["d" + key] = view
+            return self[name]
         array = self[name] = numpy.empty(self.shapes[name], dtype=self.dtype)
         return array
 
@@ -301,10 +319,6 @@ def _workspace(batch, dtype):
             "LP": (batch, 10),
         }
         ws = _Buffers(shapes, numpy.dtype(dtype))
-        # every gradient is a view of one array, so that fit's optimizers step them at once
-        ws["grads"] = numpy.empty(_PARAMETER_COUNT, ws.dtype)
-        for name, view in _views(ws["grads"]).items():
-            ws["d" + name] = view
         ws["rows"] = numpy.arange(batch) * LAYER_SIZES[-1]
         ws["index"] = numpy.empty(batch, dtype=numpy.intp)
         size = sum(math.prod(shape) for shape in shapes.values()) * ws.dtype.itemsize

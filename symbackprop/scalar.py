@@ -280,7 +280,7 @@ def _source(derivation: Derivation) -> tuple[str, tuple[str, ...]]:
     z_out = zs[index]
     if out.softmax:
         add(f"{INDENT}# softmax, shifted by the row max (eq. 3)")
-        lines += _assign("zmax", f"max({', '.join(z_out)})")
+        lines += _assign("zmax", f"max({', '.join(z_out)})" if len(z_out) > 1 else z_out[0])
         exps = unit_names("e", index, last.units)
         for z, e in zip(z_out, exps, strict=True):
             add(f"{INDENT}{e} = math.exp({z} - zmax)")

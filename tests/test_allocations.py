@@ -125,3 +125,24 @@ def test_each_thread_reuses_its_own_buffers() -> None:
         raise errors[0]
     activation = batch * HIDDEN * 8
     assert max(peaks) < activation / 16, f"bytes allocated during a step, per thread: {peaks}"
+
+
+def test_the_gradients_are_views_of_one_array_made_when_first_needed() -> None:
+    """A forward pass (say, over a whole dataset, whose workspace is not kept) makes no
+    gradient buffers; a backward pass makes them together, as views of ws["grads"]."""
+    module = module_for("relu", "softmax", "cross_entropy", 10)
+    params = module.init_params(seed=0)
+    X, Y = problem("softmax", "cross_entropy", 10, np.float64, 8)
+    ws = module._workspace(8, np.dtype(np.float64))
+    module.forward(params, X)
+    assert "grads" not in ws and not any(key.startswith("dW") for key in ws)
+    _, grads = module.gradients(params, X, Y)
+    flat = ws["grads"]
+    assert flat.size == sum(value.size for value in params.values())
+    start = 0
+    for key, value in params.items():
+        view = ws["d" + key]
+        assert view.shape == value.shape and view.base is flat
+        np.testing.assert_array_equal(view.ravel(), flat[start : start + value.size])
+        np.testing.assert_array_equal(view, grads[key])
+        start += value.size

@@ -121,6 +121,11 @@ def test_the_bundled_seed_network(dtype: type) -> None:
     assert_same_steps("seed_mlp", dtype, steps=20)
 
 
+def test_one_input_one_unit_one_output() -> None:
+    assert_same_steps(spec_dict(["sigmoid"], "identity", "mse", 1, inputs=1, units=1))
+    assert_same_steps(spec_dict(["relu"], "sigmoid", "binary_cross_entropy", 1, inputs=1, units=1))
+
+
 def test_l2_and_layers_without_bias() -> None:
     source = spec_dict(["relu", "gelu"], "softmax", "cross_entropy", 3)
     source["l2"] = 0.05
