@@ -456,8 +456,8 @@ def _scalar_step(params, X, Y, lr, rng, dtype):
     _generator(rng)
     y = _scalar_targets(Y, dtype)
     _check_updatable(params)
-    try:
-        return _scalar_core(params, X, y, lr)
+    try:  # lr as a Python float: a NumPy float32 lr would make every product a float32
+        return _scalar_core(params, X, y, float(lr))
     except (OverflowError, ZeroDivisionError, ValueError):  # NumPy gives inf or nan there
         return None
 

@@ -22,6 +22,7 @@ other network has no scalar step (``step_source`` returns None).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from functools import lru_cache
 
 import sympy
 from sympy.printing.pycode import PythonCodePrinter
@@ -135,11 +136,22 @@ def scalar_code(
     expr: sympy.Expr, names: Mapping[sympy.Symbol, str], helpers: set[str] | None = None
 ) -> str:
     """``expr`` (a kernel of the vectorized module) as Python float arithmetic."""
-    printer = ScalarPrinter(names)
-    code = printer.doprint(floatify(printing_stable_form(stable_form(expr))))
+    symbols = tuple(sorted(names, key=sympy.default_sort_key))
+    code, used = _template(expr, symbols)
+    for i, symbol in enumerate(symbols):
+        code = code.replace(f"__{i}__", names[symbol])
     if helpers is not None:
-        helpers |= printer.helpers
+        helpers |= used
     return code
+
+
+@lru_cache(maxsize=512)
+def _template(expr: sympy.Expr, symbols: tuple[sympy.Symbol, ...]) -> tuple[str, frozenset[str]]:
+    """expr printed once per kernel, its symbols as placeholders __0__, __1__, ... (a
+    network prints the same kernel for every unit: the printing is the slow part)."""
+    printer = ScalarPrinter({symbol: f"__{i}__" for i, symbol in enumerate(symbols)})
+    code = printer.doprint(floatify(printing_stable_form(stable_form(expr))))
+    return code, frozenset(printer.helpers)
 
 
 def _grouped(code: str) -> str:

@@ -133,6 +133,18 @@ def test_l2_and_layers_without_bias() -> None:
     assert_same_steps(source)
 
 
+def test_a_numpy_float32_learning_rate_keeps_float64_arithmetic() -> None:
+    scalar, vectorized = pair("seed_mlp")
+    ours, theirs = scalar.init_params(seed=4), vectorized.init_params(seed=4)
+    X = np.array([[0.7, -0.2]])
+    for lr in (np.float32(0.3), np.float64(0.3), 1):
+        got = scalar.train_step(ours, X, [1], lr)
+        assert type(got) is float
+        assert abs(got - vectorized.train_step(theirs, X, [1], lr)) <= 1e-15
+        for key in theirs:
+            assert rel(ours[key], theirs[key]) <= TOLERANCE[np.float64], (lr, key)
+
+
 def test_class_labels_and_one_hot_rows_give_the_same_step() -> None:
     module = load_module(generate(load_spec("seed_mlp")))
     X = np.array([[0.3, -1.2]])
