@@ -38,6 +38,7 @@ for either), which works without threadpoolctl.
 
 import argparse
 import contextlib
+import importlib
 import math
 import sys
 import threading
@@ -859,9 +860,13 @@ def blas_threads(count):
 
 
 def _limit_blas(count):
-    """threadpoolctl's limit of the BLAS threads to count, or None (and a warning) without it."""
+    """threadpoolctl's limit of the BLAS threads to count, or None (and a warning) without it.
+
+    threadpoolctl is optional: looked up only here, when a limit is asked for, so that the
+    module needs NumPy and the standard library alone.
+    """
     try:
-        import threadpoolctl
+        threadpoolctl = importlib.import_module("threadpoolctl")
     except ImportError:
         warnings.warn(
             "blas_threads: threadpoolctl is not installed, so the BLAS threads stay as they "
