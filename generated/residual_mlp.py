@@ -28,12 +28,12 @@ or infinite values in X, Y or params are found when they make the loss or the ou
 non-finite, and by fit up front); fit raises FloatingPointError when training diverges.
 
 BLAS threads: NumPy's matrix products run in its BLAS library, which by default starts one
-thread per core (OpenBLAS).  For networks of this size, and on a machine busy with other
-work, one thread is usually fastest: threads that wait for a core cost far more than they
-save (a loaded 2-core machine ran train_step 90 times slower with the default threads).
-Choose with `with blas_threads(1): ...` or fit(..., threads=1) (both need threadpoolctl),
-or start Python with OPENBLAS_NUM_THREADS=1 (MKL_NUM_THREADS=1 for MKL, OMP_NUM_THREADS=1
-for either), which works without threadpoolctl.
+thread per core (OpenBLAS).  Small networks gain nothing from them, and on a machine busy
+with other work, threads that wait for a core cost far more than they save (a loaded 2-core
+machine ran train_step 90 times slower with the default threads than with one).  Choose
+with `with blas_threads(1): ...`, fit(..., threads=1) or the script's --threads 1 (these
+need threadpoolctl), or start Python with OPENBLAS_NUM_THREADS=1 (MKL_NUM_THREADS=1 for
+MKL, OMP_NUM_THREADS=1 for either), which needs nothing.
 """
 
 import argparse
