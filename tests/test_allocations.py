@@ -146,3 +146,18 @@ def test_the_gradients_are_views_of_one_array_made_when_first_needed() -> None:
         np.testing.assert_array_equal(view.ravel(), flat[start : start + value.size])
         np.testing.assert_array_equal(view, grads[key])
         start += value.size
+
+
+def test_the_one_sample_step_allocates_no_arrays() -> None:
+    """The scalar step of a small network works in Python floats: after the first step only
+    a few small lists and floats come and go (labels or one-hot rows alike)."""
+    from symbackprop.spec import load_spec
+
+    module = load_module(generate(load_spec("seed_mlp")))
+    assert hasattr(module, "_scalar_core")
+    params = module.init_params(seed=0)
+    X = np.array([[0.5, -1.0]])
+    for Y in (np.array([1]), np.array([[0.0, 1.0]])):
+        module.train_step(params, X, Y, 0.1)
+        peak = peak_new_bytes(lambda Y=Y: module.train_step(params, X, Y, 0.1))
+        assert peak < 4096, f"{peak} bytes allocated during a one-sample step"
