@@ -542,24 +542,24 @@ def _scalar_core(params, X, y, lr):
     d2_2 = (p2_2 * ysum - y2) * lr
     # back through W2 and swish' (eq. 7, 5)
     d1_0 = (
-        (d2_0 * w2_0_0 + d2_1 * w2_1_0 + d2_2 * w2_2_0) * ((z1_0*math.exp(-_softplus1(z1_0))
-        + 1)*math.exp(-_softplus1(-(z1_0))))
+        (d2_0 * w2_0_0 + d2_1 * w2_1_0 + d2_2 * w2_2_0)
+        * ((z1_0*math.exp(-_softplus1(z1_0)) + 1)*math.exp(-_softplus1(-(z1_0))))
     )
     d1_1 = (
-        (d2_0 * w2_0_1 + d2_1 * w2_1_1 + d2_2 * w2_2_1) * ((z1_1*math.exp(-_softplus1(z1_1))
-        + 1)*math.exp(-_softplus1(-(z1_1))))
+        (d2_0 * w2_0_1 + d2_1 * w2_1_1 + d2_2 * w2_2_1)
+        * ((z1_1*math.exp(-_softplus1(z1_1)) + 1)*math.exp(-_softplus1(-(z1_1))))
     )
     d1_2 = (
-        (d2_0 * w2_0_2 + d2_1 * w2_1_2 + d2_2 * w2_2_2) * ((z1_2*math.exp(-_softplus1(z1_2))
-        + 1)*math.exp(-_softplus1(-(z1_2))))
+        (d2_0 * w2_0_2 + d2_1 * w2_1_2 + d2_2 * w2_2_2)
+        * ((z1_2*math.exp(-_softplus1(z1_2)) + 1)*math.exp(-_softplus1(-(z1_2))))
     )
     d1_3 = (
-        (d2_0 * w2_0_3 + d2_1 * w2_1_3 + d2_2 * w2_2_3) * ((z1_3*math.exp(-_softplus1(z1_3))
-        + 1)*math.exp(-_softplus1(-(z1_3))))
+        (d2_0 * w2_0_3 + d2_1 * w2_1_3 + d2_2 * w2_2_3)
+        * ((z1_3*math.exp(-_softplus1(z1_3)) + 1)*math.exp(-_softplus1(-(z1_3))))
     )
     d1_4 = (
-        (d2_0 * w2_0_4 + d2_1 * w2_1_4 + d2_2 * w2_2_4) * ((z1_4*math.exp(-_softplus1(z1_4))
-        + 1)*math.exp(-_softplus1(-(z1_4))))
+        (d2_0 * w2_0_4 + d2_1 * w2_1_4 + d2_2 * w2_2_4)
+        * ((z1_4*math.exp(-_softplus1(z1_4)) + 1)*math.exp(-_softplus1(-(z1_4))))
     )
     # the step in place: W -= dL/dW, b -= dL/db (eq. 8, 9, 10)
     decay = L2 * lr

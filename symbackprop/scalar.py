@@ -173,8 +173,24 @@ def _assign(target: str, value: str, indent: str = INDENT) -> list[str]:
     line = f"{indent}{target} = {value}"
     if len(line) <= WIDTH:
         return [line]
-    body = _packed(value.split(" + "), "+", indent + INDENT)
+    for op in ("+", "*"):  # break between top-level terms, else factors, else anywhere
+        body = _packed(_split(value, f" {op} "), op, indent + INDENT)
+        if all(len(part) <= WIDTH for part in body):
+            break
+    else:
+        body = _packed(value.split(" + "), "+", indent + INDENT)
     return [f"{indent}{target} = (", *body, f"{indent})"]
+
+
+def _split(value: str, sep: str) -> list[str]:
+    """value split at each sep outside parentheses."""
+    parts, depth, start = [], 0, 0
+    for i, char in enumerate(value):
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if depth == 0 and value.startswith(sep, i):
+            parts.append(value[start:i])
+            start = i + len(sep)
+    return [*parts, value[start:]]
 
 
 def _packed(items: list[str], op: str, indent: str) -> list[str]:
