@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import os
 import textwrap
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
@@ -39,34 +38,6 @@ def template_dir() -> Path:
     raise FileNotFoundError("symbackprop's templates folder is missing from the installation")
 
 
-class _CompiledTemplates(jinja2.FileSystemBytecodeCache):
-    """The templates' compiled code, kept between processes in this user's temporary folder
-    (Jinja's own, mode 0700): compiling the module template is ~0.1 s CPU of every CLI call,
-    loading it ~1 ms.  Keyed by the template's source and Jinja's and Python's versions, so
-    an edited template is compiled anew; where nothing can be written, nothing is kept."""
-
-    def load_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
-        try:
-            super().load_bytecode(bucket)
-        except OSError:  # then the template is compiled from its source
-            bucket.reset()
-
-    def dump_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
-        try:
-            super().dump_bytecode(bucket)
-        except OSError:
-            pass
-
-
-def _compiled_templates() -> jinja2.BytecodeCache | None:
-    if os.environ.get("SYMBACKPROP_NO_TEMPLATE_CACHE"):
-        return None
-    try:
-        return _CompiledTemplates(pattern="symbackprop-%s.cache")
-    except (OSError, RuntimeError):  # no safe temporary folder
-        return None
-
-
 @lru_cache(maxsize=1)
 def environment() -> jinja2.Environment:
     return jinja2.Environment(
@@ -76,7 +47,6 @@ def environment() -> jinja2.Environment:
         lstrip_blocks=True,
         keep_trailing_newline=True,
         autoescape=False,
-        bytecode_cache=_compiled_templates(),
     )
 
 
