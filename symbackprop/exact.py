@@ -15,15 +15,20 @@ a cross-check of ``evaluate`` for tiny networks, not a witness.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from fractions import Fraction
 from functools import lru_cache
 
 import mpmath
 import numpy as np
 import sympy
+from mpmath import libmp
+from sympy.core.evalf import fastlog
+from sympy.core.numbers import mpf_norm
 
-from symbackprop import layers
+from symbackprop import layers, primitives
 from symbackprop.graph import (
     LOSS,
     MEAN_LOSS,
@@ -33,10 +38,11 @@ from symbackprop.graph import (
     pre_activation,
     split_sample,
 )
-from symbackprop.primitives import to_textbook_form
+from symbackprop.primitives import LEAKY_SLOPE, to_textbook_form
 from symbackprop.printing import floatify
 
 PRECISION = 40  # decimal digits
+_PREC = 136  # bits: mpmath's and SymPy's precision for 40 digits (checked below)
 
 Masks = Mapping[int, np.ndarray]  # dropout layer -> keep mask (bool, (batch, units))
 
@@ -65,6 +71,14 @@ class ExactEvaluation:
 
 def _exact(value: float) -> sympy.Float:
     return sympy.Float(float(value), PRECISION)
+
+
+def _exact_fast(value: float) -> sympy.Float:
+    """``_exact`` without SymPy's parsing of the arguments: the same Float."""
+    value = float(value)
+    if not math.isfinite(value):
+        return sympy.Float(value, PRECISION)
+    return sympy.Float._new(libmp.from_float(value), _PREC, zero=False)
 
 
 def mask_value(keep: bool, rate: float) -> sympy.Float:
@@ -96,10 +110,11 @@ def data_values(
     masks: Masks | None = None,
     row: int = 0,
     sample: int | None = None,
+    exact_float: Callable[[float], sympy.Float] = _exact,
 ) -> dict[sympy.Symbol, sympy.Float]:
     """The data symbols of one sample (its ``row`` of the batch): inputs, targets, masks."""
-    values = {s: _exact(v) for s, v in zip(net.inputs(sample), x, strict=True)}
-    values.update({s: _exact(v) for s, v in zip(net.targets(sample), y, strict=True)})
+    values = {s: exact_float(v) for s, v in zip(net.inputs(sample), x, strict=True)}
+    values.update({s: exact_float(v) for s, v in zip(net.targets(sample), y, strict=True)})
     rates = {layer.index: layer.layer.rate for layer in net.dropout_layers}
     for index, symbols in net.masks(sample).items():
         keep = np.asarray(masks[index])[row]
@@ -109,11 +124,13 @@ def data_values(
     return values
 
 
-def parameter_values(net: SymbolicNetwork, params: Mapping) -> dict[sympy.Symbol, sympy.Float]:
+def parameter_values(
+    net: SymbolicNetwork, params: Mapping, exact_float: Callable[[float], sympy.Float] = _exact
+) -> dict[sympy.Symbol, sympy.Float]:
     values = {}
     for key, symbols in net.parameters().items():
         flat = np.asarray(params[key]).reshape(-1)
-        values.update({s: _exact(v) for s, v in zip(symbols, flat, strict=True)})
+        values.update({s: exact_float(v) for s, v in zip(symbols, flat.tolist(), strict=True)})
     return values
 
 
@@ -236,6 +253,560 @@ def _run(plan: Plan, values: dict, seed: sympy.Symbol) -> tuple[dict, dict]:
     return numbers, adjoint
 
 
+# --- the compiled evaluation -----------------------------------------------------------------
+#
+# ``evaluate`` computes what ``evaluate_reference`` computes, bit for bit, without making a
+# SymPy object per node.  Each network's graph is planned once (``_program``): every symbol
+# gets a slot holding its value as a raw mpmath number (a (sign, mantissa, exponent, bits)
+# tuple), and each node one of
+# * a dense pre-activation, read from ``Node.products``: sum of rounded products w a, summed
+#   exactly and rounded once, which is what ``mpmath.fsum`` of ``mpmath.fprod`` does;
+# * another linear node (means, residual sums, dropout, identity): its monomials, the same;
+# * a nonlinear node: its expression and local partials as ``local_partials`` gives them,
+#   compiled (``_compile``) into closures that redo what SymPy's substitution and evalf do
+#   with Floats: Add and Mul fold their arguments left to right in their stored order, each
+#   operation rounded to 136 bits; a Number that comes out exactly 0 is SymPy's exact zero;
+#   a function of a Float is what SymPy's automatic evalf gives (mpmath at 140 bits,
+#   rounded to 136).  Compiled once per shape of expression (the same tree with other
+#   symbols).  Anything else (pi, sqrt(2), a function without a rule here) is left to
+#   SymPy's own substitution and evalf, as is any point where a rule meets a special case
+#   (log of 0, 0 to a negative power, a complex result); and the first point of every
+#   compiled shape is also evaluated by SymPy: a shape that differs there is SymPy's from
+#   then on.
+# The adjoints are accumulated in the reference's order (nodes in reverse, each adjoint a
+# running sum rounded at every step), so that they too are the same numbers.
+
+PREC = libmp.dps_to_prec(PRECISION)  # 136 bits: a 40-digit Float's precision
+if PREC != _PREC:
+    raise ImportError(f"mpmath gives {PREC} bits for {PRECISION} digits, not {_PREC}")
+EVALF_PREC = PREC + 4  # the precision SymPy's evalf(40) works at
+_RND = libmp.round_nearest
+_ZERO = Fraction(0)  # SymPy's exact zero (a Float result of exactly 0 becomes it)
+_ONE = Fraction(1)
+_fzero, _fone = libmp.fzero, libmp.fone
+_mpf_add, _mpf_mul, _mpf_sum = libmp.mpf_add, libmp.mpf_mul, libmp.mpf_sum
+_make_mpf = mpmath.mp.make_mpf
+
+
+class _Fallback(Exception):
+    """A compiled expression met a case its rules leave to SymPy (at run time)."""
+
+
+class _Unsupported(Exception):
+    """An expression with something the compiler has no rule for (at compile time)."""
+
+
+def _mp(q: Fraction) -> tuple:
+    """An exact number as the operand of a Float operation (``Number._as_mpf_op``)."""
+    return libmp.from_rational(q.numerator, q.denominator, PREC, _RND)
+
+
+def _is_zero(v: object) -> bool:
+    return v == _ZERO if type(v) is Fraction else v == _fzero
+
+
+def _negative(v: object) -> bool:
+    return v < 0 if type(v) is Fraction else bool(v[0]) and v != _fzero
+
+
+def _add(a: object, b: object) -> object:
+    if type(a) is Fraction:
+        if type(b) is Fraction:
+            return a + b
+        a = _mp(a)
+    elif type(b) is Fraction:
+        b = _mp(b)
+    r = _mpf_add(a, b, PREC, _RND)
+    return _ZERO if r == _fzero else r
+
+
+def _mul(a: object, b: object) -> object:
+    if type(a) is Fraction:
+        if type(b) is Fraction:
+            return a * b
+        a = _mp(a)
+    elif type(b) is Fraction:
+        b = _mp(b)
+    r = _mpf_mul(a, b, PREC, _RND)
+    return _ZERO if r == _fzero else r
+
+
+def _float_result(r: tuple) -> object:
+    """A Float result as SymPy keeps it: exact zero for 0, else fallback for inf/nan."""
+    if r == _fzero:
+        return _ZERO
+    if not r[1]:  # mpmath's inf, -inf, nan
+        raise _Fallback
+    return r
+
+
+def _neg(v: object) -> object:
+    return -v if type(v) is Fraction else libmp.mpf_neg(v)
+
+
+def _exponent(e: sympy.Number) -> tuple:
+    """A constant exponent: (integer or None, positive, its value as a Float operand)."""
+    if e.is_Integer:
+        return int(e), bool(e.is_positive), None
+    value = _mp(Fraction(int(e.p), int(e.q))) if e.is_Rational else e._mpf_
+    return None, bool(e.is_positive), value
+
+
+def _power(base: object, exponent: tuple) -> object:
+    """``Pow(base, e)`` for a constant exponent, as ``Pow.__new__`` and ``Float._eval_power``."""
+    n, positive, value = exponent
+    if _is_zero(base):
+        if positive:
+            return _ZERO
+        raise _Fallback  # 0**-n is zoo
+    if type(base) is Fraction:
+        if n is not None:
+            return base**n
+        raise _Fallback  # an exact number to a fractional power may be irrational
+    if n is not None:
+        if base[0]:  # a negative base: (-b)**n, negated for odd n
+            r = libmp.mpf_pow_int(libmp.mpf_neg(base), n, PREC, _RND)
+            return _float_result(r if n % 2 == 0 else libmp.mpf_neg(r))
+        return _float_result(libmp.mpf_pow_int(base, n, PREC, _RND))
+    if base[0]:
+        raise _Fallback  # complex
+    return _float_result(libmp.mpf_pow(base, value, PREC, _RND))
+
+
+def _norm(r: tuple) -> tuple:
+    """evalf's result at 140 bits as the Float it returns (``Float._new(re, 136)``)."""
+    return _float_result(mpf_norm(r, PREC))
+
+
+def _by_mpmath(name: str) -> Callable[[tuple], tuple]:
+    """A function that SymPy evaluates by ``Function._eval_evalf``: mpmath at 140 bits."""
+    fn = getattr(mpmath, name)
+
+    def value(x: tuple) -> tuple:
+        with mpmath.workprec(EVALF_PREC):
+            return _norm(fn(_make_mpf(x))._mpf_)
+
+    return value
+
+
+def _exp(x: object) -> object:
+    if _is_zero(x):
+        return _ONE
+    if type(x) is Fraction:
+        raise _Fallback
+    return _norm(libmp.mpf_exp(x, EVALF_PREC))  # evalf_pow of E**x, rounded down
+
+
+def _log(x: object) -> object:
+    if type(x) is Fraction:
+        if x == 1:
+            return _ZERO
+        raise _Fallback
+    if _negative(x) or x == _fzero:
+        raise _Fallback
+    r = libmp.mpf_log(x, EVALF_PREC, _RND)
+    if r != _fzero and EVALF_PREC - fastlog(r) > EVALF_PREC + 10:
+        raise _Fallback  # evalf_log recomputes log(1 + (x - 1)) there
+    return _norm(r)
+
+
+def _odd(name: str) -> Callable[[object], object]:
+    """tanh, sinh, erf: f(0) = 0, f(-x) = -f(x), else mpmath (their ``eval``)."""
+    positive = _by_mpmath(name)
+
+    def value(x: object) -> object:
+        if _is_zero(x):
+            return _ZERO
+        if type(x) is Fraction:
+            raise _Fallback
+        if x[0]:
+            return _neg(positive(libmp.mpf_neg(x)))
+        return positive(x)
+
+    return value
+
+
+def _cosh(x: object) -> object:
+    if _is_zero(x):
+        return _ONE
+    if type(x) is Fraction:
+        raise _Fallback
+    return _by_mpmath("cosh")(libmp.mpf_abs(x))
+
+
+def _abs(x: object) -> object:
+    return abs(x) if type(x) is Fraction else libmp.mpf_abs(x)
+
+
+def _relu(x: object) -> object:
+    return _ZERO if _negative(x) else x
+
+
+def _step(x: object) -> object:
+    return _ONE if not _is_zero(x) and not _negative(x) else _ZERO
+
+
+def _leaky_relu(x: object) -> object:
+    return _mul(Fraction(LEAKY_SLOPE.p, LEAKY_SLOPE.q), x) if _negative(x) else x
+
+
+def _elu(x: object) -> object:
+    return _add(_exp(x), -_ONE) if _negative(x) else x
+
+
+def _compare(a: object, b: object) -> int:
+    a = _mp(a) if type(a) is Fraction else a
+    b = _mp(b) if type(b) is Fraction else b
+    return libmp.mpf_cmp(a, b)
+
+
+def _extreme(sign: int) -> Callable[..., object]:
+    def value(*args: object) -> object:
+        best = args[0]
+        for a in args[1:]:
+            if _compare(a, best) * sign > 0:
+                best = a
+        return best
+
+    return value
+
+
+_FUNCTIONS: dict[type, Callable] = {
+    sympy.exp: _exp,
+    sympy.log: _log,
+    sympy.tanh: _odd("tanh"),
+    sympy.sinh: _odd("sinh"),
+    sympy.erf: _odd("erf"),
+    sympy.cosh: _cosh,
+    sympy.Abs: _abs,
+    sympy.Max: _extreme(1),
+    sympy.Min: _extreme(-1),
+    primitives.relu: _relu,
+    primitives.step: _step,
+    primitives.leaky_relu: _leaky_relu,
+    primitives.elu: _elu,
+}
+
+
+def _shape(expr: sympy.Expr, order: dict[sympy.Symbol, int]) -> tuple:
+    """The tree of ``expr`` with each symbol replaced by its place of first appearance:
+    two expressions of one shape are evaluated by the same operations in the same order."""
+    if expr.is_Symbol:
+        return ("s", order.setdefault(expr, len(order)))
+    if not expr.args:
+        return ("n", type(expr), expr, getattr(expr, "_prec", None))
+    return (expr.func, *(_shape(a, order) for a in expr.args))
+
+
+def _compile(expr: sympy.Expr, order: dict[sympy.Symbol, int]) -> Callable[[list], object]:
+    """A closure of the argument values (in ``order``) that evaluates ``expr`` as SymPy's
+    substitution and evalf do; raises _Unsupported for what it has no rule for."""
+    if expr.is_Symbol:
+        k = order[expr]
+        return lambda v: v[k]
+    if expr.is_Rational:
+        q = Fraction(int(expr.p), int(expr.q))
+        return lambda v: q
+    if expr.is_Float:
+        if expr._prec > PREC:
+            raise _Unsupported
+        f = _float_result(expr._mpf_)
+        return lambda v: f
+    if not expr.free_symbols:
+        raise _Unsupported  # pi, E, sqrt(2): SymPy keeps them exact until evalf
+    if expr.is_Add or expr.is_Mul:
+        parts = [_compile(a, order) for a in expr.args]
+        op = _add if expr.is_Add else _mul
+        first, rest = parts[0], parts[1:]
+
+        def fold(v: list) -> object:
+            acc = first(v)
+            if type(acc) is not Fraction and acc == _fzero:
+                acc = _ZERO
+            for part in rest:
+                acc = op(acc, part(v))
+            return acc
+
+        return fold
+    if expr.is_Pow:
+        base, e = expr.args
+        if not (e.is_Rational or e.is_Float):
+            raise _Unsupported
+        if e.is_Float and e._prec > PREC:
+            raise _Unsupported
+        inner, exponent = _compile(base, order), _exponent(e)
+        return lambda v: _power(inner(v), exponent)
+    fn = _FUNCTIONS.get(expr.func)
+    if fn is None:
+        raise _Unsupported
+    args = [_compile(a, order) for a in expr.args]
+    if len(args) == 1:
+        (only,) = args
+        return lambda v: fn(only(v))
+    return lambda v: fn(*(a(v) for a in args))
+
+
+def _finish(value: object) -> tuple:
+    """The final evalf(40) and Float(., 40) of a result."""
+    if type(value) is Fraction:
+        if value == 0:
+            return _fzero
+        exact = libmp.from_rational(value.numerator, value.denominator, EVALF_PREC)
+        return mpf_norm(exact, PREC)
+    return value
+
+
+class _Shape:
+    """One compiled shape: its closure (None: SymPy's) and the rules it uses."""
+
+    __slots__ = ("fn", "rules")
+
+    def __init__(self, fn: Callable | None, rules: frozenset) -> None:
+        self.fn, self.rules = fn, rules
+
+
+_SHAPES: dict[tuple, _Shape] = {}
+_CHECKED: set[frozenset] = set()  # the sets of rules checked against SymPy at one point
+_SHAPES_LIMIT = 4096
+
+
+def _rules(shape: tuple) -> frozenset:
+    """The operations and kinds of constant a shape uses (what its check stands for)."""
+    found = set()
+    stack = [shape]
+    while stack:
+        node = stack.pop()
+        if node[0] == "s":
+            continue
+        if node[0] == "n":
+            found.add(node[1])
+            continue
+        found.add(node[0])
+        stack.extend(node[1:])
+    return frozenset(found)
+
+
+def _sympy_value(expr: sympy.Expr, values: dict) -> tuple:
+    """The reference's ``_evaluate`` of an expression, as a raw number."""
+    return mpmath.mpf(sympy.Float(expr.xreplace(values).evalf(PRECISION), PRECISION))._mpf_
+
+
+class _Expression:
+    """One node's expression or local partial: compiled, or SymPy's substitution."""
+
+    __slots__ = ("expr", "slots", "shape")
+
+    def __init__(self, expr: sympy.Expr, slot: Callable[[sympy.Symbol], int]) -> None:
+        order: dict[sympy.Symbol, int] = {}
+        key = _shape(expr, order)
+        shape = _SHAPES.get(key)
+        if shape is None:
+            try:
+                fn = _compile(expr, order)
+            except _Unsupported:
+                fn = None
+            if len(_SHAPES) >= _SHAPES_LIMIT:
+                _SHAPES.clear()
+            shape = _SHAPES[key] = _Shape(fn, _rules(key))
+        self.expr, self.shape = expr, shape
+        self.slots = [slot(s) for s in sorted(order, key=order.get)]
+
+    def value(self, v: list, values: dict) -> tuple:
+        shape = self.shape
+        if shape.fn is None:
+            return _sympy_value(self.expr, values)
+        try:
+            got = _finish(shape.fn([v[k] for k in self.slots]))
+        except _Fallback:
+            return _sympy_value(self.expr, values)
+        if shape.rules in _CHECKED:
+            return got
+        # the first point of a new set of rules: SymPy's value too, and a shape whose
+        # value differs is SymPy's from then on
+        reference = _sympy_value(self.expr, values)
+        if got == reference:
+            _CHECKED.add(shape.rules)
+        else:
+            shape.fn = None
+        return reference
+
+
+class _Program:
+    """A graph planned for the compiled evaluation: slots, forward and backward steps."""
+
+    def __init__(self, nodes: tuple[Node, ...], seed: sympy.Symbol) -> None:
+        self.symbols: list[sympy.Symbol] = []
+        self.slot: dict[sympy.Symbol, int] = {}
+        self.forward: list[tuple] = []
+        self.backward: list[tuple] = []
+        partial_symbols: list[list[sympy.Symbol]] = []
+        for node in nodes:
+            out = self._slot(node.symbol)
+            if node.products is not None:
+                pairs = [(self._slot(p[0]), self._slot(p[1])) for p in node.products if len(p) == 2]
+                single = [self._slot(p[0]) for p in node.products if len(p) == 1]
+                if len(pairs) + len(single) != len(node.products) or len(single) > 1:
+                    raise ValueError(f"{node.symbol}: a dense node is products of two symbols")
+                bias = single[0] if single else None
+                self.forward.append(("dense", out, node.symbol, pairs, bias))
+                self.backward.append(("dense", out, pairs, bias))
+                names = {s for p in node.products for s in p}
+                partial_symbols.append(sorted(names, key=_name))
+                continue
+            expr = to_textbook_form(node.expr)
+            if node.kind in ("mu", "mean_loss"):
+                expr = sympy.expand(expr)
+            monomials = _monomials(expr)
+            if monomials is not None:
+                terms = [(c, tuple(self._slot(f) for f in fs)) for c, fs in monomials]
+                self.forward.append(("linear", out, node.symbol, terms))
+            else:
+                self.forward.append(("expr", out, node.symbol, _Expression(expr, self._slot)))
+            steps = []
+            partials = local_partials(expr)
+            for s, partial in partials:
+                target = self._slot(s)
+                if partial.is_Symbol:
+                    steps.append((target, "slot", self._slot(partial)))
+                elif partial.is_Number:
+                    with mpmath.workdps(PRECISION):
+                        steps.append(
+                            (target, "const", mpmath.mpf(sympy.Float(partial, PRECISION))._mpf_)
+                        )
+                else:
+                    steps.append((target, "expr", _Expression(partial, self._slot)))
+            self.backward.append(("steps", out, steps))
+            partial_symbols.append([s for s, _ in partials])
+        self.backward.reverse()
+        # the reference's adjoint dict: the seed, then each symbol as it is first reached
+        seed_slot = self.slot[seed]
+        touched = {seed_slot}
+        self.order = [seed_slot]
+        for node, names in zip(reversed(nodes), reversed(partial_symbols), strict=True):
+            if self.slot[node.symbol] in touched:
+                for s in names:
+                    k = self.slot[s]
+                    if k not in touched:
+                        touched.add(k)
+                        self.order.append(k)
+        self.seed = seed_slot
+
+    def _slot(self, symbol: sympy.Symbol) -> int:
+        k = self.slot.get(symbol)
+        if k is None:
+            k = self.slot[symbol] = len(self.symbols)
+            self.symbols.append(symbol)
+        return k
+
+    def run(self, values: dict) -> tuple[list, list]:
+        """Every node's value (into ``values``, as the reference's Floats) and the
+        adjoints of the seed, as raw numbers by slot (None: not reached)."""
+        n = len(self.symbols)
+        v: list = [None] * n
+        slot = self.slot
+        for s, value in values.items():
+            k = slot.get(s)
+            if k is not None:  # parameters and data: Floats of 53 bits (mpmath.mpf keeps them)
+                v[k] = value._mpf_
+        mul, add, total = _mpf_mul, _mpf_add, _mpf_sum
+        prec, rnd = PREC, _RND
+        new_float = sympy.Float._new
+        for step in self.forward:
+            kind, out, symbol = step[0], step[1], step[2]
+            if kind == "dense":
+                terms = [mul(v[w], v[x], prec, rnd) for w, x in step[3]]
+                if step[4] is not None:
+                    terms.append(v[step[4]])
+                result = total(terms, prec, rnd)
+            elif kind == "linear":
+                terms = []
+                for c, factors in step[3]:
+                    product = _fone
+                    for f in factors:
+                        product = mul(product, v[f], prec, rnd)
+                    terms.append(mul(c, product, prec, rnd))
+                result = total(terms, prec, rnd)
+            else:
+                result = step[3].value(v, values)
+            v[out] = result
+            values[symbol] = new_float(result, prec)
+        adjoint: list = [None] * n
+        adjoint[self.seed] = _fone
+        for step in self.backward:
+            bar = adjoint[step[1]]
+            if bar is None:
+                continue
+            if step[0] == "dense":
+                for w, x in step[2]:
+                    p = mul(bar, v[x], prec, rnd)
+                    old = adjoint[w]
+                    adjoint[w] = p if old is None else add(old, p, prec, rnd)
+                    p = mul(bar, v[w], prec, rnd)
+                    old = adjoint[x]
+                    adjoint[x] = p if old is None else add(old, p, prec, rnd)
+                if step[3] is not None:
+                    b = step[3]
+                    p = mul(bar, _fone, prec, rnd)
+                    old = adjoint[b]
+                    adjoint[b] = p if old is None else add(old, p, prec, rnd)
+                continue
+            for target, how, what in step[2]:
+                if how == "slot":
+                    partial = v[what]
+                elif how == "const":
+                    partial = what
+                else:
+                    partial = what.value(v, values)
+                p = mul(bar, partial, prec, rnd)
+                old = adjoint[target]
+                adjoint[target] = p if old is None else add(old, p, prec, rnd)
+        return v, adjoint
+
+
+def _name(symbol: sympy.Symbol) -> str:
+    return symbol.name  # str(symbol) for a Symbol, without the printer
+
+
+def _monomials(expr: sympy.Expr) -> list[tuple[tuple, tuple]] | None:
+    """A linear node's (coefficient, factor symbols), as ``_plan`` has them; None if not."""
+    terms = expr.args if expr.is_Add else (expr,)
+    split = [_monomial_factors(t) for t in terms]
+    if not all(f is not None for f in split):
+        return None
+    out = []
+    for factors in split:
+        numbers = [f for f in factors if f.is_Number]
+        coefficient = sympy.Mul(*numbers) if numbers else sympy.Integer(1)
+        with mpmath.workdps(PRECISION):
+            value = mpmath.mpf(sympy.Float(coefficient, PRECISION))._mpf_
+        out.append((value, tuple(f for f in factors if f.is_Symbol)))
+    return out
+
+
+@lru_cache(maxsize=8)
+def _program(net: SymbolicNetwork, batch: int | None) -> _Program:
+    if batch is None:
+        return _Program(net.neuron_graph, LOSS)
+    return _Program(net.batch_graph(batch), MEAN_LOSS)
+
+
+def _run_compiled(net: SymbolicNetwork, batch: int | None, values: dict, seed: sympy.Symbol):
+    program = _program(net, batch)
+    v, adjoint = program.run(values)
+    symbols = program.symbols
+    numbers = {seed: _make_mpf(v[program.seed])}
+    return numbers, {symbols[k]: _make_mpf(adjoint[k]) for k in program.order}
+
+
+def clear_caches() -> None:
+    """Forget every plan and compiled shape (for timing a cold evaluation)."""
+    _program.cache_clear()
+    _plan.cache_clear()
+    _partials.cache_clear()
+    _SHAPES.clear()
+    _CHECKED.clear()
+
+
 def evaluate(
     net: SymbolicNetwork,
     params: Mapping,
@@ -246,12 +817,38 @@ def evaluate(
     """The batch (X, Y) at ``params`` in training mode, exactly; see ``ExactEvaluation``.
 
     ``masks``: the keep mask of every dropout layer with rate > 0 (``layers.draw_masks``);
-    raises ValueError when one is missing or has the wrong shape.
+    raises ValueError when one is missing or has the wrong shape.  The same numbers as
+    ``evaluate_reference``, bit for bit, from a program compiled once per network (see
+    "the compiled evaluation" below).
     """
+    return _exact_evaluation(net, params, X, Y, masks, _run_compiled, _exact_fast)
+
+
+def evaluate_reference(
+    net: SymbolicNetwork,
+    params: Mapping,
+    X: np.ndarray,
+    Y: np.ndarray,
+    masks: Masks | None = None,
+) -> ExactEvaluation:
+    """``evaluate`` by SymPy's own substitution and evalf of every node and partial.
+
+    The independent reference of the compiled evaluation (the tests hold them equal) and
+    the benchmark's baseline; linear in parameters too, but about ten times slower.
+    """
+    return _exact_evaluation(net, params, X, Y, masks, _run_reference, _exact)
+
+
+def _run_reference(net: SymbolicNetwork, batch: int | None, values: dict, seed: sympy.Symbol):
+    nodes = net.neuron_graph if batch is None else net.batch_graph(batch)
+    return _run(_plan(nodes), values, seed)
+
+
+def _exact_evaluation(net, params, X, Y, masks, run, exact_float) -> ExactEvaluation:
     X, Y = np.asarray(X), np.asarray(Y)
     batch = len(X)
     check_masks(net, masks, batch)
-    theta = parameter_values(net, params)
+    theta = parameter_values(net, params, exact_float)
     symbols = net.parameters()
     shared_symbols = [s for group in symbols.values() for s in group]
     per_sample: list[dict] = []
@@ -261,21 +858,19 @@ def evaluate(
         if net.couples_batch:
             values = dict(theta)
             for row in range(batch):
-                values.update(data_values(net, X[row], Y[row], masks, row, row + 1))
-            plan = _plan(net.batch_graph(batch))
-            numbers, adjoint = _run(plan, values, MEAN_LOSS)
+                values.update(data_values(net, X[row], Y[row], masks, row, row + 1, exact_float))
+            numbers, adjoint = run(net, batch, values, MEAN_LOSS)
             loss = numbers[MEAN_LOSS]
             # d(mean)/d(.) -> d(sum)/d(.): times the batch
             summed = {s: v * batch for s, v in adjoint.items()}
             per_sample, adjoints, shared = _split(values, summed, batch)
             totals.update({s: summed.get(s, mpmath.mpf(0)) for s in shared_symbols})
         else:
-            plan = _plan(net.neuron_graph)
             loss, shared = mpmath.mpf(0), {}
             for row in range(batch):
                 values = dict(theta)
-                values.update(data_values(net, X[row], Y[row], masks, row))
-                numbers, adjoint = _run(plan, values, LOSS)
+                values.update(data_values(net, X[row], Y[row], masks, row, None, exact_float))
+                numbers, adjoint = run(net, None, values, LOSS)
                 loss += numbers[LOSS]
                 for s in shared_symbols:
                     totals[s] += adjoint.get(s, 0)

@@ -48,6 +48,7 @@ def matrix_name(kind: str, layer: int) -> str:
     return f"{kind}{layer}"
 
 
+@lru_cache(maxsize=1 << 16)
 def weight(layer: int, i: int, j: int) -> sympy.Symbol:
     return sympy.Symbol(f"w{layer}_{i}_{j}", real=True)
 
@@ -166,7 +167,6 @@ def latex_name(symbol: sympy.Symbol) -> str:
 # --- the network ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
 class Node:
     """One neuron-level assignment ``symbol = expr`` of the scalar graph.
 
@@ -174,13 +174,63 @@ class Node:
     normalization's statistics), "loss" (one sample's loss) or "mean_loss" (a batch
     graph's last node).  ``sample``: the sample (1-based) in a batch graph, None otherwise
     and for nodes the batch shares (batch norm's statistics, the mean loss).
+
+    ``products``: a dense pre-activation's structure, the factor symbols of each term of
+    z = sum_j w_ij a_j + b_i (((w_i1, a_1), ..., (b_i,))); None for every other node.  Its
+    ``expr`` is then made from them on first use only: the exact witness reads the
+    structure and never builds the SymPy sum.  Immutable; equal when symbol, expr, kind,
+    layer and sample are.
     """
 
-    symbol: sympy.Symbol
-    expr: sympy.Expr
-    kind: str
-    layer: int
-    sample: int | None = None
+    __slots__ = ("symbol", "kind", "layer", "sample", "products", "_expr")
+
+    def __init__(
+        self,
+        symbol: sympy.Symbol,
+        expr: sympy.Expr | None,
+        kind: str,
+        layer: int,
+        sample: int | None = None,
+        products: tuple[tuple[sympy.Symbol, ...], ...] | None = None,
+    ) -> None:
+        if expr is None and products is None:
+            raise ValueError("a node needs its expression or its products")
+        for name, value in (
+            ("symbol", symbol),
+            ("kind", kind),
+            ("layer", layer),
+            ("sample", sample),
+            ("products", products),
+            ("_expr", expr),
+        ):
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"a Node is immutable ({name!r})")
+
+    @property
+    def expr(self) -> sympy.Expr:
+        if self._expr is None:
+            terms = [p[0] * p[1] if len(p) == 2 else sympy.Mul(*p) for p in self.products]
+            object.__setattr__(self, "_expr", sympy.Add(*terms))
+        return self._expr
+
+    def _key(self) -> tuple:
+        return (self.symbol, self.expr, self.kind, self.layer, self.sample)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Node):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return (
+            f"Node(symbol={self.symbol!r}, expr={self.expr!r}, kind={self.kind!r}, "
+            f"layer={self.layer!r}, sample={self.sample!r})"
+        )
 
 
 Samples = tuple[int | None, ...]  # (None,): the per-sample graph; (1, ..., B): a batch graph
@@ -252,10 +302,14 @@ class SymbolicNetwork:
 
     def parameters(self) -> dict[str, list[sympy.Symbol]]:
         """Scalar parameter symbols by code name, row-major (like ``W.ravel()``), in
-        network order."""
-        params: dict[str, list[sympy.Symbol]] = {}
+        network order (a new dict of new lists each call)."""
+        return {key: list(symbols) for key, symbols in self._parameters.items()}
+
+    @cached_property
+    def _parameters(self) -> dict[str, tuple[sympy.Symbol, ...]]:
+        params: dict[str, tuple[sympy.Symbol, ...]] = {}
         for layer in self.flat:
-            params.update(parameter_symbols(layer))
+            params.update({k: tuple(v) for k, v in parameter_symbols(layer).items()})
         return params
 
     def inputs(self, sample: int | None = None) -> list[sympy.Symbol]:
@@ -351,11 +405,11 @@ def _dense(net: SymbolicNetwork, layer: FlatLayer, xs: Outputs, samples: Samples
     for x, s in zip(xs, samples, strict=True):
         zs = []
         for i in range(1, layer.units + 1):
-            terms = [weight(n, i, j + 1) * xj for j, xj in enumerate(x)]
+            products = [(weight(n, i, j + 1), xj) for j, xj in enumerate(x)]
             if layer.layer.bias:
-                terms.append(bias(n, i))
+                products.append((bias(n, i),))
             zs.append(at_sample(pre_activation(n, i), s))
-            nodes.append(Node(zs[-1], sympy.Add(*terms), "z", n, s))
+            nodes.append(Node(zs[-1], None, "z", n, s, tuple(products)))
         out = [at_sample(activation(n, i + 1), s) for i in range(layer.units)]
         applied = net.apply(n, zs)
         nodes.extend(Node(a, e, "a", n, s) for a, e in zip(out, applied, strict=True))
