@@ -15,11 +15,12 @@ a cross-check of ``evaluate`` for tiny networks, not a witness.
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 import mpmath
 import numpy as np
@@ -35,6 +36,8 @@ from symbackprop.graph import (
     Node,
     SymbolicNetwork,
     activation,
+    bias,
+    parameter_symbols,
     pre_activation,
     split_sample,
 )
@@ -124,13 +127,11 @@ def data_values(
     return values
 
 
-def parameter_values(
-    net: SymbolicNetwork, params: Mapping, exact_float: Callable[[float], sympy.Float] = _exact
-) -> dict[sympy.Symbol, sympy.Float]:
+def parameter_values(net: SymbolicNetwork, params: Mapping) -> dict[sympy.Symbol, sympy.Float]:
     values = {}
     for key, symbols in net.parameters().items():
         flat = np.asarray(params[key]).reshape(-1)
-        values.update({s: exact_float(v) for s, v in zip(symbols, flat.tolist(), strict=True)})
+        values.update({s: _exact(v) for s, v in zip(symbols, flat, strict=True)})
     return values
 
 
@@ -611,19 +612,19 @@ class _Expression:
         self.expr, self.shape = expr, shape
         self.slots = [slot(s) for s in sorted(order, key=order.get)]
 
-    def value(self, v: list, values: dict) -> tuple:
+    def value(self, v: list, floats: Callable[[sympy.Expr], dict]) -> tuple:
         shape = self.shape
         if shape.fn is None:
-            return _sympy_value(self.expr, values)
+            return _sympy_value(self.expr, floats(self.expr))
         try:
             got = _finish(shape.fn([v[k] for k in self.slots]))
         except _Fallback:
-            return _sympy_value(self.expr, values)
+            return _sympy_value(self.expr, floats(self.expr))
         if shape.rules in _CHECKED:
             return got
         # the first point of a new set of rules: SymPy's value too, and a shape whose
         # value differs is SymPy's from then on
-        reference = _sympy_value(self.expr, values)
+        reference = _sympy_value(self.expr, floats(self.expr))
         if got == reference:
             _CHECKED.add(shape.rules)
         else:
@@ -632,64 +633,92 @@ class _Expression:
 
 
 class _Program:
-    """A graph planned for the compiled evaluation: slots, forward and backward steps."""
+    """A graph planned for the compiled evaluation: slots, forward and backward steps.
 
-    def __init__(self, nodes: tuple[Node, ...], seed: sympy.Symbol) -> None:
-        self.symbols: list[sympy.Symbol] = []
+    Slots: the trainable parameters first (``net.parameters()``'s order, so that a weight
+    needs no symbol), then the data symbols of each sample (inputs, targets, masks), then
+    the nodes.
+    """
+
+    def __init__(self, net: SymbolicNetwork, batch: int | None) -> None:
+        nodes = net.neuron_graph if batch is None else net.batch_graph(batch)
+        self.net, self.batch = net, batch
+        self.seed_symbol = LOSS if batch is None else MEAN_LOSS
+        self.keys: list[tuple[str, tuple[int, ...]]] = []
         self.slot: dict[sympy.Symbol, int] = {}
+        self.symbols: list[sympy.Symbol | None] = []  # None: a weight (``param_symbols``)
+        weights: dict[int, tuple[int, int]] = {}  # dense layer -> (first slot, fan-in)
+        for layer in net.flat:
+            named = parameter_symbols(layer, weights=False)
+            for key, shape in layers.parameters(layer).items():
+                self.keys.append((key, tuple(shape)))
+                if key == f"W{layer.index}":
+                    weights[layer.index] = (len(self.symbols), shape[1])
+                    self.symbols.extend([None] * math.prod(shape))
+                else:
+                    for s in named[key]:
+                        self._slot(s)
+        self.parameter_count = len(self.symbols)
+        for sample in (None,) if batch is None else range(1, batch + 1):
+            for s in net.inputs(sample) + net.targets(sample):
+                self._slot(s)
+            for group in net.masks(sample).values():
+                for s in group:
+                    self._slot(s)
+        self.data_count = len(self.symbols)
         self.forward: list[tuple] = []
         self.backward: list[tuple] = []
-        partial_symbols: list[list[sympy.Symbol]] = []
+        names: list[list[tuple[str, int]]] = []  # per node: its partials' (name, slot)
         for node in nodes:
             out = self._slot(node.symbol)
-            if node.products is not None:
-                pairs = [(self._slot(p[0]), self._slot(p[1])) for p in node.products if len(p) == 2]
-                single = [self._slot(p[0]) for p in node.products if len(p) == 1]
-                if len(pairs) + len(single) != len(node.products) or len(single) > 1:
-                    raise ValueError(f"{node.symbol}: a dense node is products of two symbols")
-                bias = single[0] if single else None
-                self.forward.append(("dense", out, node.symbol, pairs, bias))
-                self.backward.append(("dense", out, pairs, bias))
-                names = {s for p in node.products for s in p}
-                partial_symbols.append(sorted(names, key=_name))
+            if node.dense is not None:
+                n, i, inputs, has_bias = node.dense
+                first, fan_in = weights[n]
+                row = first + (i - 1) * fan_in
+                pairs = [(row + j, self.slot[x]) for j, x in enumerate(inputs)]
+                bias_slot = self.slot[bias(n, i)] if has_bias else None
+                self.forward.append(("dense", out, pairs, bias_slot))
+                self.backward.append(("dense", out, pairs, bias_slot))
+                touched = [(f"w{n}_{i}_{j + 1}", row + j) for j in range(len(inputs))]
+                touched += [(x.name, self.slot[x]) for x in inputs]
+                if has_bias:
+                    touched.append((f"b{n}_{i}", bias_slot))
+                names.append(sorted(touched))
                 continue
             expr = to_textbook_form(node.expr)
             if node.kind in ("mu", "mean_loss"):
                 expr = sympy.expand(expr)
             monomials = _monomials(expr)
             if monomials is not None:
-                terms = [(c, tuple(self._slot(f) for f in fs)) for c, fs in monomials]
-                self.forward.append(("linear", out, node.symbol, terms))
+                terms = [(c, tuple(self._known(f) for f in fs)) for c, fs in monomials]
+                self.forward.append(("linear", out, terms))
             else:
-                self.forward.append(("expr", out, node.symbol, _Expression(expr, self._slot)))
+                self.forward.append(("expr", out, _Expression(expr, self._known)))
             steps = []
             partials = local_partials(expr)
             for s, partial in partials:
-                target = self._slot(s)
+                target = self._known(s)
                 if partial.is_Symbol:
-                    steps.append((target, "slot", self._slot(partial)))
+                    steps.append((target, "slot", self._known(partial)))
                 elif partial.is_Number:
                     with mpmath.workdps(PRECISION):
-                        steps.append(
-                            (target, "const", mpmath.mpf(sympy.Float(partial, PRECISION))._mpf_)
-                        )
+                        value = mpmath.mpf(sympy.Float(partial, PRECISION))._mpf_
+                    steps.append((target, "const", value))
                 else:
-                    steps.append((target, "expr", _Expression(partial, self._slot)))
+                    steps.append((target, "expr", _Expression(partial, self._known)))
             self.backward.append(("steps", out, steps))
-            partial_symbols.append([s for s, _ in partials])
+            names.append([(s.name, self.slot[s]) for s, _ in partials])
         self.backward.reverse()
         # the reference's adjoint dict: the seed, then each symbol as it is first reached
-        seed_slot = self.slot[seed]
-        touched = {seed_slot}
-        self.order = [seed_slot]
-        for node, names in zip(reversed(nodes), reversed(partial_symbols), strict=True):
-            if self.slot[node.symbol] in touched:
-                for s in names:
-                    k = self.slot[s]
-                    if k not in touched:
-                        touched.add(k)
+        self.seed = self.slot[self.seed_symbol]
+        touched_slots = {self.seed}
+        self.order = [self.seed]
+        for node, node_names in zip(reversed(nodes), reversed(names), strict=True):
+            if self.slot[node.symbol] in touched_slots:
+                for _, k in node_names:
+                    if k not in touched_slots:
+                        touched_slots.add(k)
                         self.order.append(k)
-        self.seed = seed_slot
 
     def _slot(self, symbol: sympy.Symbol) -> int:
         k = self.slot.get(symbol)
@@ -698,38 +727,74 @@ class _Program:
             self.symbols.append(symbol)
         return k
 
-    def run(self, values: dict) -> tuple[list, list]:
-        """Every node's value (into ``values``, as the reference's Floats) and the
-        adjoints of the seed, as raw numbers by slot (None: not reached)."""
+    def _known(self, symbol: sympy.Symbol) -> int:
+        """The slot of a symbol an expression reads: made before it (never a weight)."""
+        k = self.slot.get(symbol)
+        if k is None:
+            raise ValueError(f"{symbol}: read by a node before it is made")
+        return k
+
+    @cached_property
+    def param_symbols(self) -> list[sympy.Symbol]:
+        return [s for group in self.net.parameters().values() for s in group]
+
+    def symbol(self, k: int) -> sympy.Symbol:
+        return self.param_symbols[k] if k < self.parameter_count else self.symbols[k]
+
+    def theta(self, params: Mapping) -> list[tuple]:
+        """The parameters' values by slot (a float64's exact value)."""
+        out: list[tuple] = []
+        for key, _ in self.keys:
+            out.extend(libmp.from_float(v) for v in np.asarray(params[key]).reshape(-1).tolist())
+        return out
+
+    def float_of(self, k: int, v: list, data: dict) -> sympy.Expr:
+        """Slot k's value as the reference's ``values`` holds it."""
+        if k < self.parameter_count:
+            return sympy.Float._new(v[k], PREC, zero=False)  # ``_exact`` of the float
+        if k < self.data_count:
+            return data[self.symbols[k]]
+        return sympy.Float._new(v[k], PREC)  # a node's Float(mpf, 40): 0 is exact
+
+    def values(self, v: list, data: dict) -> dict:
+        """The reference's ``values``: parameters, data, then nodes, as Floats."""
+        out = {s: self.float_of(k, v, data) for k, s in enumerate(self.param_symbols)}
+        out.update(data)
+        for k in range(self.data_count, len(self.symbols)):
+            out[self.symbols[k]] = sympy.Float._new(v[k], PREC)
+        return out
+
+    def run(self, theta: list, data: dict) -> tuple[list, list]:
+        """Every slot's value and the adjoints of the seed, as raw numbers by slot (None:
+        not reached); ``data`` holds the data symbols' Floats."""
         n = len(self.symbols)
-        v: list = [None] * n
+        v: list = theta + [None] * (n - len(theta))
         slot = self.slot
-        for s, value in values.items():
-            k = slot.get(s)
-            if k is not None:  # parameters and data: Floats of 53 bits (mpmath.mpf keeps them)
-                v[k] = value._mpf_
+        for s, value in data.items():
+            v[slot[s]] = value._mpf_
+
+        def floats(expr: sympy.Expr) -> dict:
+            return {s: self.float_of(slot[s], v, data) for s in expr.free_symbols}
+
         mul, add, total = _mpf_mul, _mpf_add, _mpf_sum
         prec, rnd = PREC, _RND
-        new_float = sympy.Float._new
         for step in self.forward:
-            kind, out, symbol = step[0], step[1], step[2]
+            kind = step[0]
             if kind == "dense":
-                terms = [mul(v[w], v[x], prec, rnd) for w, x in step[3]]
-                if step[4] is not None:
-                    terms.append(v[step[4]])
-                result = total(terms, prec, rnd)
+                terms = [mul(v[w], v[x], prec, rnd) for w, x in step[2]]
+                if step[3] is not None:
+                    terms.append(v[step[3]])
+                v[step[1]] = total(terms, prec, rnd)
             elif kind == "linear":
                 terms = []
-                for c, factors in step[3]:
+                for c, factors in step[2]:
                     product = _fone
                     for f in factors:
                         product = mul(product, v[f], prec, rnd)
                     terms.append(mul(c, product, prec, rnd))
-                result = total(terms, prec, rnd)
+                v[step[1]] = total(terms, prec, rnd)
             else:
-                result = step[3].value(v, values)
-            v[out] = result
-            values[symbol] = new_float(result, prec)
+                v[step[1]] = step[2].value(v, floats)
         adjoint: list = [None] * n
         adjoint[self.seed] = _fone
         for step in self.backward:
@@ -756,11 +821,36 @@ class _Program:
                 elif how == "const":
                     partial = what
                 else:
-                    partial = what.value(v, values)
+                    partial = what.value(v, floats)
                 p = mul(bar, partial, prec, rnd)
                 old = adjoint[target]
                 adjoint[target] = p if old is None else add(old, p, prec, rnd)
         return v, adjoint
+
+
+class _Lazy(Mapping):
+    """A dict made on first use (the worked example reads these; the certificate does not)."""
+
+    def __init__(self, make: Callable[[], dict]) -> None:
+        self._make: Callable[[], dict] | None = make
+        self._dict: dict | None = None
+
+    def _items(self) -> dict:
+        if self._dict is None:
+            self._dict, self._make = self._make(), None
+        return self._dict
+
+    def __getitem__(self, key: object) -> object:
+        return self._items()[key]
+
+    def __iter__(self) -> Iterator:
+        return iter(self._items())
+
+    def __len__(self) -> int:
+        return len(self._items())
+
+    def __repr__(self) -> str:
+        return repr(self._items())
 
 
 def _name(symbol: sympy.Symbol) -> str:
@@ -785,17 +875,7 @@ def _monomials(expr: sympy.Expr) -> list[tuple[tuple, tuple]] | None:
 
 @lru_cache(maxsize=8)
 def _program(net: SymbolicNetwork, batch: int | None) -> _Program:
-    if batch is None:
-        return _Program(net.neuron_graph, LOSS)
-    return _Program(net.batch_graph(batch), MEAN_LOSS)
-
-
-def _run_compiled(net: SymbolicNetwork, batch: int | None, values: dict, seed: sympy.Symbol):
-    program = _program(net, batch)
-    v, adjoint = program.run(values)
-    symbols = program.symbols
-    numbers = {seed: _make_mpf(v[program.seed])}
-    return numbers, {symbols[k]: _make_mpf(adjoint[k]) for k in program.order}
+    return _Program(net, batch)
 
 
 def clear_caches() -> None:
@@ -805,6 +885,11 @@ def clear_caches() -> None:
     _partials.cache_clear()
     _SHAPES.clear()
     _CHECKED.clear()
+
+
+def _finite(net: SymbolicNetwork, params: Mapping, X: np.ndarray, Y: np.ndarray) -> bool:
+    arrays = [X, Y, *(params[key] for key in net.spec.parameters)]
+    return all(bool(np.all(np.isfinite(np.asarray(a, dtype=np.float64)))) for a in arrays)
 
 
 def evaluate(
@@ -819,9 +904,66 @@ def evaluate(
     ``masks``: the keep mask of every dropout layer with rate > 0 (``layers.draw_masks``);
     raises ValueError when one is missing or has the wrong shape.  The same numbers as
     ``evaluate_reference``, bit for bit, from a program compiled once per network (see
-    "the compiled evaluation" below).
+    "the compiled evaluation" above); ``values`` and ``shared`` are made on first read.
     """
-    return _exact_evaluation(net, params, X, Y, masks, _run_compiled, _exact_fast)
+    X, Y = np.asarray(X), np.asarray(Y)
+    batch = len(X)
+    check_masks(net, masks, batch)
+    if not _finite(net, params, X, Y):  # inf/nan: SymPy's own special values
+        return evaluate_reference(net, params, X, Y, masks)
+    with mpmath.workdps(PRECISION):
+        if net.couples_batch:
+            program = _program(net, batch)
+            theta = program.theta(params)
+            data: dict = {}
+            for row in range(batch):
+                data.update(data_values(net, X[row], Y[row], masks, row, row + 1, _exact_fast))
+            v, adj = program.run(theta, data)
+            values = program.values(v, data)
+            loss = _make_mpf(v[program.seed])
+            summed = {program.symbol(k): _make_mpf(adj[k]) * batch for k in program.order}
+            per_sample, adjoints, shared = _split(values, summed, batch)
+            zero = mpmath.mpf(0)
+            totals = [summed.get(s, zero) for s in program.param_symbols]
+        else:
+            program = _program(net, None)
+            theta = program.theta(params)
+            count = program.parameter_count
+            raw = [_fzero] * count
+            loss = mpmath.mpf(0)
+            per_sample, adjoints = [], []
+            for row in range(batch):
+                data = data_values(net, X[row], Y[row], masks, row, None, _exact_fast)
+                v, adj = program.run(theta, data)
+                loss += _make_mpf(v[program.seed])
+                for k in range(count):
+                    a = adj[k]
+                    if a is not None:
+                        raw[k] = _mpf_add(raw[k], a, PREC, _RND)
+                per_sample.append(_Lazy(functools.partial(program.values, v, data)))
+                adjoints.append(
+                    {
+                        program.symbols[k]: sympy.Float._new(adj[k], PREC)
+                        for k in program.order
+                        if k >= count
+                    }
+                )
+            shared = _Lazy(functools.partial(_shared, program, raw))
+            totals = [_make_mpf(t) for t in raw]
+            loss = loss / batch
+        grads, start = {}, 0
+        for key, shape in program.keys:
+            size = math.prod(shape)
+            column = [float(t / batch) for t in totals[start : start + size]]
+            grads[key] = np.array(column).reshape(np.shape(params[key]))
+            start += size
+        mean = float(loss)
+    mean += _l2(net, params, grads)
+    return ExactEvaluation(mean, grads, tuple(per_sample), tuple(adjoints), shared)
+
+
+def _shared(program: _Program, raw: list) -> dict:
+    return {s: sympy.Float._new(t, PREC) for s, t in zip(program.param_symbols, raw, strict=True)}
 
 
 def evaluate_reference(
@@ -836,7 +978,7 @@ def evaluate_reference(
     The independent reference of the compiled evaluation (the tests hold them equal) and
     the benchmark's baseline; linear in parameters too, but about ten times slower.
     """
-    return _exact_evaluation(net, params, X, Y, masks, _run_reference, _exact)
+    return _exact_evaluation(net, params, X, Y, masks, _run_reference)
 
 
 def _run_reference(net: SymbolicNetwork, batch: int | None, values: dict, seed: sympy.Symbol):
@@ -844,11 +986,11 @@ def _run_reference(net: SymbolicNetwork, batch: int | None, values: dict, seed: 
     return _run(_plan(nodes), values, seed)
 
 
-def _exact_evaluation(net, params, X, Y, masks, run, exact_float) -> ExactEvaluation:
+def _exact_evaluation(net, params, X, Y, masks, run) -> ExactEvaluation:
     X, Y = np.asarray(X), np.asarray(Y)
     batch = len(X)
     check_masks(net, masks, batch)
-    theta = parameter_values(net, params, exact_float)
+    theta = parameter_values(net, params)
     symbols = net.parameters()
     shared_symbols = [s for group in symbols.values() for s in group]
     per_sample: list[dict] = []
@@ -858,7 +1000,7 @@ def _exact_evaluation(net, params, X, Y, masks, run, exact_float) -> ExactEvalua
         if net.couples_batch:
             values = dict(theta)
             for row in range(batch):
-                values.update(data_values(net, X[row], Y[row], masks, row, row + 1, exact_float))
+                values.update(data_values(net, X[row], Y[row], masks, row, row + 1))
             numbers, adjoint = run(net, batch, values, MEAN_LOSS)
             loss = numbers[MEAN_LOSS]
             # d(mean)/d(.) -> d(sum)/d(.): times the batch
@@ -869,7 +1011,7 @@ def _exact_evaluation(net, params, X, Y, masks, run, exact_float) -> ExactEvalua
             loss, shared = mpmath.mpf(0), {}
             for row in range(batch):
                 values = dict(theta)
-                values.update(data_values(net, X[row], Y[row], masks, row, None, exact_float))
+                values.update(data_values(net, X[row], Y[row], masks, row))
                 numbers, adjoint = run(net, None, values, LOSS)
                 loss += numbers[LOSS]
                 for s in shared_symbols:

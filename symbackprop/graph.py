@@ -111,8 +111,9 @@ def split_sample(symbol: sympy.Symbol) -> tuple[sympy.Symbol, int | None]:
     return sympy.Symbol(name, real=True), int(sample)
 
 
-def parameter_symbols(layer: FlatLayer) -> dict[str, list[sympy.Symbol]]:
-    """Scalar symbols of each trainable parameter array of a layer, row-major (``.ravel()``)."""
+def parameter_symbols(layer: FlatLayer, weights: bool = True) -> dict[str, list[sympy.Symbol]]:
+    """Scalar symbols of each trainable parameter array of a layer, row-major (``.ravel()``);
+    ``weights=False`` leaves out the weight matrix (its entries are ``weight(l, i, j)``)."""
     index = layer.index
     scalar = {
         f"b{index}": lambda i: bias(index, i),
@@ -122,6 +123,8 @@ def parameter_symbols(layer: FlatLayer) -> dict[str, list[sympy.Symbol]]:
     out: dict[str, list[sympy.Symbol]] = {}
     for key, shape in layers.parameters(layer).items():
         if key == f"W{index}":
+            if not weights:
+                continue
             rows, cols = shape
             out[key] = [weight(index, i + 1, j + 1) for i in range(rows) for j in range(cols)]
         else:
@@ -175,14 +178,15 @@ class Node:
     graph's last node).  ``sample``: the sample (1-based) in a batch graph, None otherwise
     and for nodes the batch shares (batch norm's statistics, the mean loss).
 
-    ``products``: a dense pre-activation's structure, the factor symbols of each term of
-    z = sum_j w_ij a_j + b_i (((w_i1, a_1), ..., (b_i,))); None for every other node.  Its
-    ``expr`` is then made from them on first use only: the exact witness reads the
-    structure and never builds the SymPy sum.  Immutable; equal when symbol, expr, kind,
-    layer and sample are.
+    ``dense``: a dense pre-activation's structure, (layer n, row i, its inputs a_1..a_m,
+    whether it has a bias), for z_i = sum_j w^{(n)}_{ij} a_j + b_i; None for every other
+    node.  ``products`` (the factor symbols of each term: ((w_i1, a_1), ..., (b_i,))) and
+    ``expr`` are then made from it on first use only: the exact witness reads the structure
+    and never builds the weights' symbols or the SymPy sum.  Immutable; equal when symbol,
+    expr, kind, layer and sample are.
     """
 
-    __slots__ = ("symbol", "kind", "layer", "sample", "products", "_expr")
+    __slots__ = ("symbol", "kind", "layer", "sample", "dense", "_products", "_expr")
 
     def __init__(
         self,
@@ -191,16 +195,17 @@ class Node:
         kind: str,
         layer: int,
         sample: int | None = None,
-        products: tuple[tuple[sympy.Symbol, ...], ...] | None = None,
+        dense: tuple[int, int, tuple[sympy.Symbol, ...], bool] | None = None,
     ) -> None:
-        if expr is None and products is None:
-            raise ValueError("a node needs its expression or its products")
+        if (expr is None) == (dense is None):
+            raise ValueError("a node has its expression or its dense structure")
         for name, value in (
             ("symbol", symbol),
             ("kind", kind),
             ("layer", layer),
             ("sample", sample),
-            ("products", products),
+            ("dense", dense),
+            ("_products", None),
             ("_expr", expr),
         ):
             object.__setattr__(self, name, value)
@@ -209,9 +214,21 @@ class Node:
         raise AttributeError(f"a Node is immutable ({name!r})")
 
     @property
+    def products(self) -> tuple[tuple[sympy.Symbol, ...], ...] | None:
+        if self.dense is None:
+            return None
+        if self._products is None:
+            n, i, inputs, has_bias = self.dense
+            products = [(weight(n, i, j + 1), x) for j, x in enumerate(inputs)]
+            if has_bias:
+                products.append((bias(n, i),))
+            object.__setattr__(self, "_products", tuple(products))
+        return self._products
+
+    @property
     def expr(self) -> sympy.Expr:
         if self._expr is None:
-            terms = [p[0] * p[1] if len(p) == 2 else sympy.Mul(*p) for p in self.products]
+            terms = [p[0] * p[1] if len(p) == 2 else p[0] for p in self.products]
             object.__setattr__(self, "_expr", sympy.Add(*terms))
         return self._expr
 
@@ -404,12 +421,10 @@ def _dense(net: SymbolicNetwork, layer: FlatLayer, xs: Outputs, samples: Samples
     n, nodes, outs = layer.index, [], []
     for x, s in zip(xs, samples, strict=True):
         zs = []
+        inputs = tuple(x)
         for i in range(1, layer.units + 1):
-            products = [(weight(n, i, j + 1), xj) for j, xj in enumerate(x)]
-            if layer.layer.bias:
-                products.append((bias(n, i),))
             zs.append(at_sample(pre_activation(n, i), s))
-            nodes.append(Node(zs[-1], None, "z", n, s, tuple(products)))
+            nodes.append(Node(zs[-1], None, "z", n, s, (n, i, inputs, layer.layer.bias)))
         out = [at_sample(activation(n, i + 1), s) for i in range(layer.units)]
         applied = net.apply(n, zs)
         nodes.extend(Node(a, e, "a", n, s) for a, e in zip(out, applied, strict=True))
