@@ -310,24 +310,54 @@ def _negative(v: object) -> bool:
     return v < 0 if type(v) is Fraction else bool(v[0]) and v != _fzero
 
 
+class _Low:
+    """A Float constant of fewer bits than the values (batch norm's eps, 53 bits): SymPy
+    computes at the larger precision of two operands, so with a value it is an operand
+    like any other, but met by exact numbers only it would set the precision itself: that
+    is left to SymPy (``_Fallback``)."""
+
+    __slots__ = ("mpf",)
+
+    def __init__(self, mpf: tuple) -> None:
+        self.mpf = mpf
+
+
+def _operand(x: object) -> tuple:
+    """An exact number or a constant as the other operand of a value's operation."""
+    return _mp(x) if type(x) is Fraction else x.mpf
+
+
+def _value(x: object) -> object:
+    """An argument of a function or a power: a value or an exact number, never a _Low."""
+    if type(x) is _Low:
+        raise _Fallback
+    return x
+
+
 def _add(a: object, b: object) -> object:
-    if type(a) is Fraction:
-        if type(b) is Fraction:
-            return a + b
-        a = _mp(a)
-    elif type(b) is Fraction:
-        b = _mp(b)
+    if type(a) is tuple:
+        if type(b) is not tuple:
+            b = _operand(b)
+    elif type(b) is tuple:
+        a = _operand(a)
+    elif type(a) is Fraction and type(b) is Fraction:
+        return a + b
+    else:
+        raise _Fallback
     r = _mpf_add(a, b, PREC, _RND)
     return _ZERO if r == _fzero else r
 
 
 def _mul(a: object, b: object) -> object:
-    if type(a) is Fraction:
-        if type(b) is Fraction:
-            return a * b
-        a = _mp(a)
-    elif type(b) is Fraction:
-        b = _mp(b)
+    if type(a) is tuple:
+        if type(b) is not tuple:
+            b = _operand(b)
+    elif type(b) is tuple:
+        a = _operand(a)
+    elif type(a) is Fraction and type(b) is Fraction:
+        return a * b
+    else:
+        raise _Fallback
     r = _mpf_mul(a, b, PREC, _RND)
     return _ZERO if r == _fzero else r
 
@@ -456,8 +486,8 @@ def _elu(x: object) -> object:
 
 
 def _compare(a: object, b: object) -> int:
-    a = _mp(a) if type(a) is Fraction else a
-    b = _mp(b) if type(b) is Fraction else b
+    a = a if type(a) is tuple else _operand(a)
+    b = b if type(b) is tuple else _operand(b)
     return libmp.mpf_cmp(a, b)
 
 
@@ -512,6 +542,8 @@ def _compile(expr: sympy.Expr, order: dict[sympy.Symbol, int]) -> Callable[[list
         if expr._prec > PREC:
             raise _Unsupported
         f = _float_result(expr._mpf_)
+        if expr._prec < PREC and f != _ZERO:
+            f = _Low(f)
         return lambda v: f
     if not expr.free_symbols:
         raise _Unsupported  # pi, E, sqrt(2): SymPy keeps them exact until evalf
@@ -536,19 +568,21 @@ def _compile(expr: sympy.Expr, order: dict[sympy.Symbol, int]) -> Callable[[list
         if e.is_Float and e._prec > PREC:
             raise _Unsupported
         inner, exponent = _compile(base, order), _exponent(e)
-        return lambda v: _power(inner(v), exponent)
+        return lambda v: _power(_value(inner(v)), exponent)
     fn = _FUNCTIONS.get(expr.func)
     if fn is None:
         raise _Unsupported
     args = [_compile(a, order) for a in expr.args]
     if len(args) == 1:
         (only,) = args
-        return lambda v: fn(only(v))
-    return lambda v: fn(*(a(v) for a in args))
+        return lambda v: fn(_value(only(v)))
+    return lambda v: fn(*(a(v) for a in args))  # Max, Min: they compare a _Low too
 
 
 def _finish(value: object) -> tuple:
     """The final evalf(40) and Float(., 40) of a result."""
+    if type(value) is _Low:
+        raise _Fallback
     if type(value) is Fraction:
         if value == 0:
             return _fzero
@@ -558,12 +592,13 @@ def _finish(value: object) -> tuple:
 
 
 class _Shape:
-    """One compiled shape: its closure (None: SymPy's) and the rules it uses."""
+    """One compiled shape: its closure (None: SymPy's) and the rules it uses; ``disabled``
+    when its value differed from SymPy's at its check (never, in the tests)."""
 
-    __slots__ = ("fn", "rules")
+    __slots__ = ("fn", "rules", "disabled")
 
     def __init__(self, fn: Callable | None, rules: frozenset) -> None:
-        self.fn, self.rules = fn, rules
+        self.fn, self.rules, self.disabled = fn, rules, False
 
 
 _SHAPES: dict[tuple, _Shape] = {}
@@ -595,9 +630,11 @@ def _sympy_value(expr: sympy.Expr, values: dict) -> tuple:
 class _Expression:
     """One node's expression or local partial: compiled, or SymPy's substitution."""
 
-    __slots__ = ("expr", "slots", "shape")
+    __slots__ = ("expr", "slots", "shape", "nodes")
 
-    def __init__(self, expr: sympy.Expr, slot: Callable[[sympy.Symbol], int]) -> None:
+    def __init__(
+        self, expr: sympy.Expr, slot: Callable[[sympy.Symbol], int], first_node: int
+    ) -> None:
         order: dict[sympy.Symbol, int] = {}
         key = _shape(expr, order)
         shape = _SHAPES.get(key)
@@ -611,13 +648,20 @@ class _Expression:
             shape = _SHAPES[key] = _Shape(fn, _rules(key))
         self.expr, self.shape = expr, shape
         self.slots = [slot(s) for s in sorted(order, key=order.get)]
+        # a node's value is Float(mpf, 40), which is SymPy's exact 0 when it is 0 (a dead
+        # ReLU); a parameter's or data's 0.0 stays a Float of 136 bits
+        self.nodes = [i for i, k in enumerate(self.slots) if k >= first_node]
 
     def value(self, v: list, floats: Callable[[sympy.Expr], dict]) -> tuple:
         shape = self.shape
         if shape.fn is None:
             return _sympy_value(self.expr, floats(self.expr))
+        args = [v[k] for k in self.slots]
+        for i in self.nodes:
+            if args[i] == _fzero:
+                args[i] = _ZERO
         try:
-            got = _finish(shape.fn([v[k] for k in self.slots]))
+            got = _finish(shape.fn(args))
         except _Fallback:
             return _sympy_value(self.expr, floats(self.expr))
         if shape.rules in _CHECKED:
@@ -628,7 +672,7 @@ class _Expression:
         if got == reference:
             _CHECKED.add(shape.rules)
         else:
-            shape.fn = None
+            shape.fn, shape.disabled = None, True
         return reference
 
 
@@ -693,7 +737,7 @@ class _Program:
                 terms = [(c, tuple(self._known(f) for f in fs)) for c, fs in monomials]
                 self.forward.append(("linear", out, terms))
             else:
-                self.forward.append(("expr", out, _Expression(expr, self._known)))
+                self.forward.append(("expr", out, _Expression(expr, self._known, self.data_count)))
             steps = []
             partials = local_partials(expr)
             for s, partial in partials:
@@ -705,7 +749,9 @@ class _Program:
                         value = mpmath.mpf(sympy.Float(partial, PRECISION))._mpf_
                     steps.append((target, "const", value))
                 else:
-                    steps.append((target, "expr", _Expression(partial, self._known)))
+                    steps.append(
+                        (target, "expr", _Expression(partial, self._known, self.data_count))
+                    )
             self.backward.append(("steps", out, steps))
             names.append([(s.name, self.slot[s]) for s, _ in partials])
         self.backward.reverse()

@@ -38,6 +38,7 @@ gradient that is inf/nan where the exact value is finite fails the certificate.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import types
 from collections.abc import Callable
@@ -578,6 +579,16 @@ def _compare(
 
 
 def torch_available() -> bool:
+    """Whether ``torch`` is installed, without importing it (which takes seconds): the
+    PyTorch witness imports it only when it runs (``_import_torch``)."""
+    try:
+        return importlib.util.find_spec("torch") is not None
+    except (ImportError, ValueError):  # a broken or half-installed package
+        return False
+
+
+def _import_torch() -> bool:
+    """Imports torch for the PyTorch witness; False when the import fails."""
     try:
         import torch  # noqa: F401
     except Exception:  # noqa: BLE001 - any import failure means "not available"
@@ -845,6 +856,8 @@ def certify(
             )
         )
 
+    if use_torch and not _import_torch():
+        use_torch, torch_why = False, "torch is not importable (optional)"
     if use_torch:
         witnesses.append("pytorch")
         spent[0] += 3 * pass_cost(net, batch)
