@@ -7,12 +7,13 @@ Witnesses (none shares code with the generated backward pass):
    loss term) changes the side of a kink anywhere in the stencil, so that the witness is
    sound at any batch size;
 2. ``exact``: SymPy's gradient evaluated in 40-digit arithmetic on the neuron-level graph
-   (``symbackprop.exact``: local ``sympy.diff`` per node, reverse accumulation, up to
-   ``GRAPH_LIMIT`` parameters); with batch norm the graph is the whole batch as one
-   function.  The fully expanded composite (``exact_expanded``) is a teaching view and a
-   test of this one, not a witness: its cost swells with depth;
+   (``symbackprop.exact.evaluate``: local ``sympy.diff`` per node, reverse accumulation,
+   compiled once per network, up to ``GRAPH_LIMIT`` parameters); with batch norm the graph
+   is the whole batch as one function.  The fully expanded composite (``exact_expanded``)
+   is a teaching view and a test of this one, not a witness: its cost swells with depth;
 3. ``pytorch``: autograd on the network built from each layer kind's torch equivalent
-   (``layers.torch_forward``), when ``torch`` is importable (optional; never a dependency).
+   (``layers.torch_forward``), when ``torch`` is installed (optional; never a dependency;
+   imported only when this witness runs).
 
 Every witness sees the same dropout masks: the module is called with a fresh generator
 ``mask_rng(seed)`` each time (its keyword ``rng``), and the exact and PyTorch witnesses get

@@ -355,3 +355,29 @@ def test_a_network_too_large_for_every_witness_is_refused_before_any_work(
     monkeypatch.setattr(verify, "load_module", no_module)
     with pytest.raises(InputError, match="too large for the certificate without torch"):
         certify(deep, use_torch=False)
+
+
+def test_torch_is_imported_only_when_its_witness_runs() -> None:
+    """``torch_available`` asks the import system, it does not import torch (seconds); a
+    certificate without the PyTorch witness never imports it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from symbackprop.verify import certify, torch_available\n"
+        "from symbackprop.spec import load_spec\n"
+        "available = torch_available()\n"
+        "certify(load_spec('seed_mlp'), use_torch=False)\n"
+        "print(available, 'torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    available, imported = out.stdout.split()
+    assert imported == "False"
+    try:
+        import importlib.util
+
+        installed = importlib.util.find_spec("torch") is not None
+    except (ImportError, ValueError):
+        installed = False
+    assert available == str(installed)
