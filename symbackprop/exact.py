@@ -295,6 +295,9 @@ _mpf_add, _mpf_mul, _mpf_sum = libmp.mpf_add, libmp.mpf_mul, libmp.mpf_sum
 _make_mpf = mpmath.mp.make_mpf
 
 
+_MEMO = 1 << 12  # function values remembered (a softmax's partials take exp of each z often)
+
+
 class _Fallback(Exception):
     """A compiled expression met a case its rules leave to SymPy (at run time)."""
 
@@ -419,6 +422,7 @@ def _by_mpmath(name: str) -> Callable[[tuple], tuple]:
     """A function that SymPy evaluates by ``Function._eval_evalf``: mpmath at 140 bits."""
     fn = getattr(mpmath, name)
 
+    @lru_cache(maxsize=_MEMO)
     def value(x: tuple) -> tuple:
         with mpmath.workprec(EVALF_PREC):
             return _norm(fn(_make_mpf(x))._mpf_)
@@ -426,6 +430,7 @@ def _by_mpmath(name: str) -> Callable[[tuple], tuple]:
     return value
 
 
+@lru_cache(maxsize=_MEMO)
 def _exp(x: object) -> object:
     if _is_zero(x):
         return _ONE
@@ -434,6 +439,7 @@ def _exp(x: object) -> object:
     return _norm(libmp.mpf_exp(x, EVALF_PREC))  # evalf_pow of E**x, rounded down
 
 
+@lru_cache(maxsize=_MEMO)
 def _log(x: object) -> object:
     if type(x) is Fraction:
         if x == 1:
