@@ -657,16 +657,18 @@ def large_inputs(
     X: np.ndarray,
     Y: np.ndarray,
     seed: int = 0,
+    exact_budget: int = EXACT_BUDGET,
 ) -> LargeInputs:
     """The module at large inputs; inf/nan where the exact value is finite is a failure.
 
     Dropout masks: those of ``mask_rng(seed)``, for the module and the exact value alike.
+    The exact value is asked for within 4 x ``exact_budget`` operations.
     """
     points = _large_points(net, params, X, Y)
     failures, notes = [], []
     exact_reachable = (
         net.parameter_count <= GRAPH_LIMIT
-        and exact_cost(net) * LARGE_SAMPLES * len(points) <= 4 * EXACT_BUDGET
+        and exact_cost(net) * LARGE_SAMPLES * len(points) <= 4 * exact_budget
     )
     for label, p, Xs, Ys in points:
         try:
@@ -724,13 +726,17 @@ def certify(
     module_source: str | None = None,
     use_torch: bool | None = None,
     data: tuple[np.ndarray, np.ndarray] | None = None,
+    exact_budget: int = EXACT_BUDGET,
 ) -> Certificate:
     """Run every witness on the generated module of a spec; see the module docstring.
 
-    Raises InputError for a bad batch or seed, and when the network is too large for the
-    witnesses' operation budgets.
+    ``exact_budget``: the exact witness's operations (``exact_cost`` per sample); a caller
+    with less time to spend (training) may give a smaller one.  Raises InputError for a bad
+    batch or seed, and when the network is too large for the witnesses' operation budgets.
     """
     check_arguments(batch, seed)
+    if isinstance(exact_budget, bool) or not isinstance(exact_budget, int) or exact_budget < 0:
+        raise ValueError(f"exact_budget: expected a non-negative integer, got {exact_budget!r}")
     derivation = source if isinstance(source, Derivation) else derive(source)
     net = derivation.network
     count = net.parameter_count
@@ -751,7 +757,7 @@ def certify(
         use_torch = torch_available()
     probe = Probe(net)
     arrays = len(net.spec.parameters)
-    exact_samples = min(batch, EXACT_BUDGET // exact_cost(net)) if count <= GRAPH_LIMIT else 0
+    exact_samples = min(batch, exact_budget // exact_cost(net)) if count <= GRAPH_LIMIT else 0
     if exact_samples < least_samples(net):
         exact_samples = 0
     fd_samples, entries = _fd_plan(net, batch, probe.has_kinks)
@@ -853,7 +859,7 @@ def certify(
             (
                 "exact",
                 f"{who} {need * exact_cost(net):,} exact operations, over its budget of "
-                f"{EXACT_BUDGET:,}",
+                f"{exact_budget:,}",
             )
         )
 
@@ -873,7 +879,7 @@ def certify(
     else:
         skipped.append(("pytorch", torch_why))
 
-    large = large_inputs(module, net, params, X, Y, seed)
+    large = large_inputs(module, net, params, X, Y, seed, exact_budget)
     spent[0] += 3 * 3 * pass_cost(net, LARGE_SAMPLES)
     parameters = tuple(ParameterCheck(k, params[k].shape, tuple(v)) for k, v in results.items())
     return Certificate(

@@ -26,6 +26,7 @@ from symbackprop.verify import (
     ParameterCheck,
     WitnessResult,
     certify,
+    exact_cost,
     large_inputs,
 )
 
@@ -381,3 +382,17 @@ def test_torch_is_imported_only_when_its_witness_runs() -> None:
     except (ImportError, ValueError):
         installed = False
     assert available == str(installed)
+
+
+def test_a_smaller_exact_budget_checks_fewer_samples_exactly() -> None:
+    spec = load_spec("seed_mlp")
+    full = certify(spec, use_torch=False)
+    assert "exact" in full.witnesses and "on the first" not in full.exact_view
+    per_sample = exact_cost(derive(spec).network)
+    one = certify(spec, use_torch=False, exact_budget=per_sample)
+    assert one.exact_view.endswith("on the first of the 4 samples")
+    none = certify(spec, use_torch=False, exact_budget=per_sample - 1)
+    assert "exact" not in none.witnesses
+    assert any(w == "exact" and f"budget of {per_sample - 1:,}" in why for w, why in none.skipped)
+    with pytest.raises(ValueError, match="exact_budget"):
+        certify(spec, exact_budget=-1)
