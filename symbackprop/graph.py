@@ -33,7 +33,7 @@ from symbackprop.functions import IDENTITY, YHAT, Activation, Loss, X, Y, resolv
 from symbackprop.spec import FlatLayer, NetworkSpec
 
 EXPANDED_LIMIT = 50  # parameters; beyond this SymPy takes minutes to differentiate
-GRAPH_LIMIT = 10_000  # parameters; the exact witness takes ~1 s per 2,000 at batch 4
+GRAPH_LIMIT = 10_000  # parameters; the compiled exact witness: ~1 s at 10,000 on 2 samples
 
 
 class SizeLimitError(InputError):
@@ -48,6 +48,7 @@ def matrix_name(kind: str, layer: int) -> str:
     return f"{kind}{layer}"
 
 
+@lru_cache(maxsize=1 << 16)
 def weight(layer: int, i: int, j: int) -> sympy.Symbol:
     return sympy.Symbol(f"w{layer}_{i}_{j}", real=True)
 
@@ -110,8 +111,9 @@ def split_sample(symbol: sympy.Symbol) -> tuple[sympy.Symbol, int | None]:
     return sympy.Symbol(name, real=True), int(sample)
 
 
-def parameter_symbols(layer: FlatLayer) -> dict[str, list[sympy.Symbol]]:
-    """Scalar symbols of each trainable parameter array of a layer, row-major (``.ravel()``)."""
+def parameter_symbols(layer: FlatLayer, weights: bool = True) -> dict[str, list[sympy.Symbol]]:
+    """Scalar symbols of each trainable parameter array of a layer, row-major (``.ravel()``);
+    ``weights=False`` leaves out the weight matrix (its entries are ``weight(l, i, j)``)."""
     index = layer.index
     scalar = {
         f"b{index}": lambda i: bias(index, i),
@@ -121,6 +123,8 @@ def parameter_symbols(layer: FlatLayer) -> dict[str, list[sympy.Symbol]]:
     out: dict[str, list[sympy.Symbol]] = {}
     for key, shape in layers.parameters(layer).items():
         if key == f"W{index}":
+            if not weights:
+                continue
             rows, cols = shape
             out[key] = [weight(index, i + 1, j + 1) for i in range(rows) for j in range(cols)]
         else:
@@ -166,7 +170,6 @@ def latex_name(symbol: sympy.Symbol) -> str:
 # --- the network ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
 class Node:
     """One neuron-level assignment ``symbol = expr`` of the scalar graph.
 
@@ -174,13 +177,77 @@ class Node:
     normalization's statistics), "loss" (one sample's loss) or "mean_loss" (a batch
     graph's last node).  ``sample``: the sample (1-based) in a batch graph, None otherwise
     and for nodes the batch shares (batch norm's statistics, the mean loss).
+
+    ``dense``: a dense pre-activation's structure, (layer n, row i, its inputs a_1..a_m,
+    whether it has a bias), for z_i = sum_j w^{(n)}_{ij} a_j + b_i; None for every other
+    node.  ``products`` (the factor symbols of each term: ((w_i1, a_1), ..., (b_i,))) and
+    ``expr`` are then made from it on first use only: the exact witness reads the structure
+    and never builds the weights' symbols or the SymPy sum.  Immutable; equal when symbol,
+    expr, kind, layer and sample are.
     """
 
-    symbol: sympy.Symbol
-    expr: sympy.Expr
-    kind: str
-    layer: int
-    sample: int | None = None
+    __slots__ = ("symbol", "kind", "layer", "sample", "dense", "_products", "_expr")
+
+    def __init__(
+        self,
+        symbol: sympy.Symbol,
+        expr: sympy.Expr | None,
+        kind: str,
+        layer: int,
+        sample: int | None = None,
+        dense: tuple[int, int, tuple[sympy.Symbol, ...], bool] | None = None,
+    ) -> None:
+        if (expr is None) == (dense is None):
+            raise ValueError("a node has its expression or its dense structure")
+        for name, value in (
+            ("symbol", symbol),
+            ("kind", kind),
+            ("layer", layer),
+            ("sample", sample),
+            ("dense", dense),
+            ("_products", None),
+            ("_expr", expr),
+        ):
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"a Node is immutable ({name!r})")
+
+    @property
+    def products(self) -> tuple[tuple[sympy.Symbol, ...], ...] | None:
+        if self.dense is None:
+            return None
+        if self._products is None:
+            n, i, inputs, has_bias = self.dense
+            products = [(weight(n, i, j + 1), x) for j, x in enumerate(inputs)]
+            if has_bias:
+                products.append((bias(n, i),))
+            object.__setattr__(self, "_products", tuple(products))
+        return self._products
+
+    @property
+    def expr(self) -> sympy.Expr:
+        if self._expr is None:
+            terms = [p[0] * p[1] if len(p) == 2 else p[0] for p in self.products]
+            object.__setattr__(self, "_expr", sympy.Add(*terms))
+        return self._expr
+
+    def _key(self) -> tuple:
+        return (self.symbol, self.expr, self.kind, self.layer, self.sample)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Node):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return (
+            f"Node(symbol={self.symbol!r}, expr={self.expr!r}, kind={self.kind!r}, "
+            f"layer={self.layer!r}, sample={self.sample!r})"
+        )
 
 
 Samples = tuple[int | None, ...]  # (None,): the per-sample graph; (1, ..., B): a batch graph
@@ -252,10 +319,14 @@ class SymbolicNetwork:
 
     def parameters(self) -> dict[str, list[sympy.Symbol]]:
         """Scalar parameter symbols by code name, row-major (like ``W.ravel()``), in
-        network order."""
-        params: dict[str, list[sympy.Symbol]] = {}
+        network order (a new dict of new lists each call)."""
+        return {key: list(symbols) for key, symbols in self._parameters.items()}
+
+    @cached_property
+    def _parameters(self) -> dict[str, tuple[sympy.Symbol, ...]]:
+        params: dict[str, tuple[sympy.Symbol, ...]] = {}
         for layer in self.flat:
-            params.update(parameter_symbols(layer))
+            params.update({k: tuple(v) for k, v in parameter_symbols(layer).items()})
         return params
 
     def inputs(self, sample: int | None = None) -> list[sympy.Symbol]:
@@ -350,12 +421,10 @@ def _dense(net: SymbolicNetwork, layer: FlatLayer, xs: Outputs, samples: Samples
     n, nodes, outs = layer.index, [], []
     for x, s in zip(xs, samples, strict=True):
         zs = []
+        inputs = tuple(x)
         for i in range(1, layer.units + 1):
-            terms = [weight(n, i, j + 1) * xj for j, xj in enumerate(x)]
-            if layer.layer.bias:
-                terms.append(bias(n, i))
             zs.append(at_sample(pre_activation(n, i), s))
-            nodes.append(Node(zs[-1], sympy.Add(*terms), "z", n, s))
+            nodes.append(Node(zs[-1], None, "z", n, s, (n, i, inputs, layer.layer.bias)))
         out = [at_sample(activation(n, i + 1), s) for i in range(layer.units)]
         applied = net.apply(n, zs)
         nodes.extend(Node(a, e, "a", n, s) for a, e in zip(out, applied, strict=True))

@@ -7,12 +7,13 @@ Witnesses (none shares code with the generated backward pass):
    loss term) changes the side of a kink anywhere in the stencil, so that the witness is
    sound at any batch size;
 2. ``exact``: SymPy's gradient evaluated in 40-digit arithmetic on the neuron-level graph
-   (``symbackprop.exact``: local ``sympy.diff`` per node, reverse accumulation, up to
-   ``GRAPH_LIMIT`` parameters); with batch norm the graph is the whole batch as one
-   function.  The fully expanded composite (``exact_expanded``) is a teaching view and a
-   test of this one, not a witness: its cost swells with depth;
+   (``symbackprop.exact.evaluate``: local ``sympy.diff`` per node, reverse accumulation,
+   compiled once per network, up to ``GRAPH_LIMIT`` parameters); with batch norm the graph
+   is the whole batch as one function.  The fully expanded composite (``exact_expanded``)
+   is a teaching view and a test of this one, not a witness: its cost swells with depth;
 3. ``pytorch``: autograd on the network built from each layer kind's torch equivalent
-   (``layers.torch_forward``), when ``torch`` is importable (optional; never a dependency).
+   (``layers.torch_forward``), when ``torch`` is installed (optional; never a dependency;
+   imported only when this witness runs).
 
 Every witness sees the same dropout masks: the module is called with a fresh generator
 ``mask_rng(seed)`` each time (its keyword ``rng``), and the exact and PyTorch witnesses get
@@ -38,6 +39,7 @@ gradient that is inf/nan where the exact value is finite fails the certificate.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import types
 from collections.abc import Callable
@@ -578,6 +580,16 @@ def _compare(
 
 
 def torch_available() -> bool:
+    """Whether ``torch`` is installed, without importing it (which takes seconds): the
+    PyTorch witness imports it only when it runs (``_import_torch``)."""
+    try:
+        return importlib.util.find_spec("torch") is not None
+    except (ImportError, ValueError):  # a broken or half-installed package
+        return False
+
+
+def _import_torch() -> bool:
+    """Imports torch for the PyTorch witness; False when the import fails."""
     try:
         import torch  # noqa: F401
     except Exception:  # noqa: BLE001 - any import failure means "not available"
@@ -645,16 +657,18 @@ def large_inputs(
     X: np.ndarray,
     Y: np.ndarray,
     seed: int = 0,
+    exact_budget: int = EXACT_BUDGET,
 ) -> LargeInputs:
     """The module at large inputs; inf/nan where the exact value is finite is a failure.
 
     Dropout masks: those of ``mask_rng(seed)``, for the module and the exact value alike.
+    The exact value is asked for within 4 x ``exact_budget`` operations.
     """
     points = _large_points(net, params, X, Y)
     failures, notes = [], []
     exact_reachable = (
         net.parameter_count <= GRAPH_LIMIT
-        and exact_cost(net) * LARGE_SAMPLES * len(points) <= 4 * EXACT_BUDGET
+        and exact_cost(net) * LARGE_SAMPLES * len(points) <= 4 * exact_budget
     )
     for label, p, Xs, Ys in points:
         try:
@@ -712,13 +726,17 @@ def certify(
     module_source: str | None = None,
     use_torch: bool | None = None,
     data: tuple[np.ndarray, np.ndarray] | None = None,
+    exact_budget: int = EXACT_BUDGET,
 ) -> Certificate:
     """Run every witness on the generated module of a spec; see the module docstring.
 
-    Raises InputError for a bad batch or seed, and when the network is too large for the
-    witnesses' operation budgets.
+    ``exact_budget``: the exact witness's operations (``exact_cost`` per sample); a caller
+    with less time to spend (training) may give a smaller one.  Raises InputError for a bad
+    batch or seed, and when the network is too large for the witnesses' operation budgets.
     """
     check_arguments(batch, seed)
+    if isinstance(exact_budget, bool) or not isinstance(exact_budget, int) or exact_budget < 0:
+        raise ValueError(f"exact_budget: expected a non-negative integer, got {exact_budget!r}")
     derivation = source if isinstance(source, Derivation) else derive(source)
     net = derivation.network
     count = net.parameter_count
@@ -739,7 +757,7 @@ def certify(
         use_torch = torch_available()
     probe = Probe(net)
     arrays = len(net.spec.parameters)
-    exact_samples = min(batch, EXACT_BUDGET // exact_cost(net)) if count <= GRAPH_LIMIT else 0
+    exact_samples = min(batch, exact_budget // exact_cost(net)) if count <= GRAPH_LIMIT else 0
     if exact_samples < least_samples(net):
         exact_samples = 0
     fd_samples, entries = _fd_plan(net, batch, probe.has_kinks)
@@ -841,10 +859,12 @@ def certify(
             (
                 "exact",
                 f"{who} {need * exact_cost(net):,} exact operations, over its budget of "
-                f"{EXACT_BUDGET:,}",
+                f"{exact_budget:,}",
             )
         )
 
+    if use_torch and not _import_torch():
+        use_torch, torch_why = False, "torch is not importable (optional)"
     if use_torch:
         witnesses.append("pytorch")
         spent[0] += 3 * pass_cost(net, batch)
@@ -859,7 +879,7 @@ def certify(
     else:
         skipped.append(("pytorch", torch_why))
 
-    large = large_inputs(module, net, params, X, Y, seed)
+    large = large_inputs(module, net, params, X, Y, seed, exact_budget)
     spent[0] += 3 * 3 * pass_cost(net, LARGE_SAMPLES)
     parameters = tuple(ParameterCheck(k, params[k].shape, tuple(v)) for k, v in results.items())
     return Certificate(

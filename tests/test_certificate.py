@@ -26,6 +26,7 @@ from symbackprop.verify import (
     ParameterCheck,
     WitnessResult,
     certify,
+    exact_cost,
     large_inputs,
 )
 
@@ -355,3 +356,43 @@ def test_a_network_too_large_for_every_witness_is_refused_before_any_work(
     monkeypatch.setattr(verify, "load_module", no_module)
     with pytest.raises(InputError, match="too large for the certificate without torch"):
         certify(deep, use_torch=False)
+
+
+def test_torch_is_imported_only_when_its_witness_runs() -> None:
+    """``torch_available`` asks the import system, it does not import torch (seconds); a
+    certificate without the PyTorch witness never imports it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from symbackprop.verify import certify, torch_available\n"
+        "from symbackprop.spec import load_spec\n"
+        "available = torch_available()\n"
+        "certify(load_spec('seed_mlp'), use_torch=False)\n"
+        "print(available, 'torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    available, imported = out.stdout.split()
+    assert imported == "False"
+    try:
+        import importlib.util
+
+        installed = importlib.util.find_spec("torch") is not None
+    except (ImportError, ValueError):
+        installed = False
+    assert available == str(installed)
+
+
+def test_a_smaller_exact_budget_checks_fewer_samples_exactly() -> None:
+    spec = load_spec("seed_mlp")
+    full = certify(spec, use_torch=False)
+    assert "exact" in full.witnesses and "on the first" not in full.exact_view
+    per_sample = exact_cost(derive(spec).network)
+    one = certify(spec, use_torch=False, exact_budget=per_sample)
+    assert one.exact_view.endswith("on the first of the 4 samples")
+    none = certify(spec, use_torch=False, exact_budget=per_sample - 1)
+    assert "exact" not in none.witnesses
+    assert any(w == "exact" and f"budget of {per_sample - 1:,}" in why for w, why in none.skipped)
+    with pytest.raises(ValueError, match="exact_budget"):
+        certify(spec, exact_budget=-1)
