@@ -366,7 +366,8 @@ def _source(derivation: Derivation) -> tuple[str, tuple[str, ...]]:
         d = derivation.layers[source - 1]
         prime = d.through_output if d.uses_output else d.derivative
         deltas[source] = unit_names("d", source, layer.fan_in)
-        add(f"{INDENT}# back through W{index} and {d.activation.name}' (eq. 7, 5)")
+        cites = "eq. 7" if prime == 1 else "eq. 7, 5"  # as Derivation.cited: a' = 1 cites no (5)
+        add(f"{INDENT}# back through W{index} and {d.activation.name}' ({cites})")
         for j, d_name in enumerate(deltas[source]):
             terms = [f"{dk} * {weights[index][k][j]}" for k, dk in enumerate(deltas[index])]
             value = _sum(terms)
