@@ -156,13 +156,6 @@ def exact_budget(net: SymbolicNetwork, samples: int, opts: TrainSpec) -> int:
     return max(EXACT_FLOOR, training_work(net, samples, opts) // 2 // EXACT_OP_PRODUCTS)
 
 
-def _budget(budget: int) -> dict[str, int]:
-    """certify's ``exact_budget`` keyword, where the certify at hand takes one."""
-    if "exact_budget" in inspect.signature(certify).parameters:
-        return {"exact_budget": budget}
-    return {}
-
-
 def train(
     spec: NetworkSpec,
     data: str,
@@ -208,7 +201,7 @@ def train(
         module_source=source,
         data=sample,
         use_torch=use_torch,
-        **_budget(exact_budget(net, len(dataset.X_train), opts)),
+        exact_budget=exact_budget(net, len(dataset.X_train), opts),
     )
     if checked is not None:
         checked(certificate)
