@@ -616,10 +616,14 @@ def _initialize(table, seed, dtype):
     rng = numpy.random.default_rng(seed)
     params = {}
     for key, (how, shape) in table.items():
+        if how in ("he", "xavier"):  # fans as PyTorch's: a conv kernel's fan_in is C*kh*kw
+            fan_in, fan_out = shape[1], shape[0]
+            for size in shape[2:]:
+                fan_in, fan_out = fan_in * size, fan_out * size
         if how == "he":
-            value = rng.normal(0.0, numpy.sqrt(2.0 / shape[1]), size=shape)
+            value = rng.normal(0.0, numpy.sqrt(2.0 / fan_in), size=shape)
         elif how == "xavier":
-            limit = numpy.sqrt(6.0 / (shape[0] + shape[1]))
+            limit = numpy.sqrt(6.0 / (fan_in + fan_out))
             value = rng.uniform(-limit, limit, size=shape)
         elif how == "ones":
             value = numpy.ones(shape)

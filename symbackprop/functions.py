@@ -285,12 +285,12 @@ IDENTITY = ACTIVATIONS["identity"]
 
 
 def resolve(spec: NetworkSpec) -> tuple[tuple[Activation | None, ...], Loss]:
-    """Every layer's activation (None for kinds other than dense, in numbering order) and
-    the loss, with the combinations that make no sense refused."""
+    """Every layer's activation (None for kinds other than dense and conv2d, in numbering
+    order) and the loss, with the combinations that make no sense refused."""
     flat = spec.flat
     activations = tuple(
         activation(layer.layer.activation, f"{layer.path}.activation")
-        if layer.kind == "dense"
+        if layer.kind in ("dense", "conv2d")
         else None
         for layer in flat
     )

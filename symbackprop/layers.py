@@ -147,6 +147,15 @@ LAYERS: dict[str, LayerKind] = {
             buffers=_rms_buffers,
             fields=_norm_fields,
         ),
+        LayerKind(
+            "conv2d",
+            "convolutional layer",
+            "nn.Conv2d(C, filters, kernel, stride, padding) + the activation",
+            "W He-normal (ReLU family) or Xavier-uniform over C*kh*kw inputs, b zeros",
+        ),
+        LayerKind("max_pool2d", "max pooling", "nn.MaxPool2d(kernel, stride)", "no parameters"),
+        LayerKind("avg_pool2d", "average pooling", "nn.AvgPool2d(kernel, stride)", "no parameters"),
+        LayerKind("flatten", "flattening", "nn.Flatten()", "no parameters"),
     )
 }
 if tuple(LAYERS) != KINDS:  # pragma: no cover - the spec's list of kinds must match

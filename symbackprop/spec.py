@@ -22,6 +22,11 @@ Schema (DESIGN §2, §2b)::
     [train]                    # optional: optimizer, lr, epochs, batch_size, seed,
                                # momentum, beta1, beta2, eps
 
+Image inputs (DESIGN §2c): ``inputs = [C, H, W]``, then layers of kind ``conv2d`` (filters,
+kernel, stride 1, padding 0, activation, bias), ``max_pool2d`` / ``avg_pool2d`` (kernel,
+stride = kernel) and ``flatten``; kernel, stride and padding are an int or [rows, columns].
+Only these four read an image, the flat kinds need a flatten first, and the output is flat.
+
 Only the output layer (the last of ``layers``) may use softmax, and batch norm needs a
 ``train.batch_size`` of at least 2.  Limits (``MAX_*`` below): at most 1,000,000 units per
 layer and inputs, 100 layers (residual blocks' layers included), 30 residual layers inside
@@ -133,6 +138,13 @@ class LayerSpec:
     momentum: float = 0.1  # batch_norm
     rate: float = 0.0  # dropout
     block: tuple[LayerSpec, ...] = ()  # residual
+    # DESIGN §2c: an image-valued output's (C, H, W); () for a flat one (units is then the
+    # width; for an image it is C * H * W, so code that means "width" keeps its meaning)
+    shape: tuple[int, ...] = ()
+    filters: int = 0  # conv2d
+    kernel: tuple[int, int] = (1, 1)  # conv2d, max_pool2d, avg_pool2d: (kh, kw)
+    stride: tuple[int, int] = (1, 1)  # conv2d, pools: (rows, columns)
+    padding: tuple[int, int] = (0, 0)  # conv2d: zeros added on each side (rows, columns)
 
 
 @dataclass(frozen=True)
@@ -149,6 +161,7 @@ class FlatLayer:
     sources: tuple[int, ...]
     fan_in: int  # the width of sources[0]
     top: bool  # in the top-level list (not inside a residual block)
+    in_shape: tuple[int, ...] = ()  # the shape of sources[0]: (C, H, W) or (fan_in,)
 
     @property
     def kind(self) -> str:
@@ -158,25 +171,41 @@ class FlatLayer:
     def units(self) -> int:
         return self.layer.units
 
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The output's shape: (C, H, W) for an image, (units,) for a flat output."""
+        return self.layer.shape or (self.layer.units,)
 
-def flatten(inputs: int, layers: tuple[LayerSpec, ...]) -> tuple[FlatLayer, ...]:
-    """The numbered layers of a spec's (validated) layer list, depth first."""
+    @property
+    def image(self) -> bool:
+        """Whether its output is an image (C, H, W)."""
+        return len(self.layer.shape) == 3
+
+
+def flatten(inputs: int | tuple[int, ...], layers: tuple[LayerSpec, ...]) -> tuple[FlatLayer, ...]:
+    """The numbered layers of a spec's (validated) layer list, depth first.
+
+    ``inputs`` is the input's width, or its shape ((C, H, W) for images, DESIGN §2c).
+    """
     flat: list[FlatLayer] = []
 
-    def visit(items: tuple[LayerSpec, ...], prefix: str, source: int, width: int, top: bool) -> int:
+    def visit(
+        items: tuple[LayerSpec, ...], prefix: str, source: int, shape: tuple[int, ...], top: bool
+    ) -> int:
         for i, layer in enumerate(items):
             path = f"{prefix}[{i}]"
             index = len(flat) + 1
+            width = math.prod(shape)
             if layer.kind == "residual":
-                flat.append(FlatLayer(index, layer, path, (), width, top))
-                end = visit(layer.block, f"{path}.block", source, width, False)
-                flat[index - 1] = FlatLayer(index, layer, path, (source, end), width, top)
+                flat.append(FlatLayer(index, layer, path, (), width, top, shape))
+                end = visit(layer.block, f"{path}.block", source, shape, False)
+                flat[index - 1] = FlatLayer(index, layer, path, (source, end), width, top, shape)
             else:
-                flat.append(FlatLayer(index, layer, path, (source,), width, top))
-            source, width = index, layer.units
+                flat.append(FlatLayer(index, layer, path, (source,), width, top, shape))
+            source, shape = index, layer.shape or (layer.units,)
         return source
 
-    visit(layers, "layers", 0, inputs, True)
+    visit(layers, "layers", 0, (inputs,) if isinstance(inputs, int) else tuple(inputs), True)
     return tuple(flat)
 
 
@@ -206,6 +235,12 @@ def layer_parameters(layer: FlatLayer) -> dict[str, tuple[int, ...]]:
         return {f"gamma{index}": (n,), f"beta{index}": (n,)}
     if layer.kind == "rms_norm":
         return {f"gamma{index}": (n,)}
+    if layer.kind == "conv2d":
+        spec = layer.layer
+        shapes = {f"W{index}": (spec.filters, layer.in_shape[0], *spec.kernel)}
+        if spec.bias:
+            shapes[f"b{index}"] = (spec.filters,)
+        return shapes
     return {}
 
 
@@ -233,17 +268,30 @@ class TrainSpec:
 
 @dataclass(frozen=True)
 class NetworkSpec:
+    """A validated spec.  ``inputs`` is the input's flat width (C * H * W for an image);
+    ``input_shape`` is the spec's own ``inputs``: (n,) or (C, H, W) (DESIGN §2c)."""
+
     name: str
     inputs: int
     layers: tuple[LayerSpec, ...]
     loss: FunctionSpec
     l2: float = 0.0
     train: TrainSpec = field(default_factory=TrainSpec)
+    input_shape: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.input_shape:  # built from Python with a width only
+            object.__setattr__(self, "input_shape", (self.inputs,))
+
+    @property
+    def image(self) -> bool:
+        """Whether the input is an image (C, H, W)."""
+        return len(self.input_shape) == 3
 
     @cached_property
     def flat(self) -> tuple[FlatLayer, ...]:
         """Every layer, numbered from 1 depth first (DESIGN §2b)."""
-        return flatten(self.inputs, self.layers)
+        return flatten(self.input_shape, self.layers)
 
     @cached_property
     def order(self) -> tuple[int, ...]:
@@ -262,8 +310,24 @@ class NetworkSpec:
 
     @property
     def sizes(self) -> tuple[int, ...]:
-        """(inputs, the output width of every layer in numbering order)."""
+        """(inputs, the output width of every layer in numbering order): flat widths."""
         return (self.inputs, *(layer.units for layer in self.flat))
+
+    @property
+    def shapes(self) -> tuple[int | tuple[int, ...], ...]:
+        """The module's LAYER_SIZES (DESIGN §4): ``sizes`` with (C, H, W) for image values."""
+
+        def shape(dims: tuple[int, ...]) -> int | tuple[int, ...]:
+            return dims if len(dims) == 3 else dims[0]
+
+        return (shape(self.input_shape), *(shape(layer.shape) for layer in self.flat))
+
+    def shape_text(self, separator: str = "-") -> str:
+        """The sizes for a message: 2-3-2, or 1x8x8-8x8x8-...-10 for image layers."""
+        return separator.join(
+            "x".join(map(str, size)) if isinstance(size, tuple) else str(size)
+            for size in self.shapes
+        )
 
     @property
     def parameters(self) -> dict[str, tuple[int, ...]]:
@@ -427,12 +491,13 @@ def from_dict(data: Any) -> NetworkSpec:
         raise InputError("name", f"{name!r}: names starting with '__' are reserved by Python")
     if name in _SHADOWED:
         raise InputError("name", f"{name!r} would shadow the module {name} when imported")
-    inputs = _positive_int(_required(data, "inputs", ""), "inputs", MAX_UNITS)
-    layers = _layers(_required(data, "layers", ""), inputs)
+    shape = _inputs(_required(data, "inputs", ""))
+    inputs = math.prod(shape)
+    layers = _layers(_required(data, "layers", ""), shape)
     parameters = sum(
-        math.prod(shape)
-        for layer in flatten(inputs, layers)
-        for shape in layer_parameters(layer).values()
+        math.prod(dims)
+        for layer in flatten(shape, layers)
+        for dims in layer_parameters(layer).values()
     )
     if parameters == 0:  # nothing to train, and no gradient to certify (torch.optim refuses)
         raise InputError(
@@ -447,11 +512,30 @@ def from_dict(data: Any) -> NetworkSpec:
     loss = _function(_required(data, "loss", ""), "loss", "loss")
     l2 = _nonnegative_float(data.get("l2", 0.0), "l2")
     train = _train(data.get("train", {}))
-    _check_batch(layers, inputs, train)
-    return NetworkSpec(name=name, inputs=inputs, layers=layers, loss=loss, l2=l2, train=train)
+    _check_batch(layers, shape, train)
+    return NetworkSpec(
+        name=name, inputs=inputs, layers=layers, loss=loss, l2=l2, train=train, input_shape=shape
+    )
 
 
-def _check_batch(layers: tuple[LayerSpec, ...], inputs: int, train: TrainSpec) -> None:
+def _inputs(value: Any) -> tuple[int, ...]:
+    """``inputs``: a width, or an image's [C, H, W] (DESIGN §2c)."""
+    if not isinstance(value, (list, tuple)):
+        return (_positive_int(value, "inputs", MAX_UNITS),)
+    if len(value) != 3:
+        raise InputError(
+            "inputs", f"expected a positive integer or [C, H, W], got a list of {len(value)}"
+        )
+    shape = tuple(_positive_int(v, f"inputs[{i}]", MAX_UNITS) for i, v in enumerate(value))
+    if math.prod(shape) > MAX_UNITS:
+        raise InputError(
+            "inputs",
+            f"an image of {math.prod(shape):,} values; at most {MAX_UNITS:,} are supported",
+        )
+    return shape
+
+
+def _check_batch(layers: tuple[LayerSpec, ...], inputs: tuple[int, ...], train: TrainSpec) -> None:
     """Batch norm in training needs two samples: the variance of one is 0 (PyTorch refuses)."""
     if train.batch_size > 1:
         return
@@ -484,11 +568,27 @@ def to_dict(spec: NetworkSpec) -> dict[str, Any]:
             return {"kind": item.kind, "eps": item.eps, "momentum": item.momentum}
         if item.kind == "dropout":
             return {"kind": item.kind, "rate": item.rate}
+        if item.kind == "conv2d":
+            out = {
+                "kind": item.kind,
+                "filters": item.filters,
+                "kernel": list(item.kernel),
+                "stride": list(item.stride),
+                "padding": list(item.padding),
+                "activation": function(item.activation),
+            }
+            if not item.bias:
+                out["bias"] = False
+            return out
+        if item.kind in ("max_pool2d", "avg_pool2d"):
+            return {"kind": item.kind, "kernel": list(item.kernel), "stride": list(item.stride)}
+        if item.kind == "flatten":
+            return {"kind": item.kind}
         return {"kind": item.kind, "block": [layer(inner) for inner in item.block]}
 
     return {
         "name": spec.name,
-        "inputs": spec.inputs,
+        "inputs": list(spec.input_shape) if spec.image else spec.inputs,
         "loss": function(spec.loss),
         "l2": spec.l2,
         "layers": [layer(item) for item in spec.layers],
@@ -587,8 +687,24 @@ def _positive_float(value: Any, path: str) -> float:
     return number
 
 
-KINDS = ("dense", "layer_norm", "batch_norm", "dropout", "residual", "rms_norm")  # layers.LAYERS
+KINDS = (  # layers.LAYERS
+    "dense",
+    "layer_norm",
+    "batch_norm",
+    "dropout",
+    "residual",
+    "rms_norm",
+    "conv2d",
+    "max_pool2d",
+    "avg_pool2d",
+    "flatten",
+)
+IMAGE_KINDS = ("conv2d", "max_pool2d", "avg_pool2d", "flatten")  # read a (C, H, W) input
 _KIND_FIELDS = {
+    "conv2d": {"kind", "filters", "kernel", "stride", "padding", "activation", "bias"},
+    "max_pool2d": {"kind", "kernel", "stride"},
+    "avg_pool2d": {"kind", "kernel", "stride"},
+    "flatten": {"kind"},
     "dense": {"kind", "units", "activation", "bias"},
     "layer_norm": {"kind", "eps"},
     "batch_norm": {"kind", "eps", "momentum"},
@@ -598,13 +714,19 @@ _KIND_FIELDS = {
 }
 
 
-def _layers(value: Any, inputs: int) -> tuple[LayerSpec, ...]:
+def _layers(value: Any, inputs: tuple[int, ...]) -> tuple[LayerSpec, ...]:
     if isinstance(value, (list, tuple)) and len(value) > MAX_LAYERS:
         raise InputError("layers", f"{len(value)} layers; at most {MAX_LAYERS} are supported")
     count = [0]
     layers = _layer_list(value, "layers", inputs, count, 1)
     flat = flatten(inputs, layers)
     output = _output(flat)
+    if output.image:
+        raise InputError(
+            output.path,
+            f"the network's output must be flat, but this {output.kind} layer outputs "
+            f"{_shape_text(output.shape)}; end with a flatten or dense layer",
+        )
     for layer in flat:
         if layer.kind == "dense" and layer.layer.activation.name == "softmax":
             if layer is not output:
@@ -621,7 +743,7 @@ def _output(flat: tuple[FlatLayer, ...]) -> FlatLayer:
 
 
 def _layer_list(
-    value: Any, path: str, width: int, count: list[int], nesting: int
+    value: Any, path: str, shape: tuple[int, ...], count: list[int], nesting: int
 ) -> tuple[LayerSpec, ...]:
     """The layers of ``layers`` (nesting 1) or of a residual block (nesting 2, 3, ...)."""
     if not isinstance(value, (list, tuple)):
@@ -630,14 +752,23 @@ def _layer_list(
         raise InputError(path, "expected at least one layer, got none")
     layers = []
     for i, layer in enumerate(value):
-        spec = _layer(layer, f"{path}[{i}]", width, count, nesting)
+        spec = _layer(layer, f"{path}[{i}]", shape, count, nesting)
         layers.append(spec)
-        width = spec.units
+        shape = spec.shape or (spec.units,)
     return tuple(layers)
 
 
-def _layer(value: Any, path: str, width: int, count: list[int], nesting: int) -> LayerSpec:
-    """One layer whose input has ``width`` features; ``count`` counts the layers read so far."""
+def _shape_text(shape: tuple[int, ...]) -> str:
+    if len(shape) == 3:
+        return f"{shape[0]} channel{'s' if shape[0] > 1 else ''} of {shape[1]}x{shape[2]}"
+    return f"{shape[0]} features"
+
+
+def _layer(
+    value: Any, path: str, shape: tuple[int, ...], count: list[int], nesting: int
+) -> LayerSpec:
+    """One layer whose input has ``shape`` ((n,) or (C, H, W)); ``count`` counts the layers
+    read so far."""
     count[0] += 1
     if count[0] > MAX_LAYERS:
         raise InputError(
@@ -656,6 +787,22 @@ def _layer(value: Any, path: str, width: int, count: list[int], nesting: int) ->
     if kind not in KINDS:
         raise InputError(f"{path}.kind", f"unknown layer kind {_kind(kind)} (known: {known})")
     _reject_unknown(value, _KIND_FIELDS[kind], f"{path}.", f"a {kind} layer")
+    width = math.prod(shape)
+    image = len(shape) == 3
+    if kind in IMAGE_KINDS:
+        if not image:
+            raise InputError(
+                path,
+                f"a {kind} layer needs an image input [C, H, W], but its input is "
+                f"{_shape_text(shape)}",
+            )
+        return _image_layer(value, kind, path, shape)
+    if image:
+        raise InputError(
+            path,
+            f"a {kind} layer needs a flat input, but its input is {_shape_text(shape)}; "
+            'add a layer of kind = "flatten" before it',
+        )
     if kind == "dense":
         units = _positive_int(_required(value, "units", f"{path}."), f"{path}.units", MAX_UNITS)
         activation = _function(
@@ -674,7 +821,76 @@ def _layer(value: Any, path: str, width: int, count: list[int], nesting: int) ->
     if kind == "dropout":
         rate = _fraction(_required(value, "rate", f"{path}."), f"{path}.rate", ")")
         return LayerSpec(units=width, kind=kind, rate=rate)
-    return _residual(value, path, width, count, nesting)
+    return _residual(value, path, shape, count, nesting)
+
+
+def _pair(value: Any, path: str, minimum: int) -> tuple[int, int]:
+    """An int or a list of two ints, each at least ``minimum`` (kernel, stride, padding)."""
+    what = "positive" if minimum else "non-negative"
+    check = _positive_int if minimum else _nonnegative_int
+    if isinstance(value, (list, tuple)):
+        if len(value) != 2:
+            raise InputError(
+                path, f"expected a {what} integer or a list of two, got a list of {len(value)}"
+            )
+        first, second = (check(v, f"{path}[{i}]", MAX_UNITS) for i, v in enumerate(value))
+        return first, second
+    number = check(value, path, MAX_UNITS)
+    return number, number
+
+
+def _image_layer(value: Mapping, kind: str, path: str, shape: tuple[int, ...]) -> LayerSpec:
+    """conv2d, max_pool2d, avg_pool2d or flatten on an input of shape (C, H, W)."""
+    channels, height, width = shape
+    if kind == "flatten":
+        return LayerSpec(units=math.prod(shape), kind=kind)
+    kernel = _pair(_required(value, "kernel", f"{path}."), f"{path}.kernel", 1)
+    if kind == "conv2d":
+        filters = _positive_int(
+            _required(value, "filters", f"{path}."), f"{path}.filters", MAX_UNITS
+        )
+        stride = _pair(value.get("stride", 1), f"{path}.stride", 1)
+        padding = _pair(value.get("padding", 0), f"{path}.padding", 0)
+    else:
+        stride = _pair(value.get("stride", list(kernel)), f"{path}.stride", 1)
+        padding = (0, 0)
+    rows, columns = height + 2 * padding[0], width + 2 * padding[1]
+    if kernel[0] > rows or kernel[1] > columns:
+        padded = " padded" if any(padding) else ""
+        raise InputError(
+            f"{path}.kernel",
+            f"a {kernel[0]}x{kernel[1]} kernel does not fit its{padded} {rows}x{columns} input",
+        )
+    out = (
+        filters if kind == "conv2d" else channels,
+        (rows - kernel[0]) // stride[0] + 1,
+        (columns - kernel[1]) // stride[1] + 1,
+    )
+    if math.prod(out) > MAX_UNITS:
+        raise InputError(
+            path, f"an output of {math.prod(out):,} values; at most {MAX_UNITS:,} are supported"
+        )
+    if kind != "conv2d":
+        return LayerSpec(units=math.prod(out), kind=kind, shape=out, kernel=kernel, stride=stride)
+    activation = _function(value.get("activation", "identity"), f"{path}.activation", "activation")
+    if activation.name == "softmax" and not activation.is_custom:
+        raise InputError(
+            f"{path}.activation", "softmax is supported only as a dense output layer's activation"
+        )
+    bias = value.get("bias", True)
+    if not isinstance(bias, bool):
+        raise InputError(f"{path}.bias", f"expected true or false, got {_kind(bias)}")
+    return LayerSpec(
+        units=math.prod(out),
+        activation=activation,
+        kind=kind,
+        bias=bias,
+        shape=out,
+        filters=filters,
+        kernel=kernel,
+        stride=stride,
+        padding=padding,
+    )
 
 
 def _fraction(value: Any, path: str, end: str) -> float:
@@ -685,7 +901,9 @@ def _fraction(value: Any, path: str, end: str) -> float:
     return number
 
 
-def _residual(value: Mapping, path: str, width: int, count: list[int], nesting: int) -> LayerSpec:
+def _residual(
+    value: Mapping, path: str, shape: tuple[int, ...], count: list[int], nesting: int
+) -> LayerSpec:
     if nesting > MAX_RESIDUAL_NESTING:
         # its block's tables would lie deeper than a spec file may nest (load_spec)
         raise InputError(
@@ -693,8 +911,9 @@ def _residual(value: Mapping, path: str, width: int, count: list[int], nesting: 
             f"{nesting} residual layers inside each other; at most {MAX_RESIDUAL_NESTING} "
             f"are supported (a spec file nests at most {MAX_NESTING} levels)",
         )
+    width = math.prod(shape)
     block = _layer_list(
-        _required(value, "block", f"{path}."), f"{path}.block", width, count, nesting + 1
+        _required(value, "block", f"{path}."), f"{path}.block", shape, count, nesting + 1
     )
     if block[-1].units != width:
         # every kind but dense keeps its input's width: the last dense layer sets the block's

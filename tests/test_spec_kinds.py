@@ -16,9 +16,9 @@ from test_spec import assert_field
 from symbackprop import expressions, functions, graph, spec
 from symbackprop.cli import main
 from symbackprop.errors import InputError
-from symbackprop.spec import FunctionSpec, LayerSpec, NetworkSpec
+from symbackprop.spec import KINDS, FunctionSpec, LayerSpec, NetworkSpec
 
-KNOWN_KINDS = "dense, layer_norm, batch_norm, dropout, residual, rms_norm"
+KNOWN_KINDS = ", ".join(KINDS)
 
 DESIGN_TOML = """\
 name = "design_net"
