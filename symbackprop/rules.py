@@ -39,7 +39,9 @@ from symbackprop import layers
 from symbackprop.expressions import simplify
 from symbackprop.spec import FlatLayer, LayerSpec
 
-KINDS = tuple(kind for kind in layers.LAYERS if kind != "dense")  # each has a rule below
+# the image kinds (DESIGN §2c) have rules of their own, on image instances: symbackprop.conv
+CONV_KINDS = ("conv2d", "max_pool2d", "avg_pool2d", "flatten")
+KINDS = tuple(kind for kind in layers.LAYERS if kind not in {"dense", *CONV_KINDS})
 EPS = sympy.Symbol("epsilon", positive=True)  # the normalization's eps, kept symbolic
 
 INDEX = 1  # the layer number of an instance's layer (its gamma1_i, beta1_i, m1_i)
@@ -472,6 +474,106 @@ EQUATIONS: dict[str, Rows] = {
     ),
 }
 
+# The image kinds: channels c = 1..C, rows i, columns j of the input a^{(l-1)} (1-based);
+# outputs f, p, q; kernel k_h x k_w, stride S, zero padding P (per axis when pairs);
+# \tilde a is the input padded with P zeros on each side.
+_WINDOW = r"S(p-1)+u,\, S(q-1)+v"
+_HAT = r"\tilde a^{(l-1)}"
+
+EQUATIONS.update(
+    {
+        "conv2d": (
+            (
+                "conv2d.forward",
+                "convolutional layer (the cross-correlation of nn.Conv2d: filter f, "
+                "output row p, column q; stride S, zero padding P)",
+                r"z^{(l)}_{f p q} = b^{(l)}_f + \sum_{c=1}^{C} \sum_{u=1}^{k_h}"
+                r" \sum_{v=1}^{k_w} W^{(l)}_{f c u v}\, " + _HAT + r"_{c,\, " + _WINDOW + r"},"
+                r"\quad a^{(l)} = f_l\left(z^{(l)}\right),\quad "
+                r"H_o = \left\lfloor \frac{H + 2P - k_h}{S} \right\rfloor + 1",
+            ),
+            (
+                "conv2d.im2col",
+                "convolutional layer as matrix products (im2col: one column per output "
+                "position, one row per kernel entry)",
+                r"X^{(l)}_{(c u v),\, (p q)} = " + _HAT + r"_{c,\, " + _WINDOW + r"},\quad "
+                r"Z^{(l)} = W^{(l)}_{\mathrm{mat}} X^{(l)} + b^{(l)} \mathbf{1}^{\top},\quad "
+                r"\frac{\partial \ell}{\partial W^{(l)}_{\mathrm{mat}}} = "
+                r"\Delta^{(l)} X^{(l)\top},\quad "
+                r"\frac{\partial \ell}{\partial X^{(l)}} = "
+                r"W^{(l)\top}_{\mathrm{mat}} \Delta^{(l)},\quad "
+                r"\frac{\partial \ell}{\partial a^{(l-1)}} = "
+                r"\mathrm{col2im}\left(\frac{\partial \ell}{\partial X^{(l)}}\right)",
+            ),
+            (
+                "conv2d.backward",
+                "convolutional layer: the error at its input (a term counts only where "
+                "its indices are whole numbers in range; with S = 1 and P = 0 it is the full "
+                "convolution of the error with the flipped kernel)",
+                r"\frac{\partial \ell}{\partial a^{(l-1)}_{c i j}} = \sum_{f=1}^{F}"
+                r" \sum_{u=1}^{k_h} \sum_{v=1}^{k_w} W^{(l)}_{f c u v}\,"
+                r" \delta^{(l)}_{f,\, \frac{i + P - u}{S} + 1,\, \frac{j + P - v}{S} + 1},\quad "
+                r"\delta^{(l)} = \frac{\partial \ell}{\partial z^{(l)}}",
+            ),
+            (
+                "conv2d.grad",
+                "convolutional layer: gradients of its kernel (the cross-correlation of the "
+                "input with the error) and bias (the sum of the error)",
+                r"\frac{\partial L}{\partial W^{(l)}_{f c u v}} = \frac{1}{B} \sum_{s=1}^{B}"
+                r" \sum_{p, q} \delta^{(l)}_{s f p q}\, " + _HAT + r"_{s c,\, " + _WINDOW + r"},"
+                r"\quad \frac{\partial L}{\partial b^{(l)}_f} = \frac{1}{B} \sum_{s=1}^{B}"
+                r" \sum_{p, q} \delta^{(l)}_{s f p q}",
+            ),
+        ),
+        "max_pool2d": (
+            (
+                "max_pool2d.forward",
+                "max pooling (kernel k_h x k_w, stride S, each channel alone)",
+                r"a^{(l)}_{c p q} = \max_{1 \le u \le k_h,\ 1 \le v \le k_w}"
+                r" a^{(l-1)}_{c,\, " + _WINDOW + r"}",
+            ),
+            (
+                "max_pool2d.backward",
+                "max pooling: the error goes to the first maximum of each window "
+                "(row-major), the other inputs get none",
+                r"\frac{\partial \ell}{\partial a^{(l-1)}_{c i j}} = \sum_{p, q}"
+                r" \delta^{(l)}_{c p q}\, \left[(i, j) = m_{c p q}\right],\quad "
+                r"m_{c p q} = \text{the first } \arg\max \text{ of window } (p, q),\quad "
+                r"\delta^{(l)} = \frac{\partial \ell}{\partial a^{(l)}}",
+            ),
+        ),
+        "avg_pool2d": (
+            (
+                "avg_pool2d.forward",
+                "average pooling (kernel k_h x k_w, stride S, each channel alone)",
+                r"a^{(l)}_{c p q} = \frac{1}{k_h k_w} \sum_{u=1}^{k_h} \sum_{v=1}^{k_w}"
+                r" a^{(l-1)}_{c,\, " + _WINDOW + r"}",
+            ),
+            (
+                "avg_pool2d.backward",
+                "average pooling: the error of a window spreads evenly over its inputs",
+                r"\frac{\partial \ell}{\partial a^{(l-1)}_{c i j}} = \frac{1}{k_h k_w}"
+                r" \sum_{(p, q):\ (i, j) \in \text{window } (p, q)} \delta^{(l)}_{c p q},\quad "
+                r"\delta^{(l)} = \frac{\partial \ell}{\partial a^{(l)}}",
+            ),
+        ),
+        "flatten": (
+            (
+                "flatten.forward",
+                "flattening (C order, as nn.Flatten)",
+                r"a^{(l)}_{(c-1) H W + (i-1) W + j} = a^{(l-1)}_{c i j}",
+            ),
+            (
+                "flatten.backward",
+                "flattening: the error is reshaped back (a permutation)",
+                r"\frac{\partial \ell}{\partial a^{(l-1)}_{c i j}} = "
+                r"\delta^{(l)}_{(c-1) H W + (i-1) W + j},\quad "
+                r"\delta^{(l)} = \frac{\partial \ell}{\partial a^{(l)}}",
+            ),
+        ),
+    }
+)
+
 _INSTANCES: dict[str, Callable[[int, int], _Instance]] = {
     "layer_norm": _layer_norm,
     "batch_norm": _batch_norm,
@@ -535,6 +637,13 @@ def derive_rule(kind: str, n: int = 3, features: int = 2) -> KindRule:
         proof=proof,
         seconds=time.perf_counter() - start,
     )
+
+
+def kind_equations(kind: str) -> Rows:
+    """The document's rows of a kind other than dense, once its rule is proven."""
+    if kind in CONV_KINDS:
+        return EQUATIONS[kind]
+    return derive_rule(kind).equations
 
 
 def all_rules() -> tuple[KindRule, ...]:
