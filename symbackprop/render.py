@@ -1255,6 +1255,15 @@ def _network_kinds(doc: Doc) -> None:
         f"`{net.loss.name}`; training uses `{net.spec.train.optimizer}` with learning rate "
         f"$\\eta = {decimal(net.spec.train.lr)}$."
     )
+    if net.spec.image:
+        channels, height, width = net.spec.input_shape
+        doc.text(
+            f"The input is an image: the code's `X` has shape $(B, {channels}, {height}, "
+            f"{width})$, as in PyTorch (a flat $(B, {net.sizes[0]})$ array is reshaped in C "
+            "order), and so does the output of every convolutional and pooling layer, "
+            "$(B, C, H, W)$ with its own channels $C$, rows $H$ and columns $W$; indices "
+            "$c, i, j$ (channel, row, column) start at 1."
+        )
 
 
 Step = tuple[str, tuple[Row, ...]]  # (the key a sub-equation is numbered under, its rows)
