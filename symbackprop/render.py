@@ -2821,6 +2821,8 @@ def _backward_kinds(doc: Doc) -> None:
                         ),
                     )
                 )
+        elif layer.kind == "conv2d":
+            displays += _conv_grad_displays(doc, layer)
         elif layer.kind in _OPERATOR:
             s = "_s" if layer.kind == "batch_norm" else ""
             err = rf"\left({_da(idx)}\right)_s" if s else _da(idx)
@@ -2853,6 +2855,39 @@ def _backward_kinds(doc: Doc) -> None:
     )
     doc.math(*displays)
     teaching.shapes(doc)
+
+
+def _conv_grad_displays(doc: Doc, layer: FlatLayer) -> list[Display]:
+    """A convolutional layer's kernel and bias gradients, for one sample, with its sizes."""
+    idx, src, spec = layer.index, layer.sources[0], layer.layer
+    filters, channels = spec.filters, layer.in_shape[0]
+    kh, kw = spec.kernel
+    _, ho, wo = layer.shape
+    window = _window_tex(str(src), spec, any(spec.padding))
+    kernel = _shape_tex((filters, channels, kh, kw))
+    rows: list[Row] = [
+        (
+            rf"\frac{{\partial \ell}}{{\partial W^{{({idx})}}_{{f c u v}}}}",
+            rf" = \sum_{{p=1}}^{{{ho}}} \sum_{{q=1}}^{{{wo}}} \delta^{{({idx})}}_{{f p q}}\, "
+            rf"{window},\quad W^{{({idx})}} \in \mathbb{{R}}^{{{kernel}}}",
+        )
+    ]
+    out = [doc.sub("conv2d.grad", rows)]
+    if spec.bias:
+        out.append(
+            doc.sub(
+                "conv2d.grad",
+                (
+                    (
+                        rf"\frac{{\partial \ell}}{{\partial b^{{({idx})}}_f}}",
+                        rf" = \sum_{{p=1}}^{{{ho}}} \sum_{{q=1}}^{{{wo}}} "
+                        rf"\delta^{{({idx})}}_{{f p q}},\quad b^{{({idx})}} \in "
+                        rf"\mathbb{{R}}^{{{filters}}}",
+                    ),
+                ),
+            )
+        )
+    return out
 
 
 def _update_kinds(doc: Doc) -> None:
@@ -2916,6 +2951,9 @@ def _update_kinds(doc: Doc) -> None:
     fwd += [d.number(f"{k}.forward") for k in kinds]
     back = [d.number(f"{k}.backward") for k in kinds]
     grads = [d.number("grad.W"), d.number("grad.b")] + [d.number(f"{k}.grad") for k in norms]
+    if "conv2d" in kinds:
+        fwd.insert(fwd.index(d.number("conv2d.forward")) + 1, d.number("conv2d.im2col"))
+        grads.append(d.number("conv2d.grad"))
     doc.items(
         [
             "forward: every layer's output for a batch, in training mode, equations "
