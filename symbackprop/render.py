@@ -1070,6 +1070,37 @@ def _one_path(doc: Doc) -> None:
 # ``symbackprop.rules``; and the backward pass layer by layer, in the reverse of the forward
 # pass's order.  The neuron-by-neuron sections and the worked example stay for plain networks.
 
+_IMAGE_JACOBIANS: dict[str, tuple[Row, ...]] = {
+    "conv2d": (
+        (
+            r"\frac{\partial z^{(l)}_{f p q}}{\partial \tilde a^{(l-1)}_{c,\, S(p-1)+u,\,"
+            r" S(q-1)+v}}",
+            r" = W^{(l)}_{f c u v},\quad \frac{\partial z^{(l)}_{f p q}}"
+            r"{\partial W^{(l)}_{f c u v}} = \tilde a^{(l-1)}_{c,\, S(p-1)+u,\, S(q-1)+v}"
+            r"\ \text{(convolution)}",
+        ),
+    ),
+    "max_pool2d": (
+        (
+            r"\frac{\partial a^{(l)}_{c p q}}{\partial a^{(l-1)}_{c i j}}",
+            r" = 1 \text{ if } (i, j) \text{ is the first maximum of window } (p, q),"
+            r" \text{ else } 0\ \text{(max pooling)}",
+        ),
+    ),
+    "avg_pool2d": (
+        (
+            r"\frac{\partial a^{(l)}_{c p q}}{\partial a^{(l-1)}_{c i j}}",
+            r" = \frac{1}{k_h k_w} \text{ if } (i, j) \text{ is in window } (p, q),"
+            r" \text{ else } 0\ \text{(average pooling)}",
+        ),
+    ),
+    "flatten": (
+        (
+            r"\frac{\partial a^{(l)}}{\partial a^{(l-1)}}",
+            r" = \text{a permutation matrix}\ \text{(flattening)}",
+        ),
+    ),
+}
 _IMAGE_OPERATOR = {
     "max_pool2d": r"\operatorname{maxpool}",
     "avg_pool2d": r"\operatorname{avgpool}",
@@ -1603,6 +1634,13 @@ def _chain_kinds(doc: Doc) -> None:
             for k in _kinds_used(net)
             if k in _OPERATOR
         ]
+        if "conv2d" in _kinds_used(net):
+            operators.append(r"$W^{(l)} \star$ the cross-correlation of a convolutional layer")
+        operators += [
+            f"${_IMAGE_OPERATOR[k]}_l$ the {LAYERS[k].title} of layer $l$"
+            for k in _kinds_used(net)
+            if k in _IMAGE_OPERATOR
+        ]
         doc.text(
             "The loss of one sample is a composite of the layers' maps"
             + (" (" + ", ".join(operators) + ")" if operators else "")
@@ -1689,6 +1727,8 @@ def _chain_kinds(doc: Doc) -> None:
                     r"\quad \text{(residual)}",
                 ),
             )
+        elif kind in _IMAGE_JACOBIANS:
+            rows = _IMAGE_JACOBIANS[kind]
         else:
             continue  # the normalizations: below
         displays.append(doc.sub("loss", rows))
