@@ -275,9 +275,9 @@ def context(derivation: Derivation) -> dict[str, object]:
                 raise RuntimeError(
                     f"layer {index} is {layer.kind} but has no activation derivative"
                 )
-            if layer.kind == "conv2d":  # (filters, batch, rows, columns) arrays
+            if layer.kind == "conv2d":  # (filters, rows, columns, batch) arrays
                 _, rows, columns = layer.shape
-                shape = f"({layer.layer.filters}, batch, {rows}, {columns})"
+                shape = f"({layer.layer.filters}, {rows}, {columns}, batch)"
             alias = names[index] == f"Z{index}"
             entry: dict[str, object] = {
                 "activation": d.activation.name,
@@ -447,7 +447,7 @@ def context(derivation: Derivation) -> dict[str, object]:
             f" {sizes[0]}) array is read in C order); a conv2d layer's W<l> has shape (filters,"
             " channels, kernel rows, kernel columns) and b<l> (filters,), a dense layer's W<l>"
             " (units_l, units_{l-1}) and b<l> (units_l,), as torch.nn.Conv2d and nn.Linear"
-            " hold them.  Inside, images are (channels, batch, rows, columns) arrays, so that"
+            " hold them.  Inside, images are (channels, rows, columns, batch) arrays, so that"
             ' a convolution is one matrix product with the im2col columns.  "(eq. N)" cites'
             f" equation N of the derivation document (symbackprop derive {name}).  Needs NumPy"
             " only."
