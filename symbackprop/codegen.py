@@ -467,19 +467,18 @@ def context(derivation: Derivation) -> dict[str, object]:
             text = f"dropout, rate {layer.layer.rate!r}"
         elif layer.kind in ("conv2d", "max_pool2d", "avg_pool2d"):
             item = layer.layer
-            sizes_text = "x".join(map(str, layer.in_shape)) + " -> "
-            sizes_text += "x".join(map(str, layer.shape))
-            text = (
-                f"{LAYERS[layer.kind].title} {sizes_text}, {item.kernel[0]}x{item.kernel[1]} window"
-            )
+            text = f"{layer.kind} " + "x".join(map(str, layer.in_shape)) + " -> "
+            text += "x".join(map(str, layer.shape)) + f", kernel {item.kernel[0]}x{item.kernel[1]}"
             text += f", stride {item.stride[0]}x{item.stride[1]}"
             if layer.kind == "conv2d":
-                text += f", padding {item.padding[0]}x{item.padding[1]}"
-                text += f", activation {code.activation}"
+                text += f", padding {item.padding[0]}x{item.padding[1]}, {code.activation}"
         elif layer.kind == "flatten":
             text = "flatten " + "x".join(map(str, layer.in_shape)) + f" -> {layer.units} (C order)"
         else:
             text = f"{LAYERS[layer.kind].title} of {layer.units} features"
+        if layer.kind in IMAGE_KINDS:
+            summaries.append(_wrap(f"Layer {layer.index}: {text}."))
+            continue
         summaries.append(f"Layer {layer.index}: {text}.")
     return {
         "version": __version__,
@@ -492,6 +491,7 @@ def context(derivation: Derivation) -> dict[str, object]:
         "sizes": sizes,
         "layer_sizes": _assignment("LAYER_SIZES", tuple(spec.shapes)),
         "image": image,
+        "convolutions": any(layer.kind == "conv2d" for layer in flat),
         "input_shape": spec.input_shape,
         "views": [codes[i] for i in spec.order if codes[i].kind in IMAGE_KINDS],
         "codes": codes,
