@@ -339,3 +339,19 @@ def test_the_module_cites_every_equation_of_its_kinds(name):
     assert cited == set(derivation.cited)
     for key in derivation.kind_keys:
         assert derivation.number(key) in cited, key
+
+
+def test_the_script_trains_on_images_from_npz_and_csv(modules, tmp_path, capsys):
+    module = modules["digits_cnn"]
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(12, 1, 8, 8))
+    y = rng.integers(0, 10, size=12)
+    np.savez(tmp_path / "images.npz", X=X, y=y)
+    table = np.column_stack([X.reshape(12, -1), y])
+    np.savetxt(tmp_path / "images.csv", table, delimiter=",")
+    for data in ("images.npz", "images.csv"):
+        out = tmp_path / f"{data}.weights.npz"
+        args = [str(tmp_path / data), "--epochs", "1", "--batch-size", "4", "--out", str(out)]
+        assert module.main(args) == 0, capsys.readouterr().err
+        assert module.load(out).keys() == module.PARAMETERS.keys()
+    assert "train_accuracy" in capsys.readouterr().out
