@@ -1164,22 +1164,27 @@ def _pair_tex(pair: tuple[int, int], sep: str = r" \times ") -> str:
     return str(pair[0]) if pair[0] == pair[1] else f"{pair[0]}{sep}{pair[1]}"
 
 
+def _compact_shape(shape: tuple[int, ...]) -> str:
+    """C x H x W with tight signs: the network's table has seven columns."""
+    return r"{\times}".join(map(str, shape))
+
+
 def _image_details(d: Derivation, layer: FlatLayer) -> str:
-    """Short, for the network's table: '8 of 3x3, pad 1, `relu`'; stride only when not 1."""
+    """Short, for the network's table (a kernel's size is in its W's shape): the activation,
+    a stride other than 1 (a pool's other than its kernel), the padding, no bias."""
     spec = layer.layer
     if layer.kind == "flatten":
         return "C order"
-    text = rf"${spec.kernel[0]} \times {spec.kernel[1]}$"
-    if layer.kind == "conv2d":
-        text = f"{spec.filters} of {text}"
-    if spec.stride != (1, 1) and (layer.kind == "conv2d" or spec.stride != spec.kernel):
-        text += f", stride ${_pair_tex(spec.stride)}$"
+    parts = [] if layer.kind != "conv2d" else [f"`{_act_name(d, layer.index)}`"]
     if layer.kind != "conv2d":
-        return text
+        parts.append(rf"${spec.kernel[0]} \times {spec.kernel[1]}$")
+    if spec.stride != (1, 1) and (layer.kind == "conv2d" or spec.stride != spec.kernel):
+        parts.append(f"stride ${_pair_tex(spec.stride)}$")
     if any(spec.padding):
-        text += f", pad ${_pair_tex(spec.padding)}$"
-    text += f", `{_act_name(d, layer.index)}`"
-    return text if spec.bias else text + ", no bias"
+        parts.append(f"pad ${_pair_tex(spec.padding)}$")
+    if layer.kind == "conv2d" and not spec.bias:
+        parts.append("no bias")
+    return ", ".join(parts)
 
 
 def _network_kinds(doc: Doc) -> None:
@@ -1208,7 +1213,7 @@ def _network_kinds(doc: Doc) -> None:
                 f"${layer.index}$",
                 "convolution" if layer.kind == "conv2d" else LAYERS[layer.kind].title,
                 ", ".join(f"${_a(s)}$" for s in layer.sources),
-                f"${_shape_tex(layer.shape) if layer.image else layer.units}$",
+                f"${_compact_shape(layer.shape) if layer.image else layer.units}$",
                 _details(d, layer),
                 names or "none",
                 f"${count}$",
@@ -1250,6 +1255,15 @@ def _network_kinds(doc: Doc) -> None:
         f"`{net.loss.name}`; training uses `{net.spec.train.optimizer}` with learning rate "
         f"$\\eta = {decimal(net.spec.train.lr)}$."
     )
+    if net.spec.image:
+        channels, height, width = net.spec.input_shape
+        doc.text(
+            f"The input is an image: the code's `X` has shape $(B, {channels}, {height}, "
+            f"{width})$, as in PyTorch (a flat $(B, {net.sizes[0]})$ array is reshaped in C "
+            "order), and so does the output of every convolutional and pooling layer, "
+            "$(B, C, H, W)$ with its own channels $C$, rows $H$ and columns $W$; indices "
+            "$c, i, j$ (channel, row, column) start at 1."
+        )
 
 
 Step = tuple[str, tuple[Row, ...]]  # (the key a sub-equation is numbered under, its rows)
@@ -2351,14 +2365,18 @@ def _rule_conv2d(doc: Doc) -> None:
         "$\\partial z_{pq} / \\partial w_{uv} = x_{p+u-1,\\, q+v-1}$:"
     )
     dw = derived["dW"]
+
+    def shift(var: str, by: int) -> str:
+        return f"{var}+{by}" if by else var
+
     rows = []
     for k in range(4):
         u, v = divmod(k, 2)
         rows.append(
             (
                 rf"\frac{{\partial \ell}}{{\partial w_{{{u + 1}{v + 1}}}}}",
-                rf" = \sum_{{p,q}} \delta_{{pq}} x_{{p+{u},\, q+{v}}} = {tex(dw[k])}"
-                + ("," if k < 3 else ""),
+                rf" = \sum_{{p,q}} \delta_{{pq}} x_{{{shift('p', u)},\, {shift('q', v)}}}"
+                rf" = {tex(dw[k])}" + ("," if k < 3 else ""),
             )
         )
     doc.math(doc.sub("conv2d.grad", rows))
@@ -2445,7 +2463,7 @@ def _rule_conv2d(doc: Doc) -> None:
 
 def _conv_proof(text: str) -> str:
     text = text.replace("g . y", "$g \\cdot y$")
-    return re.sub(r"(\d+) x (\d+)", lambda m: f"{m[1]} $\\times$ {m[2]}", text)
+    return re.sub(r"(\d+) x (?=\d)", lambda m: f"{m[1]} $\\times$ ", text)
 
 
 def _im2col(doc: Doc, ex: dict) -> None:
@@ -2478,7 +2496,10 @@ def _im2col(doc: Doc, ex: dict) -> None:
             ),
         )
     )
-    doc.text("In general, per sample (the code puts the samples' columns side by side):")
+    doc.text(
+        "The code puts the columns of all the samples of a batch side by side, so that one "
+        "product serves the whole batch."
+    )
     rows = []
     for index in _of_kind(net, "conv2d"):
         layer = net.flat[index - 1]
