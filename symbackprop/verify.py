@@ -55,6 +55,7 @@ from symbackprop.checkpoint import (
     Probe,
     load_module,
     mask_rng,
+    patches,
     point,
     point_masks,
 )
@@ -387,6 +388,12 @@ def term_sizes(
             source = np.abs(run.outputs[layer.sources[0]])
             sizes[f"W{index}"] = float((d.T @ source).max(initial=0.0))
             sizes[f"b{index}"] = float(d.sum(axis=0).max(initial=0.0))
+        elif layer.kind == "conv2d":  # every output position of a filter adds its terms
+            d = d.reshape((len(d), *layer.shape))
+            P = np.abs(patches(layer, run.outputs[layer.sources[0]]))
+            sizes[f"W{index}"] = float(np.einsum("bfhw,bchwij->fcij", d, P).max(initial=0.0))
+            if f"b{index}" in layers.parameters(layer):
+                sizes[f"b{index}"] = float(d.sum(axis=(0, 2, 3)).max(initial=0.0))
         else:
             sizes[f"gamma{index}"] = float(
                 (d * np.abs(run.normalized[index])).sum(axis=0).max(initial=0.0)
