@@ -329,7 +329,7 @@ def point(
     # finite-difference witness also chooses its steps so that no stencil crosses a kink.
     probe = Probe(net)
     table = _redraw_table(net)
-    attempts = min(REDRAW_ATTEMPTS, max(1, REDRAW_BUDGET // max(1, len(X) * net.parameter_count)))
+    attempts = min(REDRAW_ATTEMPTS, max(1, REDRAW_BUDGET // max(1, len(X) * net.operations)))
     with np.errstate(all="ignore"):
         for _ in range(attempts):
             for key, (mean, spread) in table.items():
