@@ -22,6 +22,8 @@ import json
 import sys
 import time
 
+import numpy as np
+
 from symbackprop.functions import ACTIVATIONS
 from symbackprop.spec import from_dict
 from symbackprop.verify import certify
@@ -68,6 +70,76 @@ def grid() -> list[tuple[str, object]]:
     big = spec(["relu", "gelu"], "softmax", "cross_entropy", outputs=4, inputs=6, units=8, l2=0.01)
     networks.append(("graph mode (150 params)", big))
     return networks
+
+
+CONV_ACTIVATIONS = ["relu", "tanh", "identity", "leaky_relu", "sigmoid", "elu", "softplus"]
+
+
+def random_conv_spec(seed: int) -> object:
+    """A small random conv net: an image of 1-3 channels, 1-2 conv2d layers (kernel 1-3,
+    stride 1-2, padding 0-1, 1-3 filters, with or without bias), a max or average pool
+    where the image is large enough, flatten, an optional dense layer, a dense output.
+
+    Small enough for the exact witness (at most a few thousand operations per sample).
+    """
+    rng = np.random.default_rng((seed, 12))
+    channels = int(rng.integers(1, 4))
+    height, width = int(rng.integers(3, 8)), int(rng.integers(3, 8))
+    items: list[dict] = []
+    shape = (channels, height, width)
+    for k in range(int(rng.integers(1, 3))):
+        kernel = int(rng.integers(1, 4))
+        padding = int(rng.integers(0, 2))
+        stride = int(rng.integers(1, 3))
+        if min(shape[1:]) + 2 * padding < kernel:
+            kernel = 1
+        filters = int(rng.integers(1, 4))
+        act = CONV_ACTIVATIONS[rng.integers(len(CONV_ACTIVATIONS))]
+        item = {"kind": "conv2d", "filters": filters, "kernel": kernel, "stride": stride}
+        item.update({"padding": padding, "activation": act, "bias": bool(rng.random() < 0.8)})
+        items.append(item)
+        rows = (shape[1] + 2 * padding - kernel) // stride + 1
+        columns = (shape[2] + 2 * padding - kernel) // stride + 1
+        shape = (filters, rows, columns)
+        if min(rows, columns) >= 2 and (k == 0 or rng.random() < 0.5):
+            pool = "max_pool2d" if rng.random() < 0.6 else "avg_pool2d"
+            step = int(rng.integers(1, 3))
+            items.append({"kind": pool, "kernel": 2, "stride": step})
+            shape = (filters, (rows - 2) // step + 1, (columns - 2) // step + 1)
+    items.append({"kind": "flatten"})
+    if rng.random() < 0.4:
+        act = CONV_ACTIVATIONS[rng.integers(len(CONV_ACTIVATIONS))]
+        items.append({"units": int(rng.integers(2, 5)), "activation": act})
+    if rng.random() < 0.7:
+        loss, output, units = "cross_entropy", "softmax", int(rng.integers(2, 4))
+    else:
+        loss, output, units = "mse", "identity", int(rng.integers(1, 3))
+    items.append({"units": units, "activation": output})
+    return from_dict(
+        {
+            "name": f"conv{seed}",
+            "inputs": [channels, height, width],
+            "loss": loss,
+            "l2": float(rng.choice([0.0, 0.01])),
+            "layers": items,
+        }
+    )
+
+
+def conv_grid(seeds: range) -> list[dict]:
+    """The certificate of every random conv net: each witness's worst error measure."""
+    rows = []
+    for seed in seeds:
+        network = random_conv_spec(seed)
+        certificate = certify(network)
+        row = {"network": network.name, "passed": certificate.passed}
+        row["shapes"] = network.shape_text()
+        for witness in ("finite-diff", "exact", "pytorch"):
+            row[witness] = certificate.max_rel(witness)
+        rows.append(row)
+        errors = "  ".join(f"{w} {row[w]:.1e}" for w in ("finite-diff", "exact", "pytorch"))
+        print(f"{network.name:<8} {'pass' if row['passed'] else 'FAIL'}  {errors}", file=sys.stderr)
+    return rows
 
 
 BATCHES = (1, 7, 64, 1000, 4096)

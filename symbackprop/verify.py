@@ -843,7 +843,10 @@ def certify(
             (
                 "finite-diff",
                 f"over its budget of {FD_BUDGET:,} sample-parameter products for "
-                f"{count:,} parameters in {arrays} arrays",
+                f"{count:,} parameters in {arrays} arrays"
+                + (
+                    f" ({net.operations:,} operations per sample)" if net.operations > count else ""
+                ),
             )
         )
 
