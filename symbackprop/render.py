@@ -16,6 +16,15 @@ vector-Jacobian product, proven equal to the formula the code uses); and the bac
 layer by layer.  The neuron-by-neuron sections and the worked example are for plain dense
 stacks (the document says so).
 
+The image kinds (DESIGN §2c) get the same treatment, as a course teaches them: the
+convolutional layer's section shows the kernel sliding over the input (a figure), the
+forward sum with indices, a worked 3 x 3 example with numbers, the three backward rules
+derived step by step on the proven instance of ``rules.derive_conv_rule`` (dW the
+cross-correlation of the input with the error, db the sum of the error, dx the full
+convolution of the error with the flipped kernel) and im2col's matrix products with the
+network's shapes; pooling (a figure of the windows: the max route, the even spread) and
+flattening follow.  None of it appears in the documents of specs without those kinds.
+
 Nothing here generates or runs the module: the cited equation numbers are
 ``Derivation.cited``, the worked example's point is ``checkpoint.point`` (with
 ``symbackprop.initialize``'s init_params) and its numbers ``exact.evaluate``, the
@@ -1508,7 +1517,8 @@ def _forward_kinds(doc: Doc) -> None:
         numbers = _of_kind(net, kind)
         title = LAYERS[kind].title
         title += "" if title.endswith(" layer") else " layer"
-        doc.text(f"A {title} ({_listing(numbers)} here) computes")
+        article = "An" if title[0] in "aeiou" else "A"
+        doc.text(f"{article} {title} ({_listing(numbers)} here) computes")
         doc.math(doc.core(f"{kind}.forward"))
         if kind == "batch_norm":
             doc.text(
@@ -2583,9 +2593,16 @@ def _rule_pool(doc: Doc, kind: str) -> None:
     first = kind == "max_pool2d" or "max_pool2d" not in _kinds_used(net)
     name = "max" if kind == "max_pool2d" else "average"
     doc.section(f"{name.capitalize()} pooling")
+    side = all(net.flat[i - 1].layer.stride == net.flat[i - 1].layer.kernel for i in numbers)
     doc.text(
-        f"A {LAYERS[kind].title} layer ({_listing(numbers)} here) shrinks each channel of "
-        "its input: it cuts it into windows (with stride = kernel, side by side) and keeps "
+        f"{'An' if name == 'average' else 'A'} {LAYERS[kind].title} layer "
+        f"({_listing(numbers)} here) shrinks each channel of its input: it cuts it into "
+        + (
+            "windows side by side (the stride is the kernel's size)"
+            if side
+            else "windows that overlap where the stride is smaller than the kernel"
+        )
+        + " and keeps "
         + ("the largest entry of each." if name == "max" else "the mean of each.")
         + " It has no parameters."
     )

@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = ROOT / "benchmarks"
 HAS_TORCH = importlib.util.find_spec("torch") is not None
@@ -216,6 +218,7 @@ def test_targets_without_optional_peers(tmp_path: Path) -> None:
     assert "n/a" in result.stdout
 
 
+@pytest.mark.slow
 def test_conv_step_quick(tmp_path: Path) -> None:
     out = tmp_path / "conv_step.json"
     args = ("--quick", "--configs", "digits_cnn", "--batch", "16", "--json", str(out))
