@@ -261,7 +261,7 @@ def _run(plan: Plan, values: dict, seed: sympy.Symbol) -> tuple[dict, dict]:
         bar = adjoint.get(symbol)
         if bar is None:
             continue
-        if partials[0] == "max":  # the window's first entry equal to the maximum
+        if isinstance(partials, tuple):  # ("max", window): its first entry equal to the max
             first = next(a for a in partials[1] if numbers[a] == numbers[symbol])
             adjoint[first] = adjoint.get(first, 0) + bar * _evaluate(sympy.S.One, numbers, values)
             continue

@@ -606,8 +606,10 @@ def _pool(layer: FlatLayer, xs: Outputs, samples: Samples) -> tuple:
         out = [at_sample(activation(n, i + 1), s) for i in range(layer.units)]
         for a, field in zip(out, windows, strict=True):
             window = [x[k] for k, _ in field]
-            if maximum:
+            if maximum and len(window) > 1:
                 nodes.append(Node(a, sympy.Max(*window, evaluate=False), "max", n, s))
+            elif maximum:  # a 1x1 window: the identity
+                nodes.append(Node(a, window[0], "a", n, s))
             else:  # the mean as a sum of (1/k) x: a linear node
                 share = sympy.Rational(1, len(window))
                 nodes.append(Node(a, sympy.Add(*(share * w for w in window)), "a", n, s))

@@ -279,3 +279,42 @@ def test_a_huge_conv_spec_is_refused_or_skipped_by_operation_counts() -> None:
     with pytest.raises(InputError, match="operations per sample"):
         certify(spec, batch=1, use_torch=False)
     assert math.prod(spec.input_shape) == 3 * 128 * 128
+
+
+def test_edge_windows_padding_only_outputs_and_1x1_pools_are_certified() -> None:
+    # a 1x1 kernel with padding 1: the ring of outputs reads only padding (no bias: 0, and
+    # tanh(0)); a 1x1 max pool is the identity; a 1x2 average pool with stride 1 overlaps
+    spec = from_dict(
+        {
+            "name": "edges",
+            "inputs": [2, 3, 3],
+            "loss": "mse",
+            "layers": [
+                {"kind": "conv2d", "filters": 2, "kernel": 1, "padding": 1, "bias": False,
+                 "activation": "tanh"},
+                {"kind": "max_pool2d", "kernel": 1},
+                {"kind": "avg_pool2d", "kernel": [1, 2], "stride": 1},
+                {"kind": "flatten"},
+                {"units": 2, "activation": "identity"},
+            ],
+        }
+    )  # fmt: skip
+    certificate = certify(spec)
+    assert certificate.passed and certificate.witnesses == WITNESSES, certificate.table()
+    net = build(spec)
+    params, X, Y = point(net, 2, 0)
+    fast, slow = exact.evaluate(net, params, X, Y), exact.evaluate_reference(net, params, X, Y)
+    assert fast.loss == slow.loss and fast.adjoints == slow.adjoints
+    assert all(np.array_equal(fast.gradients[k], slow.gradients[k]) for k in fast.gradients)
+
+
+def test_flat_rows_of_images_are_the_same_batch() -> None:
+    spec = next(s for s in map(random_conv_spec, SEEDS) if s.loss.name == "cross_entropy")  # labels
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(5, spec.inputs))
+    labels = rng.integers(0, spec.output_layer.units, size=5)
+    flat = certify(spec, data=(X, labels))
+    images = certify(spec, data=(X.reshape((5, *spec.input_shape)), labels))
+    assert flat.passed and images.passed, flat.table()
+    assert flat.loss == images.loss
+    assert flat.max_rel("exact") == images.max_rel("exact")
