@@ -9,26 +9,27 @@ PyTorch is optional (``pip install torch``); without it the torch column reads `
 What is trained
 ---------------
 The bundled spec ``digits_cnn`` (examples/digits_cnn.toml): the digits as 1x8x8 images,
-conv 3x3 x8 (padding 1) -> ReLU -> max-pool 2 -> conv 3x3 x16 (padding 1) -> ReLU ->
-flatten -> dense 10 softmax, mean cross-entropy plus (l2/2)·Σ‖W‖² over the weights (conv
-kernels and the dense matrix, not the biases), with the spec's [train] settings.  Both
-trainers see exactly the split of ``digits_mlp`` (``load_dataset("digits", ...,
+conv 3x3 x16 (padding 1) -> ReLU -> max-pool 2 -> conv 3x3 x32 (padding 1) -> ReLU ->
+max-pool 2 -> flatten -> dense 10 softmax, mean cross-entropy plus (l2/2)·Σ‖W‖² over the
+weights (conv kernels and the dense matrix, not the biases), with the spec's [train]
+settings.  Both trainers see exactly the split of ``digits_mlp`` (``load_dataset("digits", ...,
 test_fraction=0.2, seed=0)``: 1,438 training and 359 test samples, stratified; the same
 rows, read as (n, 1, 8, 8)), in float64.
 
 (a) ``generated``: ``symbackprop.codegen.generate(spec)``; ``init_params(seed=s)``, then
     ``fit`` with the spec's [train] settings and ``seed=s``.
 
-(b) ``torch``: ``nn.Conv2d(1, 8, 3, padding=1)``, ``nn.ReLU``, ``nn.MaxPool2d(2)``,
-    ``nn.Conv2d(8, 16, 3, padding=1)``, ``nn.ReLU``, ``nn.Flatten``, ``nn.Linear(256, 10)``
-    (the same equivalents as ``symbackprop export --torch``), started from the very numbers
-    of the generated ``init_params(seed=s)`` and fed the same mini-batches in the same
-    order (``numpy.random.default_rng(s).permutation`` each epoch, as the generated ``fit``
-    draws them, the last partial batch kept); ``torch.optim.Adam`` with the same lr, betas
-    and eps and ``weight_decay=l2`` on the weights only (Adam's weight decay adds l2·W to
-    the gradient: the spec's (l2/2)·Σ‖W‖² term; not AdamW); ``F.cross_entropy`` (mean) on
-    the logits.  The two runs therefore differ only by rounding: the table shows the
-    largest difference of their final parameters (``max |Δparam|``).
+(b) ``torch``: ``nn.Conv2d(1, 16, 3, padding=1)``, ``nn.ReLU``, ``nn.MaxPool2d(2)``,
+    ``nn.Conv2d(16, 32, 3, padding=1)``, ``nn.ReLU``, ``nn.MaxPool2d(2)``, ``nn.Flatten``,
+    ``nn.Linear(128, 10)``, built from the spec's layers (the equivalents DESIGN §2c names),
+    started from the very numbers of the generated ``init_params(seed=s)`` and fed the same
+    mini-batches in the same order (``numpy.random.default_rng(s).permutation`` each epoch,
+    as the generated ``fit`` draws them, the last partial batch kept); ``torch.optim.Adam``
+    with the same lr, betas and eps and ``weight_decay=l2`` on the weights only (Adam's
+    weight decay adds l2·W to the gradient: the spec's (l2/2)·Σ‖W‖² term; not AdamW);
+    ``F.cross_entropy`` (mean) on the logits. The two runs therefore differ only by
+    rounding: the table shows the largest difference of their final parameters (``max
+    |Δparam|``).
 
 Reported: test accuracy per seed, its mean ± sample standard deviation, and the wall time
 of training alone (``time.perf_counter`` around ``fit`` or the loop; code generation,
