@@ -623,8 +623,8 @@ def _kind_rows(net: SymbolicNetwork, part: str) -> list[tuple[str, str, str]]:
     used = [kind for kind in LAYERS if kind != "dense" and kind in kinds]
     rows = []
     for kind in used:
-        for key, title, tex in rules.derive_rule(kind).equations:
-            is_forward = key.endswith((".forward", ".inference"))
+        for key, title, tex in rules.kind_equations(kind):
+            is_forward = key.endswith((".forward", ".inference", ".im2col"))
             if (part == "forward") == is_forward:
                 rows.append((key, title, tex))
     return rows

@@ -39,7 +39,9 @@ from symbackprop import layers
 from symbackprop.expressions import simplify
 from symbackprop.spec import FlatLayer, LayerSpec
 
-KINDS = tuple(kind for kind in layers.LAYERS if kind != "dense")  # each has a rule below
+# the image kinds (DESIGN §2c) have rules of their own, on image instances: symbackprop.conv
+CONV_KINDS = ("conv2d", "max_pool2d", "avg_pool2d", "flatten")
+KINDS = tuple(kind for kind in layers.LAYERS if kind not in {"dense", *CONV_KINDS})
 EPS = sympy.Symbol("epsilon", positive=True)  # the normalization's eps, kept symbolic
 
 INDEX = 1  # the layer number of an instance's layer (its gamma1_i, beta1_i, m1_i)
@@ -472,6 +474,107 @@ EQUATIONS: dict[str, Rows] = {
     ),
 }
 
+# The image kinds: channels c = 1..C, rows i, columns j of the input a^{(l-1)} (1-based);
+# outputs f, p, q; kernel k_h x k_w, stride S, zero padding P (per axis when pairs);
+# \tilde a is the input padded with P zeros on each side.
+_WINDOW = r"S(p-1)+u,\, S(q-1)+v"
+_HAT = r"\tilde a^{(l-1)}"
+
+EQUATIONS.update(
+    {
+        "conv2d": (
+            (
+                "conv2d.forward",
+                "convolutional layer (the cross-correlation of nn.Conv2d: filter f, "
+                "output row p, column q; stride S, zero padding P)",
+                r"z^{(l)}_{f p q} = b^{(l)}_f + \sum_{c=1}^{C} \sum_{u=1}^{k_h}"
+                r" \sum_{v=1}^{k_w} W^{(l)}_{f c u v}\, " + _HAT + r"_{c,\, " + _WINDOW + r"},"
+                r"\quad a^{(l)} = f_l\left(z^{(l)}\right),\quad "
+                r"H_o = \left\lfloor \frac{H + 2P - k_h}{S} \right\rfloor + 1",
+            ),
+            (
+                "conv2d.im2col",
+                "convolutional layer as matrix products (im2col: one column per output "
+                "position, one row per kernel entry)",
+                r"X^{(l)}_{(c u v),\, (p q)} = " + _HAT + r"_{c,\, " + _WINDOW + r"},\quad "
+                r"Z^{(l)} = W^{(l)}_{\mathrm{mat}} X^{(l)} + b^{(l)} \mathbf{1}^{\top},\quad "
+                r"\frac{\partial \ell}{\partial W^{(l)}_{\mathrm{mat}}} = "
+                r"\Delta^{(l)} X^{(l)\top},\quad "
+                r"\frac{\partial \ell}{\partial X^{(l)}} = "
+                r"W^{(l)\top}_{\mathrm{mat}} \Delta^{(l)},\quad "
+                r"\frac{\partial \ell}{\partial a^{(l-1)}} = "
+                r"\mathrm{col2im}\left(\frac{\partial \ell}{\partial X^{(l)}}\right)",
+            ),
+            (
+                "conv2d.backward",
+                "convolutional layer: the error at its input (a term counts only where "
+                "its indices are whole numbers in range; with S = 1 and P = 0 it is the full "
+                "convolution of the error with the flipped kernel)",
+                r"\frac{\partial \ell}{\partial a^{(l-1)}_{c i j}} = \sum_{f=1}^{F}"
+                r" \sum_{u=1}^{k_h} \sum_{v=1}^{k_w} W^{(l)}_{f c u v}\,"
+                r" \delta^{(l)}_{f p q},\quad p = \frac{i + P - u}{S} + 1,\quad "
+                r"q = \frac{j + P - v}{S} + 1,\quad "
+                r"\delta^{(l)} = \frac{\partial \ell}{\partial z^{(l)}}",
+            ),
+            (
+                "conv2d.grad",
+                "convolutional layer: gradients of its kernel (the cross-correlation of the "
+                "input with the error) and bias (the sum of the error)",
+                r"\frac{\partial L}{\partial W^{(l)}_{f c u v}} = \frac{1}{B} \sum_{s=1}^{B}"
+                r" \sum_{p, q} \delta^{(l)}_{s f p q}\, " + _HAT + r"_{s c,\, " + _WINDOW + r"},"
+                r"\quad \frac{\partial L}{\partial b^{(l)}_f} = \frac{1}{B} \sum_{s=1}^{B}"
+                r" \sum_{p, q} \delta^{(l)}_{s f p q}",
+            ),
+        ),
+        "max_pool2d": (
+            (
+                "max_pool2d.forward",
+                "max pooling (kernel k_h x k_w, stride S, each channel alone)",
+                r"a^{(l)}_{c p q} = \max_{1 \le u \le k_h,\ 1 \le v \le k_w}"
+                r" a^{(l-1)}_{c,\, " + _WINDOW + r"}",
+            ),
+            (
+                "max_pool2d.backward",
+                "max pooling: the error goes to the first maximum of each window "
+                "(row-major), the other inputs get none",
+                r"\frac{\partial \ell}{\partial a^{(l-1)}_{c i j}} = \sum_{p, q}"
+                r" \delta^{(l)}_{c p q}\, \left[(i, j) = m_{c p q}\right],\quad "
+                r"m_{c p q} = \text{the first } \arg\max \text{ of window } (p, q),\quad "
+                r"\delta^{(l)} = \frac{\partial \ell}{\partial a^{(l)}}",
+            ),
+        ),
+        "avg_pool2d": (
+            (
+                "avg_pool2d.forward",
+                "average pooling (kernel k_h x k_w, stride S, each channel alone)",
+                r"a^{(l)}_{c p q} = \frac{1}{k_h k_w} \sum_{u=1}^{k_h} \sum_{v=1}^{k_w}"
+                r" a^{(l-1)}_{c,\, " + _WINDOW + r"}",
+            ),
+            (
+                "avg_pool2d.backward",
+                "average pooling: the error of a window spreads evenly over its inputs",
+                r"\frac{\partial \ell}{\partial a^{(l-1)}_{c i j}} = \frac{1}{k_h k_w}"
+                r" \sum_{(p, q):\ (i, j) \in \text{window } (p, q)} \delta^{(l)}_{c p q},\quad "
+                r"\delta^{(l)} = \frac{\partial \ell}{\partial a^{(l)}}",
+            ),
+        ),
+        "flatten": (
+            (
+                "flatten.forward",
+                "flattening (C order, as nn.Flatten)",
+                r"a^{(l)}_{(c-1) H W + (i-1) W + j} = a^{(l-1)}_{c i j}",
+            ),
+            (
+                "flatten.backward",
+                "flattening: the error is reshaped back (a permutation)",
+                r"\frac{\partial \ell}{\partial a^{(l-1)}_{c i j}} = "
+                r"\delta^{(l)}_{(c-1) H W + (i-1) W + j},\quad "
+                r"\delta^{(l)} = \frac{\partial \ell}{\partial a^{(l)}}",
+            ),
+        ),
+    }
+)
+
 _INSTANCES: dict[str, Callable[[int, int], _Instance]] = {
     "layer_norm": _layer_norm,
     "batch_norm": _batch_norm,
@@ -537,6 +640,420 @@ def derive_rule(kind: str, n: int = 3, features: int = 2) -> KindRule:
     )
 
 
+def kind_equations(kind: str) -> Rows:
+    """The document's rows of a kind other than dense, once its rule is proven."""
+    if kind in CONV_KINDS:
+        return derive_conv_rule(kind).equations
+    return derive_rule(kind).equations
+
+
 def all_rules() -> tuple[KindRule, ...]:
     """Every kind's rule at its default instance size (cached)."""
     return tuple(derive_rule(kind) for kind in KINDS)
+
+
+# --- the image kinds (DESIGN §2c): derived on small image instances -----------------------
+#
+# Indices in code are 0-based (p, q output row and column; u, v kernel row and column); the
+# document writes them 1-based.  Every rule is linear in g (and, for conv2d, bilinear in
+# the kernel and the input), so each difference is a polynomial and check_equal decides it.
+
+
+Pair = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class ConvCase:
+    """One image instance: shapes, what SymPy derived, and the formulas it was proven equal to."""
+
+    what: str  # "1 channel, 3 x 3 input, 2 x 2 kernel, stride 1, padding 0"
+    inputs: tuple[sympy.Symbol, ...]  # x[c, i, j], C order
+    upstream: tuple[sympy.Symbol, ...]  # g = dl/d(output), C order
+    forward: sympy.ImmutableMatrix  # the outputs (pre-activation z for conv2d), C order
+    derived: tuple[tuple[str, sympy.ImmutableMatrix], ...]  # ("dx", ...), ("dW", ...), ...
+    formulas: tuple[tuple[str, sympy.ImmutableMatrix], ...]  # the same names, the code's forms
+
+
+@dataclass(frozen=True)
+class ConvRule:
+    """An image kind's backward rules, derived by sympy.diff and proven on every case."""
+
+    kind: str
+    cases: tuple[ConvCase, ...]
+    equations: Rows
+    proof: str
+    seconds: float = field(default=0.0, compare=False)
+
+
+def _image(name: str, shape: Sequence[int]) -> sympy.MutableDenseNDimArray:
+    """Real symbols name<c>_<i>_<j> (1-based, as the document writes them) in an array."""
+
+    def symbol(index: tuple[int, ...]) -> sympy.Symbol:
+        return sympy.Symbol(name + "_".join(str(k + 1) for k in index), real=True)
+
+    array = sympy.MutableDenseNDimArray.zeros(*shape)
+    for index in _indices(shape):
+        array[index] = symbol(index)
+    return array
+
+
+def _indices(shape: Sequence[int]) -> list[tuple[int, ...]]:
+    out: list[tuple[int, ...]] = [()]
+    for size in shape:
+        out = [(*k, i) for k in out for i in range(size)]
+    return out
+
+
+def _flat_entries(array: sympy.NDimArray) -> list[sympy.Expr]:
+    return [array[k] for k in _indices(array.shape)]
+
+
+def _padded(x: sympy.NDimArray, padding: tuple[int, int]) -> Callable[[int, int, int], sympy.Expr]:
+    """(c, i, j) -> the zero-padded input's entry (0-based padded indices)."""
+    _, height, width = x.shape
+
+    def entry(c: int, i: int, j: int) -> sympy.Expr:
+        i, j = i - padding[0], j - padding[1]
+        return x[c, i, j] if 0 <= i < height and 0 <= j < width else sympy.S.Zero
+
+    return entry
+
+
+def conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def conv_forward(
+    x: sympy.NDimArray,
+    w: sympy.NDimArray,
+    b: Sequence[sympy.Expr] | None,
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+) -> sympy.MutableDenseNDimArray:
+    """z[f, p, q] = b[f] + sum_{c,u,v} W[f, c, u, v] xpad[c, S p + u, S q + v] (nn.Conv2d)."""
+    filters, channels, kh, kw = w.shape
+    _, height, width = x.shape
+    ho = conv_output_size(height, kh, stride[0], padding[0])
+    wo = conv_output_size(width, kw, stride[1], padding[1])
+    xp = _padded(x, padding)
+    z = sympy.MutableDenseNDimArray.zeros(filters, ho, wo)
+    for f, p, q in _indices((filters, ho, wo)):
+        total = b[f] if b is not None else sympy.S.Zero
+        for c, u, v in _indices((channels, kh, kw)):
+            total += w[f, c, u, v] * xp(c, stride[0] * p + u, stride[1] * q + v)
+        z[f, p, q] = total
+    return z
+
+
+def conv_grad_kernel(
+    x: sympy.NDimArray, g: sympy.NDimArray, kernel: Pair, stride: Pair, padding: Pair
+) -> sympy.MutableDenseNDimArray:
+    """dW[f, c, u, v] = sum_{p,q} g[f, p, q] xpad[c, S p + u, S q + v]: the cross-correlation
+    of the (padded) input with the error."""
+    filters, ho, wo = g.shape
+    channels = x.shape[0]
+    xp = _padded(x, padding)
+    dw = sympy.MutableDenseNDimArray.zeros(filters, channels, *kernel)
+    for f, c, u, v in _indices((filters, channels, *kernel)):
+        dw[f, c, u, v] = sympy.Add(
+            *(
+                g[f, p, q] * xp(c, stride[0] * p + u, stride[1] * q + v)
+                for p, q in _indices((ho, wo))
+            )
+        )
+    return dw
+
+
+def conv_grad_input(
+    w: sympy.NDimArray, g: sympy.NDimArray, shape: tuple[int, ...], stride: Pair, padding: Pair
+) -> sympy.MutableDenseNDimArray:
+    """dx[c, i, j] = sum_{f,u,v} W[f, c, u, v] g[f, (i + P - u)/S, (j + P - v)/S], the terms
+    with whole, in-range indices only: the index formula of equation conv2d.backward."""
+    filters, channels, kh, kw = w.shape
+    _, ho, wo = g.shape
+    dx = sympy.MutableDenseNDimArray.zeros(*shape)
+    for c, i, j in _indices(shape):
+        total = sympy.S.Zero
+        for f, u, v in _indices((filters, kh, kw)):
+            rows, cols = i + padding[0] - u, j + padding[1] - v
+            if rows % stride[0] or cols % stride[1]:
+                continue
+            p, q = rows // stride[0], cols // stride[1]
+            if 0 <= p < ho and 0 <= q < wo:
+                total += w[f, c, u, v] * g[f, p, q]
+        dx[c, i, j] = total
+    return dx
+
+
+def conv_grad_input_full(
+    w: sympy.NDimArray, g: sympy.NDimArray, shape: tuple[int, ...], stride: Pair, padding: Pair
+) -> sympy.MutableDenseNDimArray:
+    """The same dx as the full convolution of the error with the flipped kernel: the error
+    dilated by S (S - 1 zeros between entries), padded by k - 1 - P, cross-correlated with
+    W rotated by 180 degrees and summed over the filters."""
+    filters, channels, kh, kw = w.shape
+    _, ho, wo = g.shape
+
+    def dilated(f: int, r: int, s: int) -> sympy.Expr:  # the padded, dilated error
+        r, s = r - (kh - 1 - padding[0]), s - (kw - 1 - padding[1])
+        if r < 0 or s < 0 or r % stride[0] or s % stride[1]:
+            return sympy.S.Zero
+        p, q = r // stride[0], s // stride[1]
+        return g[f, p, q] if p < ho and q < wo else sympy.S.Zero
+
+    dx = sympy.MutableDenseNDimArray.zeros(*shape)
+    for c, i, j in _indices(shape):
+        dx[c, i, j] = sympy.Add(
+            *(
+                dilated(f, i + u, j + v) * w[f, c, kh - 1 - u, kw - 1 - v]
+                for f, u, v in _indices((filters, kh, kw))
+            )
+        )
+    return dx
+
+
+def im2col(x: sympy.NDimArray, kernel: Pair, stride: Pair, padding: Pair) -> sympy.Matrix:
+    """The (C kh kw) x (Ho Wo) matrix of equation conv2d.im2col: row (c, u, v), column (p, q)."""
+    channels, height, width = x.shape
+    ho = conv_output_size(height, kernel[0], stride[0], padding[0])
+    wo = conv_output_size(width, kernel[1], stride[1], padding[1])
+    xp = _padded(x, padding)
+    rows = _indices((channels, *kernel))
+    cols = _indices((ho, wo))
+    return sympy.Matrix(
+        len(rows),
+        len(cols),
+        lambda r, k: xp(
+            rows[r][0], stride[0] * cols[k][0] + rows[r][1], stride[1] * cols[k][1] + rows[r][2]
+        ),
+    )
+
+
+def col2im(
+    dcols: sympy.MatrixBase, shape: tuple[int, ...], kernel: Pair, stride: Pair, padding: Pair
+) -> sympy.MutableDenseNDimArray:
+    """Every entry of dcols added back to the input pixel it was copied from (the padding's
+    entries dropped): the transpose of im2col."""
+    channels, height, width = shape
+    ho = conv_output_size(height, kernel[0], stride[0], padding[0])
+    wo = conv_output_size(width, kernel[1], stride[1], padding[1])
+    dx = sympy.MutableDenseNDimArray.zeros(*shape)
+    rows = _indices((channels, *kernel))
+    cols = _indices((ho, wo))
+    for r, (c, u, v) in enumerate(rows):
+        for k, (p, q) in enumerate(cols):
+            i, j = stride[0] * p + u - padding[0], stride[1] * q + v - padding[1]
+            if 0 <= i < height and 0 <= j < width:
+                dx[c, i, j] += dcols[r, k]
+    return dx
+
+
+def _matrix_row(values: Sequence[sympy.Expr]) -> sympy.ImmutableMatrix:
+    return sympy.ImmutableMatrix([list(values)])
+
+
+def _diff_all(loss: sympy.Expr, symbols: Sequence[sympy.Symbol]) -> sympy.ImmutableMatrix:
+    return _matrix_row([sympy.diff(loss, s) for s in symbols])
+
+
+def _conv_case(
+    channels: int,
+    size: tuple[int, int],
+    filters: int,
+    kernel: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+) -> ConvCase:
+    x = _image("x", (channels, *size))
+    w = _image("w", (filters, channels, *kernel))
+    b = [sympy.Symbol(f"b{f + 1}", real=True) for f in range(filters)]
+    z = conv_forward(x, w, b, stride, padding)
+    g = _image("g", z.shape)
+    xs, ws, gs, zs = (_flat_entries(a) for a in (x, w, g, z))
+    loss = sympy.Add(*(gi * zi for gi, zi in zip(gs, zs, strict=True)))  # g . z: the VJP
+    derived = (
+        ("dx", _diff_all(loss, xs)),
+        ("dW", _diff_all(loss, ws)),
+        ("db", _diff_all(loss, b)),
+    )
+    dx = _flat_entries(conv_grad_input(w, g, x.shape, stride, padding))
+    full = _flat_entries(conv_grad_input_full(w, g, x.shape, stride, padding))
+    cols = im2col(x, kernel, stride, padding)
+    w_mat = sympy.Matrix(filters, channels * kernel[0] * kernel[1], ws)
+    g_mat = sympy.Matrix(filters, len(gs) // filters, gs)
+    z_mat = w_mat * cols + sympy.Matrix(filters, 1, b) * sympy.ones(1, cols.shape[1])
+    formulas = (
+        ("dx", _matrix_row(dx)),
+        ("dW", _matrix_row(_flat_entries(conv_grad_kernel(x, g, kernel, stride, padding)))),
+        (
+            "db",
+            _matrix_row(
+                [sympy.Add(*(g[f, p, q] for p, q in _indices(z.shape[1:]))) for f in range(filters)]
+            ),
+        ),
+        ("dx full convolution", _matrix_row(full)),
+        ("forward im2col", _matrix_row(list(z_mat))),
+        ("dW im2col", _matrix_row(list(g_mat * cols.T))),
+        (
+            "dx col2im",
+            _matrix_row(_flat_entries(col2im(w_mat.T * g_mat, x.shape, kernel, stride, padding))),
+        ),
+    )
+    derived += (
+        ("dx full convolution", derived[0][1]),
+        ("forward im2col", _matrix_row(zs)),
+        ("dW im2col", derived[1][1]),
+        ("dx col2im", derived[0][1]),
+    )
+    what = (
+        f"{channels} channel{'s' if channels > 1 else ''}, {size[0]} x {size[1]} input, "
+        f"{filters} filter{'s' if filters > 1 else ''} of {kernel[0]} x {kernel[1]}, "
+        f"stride {stride[0]}, padding {padding[0]}"
+    )
+    return ConvCase(what, tuple(xs), tuple(gs), sympy.ImmutableMatrix(zs), derived, formulas)
+
+
+def _window_cases(
+    size: tuple[int, int], kernel: int, stride: int
+) -> tuple[sympy.NDimArray, list[list[tuple[int, int, int]]], tuple[int, int, int]]:
+    """(x, windows, output symbols...) of a 1-channel pooling instance."""
+    x = _image("x", (1, *size))
+    ho = conv_output_size(size[0], kernel, stride, 0)
+    wo = conv_output_size(size[1], kernel, stride, 0)
+    windows = [
+        [(0, stride * p + u, stride * q + v) for u in range(kernel) for v in range(kernel)]
+        for p, q in _indices((ho, wo))
+    ]
+    return x, windows, (1, ho, wo)
+
+
+def _avg_case(size: tuple[int, int], kernel: int, stride: int) -> ConvCase:
+    x, windows, shape = _window_cases(size, kernel, stride)
+    g = _image("g", shape)
+    xs, gs = _flat_entries(x), _flat_entries(g)
+    out = [sympy.Add(*(x[k] for k in window)) / kernel**2 for window in windows]
+    loss = sympy.Add(*(gi * yi for gi, yi in zip(gs, out, strict=True)))
+    spread = {k: sympy.S.Zero for k in _indices(x.shape)}
+    for gi, window in zip(gs, windows, strict=True):
+        for k in window:
+            spread[k] += gi / kernel**2
+    formula = _matrix_row([spread[k] for k in _indices(x.shape)])
+    what = (
+        f"average pooling, {size[0]} x {size[1]} input, {kernel} x {kernel} kernel, stride {stride}"
+    )
+    return ConvCase(
+        what,
+        tuple(xs),
+        tuple(gs),
+        sympy.ImmutableMatrix(out),
+        (("dx", _diff_all(loss, xs)),),
+        (("dx", formula),),
+    )
+
+
+MAX_POOL_ORDERINGS = 4  # strict orderings of the instance's values (seeded), each proven
+
+
+def _max_case(size: tuple[int, int], kernel: int, stride: int, ordering: int) -> ConvCase:
+    """Max pooling with the values in one strict order, as a chain of positive steps.
+
+    x_{pi(1)} = t_0, x_{pi(k+1)} = x_{pi(k)} + t_k with t_k > 0: SymPy's derivative of Max
+    (Heaviside factors) then reduces to 0 or 1 for every value with that order; the code's
+    rule -- the window's first maximum in row-major order takes g -- must give the same.
+    Ties have no derivative; there the rule is PyTorch's convention, not a theorem.
+    """
+    x, windows, shape = _window_cases(size, kernel, stride)
+    g = _image("g", shape)
+    xs, gs = _flat_entries(x), _flat_entries(g)
+    out = [sympy.Max(*(x[k] for k in window)) for window in windows]
+    loss = sympy.Add(*(gi * yi for gi, yi in zip(gs, out, strict=True)))
+    order = list(range(len(xs)))
+    random.Random(ordering).shuffle(order)
+    base = sympy.Symbol("t0", real=True)
+    steps = [sympy.Symbol(f"t{k}", positive=True) for k in range(1, len(xs))]
+    chain, value = {}, base
+    for rank, position in enumerate(order):
+        if rank:
+            value = value + steps[rank - 1]
+        chain[xs[position]] = value
+    rank_of = {xs[position]: rank for rank, position in enumerate(order)}
+    derived = _matrix_row([sympy.diff(loss, s).subs(chain) for s in xs])
+    routed = {s: sympy.S.Zero for s in xs}
+    for gi, window in zip(gs, windows, strict=True):
+        values = [x[k] for k in window]
+        best = max(range(len(values)), key=lambda k: (rank_of[values[k]], -k))
+        routed[values[best]] += gi
+    formula = _matrix_row([routed[s] for s in xs])
+    what = (
+        f"max pooling, {size[0]} x {size[1]} input, {kernel} x {kernel} kernel, stride "
+        f"{stride}, values in order {ordering + 1} of {MAX_POOL_ORDERINGS}"
+    )
+    return ConvCase(
+        what,
+        tuple(xs),
+        tuple(gs),
+        sympy.ImmutableMatrix(out),
+        (("dx", derived),),
+        (("dx", formula),),
+    )
+
+
+def _flatten_case(shape: tuple[int, int, int]) -> ConvCase:
+    x = _image("x", shape)
+    xs = _flat_entries(x)  # C order: the flattened output
+    g = [sympy.Symbol(f"g{k + 1}", real=True) for k in range(len(xs))]
+    loss = sympy.Add(*(gi * yi for gi, yi in zip(g, xs, strict=True)))
+    channels, height, width = shape
+    back = [g[c * height * width + i * width + j] for c, i, j in _indices(shape)]
+    what = f"flattening a {channels} x {height} x {width} input"
+    return ConvCase(
+        what,
+        tuple(xs),
+        tuple(g),
+        sympy.ImmutableMatrix(xs),
+        (("dx", _diff_all(loss, xs)),),
+        (("dx", _matrix_row(back)),),
+    )
+
+
+_CONV_CASES: dict[str, Callable[[], list[ConvCase]]] = {
+    "conv2d": lambda: [
+        _conv_case(1, (3, 3), 1, (2, 2), (1, 1), (0, 0)),
+        _conv_case(1, (3, 3), 1, (2, 2), (2, 2), (1, 1)),
+        _conv_case(2, (3, 3), 2, (2, 2), (1, 1), (0, 0)),
+        _conv_case(1, (4, 3), 1, (3, 2), (2, 1), (1, 0)),
+    ],
+    "max_pool2d": lambda: [
+        *(_max_case((4, 4), 2, 2, k) for k in range(MAX_POOL_ORDERINGS // 2)),
+        *(_max_case((3, 3), 2, 1, k) for k in range(MAX_POOL_ORDERINGS // 2, MAX_POOL_ORDERINGS)),
+    ],
+    "avg_pool2d": lambda: [_avg_case((4, 4), 2, 2), _avg_case((3, 3), 2, 1)],
+    "flatten": lambda: [_flatten_case((2, 2, 3))],
+}
+
+
+@cache
+def derive_conv_rule(kind: str) -> ConvRule:
+    """Derive an image kind's backward rules on its instances and prove them (RuntimeError)."""
+    if kind not in _CONV_CASES:
+        raise ValueError(f"no derived rule for image kind {kind!r}; known: {', '.join(CONV_KINDS)}")
+    start = time.perf_counter()
+    cases = tuple(_CONV_CASES[kind]())
+    for case in cases:
+        for (name, derived), (other, formula) in zip(case.derived, case.formulas, strict=True):
+            if name != other:  # pragma: no cover - the cases pair them by construction
+                raise RuntimeError(f"{case.what}: {name} paired with {other}")
+            check_equal(derived, formula, f"{case.what}: {name}")
+    names = ", ".join(dict.fromkeys(name for case in cases for name, _ in case.formulas))
+    shapes = list(dict.fromkeys(case.what.split(", values in order")[0] for case in cases))
+    orders = (
+        f", each with its values in {MAX_POOL_ORDERINGS // len(shapes)} strict orders"
+        if kind == "max_pool2d"
+        else ""
+    )
+    proof = (
+        f"SymPy differentiated g . y on {len(cases)} instance{'s' if len(cases) > 1 else ''} "
+        f"({'; '.join(shapes)}{orders}); {names} minus SymPy's derivative reduced "
+        f"to 0 exactly, and at {NUMERIC_POINTS} rational points to {NUMERIC_DIGITS} digits."
+    )
+    return ConvRule(kind, cases, EQUATIONS[kind], proof, time.perf_counter() - start)
