@@ -26,7 +26,7 @@ from symbackprop.layers import LAYERS
 from symbackprop.primitives import NUMPY_HELPERS, relu, step
 from symbackprop.printing import inplace_statements
 from symbackprop.scalar import SCALAR_HELPERS, step_source
-from symbackprop.spec import FlatLayer, NetworkSpec, layer_parameters
+from symbackprop.spec import IMAGE_KINDS, FlatLayer, NetworkSpec, layer_parameters
 
 
 def template_dir() -> Path:
@@ -194,15 +194,26 @@ class LayerCode:
         return LAYERS[self.kind].template
 
 
+ACTIVATED = ("dense", "conv2d")  # the kinds with an activation: Z, A = f(Z), dZ
+
+
 def _output_name(layer: FlatLayer, d: ActivationDerivative | None) -> str:
-    if layer.kind == "dense":
+    if layer.kind in ACTIVATED:
         alias = d is not None and not d.activation.softmax and d.f == Z
         return f"Z{layer.index}" if alias else f"A{layer.index}"
     return f"A{layer.index}"
 
 
 def _grad_name(layer: FlatLayer) -> str:
-    return f"dZ{layer.index}" if layer.kind == "dense" else f"dA{layer.index}"
+    return f"dZ{layer.index}" if layer.kind in ACTIVATED else f"dA{layer.index}"
+
+
+def _kind_eqs(derivation: Derivation, kind: str) -> dict[str, int]:
+    """A kind's equations: key suffix -> number."""
+    prefix = f"{kind}."
+    return {
+        e.key[len(prefix) :]: e.number for e in derivation.equations if e.key.startswith(prefix)
+    }
 
 
 def context(derivation: Derivation) -> dict[str, object]:
@@ -215,7 +226,9 @@ def context(derivation: Derivation) -> dict[str, object]:
     backward_order = tuple(reversed(spec.order))
     helpers: set[str] = set()
     batch_shape = "(batch, {})".format
-    buffers: list[tuple[str, str]] = [("X", f"(batch, {sizes[0]})"), ("Y", f"(batch, {sizes[-1]})")]
+    image = spec.image
+    x_shape = ", ".join(map(str, spec.input_shape))
+    buffers: list[tuple[str, str]] = [("X", f"(batch, {x_shape})"), ("Y", f"(batch, {sizes[-1]})")]
     buffers.append(("S", "(batch, 1)"))
     fixed: dict[str, str] = {}  # buffers of their own dtype (dropout's uniforms and masks)
     eq = {
@@ -257,9 +270,14 @@ def context(derivation: Derivation) -> dict[str, object]:
             "sends": tuple(sends),
             "params": tuple(layer_parameters(layer)),
         }
-        if layer.kind == "dense":
-            if d is None:  # pragma: no cover - derive gives every dense layer its f'
-                raise RuntimeError(f"layer {index} is dense but has no activation derivative")
+        if layer.kind in ACTIVATED:
+            if d is None:  # pragma: no cover - derive gives every such layer its f'
+                raise RuntimeError(
+                    f"layer {index} is {layer.kind} but has no activation derivative"
+                )
+            if layer.kind == "conv2d":  # (filters, rows, columns, batch) arrays
+                _, rows, columns = layer.shape
+                shape = f"({layer.layer.filters}, {rows}, {columns}, batch)"
             alias = names[index] == f"Z{index}"
             entry: dict[str, object] = {
                 "activation": d.activation.name,
@@ -293,6 +311,22 @@ def context(derivation: Derivation) -> dict[str, object]:
                     temps, helpers = max(temps, len(plan.temp_fetch)), helpers | plan.helpers
                     buffers.append((f"G{index}", shape))
             buffers += [(f"T{index}_{i}", shape) for i in range(temps)]
+            if layer.kind == "conv2d":
+                kind = LAYERS[layer.kind]
+                entry["fields"] = kind.fields(layer)
+                entry["eqs"] = _kind_eqs(derivation, layer.kind)
+                for buffer, shape_text, own in kind.buffers(layer):
+                    buffers.append((buffer, shape_text))
+                    if own is not None:
+                        fixed[buffer] = own
+                weight = spec.parameters[f"W{index}"]
+                buffers.append((f"dW{index}", str(weight)))
+                if layer.layer.bias:
+                    buffers.append((f"db{index}", f"({layer.layer.filters},)"))
+                if spec.l2:
+                    buffers.append((f"R{index}", str(weight)))
+                codes[index] = LayerCode(**common, **entry)  # type: ignore[arg-type]
+                continue
             if any(not first for _, first in sends):
                 buffers.append((f"T{index}_in", batch_shape(layer.fan_in)))
             buffers.append((f"dW{index}", f"({units}, {layer.fan_in})"))
@@ -305,18 +339,16 @@ def context(derivation: Derivation) -> dict[str, object]:
             entry = {"fields": kind.fields(layer)}
             if layer.kind == "residual":
                 entry["block_output"] = names[layer.sources[1]]
-            prefix = f"{layer.kind}."
-            entry["eqs"] = {
-                e.key[len(prefix) :]: e.number
-                for e in derivation.equations
-                if e.key.startswith(prefix)
-            }
+            entry["eqs"] = _kind_eqs(derivation, layer.kind)
             for buffer, shape_text, own in kind.buffers(layer):
                 buffers.append((buffer, shape_text))
                 if own is not None:
                     fixed[buffer] = own
         codes[index] = LayerCode(**common, **entry)  # type: ignore[arg-type]
 
+    for code in codes.values():  # an image has one reader: its send writes, never adds
+        if code.kind in IMAGE_KINDS and not all(first for _, first in code.sends):
+            raise RuntimeError(f"layer {code.index}: an image layer's input has two readers")
     # a dense layer's W^T delta is received by the layer it reads, first thing in its block
     # (that layer comes next in the backward order), so the block reads as the recursion
     for layer in flat:
@@ -364,6 +396,7 @@ def context(derivation: Derivation) -> dict[str, object]:
         if code.kind == "dense":
             if code.input != "X":
                 reads.add(code.input)
+        if code.kind in ACTIVATED:
             reads |= set(code.prime_arrays)
     if out.softmax:
         reads.add(last)
@@ -400,7 +433,7 @@ def context(derivation: Derivation) -> dict[str, object]:
     header = f'symbackprop {__version__}, from the spec named "{name}"; '
     header += "regenerate with symbackprop codegen."
     summary = f"{name}: forward pass, loss, gradients and trainer for a "
-    summary += f"{'-'.join(map(str, sizes))} network."
+    summary += f"{spec.shape_text()} network."
     loss_text = f"Loss: {net.loss.name}, the batch mean of the per-sample loss"
     loss_text += " plus (l2/2) * sum of squared weights." if spec.l2 else "."
     conventions = (
@@ -408,6 +441,17 @@ def context(derivation: Derivation) -> dict[str, object]:
         ' and b<l> has shape (units_l,); Z<l> = A<l-1> @ W<l>.T + b<l>.  "(eq. N)" cites'
         f" equation N of the derivation document (symbackprop derive {name}).  Needs NumPy only."
     )
+    if image:
+        conventions = (
+            f"Conventions: X has shape (batch, {x_shape}) as in PyTorch (a flat (batch,"
+            f" {sizes[0]}) array is read in C order); a conv2d layer's W<l> has shape (filters,"
+            " channels, kernel rows, kernel columns) and b<l> (filters,), a dense layer's W<l>"
+            " (units_l, units_{l-1}) and b<l> (units_l,), as torch.nn.Conv2d and nn.Linear"
+            " hold them.  Inside, images are (channels, rows, columns, batch) arrays, so that"
+            ' a convolution is one matrix product with the im2col columns.  "(eq. N)" cites'
+            f" equation N of the derivation document (symbackprop derive {name}).  Needs NumPy"
+            " only."
+        )
     modes = any(LAYERS[layer.kind].modes for layer in flat)
     random = any(layer.kind == "dropout" and layer.layer.rate for layer in flat)
     batch_norms = [codes[layer.index] for layer in flat if layer.kind == "batch_norm"]
@@ -421,8 +465,20 @@ def context(derivation: Derivation) -> dict[str, object]:
             text = f"residual: the input plus the output of layers {layer.index + 1}-{block}"
         elif layer.kind == "dropout":
             text = f"dropout, rate {layer.layer.rate!r}"
+        elif layer.kind in ("conv2d", "max_pool2d", "avg_pool2d"):
+            item = layer.layer
+            text = f"{layer.kind} " + "x".join(map(str, layer.in_shape)) + " -> "
+            text += "x".join(map(str, layer.shape)) + f", kernel {item.kernel[0]}x{item.kernel[1]}"
+            text += f", stride {item.stride[0]}x{item.stride[1]}"
+            if layer.kind == "conv2d":
+                text += f", padding {item.padding[0]}x{item.padding[1]}, {code.activation}"
+        elif layer.kind == "flatten":
+            text = "flatten " + "x".join(map(str, layer.in_shape)) + f" -> {layer.units} (C order)"
         else:
             text = f"{LAYERS[layer.kind].title} of {layer.units} features"
+        if layer.kind in IMAGE_KINDS:
+            summaries.append(_wrap(f"Layer {layer.index}: {text}."))
+            continue
         summaries.append(f"Layer {layer.index}: {text}.")
     return {
         "version": __version__,
@@ -433,7 +489,11 @@ def context(derivation: Derivation) -> dict[str, object]:
         "loss_text": _wrap(loss_text),
         "conventions": _wrap(conventions),
         "sizes": sizes,
-        "layer_sizes": _assignment("LAYER_SIZES", tuple(sizes)),
+        "layer_sizes": _assignment("LAYER_SIZES", tuple(spec.shapes)),
+        "image": image,
+        "convolutions": any(layer.kind == "conv2d" for layer in flat),
+        "input_shape": spec.input_shape,
+        "views": [codes[i] for i in spec.order if codes[i].kind in IMAGE_KINDS],
         "codes": codes,
         "forward_order": [codes[i] for i in spec.order],
         "backward_order": [codes[i] for i in backward_order],

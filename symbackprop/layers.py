@@ -81,6 +81,92 @@ def _no_fields(layer: FlatLayer) -> dict[str, object]:
     return {}
 
 
+# --- image kinds (DESIGN §2c) ----------------------------------------------------------------
+# Inside the generated module an image is a (channels, rows, columns, batch) array: every
+# strided view (im2col, col2im, the pooling windows) then moves runs of whole batches, and a
+# convolution is one matrix product of (filters, C kh kw) by (C kh kw, rows columns batch).
+# X itself comes as (batch, C, H, W).
+
+
+def _image_geometry(layer: FlatLayer) -> dict[str, object]:
+    """The sizes a conv or pool block needs: input (C, H, W), output (Ho, Wo), window."""
+    spec = layer.layer
+    channels, height, width = layer.in_shape
+    out_shape = layer.shape
+    kh, kw = spec.kernel
+    sh, sw = spec.stride
+    ph, pw = spec.padding
+    fields: dict[str, object] = {
+        "C": channels,
+        "H": height,
+        "W": width,
+        "Ho": out_shape[1] if len(out_shape) == 3 else 0,
+        "Wo": out_shape[2] if len(out_shape) == 3 else 0,
+        "kh": kh,
+        "kw": kw,
+        "sh": sh,
+        "sw": sw,
+        "ph": ph,
+        "pw": pw,
+        "from_input": layer.sources[0] == 0,
+    }
+    fields["offsets"] = [(i, j) for i in range(kh) for j in range(kw)]
+    # every input position in exactly one window: the backward pass may write, not add
+    fields["tiles"] = (
+        sh == kh and sw == kw and fields["Ho"] * sh == height and fields["Wo"] * sw == width
+    )
+    return fields
+
+
+def _conv_fields(layer: FlatLayer) -> dict[str, object]:
+    fields = _image_geometry(layer)
+    fields["F"] = layer.layer.filters
+    fields["CKK"] = fields["C"] * fields["kh"] * fields["kw"]
+    fields["padded"] = bool(fields["ph"] or fields["pw"] or fields["from_input"])
+    return fields
+
+
+def _image_shape(channels: object, rows: object, columns: object) -> str:
+    return f"({channels}, {rows}, {columns}, batch)"
+
+
+def _conv_buffers(layer: FlatLayer) -> list[Buffer]:
+    """The padded input, the im2col columns and, when it sends an error back, their
+    gradients (its Z, A and dZ come from its activation's kernels, in codegen)."""
+    f = _conv_fields(layer)
+    i = layer.index
+    rows, columns = f["H"] + 2 * f["ph"], f["W"] + 2 * f["pw"]  # type: ignore[operator]
+    pixels = f["Ho"] * f["Wo"]  # type: ignore[operator]
+    out: list[Buffer] = []
+    if f["padded"]:
+        out.append((f"P{i}", _image_shape(f["C"], rows, columns), None))
+    out.append((f"K{i}", f"({f['CKK']}, batch * {pixels})", None))
+    if not f["from_input"]:
+        out.append((f"dK{i}", f"({f['CKK']}, batch * {pixels})", None))
+        if f["ph"] or f["pw"]:
+            out.append((f"dP{i}", _image_shape(f["C"], rows, columns), None))
+    return out
+
+
+def _pool_buffers(layer: FlatLayer) -> list[Buffer]:
+    f = _image_geometry(layer)
+    i = layer.index
+    shape = _image_shape(f["C"], f["Ho"], f["Wo"])
+    out: list[Buffer] = [(f"A{i}", shape, None), (f"dA{i}", shape, None)]
+    if f["from_input"]:  # X as (C, H, W, batch)
+        out.append((f"I{i}", _image_shape(f["C"], f["H"], f["W"]), None))
+    if layer.kind == "max_pool2d":  # which offset of each window holds its first maximum
+        out += [(f"M{i}", shape, "numpy.bool_"), (f"E{i}", shape, "numpy.bool_")]
+    elif not f["tiles"]:
+        out.append((f"T{i}", shape, None))
+    return out
+
+
+def _flatten_fields(layer: FlatLayer) -> dict[str, object]:
+    channels, height, width = layer.in_shape
+    return {"C": channels, "H": height, "W": width, "from_input": layer.sources[0] == 0}
+
+
 @dataclass(frozen=True)
 class LayerKind:
     """One kind of layer.  ``buffers`` and ``fields`` feed its template block (the dense
@@ -152,10 +238,26 @@ LAYERS: dict[str, LayerKind] = {
             "convolutional layer",
             "nn.Conv2d(C, filters, kernel, stride, padding) + the activation",
             "W He-normal (ReLU family) or Xavier-uniform over C*kh*kw inputs, b zeros",
+            buffers=_conv_buffers,
+            fields=_conv_fields,
         ),
-        LayerKind("max_pool2d", "max pooling", "nn.MaxPool2d(kernel, stride)", "no parameters"),
-        LayerKind("avg_pool2d", "average pooling", "nn.AvgPool2d(kernel, stride)", "no parameters"),
-        LayerKind("flatten", "flattening", "nn.Flatten()", "no parameters"),
+        LayerKind(
+            "max_pool2d",
+            "max pooling",
+            "nn.MaxPool2d(kernel, stride)",
+            "no parameters",
+            buffers=_pool_buffers,
+            fields=_image_geometry,
+        ),
+        LayerKind(
+            "avg_pool2d",
+            "average pooling",
+            "nn.AvgPool2d(kernel, stride)",
+            "no parameters",
+            buffers=_pool_buffers,
+            fields=_image_geometry,
+        ),
+        LayerKind("flatten", "flattening", "nn.Flatten()", "no parameters", fields=_flatten_fields),
     )
 }
 if tuple(LAYERS) != KINDS:  # pragma: no cover - the spec's list of kinds must match
