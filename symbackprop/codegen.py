@@ -275,9 +275,9 @@ def context(derivation: Derivation) -> dict[str, object]:
                 raise RuntimeError(
                     f"layer {index} is {layer.kind} but has no activation derivative"
                 )
-            if layer.kind == "conv2d":  # (filters, batch, rows, columns) arrays
+            if layer.kind == "conv2d":  # (filters, rows, columns, batch) arrays
                 _, rows, columns = layer.shape
-                shape = f"({layer.layer.filters}, batch, {rows}, {columns})"
+                shape = f"({layer.layer.filters}, {rows}, {columns}, batch)"
             alias = names[index] == f"Z{index}"
             entry: dict[str, object] = {
                 "activation": d.activation.name,
@@ -447,7 +447,7 @@ def context(derivation: Derivation) -> dict[str, object]:
             f" {sizes[0]}) array is read in C order); a conv2d layer's W<l> has shape (filters,"
             " channels, kernel rows, kernel columns) and b<l> (filters,), a dense layer's W<l>"
             " (units_l, units_{l-1}) and b<l> (units_l,), as torch.nn.Conv2d and nn.Linear"
-            " hold them.  Inside, images are (channels, batch, rows, columns) arrays, so that"
+            " hold them.  Inside, images are (channels, rows, columns, batch) arrays, so that"
             ' a convolution is one matrix product with the im2col columns.  "(eq. N)" cites'
             f" equation N of the derivation document (symbackprop derive {name}).  Needs NumPy"
             " only."
@@ -467,19 +467,18 @@ def context(derivation: Derivation) -> dict[str, object]:
             text = f"dropout, rate {layer.layer.rate!r}"
         elif layer.kind in ("conv2d", "max_pool2d", "avg_pool2d"):
             item = layer.layer
-            sizes_text = "x".join(map(str, layer.in_shape)) + " -> "
-            sizes_text += "x".join(map(str, layer.shape))
-            text = (
-                f"{LAYERS[layer.kind].title} {sizes_text}, {item.kernel[0]}x{item.kernel[1]} window"
-            )
+            text = f"{layer.kind} " + "x".join(map(str, layer.in_shape)) + " -> "
+            text += "x".join(map(str, layer.shape)) + f", kernel {item.kernel[0]}x{item.kernel[1]}"
             text += f", stride {item.stride[0]}x{item.stride[1]}"
             if layer.kind == "conv2d":
-                text += f", padding {item.padding[0]}x{item.padding[1]}"
-                text += f", activation {code.activation}"
+                text += f", padding {item.padding[0]}x{item.padding[1]}, {code.activation}"
         elif layer.kind == "flatten":
             text = "flatten " + "x".join(map(str, layer.in_shape)) + f" -> {layer.units} (C order)"
         else:
             text = f"{LAYERS[layer.kind].title} of {layer.units} features"
+        if layer.kind in IMAGE_KINDS:
+            summaries.append(_wrap(f"Layer {layer.index}: {text}."))
+            continue
         summaries.append(f"Layer {layer.index}: {text}.")
     return {
         "version": __version__,
@@ -492,6 +491,7 @@ def context(derivation: Derivation) -> dict[str, object]:
         "sizes": sizes,
         "layer_sizes": _assignment("LAYER_SIZES", tuple(spec.shapes)),
         "image": image,
+        "convolutions": any(layer.kind == "conv2d" for layer in flat),
         "input_shape": spec.input_shape,
         "views": [codes[i] for i in spec.order if codes[i].kind in IMAGE_KINDS],
         "codes": codes,

@@ -78,6 +78,8 @@ _SYMBOLS = {
     "vdots": "\u22ee",
     "in": "\u2208",
     "times": "\u00d7",
+    "cdot": "\u22c5",
+    "star": "\u22c6",
     "to": "\u2192",
     "odot": "\u2299",
     "quad": "\u2003",
@@ -1674,3 +1676,144 @@ def _descent_items(layout: DescentLayout, names: tuple[str, str]) -> list[Item]:
             Text(mx, my + (-6.0 if below else 6.0), "minimum", "t" if below else "b", "scriptsize")
         )
     return items
+
+
+# --- convolution and pooling (the documents of specs with those kinds) ---------------------
+
+# The documents' worked convolution: a 3 x 3 input, a 2 x 2 kernel, no bias, stride 1.
+CONV_INPUT = ((1, 2, 0), (0, 1, 3), (1, 1, 2))
+CONV_KERNEL = ((1, 0), (-1, 2))
+# The documents' pooling example: a 4 x 4 input, 2 x 2 windows, stride 2.
+POOL_INPUT = ((1, 3, 2, 0), (4, 2, 1, 5), (0, 1, 3, 2), (2, 6, 1, 1))
+CELL = 22.0  # a grid cell's side, points
+CONV_FIGURES = ("convolution", "pooling")  # the image kinds' figures, when a spec uses them
+
+
+def conv_output(
+    x: Sequence[Sequence[int]], w: Sequence[Sequence[int]]
+) -> tuple[tuple[int, ...], ...]:
+    """The cross-correlation (stride 1, no padding) of x with w, as integers."""
+    kh, kw = len(w), len(w[0])
+    return tuple(
+        tuple(
+            sum(w[u][v] * x[p + u][q + v] for u in range(kh) for v in range(kw))
+            for q in range(len(x[0]) - kw + 1)
+        )
+        for p in range(len(x) - kh + 1)
+    )
+
+
+def pool_windows(x: Sequence[Sequence[int]], k: int = 2) -> list[tuple[int, int, list]]:
+    """(p, q, [(value, i, j), ...] in row-major order) of every k x k window, stride k."""
+    out = []
+    for p in range(len(x) // k):
+        for q in range(len(x[0]) // k):
+            cells = [
+                (x[k * p + u][k * q + v], k * p + u, k * q + v) for u in range(k) for v in range(k)
+            ]
+            out.append((p, q, cells))
+    return out
+
+
+def _grid(x0: float, top: float, values: Sequence[Sequence[object]], name: str) -> list[Item]:
+    """A grid of numbered cells, its upper left corner at (x0, top), its name above."""
+    rows, cols = len(values), len(values[0])
+    items: list[Item] = []
+    for i in range(rows):
+        for j in range(cols):
+            x, y = x0 + j * CELL, top - (i + 1) * CELL
+            items.append(Box(x, y, CELL, CELL, "cell"))
+            text = values[i][j]
+            text = f"${text}$" if isinstance(text, int) else str(text)
+            items.append(Text(x + CELL / 2, y + CELL / 2, text))
+    items.append(Text(x0 + cols * CELL / 2, top + 9, name))
+    return items
+
+
+def _frame(x0: float, top: float, i: int, j: int, rows: int, cols: int) -> list[Item]:
+    """A thick frame around cells (i..i+rows-1, j..j+cols-1) of a grid at (x0, top)."""
+    left, right = x0 + j * CELL, x0 + (j + cols) * CELL
+    upper, lower = top - i * CELL, top - (i + rows) * CELL
+    out: list[Item] = []
+    for inset in (0.0, 1.6):  # a double frame: seen at once in both renderings
+        a, b, c, d = left + inset, right - inset, upper - inset, lower + inset
+        out.append(Polyline(((a, d), (a, c), (b, c), (b, d), (a, d)), thick=True, kind="window"))
+    return out
+
+
+def convolution_figure() -> Figure:
+    """The kernel sliding over the input: the window of output (1, 2) framed, its sum."""
+    z = conv_output(CONV_INPUT, CONV_KERNEL)
+    top = 80.0
+    items = _grid(0, top, CONV_INPUT, "input $x$")
+    items += _frame(0, top, 0, 1, 2, 2)
+    items.append(Text(84, top - CELL * 1.5, "$\\star$"))
+    items += _grid(102, top - CELL / 2, CONV_KERNEL, "kernel $W$")
+    items += [Text(166, top - CELL * 1.5, "$=$")]
+    items += _grid(180, top - CELL / 2, z, "output $z$")
+    items += _frame(180, top - CELL / 2, 0, 1, 1, 1)
+    w, x = CONV_KERNEL, CONV_INPUT
+    terms = " + ".join(
+        f"({w[u][v]})\\cdot {x[u][1 + v]}" if w[u][v] < 0 else f"{w[u][v]}\\cdot {x[u][1 + v]}"
+        for u in range(2)
+        for v in range(2)
+    )
+    items.append(Text(0, 2, f"$z_{{12}} = {terms} = {z[0][1]}$", pos="l"))
+    items.append(Arrow(0, top + 20, 2 * CELL, top + 20))
+    items.append(Text(CELL, top + 27, "slide", size="scriptsize"))
+    caption = (
+        "The kernel slides over the input, one step at a time; at each position the output "
+        "is the sum of the products of the kernel's entries with the input entries under "
+        f"it (framed: the window of $z_{{12}} = {z[0][1]}$)."
+    )
+    return Figure(
+        "convolution",
+        caption,
+        to_latex(items),
+        to_svg(items, "a 2 x 2 kernel sliding over a 3 x 3 input"),
+    )
+
+
+def pooling_figure() -> Figure:
+    """A 4 x 4 input in 2 x 2 windows: the max of each (its first maximum framed), the
+    average, and where each window's error goes back."""
+    windows = pool_windows(POOL_INPUT)
+    top = 100.0
+    items = _grid(0, top, POOL_INPUT, "input $a$")
+    for p in range(2):
+        for q in range(2):
+            items += _frame(0, top, 2 * p, 2 * q, 2, 2)
+    maxima = [[0, 0], [0, 0]]
+    means = [[0, 0], [0, 0]]
+    for p, q, cells in windows:
+        best = max(range(len(cells)), key=lambda k: (cells[k][0], -k))
+        value, i, j = cells[best]
+        items.append(Circle(j * CELL + CELL / 2, top - i * CELL - CELL / 2, 16, kind="max"))
+        maxima[p][q] = value
+        total = sum(c[0] for c in cells)
+        means[p][q] = f"${_float_text(total / 4)}$"
+    items += _grid(120, top - CELL, maxima, "max pool")
+    items += _grid(200, top - CELL, means, "average pool")
+    items.append(Arrow(96, top - 2 * CELL, 114, top - 2 * CELL))
+    items.append(
+        Text(
+            0,
+            2,
+            "backward: max sends $\\delta_{pq}$ to the circled entry, "
+            "average $\\delta_{pq}/4$ to all four",
+            pos="l",
+            size="scriptsize",
+        )
+    )
+    caption = (
+        "Pooling $2 \\times 2$ windows with stride 2: max pooling keeps each window's "
+        "largest entry (circled), average pooling its mean; backward, max pooling sends the "
+        "error of a window to its maximum only, average pooling spreads a quarter of it over "
+        "each entry."
+    )
+    return Figure(
+        "pooling",
+        caption,
+        to_latex(items),
+        to_svg(items, "max and average pooling of a 4 x 4 input"),
+    )

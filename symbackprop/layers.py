@@ -82,9 +82,10 @@ def _no_fields(layer: FlatLayer) -> dict[str, object]:
 
 
 # --- image kinds (DESIGN §2c) ----------------------------------------------------------------
-# Inside the generated module an image is a (channels, batch, rows, columns) array: im2col
-# then copies runs of whole output rows, and a convolution is one matrix product of
-# (filters, C kh kw) by (C kh kw, batch rows columns).  X itself comes as (batch, C, H, W).
+# Inside the generated module an image is a (channels, rows, columns, batch) array: every
+# strided view (im2col, col2im, the pooling windows) then moves runs of whole batches, and a
+# convolution is one matrix product of (filters, C kh kw) by (C kh kw, rows columns batch).
+# X itself comes as (batch, C, H, W).
 
 
 def _image_geometry(layer: FlatLayer) -> dict[str, object]:
@@ -126,7 +127,7 @@ def _conv_fields(layer: FlatLayer) -> dict[str, object]:
 
 
 def _image_shape(channels: object, rows: object, columns: object) -> str:
-    return f"({channels}, batch, {rows}, {columns})"
+    return f"({channels}, {rows}, {columns}, batch)"
 
 
 def _conv_buffers(layer: FlatLayer) -> list[Buffer]:
@@ -152,7 +153,7 @@ def _pool_buffers(layer: FlatLayer) -> list[Buffer]:
     i = layer.index
     shape = _image_shape(f["C"], f["Ho"], f["Wo"])
     out: list[Buffer] = [(f"A{i}", shape, None), (f"dA{i}", shape, None)]
-    if f["from_input"]:  # X as (C, batch, H, W)
+    if f["from_input"]:  # X as (C, H, W, batch)
         out.append((f"I{i}", _image_shape(f["C"], f["H"], f["W"]), None))
     if layer.kind == "max_pool2d":  # which offset of each window holds its first maximum
         out += [(f"M{i}", shape, "numpy.bool_"), (f"E{i}", shape, "numpy.bool_")]

@@ -16,6 +16,15 @@ vector-Jacobian product, proven equal to the formula the code uses); and the bac
 layer by layer.  The neuron-by-neuron sections and the worked example are for plain dense
 stacks (the document says so).
 
+The image kinds (DESIGN §2c) get the same treatment, as a course teaches them: the
+convolutional layer's section shows the kernel sliding over the input (a figure), the
+forward sum with indices, a worked 3 x 3 example with numbers, the three backward rules
+derived step by step on the proven instance of ``rules.derive_conv_rule`` (dW the
+cross-correlation of the input with the error, db the sum of the error, dx the full
+convolution of the error with the flipped kernel) and im2col's matrix products with the
+network's shapes; pooling (a figure of the windows: the max route, the even spread) and
+flattening follow.  None of it appears in the documents of specs without those kinds.
+
 Nothing here generates or runs the module: the cited equation numbers are
 ``Derivation.cited``, the worked example's point is ``checkpoint.point`` (with
 ``symbackprop.initialize``'s init_params) and its numbers ``exact.evaluate``, the
@@ -1070,6 +1079,42 @@ def _one_path(doc: Doc) -> None:
 # ``symbackprop.rules``; and the backward pass layer by layer, in the reverse of the forward
 # pass's order.  The neuron-by-neuron sections and the worked example stay for plain networks.
 
+_IMAGE_JACOBIANS: dict[str, tuple[Row, ...]] = {
+    "conv2d": (
+        (
+            r"\frac{\partial z^{(l)}_{f p q}}{\partial \tilde a^{(l-1)}_{c,\, S(p-1)+u,\,"
+            r" S(q-1)+v}}",
+            r" = W^{(l)}_{f c u v},\quad \frac{\partial z^{(l)}_{f p q}}"
+            r"{\partial W^{(l)}_{f c u v}} = \tilde a^{(l-1)}_{c,\, S(p-1)+u,\, S(q-1)+v}"
+            r"\ \text{(convolution)}",
+        ),
+    ),
+    "max_pool2d": (
+        (
+            r"\frac{\partial a^{(l)}_{c p q}}{\partial a^{(l-1)}_{c i j}}",
+            r" = 1 \text{ if } (i, j) \text{ is the first maximum of window } (p, q),"
+            r" \text{ else } 0\ \text{(max pooling)}",
+        ),
+    ),
+    "avg_pool2d": (
+        (
+            r"\frac{\partial a^{(l)}_{c p q}}{\partial a^{(l-1)}_{c i j}}",
+            r" = \frac{1}{k_h k_w} \text{ if } (i, j) \text{ is in window } (p, q),"
+            r" \text{ else } 0\ \text{(average pooling)}",
+        ),
+    ),
+    "flatten": (
+        (
+            r"\frac{\partial a^{(l)}}{\partial a^{(l-1)}}",
+            r" = \text{a permutation matrix}\ \text{(flattening)}",
+        ),
+    ),
+}
+_IMAGE_OPERATOR = {
+    "max_pool2d": r"\operatorname{maxpool}",
+    "avg_pool2d": r"\operatorname{avgpool}",
+    "flatten": r"\operatorname{flat}",
+}
 _OPERATOR = {
     "layer_norm": r"\operatorname{LN}",
     "batch_norm": r"\operatorname{BN}",
@@ -1147,7 +1192,39 @@ def _details(d: Derivation, layer: FlatLayer) -> str:
         return f"$\\epsilon = {decimal(spec.eps)}$, momentum ${decimal(spec.momentum)}$"
     if layer.kind == "dropout":
         return f"rate $p = {decimal(spec.rate)}$"
+    if layer.kind in _IMAGE_KINDS:
+        return _image_details(d, layer)
     return f"block: {_span(_block_layers(d.network, layer))}"
+
+
+_IMAGE_KINDS = ("conv2d", "max_pool2d", "avg_pool2d", "flatten")
+
+
+def _pair_tex(pair: tuple[int, int], sep: str = r" \times ") -> str:
+    return str(pair[0]) if pair[0] == pair[1] else f"{pair[0]}{sep}{pair[1]}"
+
+
+def _compact_shape(shape: tuple[int, ...]) -> str:
+    """C x H x W with tight signs: the network's table has seven columns."""
+    return r"{\times}".join(map(str, shape))
+
+
+def _image_details(d: Derivation, layer: FlatLayer) -> str:
+    """Short, for the network's table (a kernel's size is in its W's shape): the activation,
+    a stride other than 1 (a pool's other than its kernel), the padding, no bias."""
+    spec = layer.layer
+    if layer.kind == "flatten":
+        return "C order"
+    parts = [] if layer.kind != "conv2d" else [f"`{_act_name(d, layer.index)}`"]
+    if layer.kind != "conv2d":
+        parts.append(rf"${spec.kernel[0]} \times {spec.kernel[1]}$")
+    if spec.stride != (1, 1) and (layer.kind == "conv2d" or spec.stride != spec.kernel):
+        parts.append(f"stride ${_pair_tex(spec.stride)}$")
+    if any(spec.padding):
+        parts.append(f"pad ${_pair_tex(spec.padding)}$")
+    if layer.kind == "conv2d" and not spec.bias:
+        parts.append("no bias")
+    return ", ".join(parts)
 
 
 def _network_kinds(doc: Doc) -> None:
@@ -1174,9 +1251,9 @@ def _network_kinds(doc: Doc) -> None:
         rows.append(
             [
                 f"${layer.index}$",
-                LAYERS[layer.kind].title,
+                "convolution" if layer.kind == "conv2d" else LAYERS[layer.kind].title,
                 ", ".join(f"${_a(s)}$" for s in layer.sources),
-                f"${layer.units}$",
+                f"${_compact_shape(layer.shape) if layer.image else layer.units}$",
                 _details(d, layer),
                 names or "none",
                 f"${count}$",
@@ -1218,6 +1295,15 @@ def _network_kinds(doc: Doc) -> None:
         f"`{net.loss.name}`; training uses `{net.spec.train.optimizer}` with learning rate "
         f"$\\eta = {decimal(net.spec.train.lr)}$."
     )
+    if net.spec.image:
+        channels, height, width = net.spec.input_shape
+        doc.text(
+            f"The input is an image: the code's `X` has shape $(B, {channels}, {height}, "
+            f"{width})$, as in PyTorch (a flat $(B, {net.sizes[0]})$ array is reshaped in C "
+            "order), and so does the output of every convolutional and pooling layer, "
+            "$(B, C, H, W)$ with its own channels $C$, rows $H$ and columns $W$; indices "
+            "$c, i, j$ (channel, row, column) start at 1."
+        )
 
 
 Step = tuple[str, tuple[Row, ...]]  # (the key a sub-equation is numbered under, its rows)
@@ -1309,6 +1395,8 @@ def _layer_rows(d: Derivation, layer: FlatLayer) -> list[Step]:
                 ),
             )
         ]
+    if layer.kind in _IMAGE_KINDS:
+        return _image_rows(d, layer)
     block = _block_layers(net, layer)
     return [
         (
@@ -1329,6 +1417,89 @@ def _layer_rows(d: Derivation, layer: FlatLayer) -> list[Step]:
     ]
 
 
+def _at(stride: int, out: str, offset: str) -> str:
+    """The input row (or column) of output ``out`` and kernel offset: S(p-1)+u, 1-based."""
+    return f"{out}+{offset}-1" if stride == 1 else f"{stride}({out}-1)+{offset}"
+
+
+def _window_tex(source: str, spec: object, padded: bool) -> str:
+    """source_{c, S(p-1)+u, S(q-1)+v} (the padded input's entry when ``padded``)."""
+    stride = spec.stride
+    base = rf"\tilde a^{{({source})}}" if padded else _a(int(source))
+    return rf"{base}_{{c,\, {_at(stride[0], 'p', 'u')},\, {_at(stride[1], 'q', 'v')}}}"
+
+
+def _image_rows(d: Derivation, layer: FlatLayer) -> list[Step]:
+    """(key, rows) of a conv2d, pooling or flatten layer's forward map, with its numbers."""
+    idx, src, spec = layer.index, layer.sources[0], layer.layer
+    channels, height, width = layer.in_shape
+    out = _shape_tex(layer.shape)
+    if layer.kind == "flatten":
+        return [
+            (
+                "flatten.forward",
+                (
+                    (
+                        rf"{_a(idx)}_{{{height * width}(c-1) + {width}(i-1) + j}}",
+                        rf" = {_a(src)}_{{c i j}},\quad {_a(src)} \in \mathbb{{R}}"
+                        rf"^{{{_shape_tex(layer.in_shape)}}},\quad {_a(idx)} \in "
+                        rf"\mathbb{{R}}^{{{layer.units}}}",
+                    ),
+                ),
+            )
+        ]
+    kh, kw = spec.kernel
+    if layer.kind in ("max_pool2d", "avg_pool2d"):
+        window = _window_tex(str(src), spec, False)
+        if layer.kind == "max_pool2d":
+            body = rf" = \max_{{1 \le u \le {kh},\ 1 \le v \le {kw}}} {window},"
+        else:
+            body = (
+                rf" = \frac{{1}}{{{kh * kw}}} \sum_{{u=1}}^{{{kh}}} \sum_{{v=1}}^{{{kw}}}"
+                rf" {window},"
+            )
+        return [
+            (
+                f"{layer.kind}.forward",
+                (
+                    (rf"{_a(idx)}_{{c p q}}", body),
+                    ("", rf"\quad {_a(idx)} \in \mathbb{{R}}^{{{out}}}"),
+                ),
+            )
+        ]
+    padded = any(spec.padding)
+    kernel_shape = (spec.filters, channels, kh, kw)
+    bias_term = rf"b^{{({idx})}}_f + " if spec.bias else ""
+    rows: tuple[Row, ...] = (
+        (
+            rf"z^{{({idx})}}_{{f p q}}",
+            rf" = {bias_term}\sum_{{c=1}}^{{{channels}}} \sum_{{u=1}}^{{{kh}}}"
+            rf" \sum_{{v=1}}^{{{kw}}} W^{{({idx})}}_{{f c u v}}\, "
+            + _window_tex(str(src), spec, padded)
+            + ",",
+        ),
+        (
+            "",
+            rf"\quad W^{{({idx})}} \in \mathbb{{R}}^{{{_shape_tex(kernel_shape)}}}"
+            rf",\quad z^{{({idx})}} \in \mathbb{{R}}^{{{out}}}"
+            + (
+                rf",\quad \tilde a^{{({src})}}:\ {_a(src)}\ \text{{with {_pair_text(spec.padding)}"
+                rf" zero{'s' if max(spec.padding) > 1 else ''} around}}"
+                if padded
+                else ""
+            ),
+        ),
+    )
+    return [
+        ("conv2d.forward", rows),
+        ("forward.activation", ((_a(idx), f" = {_f_latex(d, idx, f'z^{{({idx})}}')}"),)),
+    ]
+
+
+def _pair_text(pair: tuple[int, int]) -> str:
+    return str(pair[0]) if pair[0] == pair[1] else f"{pair[0]} (rows) and {pair[1]} (columns)"
+
+
 def _forward_kinds(doc: Doc) -> None:
     d, net = doc.d, doc.d.network
     doc.section("The forward pass")
@@ -1344,7 +1515,10 @@ def _forward_kinds(doc: Doc) -> None:
     doc.math(*displays)
     for kind in _kinds_used(net):
         numbers = _of_kind(net, kind)
-        doc.text(f"A {LAYERS[kind].title} layer ({_listing(numbers)} here) computes")
+        title = LAYERS[kind].title
+        title += "" if title.endswith(" layer") else " layer"
+        article = "An" if title[0] in "aeiou" else "A"
+        doc.text(f"{article} {title} ({_listing(numbers)} here) computes")
         doc.math(doc.core(f"{kind}.forward"))
         if kind == "batch_norm":
             doc.text(
@@ -1426,6 +1600,12 @@ def _composite(net: SymbolicNetwork, index: int, named: set[int]) -> tuple[str, 
         return rf"f_{{{idx}}}\left(W^{{({idx})}} {arg}{bias_term}\right)", ""
     if layer.kind in _OPERATOR:
         return rf"{_OPERATOR[layer.kind]}_{{{idx}}}\left({inner}\right)", ""
+    if layer.kind == "conv2d":  # the cross-correlation binds like a product: brackets
+        arg = rf"\left({inner}\right)" if op else inner
+        bias_term = f" + b^{{({idx})}}" if layer.layer.bias else ""
+        return rf"f_{{{idx}}}\left(W^{{({idx})}} \star {arg}{bias_term}\right)", ""
+    if layer.kind in _IMAGE_OPERATOR:
+        return rf"{_IMAGE_OPERATOR[layer.kind]}_{{{idx}}}\left({inner}\right)", ""
     if layer.kind == "dropout":  # m odot a sum: brackets; odot is associative
         arg = rf"\left({inner}\right)" if op == "+" else inner
         return rf"m^{{({idx})}} \odot {arg}", "odot"
@@ -1463,6 +1643,13 @@ def _chain_kinds(doc: Doc) -> None:
             f"${_OPERATOR[k]}_l$ the {LAYERS[k].title} of layer $l$"
             for k in _kinds_used(net)
             if k in _OPERATOR
+        ]
+        if "conv2d" in _kinds_used(net):
+            operators.append(r"$W^{(l)} \star$ the cross-correlation of a convolutional layer")
+        operators += [
+            f"${_IMAGE_OPERATOR[k]}_l$ the {LAYERS[k].title} of layer $l$"
+            for k in _kinds_used(net)
+            if k in _IMAGE_OPERATOR
         ]
         doc.text(
             "The loss of one sample is a composite of the layers' maps"
@@ -1550,6 +1737,8 @@ def _chain_kinds(doc: Doc) -> None:
                     r"\quad \text{(residual)}",
                 ),
             )
+        elif kind in _IMAGE_JACOBIANS:
+            rows = _IMAGE_JACOBIANS[kind]
         else:
             continue  # the normalizations: below
         displays.append(doc.sub("loss", rows))
@@ -2083,8 +2272,394 @@ def _section_rule(doc: Doc, kind: str) -> None:
         _rule_residual(doc)
     elif kind == "rms_norm":
         _rule_rms_norm(doc)
+    elif kind == "conv2d":
+        _rule_conv2d(doc)
+    elif kind in ("max_pool2d", "avg_pool2d"):
+        _rule_pool(doc, kind)
+    elif kind == "flatten":
+        _rule_flatten(doc)
     else:  # pragma: no cover - a kind added to the registry without a document section
         raise RuntimeError(f"the document has no section for layer kind {kind!r}")
+
+
+# --- the image kinds (DESIGN §2c): convolution, pooling, flattening ---------------------
+
+
+def _int_matrix(values: Iterable[Iterable[object]]) -> str:
+    """A small matrix of integers or LaTeX entries as a pmatrix."""
+    body = r" \\ ".join(" & ".join(str(v) for v in row) for row in values)
+    return rf"\begin{{pmatrix}} {body} \end{{pmatrix}}"
+
+
+def _case_names(case: rules.ConvCase) -> dict[sympy.Symbol, str]:
+    """x1_2_3 -> x_{23}, w1_1_1_2 -> w_{12}, g1_1_2 -> \\delta_{12}, b1 -> b (one channel)."""
+    names: dict[sympy.Symbol, str] = {}
+    for symbol in sorted(
+        set().union(*(m.free_symbols for _, m in case.derived), case.forward.free_symbols),
+        key=str,
+    ):
+        head = symbol.name.rstrip("0123456789_")
+        digits = symbol.name[len(head) :].split("_")
+        if head == "b":
+            names[symbol] = "b"
+            continue
+        base = {"x": "x", "w": "w", "g": r"\delta"}[head]
+        names[symbol] = f"{base}_{{{''.join(digits[-2:])}}}"
+    return names
+
+
+def _grid_of(values: Iterable[sympy.Expr], rows: int, cols: int) -> list[list[sympy.Expr]]:
+    values = list(values)
+    return [values[i * cols : (i + 1) * cols] for i in range(rows)]
+
+
+def _conv_example(case: rules.ConvCase) -> dict[str, object]:
+    """The documents' 3 x 3 example evaluated exactly on the proven instance."""
+    x = [v for row in figures.CONV_INPUT for v in row]
+    w = [v for row in figures.CONV_KERNEL for v in row]
+    delta = [1, -1, 2, 0]
+    point = dict(zip(case.inputs, map(sympy.Integer, x), strict=True))
+    kernel = sorted(
+        (s for s in case.forward.free_symbols if s.name.startswith("w")), key=lambda s: s.name
+    )
+    point.update(zip(kernel, map(sympy.Integer, w), strict=True))
+    point.update({s: sympy.S.Zero for s in case.forward.free_symbols if s.name.startswith("b")})
+    point.update(zip(case.upstream, map(sympy.Integer, delta), strict=True))
+    z = [e.xreplace(point) for e in case.forward]
+    require(
+        _grid_of(z, 2, 2)
+        == [list(r) for r in figures.conv_output(figures.CONV_INPUT, figures.CONV_KERNEL)],
+        "the worked convolution differs from its figure",
+    )
+    derived = dict(case.derived)
+    return {
+        "point": point,
+        "z": z,
+        "delta": delta,
+        "dW": [e.xreplace(point) for e in derived["dW"]],
+        "db": [e.xreplace(point) for e in derived["db"]],
+        "dx": [e.xreplace(point) for e in derived["dx"]],
+    }
+
+
+def _rule_conv2d(doc: Doc) -> None:
+    d, net = doc.d, doc.d.network
+    rule = rules.derive_conv_rule("conv2d")
+    case = rule.cases[0]  # 1 channel, 3 x 3 input, 2 x 2 kernel, stride 1, no padding
+    names = _case_names(case)
+    tex = lambda e: sympy.latex(e, symbol_names=names)  # noqa: E731 - a local printer
+    ex = _conv_example(case)
+    doc.section("The convolutional layer")
+    convs = _of_kind(net, "conv2d")
+    doc.text(
+        f"A convolutional layer ({_listing(convs)} here) does not connect every input to every "
+        "output. It slides a small kernel over its input image, and at every position it "
+        "multiplies the kernel's entries with the input entries under it and adds them up. "
+        "Every output entry reads one window of the input, and every window is read with the "
+        "same kernel: the layer shares its weights across positions. A layer has one kernel "
+        "per output channel (a filter), and each filter spans all the input channels. "
+        "This is the cross-correlation that `torch.nn.Conv2d` computes (the kernel is not "
+        "flipped), and the generated code computes the same."
+    )
+    doc.figure(document_figures(net.spec)["convolution"])
+    doc.text(
+        "With input channels $c = 1, \\dots, C$, a $k_h \\times k_w$ kernel, stride $S$ (the "
+        "step between windows) and $P$ rows and columns of zeros around the input "
+        "($\\tilde a$, the padded input), output $f, p, q$ (filter, row, column) is "
+        f"equation {ref(d.number('conv2d.forward'))} of the forward pass: a sum over the "
+        "input channels and the kernel's rows and columns."
+    )
+    doc.text(
+        "A worked example, the one in the figure: one channel, a $3 \\times 3$ input, a "
+        "$2 \\times 2$ kernel, stride 1, no padding and no bias, so the output is "
+        "$2 \\times 2$. Output $z_{pq}$ reads the window whose upper left corner is $x_{pq}$:"
+    )
+    x_grid = [list(r) for r in figures.CONV_INPUT]
+    w_grid = [list(r) for r in figures.CONV_KERNEL]
+    rows: list[Row] = [("x", f" = {_int_matrix(x_grid)},\\quad W = {_int_matrix(w_grid)},")]
+    symbolic = _grid_of(case.forward, 2, 2)
+
+    def without_bias(expr: sympy.Expr) -> sympy.Expr:
+        return expr.xreplace({s: 0 for s in expr.free_symbols if s.name.startswith("b")})
+
+    for p in range(2):
+        for q in range(2):
+            terms = []
+            for u in range(2):
+                for v in range(2):
+                    weight_value = w_grid[u][v]
+                    shown = f"({weight_value})" if weight_value < 0 else str(weight_value)
+                    terms.append(rf"{shown} \cdot {x_grid[p + u][q + v]}")
+            end = "," if (p, q) != (1, 1) else ""
+            rows.append(
+                (
+                    f"z_{{{p + 1}{q + 1}}}",
+                    f" = {tex(without_bias(symbolic[p][q]))}"
+                    f" = {' + '.join(terms)} = {ex['z'][2 * p + q]}{end}",
+                )
+            )
+    doc.math(doc.sub("conv2d.forward", rows))
+    doc.text(
+        "In every layer below the error at the layer's output, "
+        "$\\delta_{pq} = \\partial \\ell / \\partial z_{pq}$, is known (it came back through "
+        f"the activation's derivative, equation {ref(d.number('delta.hidden'))}). The layer "
+        "needs three things from it: the gradients of its kernel and its bias, and the error "
+        "at its input, to pass on. The rules the generated code evaluates, derived by SymPy "
+        "below:"
+    )
+    doc.math(doc.core("conv2d.backward"), doc.core("conv2d.grad"))
+    derived = dict(case.derived)
+    doc.text(
+        "The kernel. Every output depends on every kernel entry, so the chain rule sums over "
+        "the outputs, and SymPy's derivative of the forward sum gives "
+        "$\\partial z_{pq} / \\partial w_{uv} = x_{p+u-1,\\, q+v-1}$:"
+    )
+    dw = derived["dW"]
+
+    def shift(var: str, by: int) -> str:
+        return f"{var}+{by}" if by else var
+
+    rows = []
+    for k in range(4):
+        u, v = divmod(k, 2)
+        rows.append(
+            (
+                rf"\frac{{\partial \ell}}{{\partial w_{{{u + 1}{v + 1}}}}}",
+                rf" = \sum_{{p,q}} \delta_{{pq}} x_{{{shift('p', u)},\, {shift('q', v)}}}"
+                rf" = {tex(dw[k])}" + ("," if k < 3 else ""),
+            )
+        )
+    doc.math(doc.sub("conv2d.grad", rows))
+    doc.text(
+        "That is the cross-correlation of the input with the error: slide $\\delta$ over $x$ "
+        "as if it were the kernel. The bias is added to every output of its filter, so its "
+        "gradient is the sum of the error:"
+    )
+    db = derived["db"]
+    doc.math(
+        doc.sub(
+            "conv2d.grad",
+            (
+                (
+                    r"\frac{\partial \ell}{\partial b}",
+                    rf" = \sum_{{p,q}} \delta_{{pq}} = {tex(db[0])}",
+                ),
+            ),
+        )
+    )
+    doc.text(
+        "The input. Entry $x_{ij}$ is read by every window that covers it, by a different "
+        "kernel entry in each: a corner by one window, the centre by all four. SymPy's "
+        "derivative:"
+    )
+    dx = _grid_of(derived["dx"], 3, 3)
+    rows = [
+        (
+            r"\frac{\partial \ell}{\partial x}",
+            rf" = {_int_matrix([[tex(e) for e in row] for row in dx])}",
+        )
+    ]
+    doc.math(doc.sub("conv2d.backward", rows))
+    flipped = [[f"w_{{{2 - u}{2 - v}}}" for v in range(2)] for u in range(2)]
+    padded = [["0"] * 4] + [["0", rf"\delta_{{{p}1}}", rf"\delta_{{{p}2}}", "0"] for p in (1, 2)]
+    padded.append(["0"] * 4)
+    doc.text(
+        "Read it as a convolution: pad $\\delta$ with a ring of $k - 1 = 1$ zeros and slide "
+        "the kernel rotated by 180 degrees over it; each position gives one entry of "
+        "$\\partial \\ell / \\partial x$. This is the full convolution of the error with the "
+        "flipped kernel:"
+    )
+    doc.math(
+        doc.sub(
+            "conv2d.backward",
+            (
+                (
+                    r"\frac{\partial \ell}{\partial x}",
+                    rf" = {_int_matrix(padded)} \star {_int_matrix(flipped)}",
+                ),
+            ),
+        )
+    )
+    doc.text(
+        "With numbers, for the error "
+        f"$\\delta = {_int_matrix(_grid_of(ex['delta'], 2, 2))}$ (chosen for the example):"
+    )
+    doc.math(
+        doc.sub(
+            "conv2d.grad",
+            (
+                (
+                    r"\frac{\partial \ell}{\partial W}",
+                    rf" = {_int_matrix(_grid_of(ex['dW'], 2, 2))},\quad "
+                    rf"\frac{{\partial \ell}}{{\partial b}} = {ex['db'][0]},\quad "
+                    rf"\frac{{\partial \ell}}{{\partial x}} = "
+                    + _int_matrix(_grid_of(ex["dx"], 3, 3)),
+                ),
+            ),
+        )
+    )
+    doc.text(
+        "In general, with channels, filters, stride and padding, the same three sums are "
+        "equations "
+        f"{ref(d.number('conv2d.backward'))} and {ref(d.number('conv2d.grad'))}. With a "
+        "stride $S > 1$ an input entry is read by fewer windows: in the index formula only "
+        "the terms whose output index $(i + P - u)/S + 1$ is a whole number in range count "
+        "(as a convolution: $S - 1$ zeros between the entries of $\\delta$ before the "
+        "padding); padding only shifts the indices."
+    )
+    doc.text("SymPy derived them, and they were proven, as follows. " + _conv_proof(rule.proof))
+    _im2col(doc, ex)
+
+
+def _conv_proof(text: str) -> str:
+    text = text.replace("g . y", "$g \\cdot y$")
+    return re.sub(r"(\d+) x (?=\d)", lambda m: f"{m[1]} $\\times$ ", text)
+
+
+def _im2col(doc: Doc, ex: dict) -> None:
+    net = doc.d.network
+    x = figures.CONV_INPUT
+    cols = [
+        [x[p + u][q + v] for p in range(2) for q in range(2)] for u in range(2) for v in range(2)
+    ]
+    w_row = [[v for row in figures.CONV_KERNEL for v in row]]
+    product = [[sum(w_row[0][r] * cols[r][k] for r in range(4)) for k in range(4)]]
+    require(product[0] == ex["z"], "im2col's product differs from the worked convolution")
+    doc.text(
+        "The code runs none of these sums as loops. im2col copies every window into one "
+        "column of a matrix (row $(c, u, v)$, column $(p, q)$), so that the whole layer "
+        "becomes one matrix product with the kernel flattened into rows, one per filter; "
+        "the backward pass is two more products, and col2im adds every entry of the input's "
+        "gradient back to the pixel it was copied from:"
+    )
+    doc.math(doc.core("conv2d.im2col"))
+    doc.text("For the example, the four windows are the four columns:")
+    doc.math(
+        doc.sub(
+            "conv2d.im2col",
+            (
+                (
+                    r"W_{\mathrm{mat}} X",
+                    rf" = {_int_matrix(w_row)} {_int_matrix(cols)} = {_int_matrix(product)},",
+                ),
+                ("", r"\quad \text{the output } z \text{ row by row}"),
+            ),
+        )
+    )
+    doc.text(
+        "The code puts the columns of all the samples of a batch side by side, so that one "
+        "product serves the whole batch."
+    )
+    rows = []
+    for index in _of_kind(net, "conv2d"):
+        layer = net.flat[index - 1]
+        channels = layer.in_shape[0]
+        kh, kw = layer.layer.kernel
+        filters, ho, wo = layer.shape
+        k = channels * kh * kw
+        rows.append(
+            [
+                f"${index}$",
+                f"${k} \\times {ho * wo}B$",
+                f"${filters} \\times {k}$",
+                f"${filters} \\times {ho * wo}B$",
+                f"${k} \\times {ho * wo}B$",
+            ]
+        )
+    doc.text(
+        "The shapes in this network, for a batch of $B$ samples (the code's `X` has shape "
+        "$(B, C, H, W)$, as in PyTorch):"
+    )
+    doc.table(
+        [
+            "layer",
+            "$X^{(l)}$ (im2col)",
+            "$W^{(l)}_{\\mathrm{mat}}$",
+            "$Z^{(l)}$, $\\Delta^{(l)}$",
+            "$\\partial \\ell / \\partial X^{(l)}$",
+        ],
+        rows,
+    )
+    doc.text(
+        "So the forward pass and the kernel's gradient are each one matrix product per layer "
+        "(BLAS), and the input's gradient one product and one col2im."
+    )
+
+
+def _rule_pool(doc: Doc, kind: str) -> None:
+    d, net = doc.d, doc.d.network
+    rule = rules.derive_conv_rule(kind)
+    numbers = _of_kind(net, kind)
+    first = kind == "max_pool2d" or "max_pool2d" not in _kinds_used(net)
+    name = "max" if kind == "max_pool2d" else "average"
+    doc.section(f"{name.capitalize()} pooling")
+    side = all(net.flat[i - 1].layer.stride == net.flat[i - 1].layer.kernel for i in numbers)
+    doc.text(
+        f"{'An' if name == 'average' else 'A'} {LAYERS[kind].title} layer "
+        f"({_listing(numbers)} here) shrinks each channel of its input: it cuts it into "
+        + (
+            "windows side by side (the stride is the kernel's size)"
+            if side
+            else "windows that overlap where the stride is smaller than the kernel"
+        )
+        + " and keeps "
+        + ("the largest entry of each." if name == "max" else "the mean of each.")
+        + " It has no parameters."
+    )
+    if first:
+        doc.figure(document_figures(net.spec)["pooling"])
+    doc.text(
+        f"Its forward map is equation {ref(d.number(f'{kind}.forward'))}; the rule the "
+        "generated code evaluates backward, derived by SymPy below:"
+    )
+    doc.math(doc.core(f"{kind}.backward"))
+    windows = figures.pool_windows(figures.POOL_INPUT)
+    if name == "max":
+        doc.text(
+            "Within a window only the largest entry reaches the output, so a small change of "
+            "any other entry changes nothing: its derivative is 0, and that of the maximum "
+            "is 1. The error of the window goes to its maximum, all of it:"
+        )
+        routes = []
+        for p, q, cells in windows:
+            best = max(range(len(cells)), key=lambda k: (cells[k][0], -k))
+            value, i, j = cells[best]
+            routes.append(
+                rf"\frac{{\partial \ell}}{{\partial a_{{{i + 1}{j + 1}}}}} = "
+                rf"\delta_{{{p + 1}{q + 1}}}\ (\text{{the }} {value})"
+            )
+        doc.text("In the figure's example:")
+        doc.math(
+            doc.sub(f"{kind}.backward", ((routes[0], r",\quad " + r",\quad ".join(routes[1:])),))
+        )
+        doc.text(
+            "and every other entry gets 0. Where a window has two equal maxima the maximum "
+            "has no derivative; the code, as PyTorch, gives the error to the first of them "
+            "in row-major order."
+        )
+    else:
+        doc.text(
+            "Every entry of a window reaches its output with weight $1/(k_h k_w)$, so each "
+            "entry receives that share of the window's error; in the figure's example, each "
+            "entry of window $(p, q)$ gets $\\delta_{pq}/4$."
+        )
+    doc.text("SymPy derived it, and it was proven, as follows. " + _conv_proof(rule.proof))
+
+
+def _rule_flatten(doc: Doc) -> None:
+    d, net = doc.d, doc.d.network
+    rule = rules.derive_conv_rule("flatten")
+    numbers = _of_kind(net, "flatten")
+    doc.section("Flattening")
+    doc.text(
+        f"A flattening layer ({_listing(numbers)} here) turns its $C \\times H \\times W$ "
+        "input into a vector, channel after channel and row after row (C order, as "
+        "`torch.nn.Flatten`), so that a dense layer can read it. It moves entries and "
+        "computes nothing, so its Jacobian is a permutation matrix and the backward pass "
+        f"moves the error back (its forward map is equation {ref(d.number('flatten.forward'))}):"
+    )
+    doc.math(doc.core("flatten.backward"))
+    doc.text("SymPy derived it, and it was proven, as follows. " + _conv_proof(rule.proof))
 
 
 # - the backward pass, layer by layer
@@ -2095,6 +2670,8 @@ def _contribution(reader: FlatLayer, source: int) -> str:
     idx = reader.index
     if reader.kind == "dense":
         return rf"W^{{({idx})\top}} \delta^{{({idx})}}"
+    if reader.kind == "conv2d":
+        return rf"W^{{({idx})}} \star^{{\top}} \delta^{{({idx})}}"
     if reader.kind == "residual":
         return _da(idx)
     if reader.kind == "dropout":
@@ -2121,8 +2698,12 @@ def _backward_rows(d: Derivation, layer: FlatLayer, readers: dict) -> list[Step]
                 ("delta.hidden", ((target, rf" = W^{{({idx})\top}} \delta^{{({idx})}}"),)),
             )
         return steps
+    if layer.kind == "conv2d":
+        return _conv_backward_rows(d, layer, target)
     if src == 0 and layer.kind != "residual":
         return []  # the input x needs no error
+    if layer.kind in _IMAGE_KINDS:
+        return _image_backward_rows(layer, target)
     if layer.kind == "layer_norm":
         return [
             (
@@ -2176,6 +2757,55 @@ def _backward_rows(d: Derivation, layer: FlatLayer, readers: dict) -> list[Step]
         rows[0] = (rows[0][0], rows[0][1] + ",")
         rows.append((target, rf" = {_da(idx)}\ \text{{(the skip)}}"))
     return [("residual.backward", tuple(rows))]
+
+
+def _conv_backward_rows(d: Derivation, layer: FlatLayer, target: str) -> list[Step]:
+    """A convolutional layer's backward step: through its activation, then to its input."""
+    idx, src, spec = layer.index, layer.sources[0], layer.layer
+    steps: list[Step] = []
+    if idx != d.network.output_layer.index:
+        ad = d.layers[idx - 1]
+        right = hadamard(_da(idx), ad.derivative, {Z: f"z^{{({idx})}}"})
+        steps.append(("delta.hidden", ((rf"\delta^{{({idx})}}", f" = {right}"),)))
+    if src == 0:
+        return steps  # the input x needs no error
+    kh, kw = spec.kernel
+    (sh, sw), (ph, pw) = spec.stride, spec.padding
+
+    def index(var: str, pad: int, offset: str, stride: int) -> str:
+        shifted = f"{var} + {pad} - {offset}" if pad else f"{var} - {offset}"
+        return f"{shifted} + 1" if stride == 1 else rf"\frac{{{shifted}}}{{{stride}}} + 1"
+
+    right = (
+        rf" = \sum_{{f=1}}^{{{spec.filters}}} \sum_{{u=1}}^{{{kh}}} \sum_{{v=1}}^{{{kw}}}"
+        rf" W^{{({idx})}}_{{f c u v}}\, \delta^{{({idx})}}_{{f,\, {index('i', ph, 'u', sh)},\, "
+        rf"{index('j', pw, 'v', sw)}}}"
+    )
+    steps.append(("conv2d.backward", ((rf"\left({target}\right)_{{c i j}}", right),)))
+    return steps
+
+
+def _image_backward_rows(layer: FlatLayer, target: str) -> list[Step]:
+    """A pooling or flattening layer's backward step (no parameters)."""
+    idx, spec = layer.index, layer.layer
+    if layer.kind == "flatten":
+        right = (
+            rf" = {_da(idx)}\ \text{{reshaped to }} {_shape_tex(layer.in_shape)}"
+            r"\ \text{(C order)}"
+        )
+        return [("flatten.backward", ((target, right),))]
+    kh, kw = spec.kernel
+    if layer.kind == "max_pool2d":
+        right = (
+            rf" = {_da(idx)}\ \text{{routed to the first maximum of each }} "
+            rf"{kh} \times {kw} \text{{ window, 0 elsewhere}}"
+        )
+        return [("max_pool2d.backward", ((target, right),))]
+    right = (
+        rf" = \frac{{1}}{{{kh * kw}}} \sum_{{(p, q):\ (i, j) \in \text{{window }} (p, q)}}"
+        rf" \left({_da(idx)}\right)_{{c p q}}"
+    )
+    return [("avg_pool2d.backward", ((rf"\left({target}\right)_{{c i j}}", right),))]
 
 
 def _backward_kinds(doc: Doc) -> None:
@@ -2248,6 +2878,8 @@ def _backward_kinds(doc: Doc) -> None:
                         ),
                     )
                 )
+        elif layer.kind == "conv2d":
+            displays += _conv_grad_displays(doc, layer)
         elif layer.kind in _OPERATOR:
             s = "_s" if layer.kind == "batch_norm" else ""
             err = rf"\left({_da(idx)}\right)_s" if s else _da(idx)
@@ -2280,6 +2912,39 @@ def _backward_kinds(doc: Doc) -> None:
     )
     doc.math(*displays)
     teaching.shapes(doc)
+
+
+def _conv_grad_displays(doc: Doc, layer: FlatLayer) -> list[Display]:
+    """A convolutional layer's kernel and bias gradients, for one sample, with its sizes."""
+    idx, src, spec = layer.index, layer.sources[0], layer.layer
+    filters, channels = spec.filters, layer.in_shape[0]
+    kh, kw = spec.kernel
+    _, ho, wo = layer.shape
+    window = _window_tex(str(src), spec, any(spec.padding))
+    kernel = _shape_tex((filters, channels, kh, kw))
+    rows: list[Row] = [
+        (
+            rf"\frac{{\partial \ell}}{{\partial W^{{({idx})}}_{{f c u v}}}}",
+            rf" = \sum_{{p=1}}^{{{ho}}} \sum_{{q=1}}^{{{wo}}} \delta^{{({idx})}}_{{f p q}}\, "
+            rf"{window},\quad W^{{({idx})}} \in \mathbb{{R}}^{{{kernel}}}",
+        )
+    ]
+    out = [doc.sub("conv2d.grad", rows)]
+    if spec.bias:
+        out.append(
+            doc.sub(
+                "conv2d.grad",
+                (
+                    (
+                        rf"\frac{{\partial \ell}}{{\partial b^{{({idx})}}_f}}",
+                        rf" = \sum_{{p=1}}^{{{ho}}} \sum_{{q=1}}^{{{wo}}} "
+                        rf"\delta^{{({idx})}}_{{f p q}},\quad b^{{({idx})}} \in "
+                        rf"\mathbb{{R}}^{{{filters}}}",
+                    ),
+                ),
+            )
+        )
+    return out
 
 
 def _update_kinds(doc: Doc) -> None:
@@ -2343,6 +3008,9 @@ def _update_kinds(doc: Doc) -> None:
     fwd += [d.number(f"{k}.forward") for k in kinds]
     back = [d.number(f"{k}.backward") for k in kinds]
     grads = [d.number("grad.W"), d.number("grad.b")] + [d.number(f"{k}.grad") for k in norms]
+    if "conv2d" in kinds:
+        fwd.insert(fwd.index(d.number("conv2d.forward")) + 1, d.number("conv2d.im2col"))
+        grads.append(d.number("conv2d.grad"))
     doc.items(
         [
             "forward: every layer's output for a batch, in training mode, equations "
@@ -3004,6 +3672,11 @@ def document_figures(spec: NetworkSpec) -> dict[str, figures.Figure]:
         "big-picture": figures.big_picture_figure(spec),
     }
     require(tuple(drawn) == figures.FIGURES, "a figure without its name in figures.FIGURES")
+    kinds = {layer.kind for layer in spec.flat}
+    if "conv2d" in kinds:
+        drawn["convolution"] = figures.convolution_figure()
+    if kinds & {"max_pool2d", "avg_pool2d"}:
+        drawn["pooling"] = figures.pooling_figure()
     return drawn
 
 

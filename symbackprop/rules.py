@@ -512,7 +512,8 @@ EQUATIONS.update(
                 "convolution of the error with the flipped kernel)",
                 r"\frac{\partial \ell}{\partial a^{(l-1)}_{c i j}} = \sum_{f=1}^{F}"
                 r" \sum_{u=1}^{k_h} \sum_{v=1}^{k_w} W^{(l)}_{f c u v}\,"
-                r" \delta^{(l)}_{f,\, \frac{i + P - u}{S} + 1,\, \frac{j + P - v}{S} + 1},\quad "
+                r" \delta^{(l)}_{f p q},\quad p = \frac{i + P - u}{S} + 1,\quad "
+                r"q = \frac{j + P - v}{S} + 1,\quad "
                 r"\delta^{(l)} = \frac{\partial \ell}{\partial z^{(l)}}",
             ),
             (
@@ -1044,9 +1045,15 @@ def derive_conv_rule(kind: str) -> ConvRule:
                 raise RuntimeError(f"{case.what}: {name} paired with {other}")
             check_equal(derived, formula, f"{case.what}: {name}")
     names = ", ".join(dict.fromkeys(name for case in cases for name, _ in case.formulas))
+    shapes = list(dict.fromkeys(case.what.split(", values in order")[0] for case in cases))
+    orders = (
+        f", each with its values in {MAX_POOL_ORDERINGS // len(shapes)} strict orders"
+        if kind == "max_pool2d"
+        else ""
+    )
     proof = (
         f"SymPy differentiated g . y on {len(cases)} instance{'s' if len(cases) > 1 else ''} "
-        f"({'; '.join(case.what for case in cases)}); {names} minus SymPy's derivative reduced "
+        f"({'; '.join(shapes)}{orders}); {names} minus SymPy's derivative reduced "
         f"to 0 exactly, and at {NUMERIC_POINTS} rational points to {NUMERIC_DIGITS} digits."
     )
     return ConvRule(kind, cases, EQUATIONS[kind], proof, time.perf_counter() - start)

@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = ROOT / "benchmarks"
 HAS_TORCH = importlib.util.find_spec("torch") is not None
@@ -214,3 +216,34 @@ def test_targets_without_optional_peers(tmp_path: Path) -> None:
         assert row["ours"] > 0
         assert row["peer"] is None and row["ratio"] is None and row["met"] is None
     assert "n/a" in result.stdout
+
+
+@pytest.mark.slow
+def test_conv_step_quick(tmp_path: Path) -> None:
+    out = tmp_path / "conv_step.json"
+    args = ("--quick", "--configs", "digits_cnn", "--batch", "16", "--json", str(out))
+    result = run("conv_step.py", *args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(out.read_text(encoding="utf-8"))
+    assert report["checks_passed"] is True
+    assert [c["dtype"] for c in report["checks"]] == ["float64", "float32"]
+    for check in report["checks"]:
+        assert check["passed"] is True
+        assert check["against"]["against"] == (
+            "torch nn modules" if HAS_TORCH else "the module in float64"
+        )
+    for row in report["results"]:
+        assert row["numpy_cpu_s"] > 0 and row["batch"] == 16 and row["threads"] == 1
+        assert (row["ratio_cpu"] is not None) == HAS_TORCH
+    assert "numpy/torch (CPU)" in result.stdout
+
+
+def test_conv_step_without_torch(tmp_path: Path) -> None:
+    out = tmp_path / "conv_step.json"
+    args = ("--quick", "--configs", "digits_cnn", "--dtypes", "float32", "--no-torch")
+    result = run("conv_step.py", *args, "--batch", "8", "--json", str(out))
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(out.read_text(encoding="utf-8"))
+    assert report["checks_passed"] is True and report["environment"]["torch"] is None
+    assert report["checks"][0]["against"]["against"] == "the module in float64"
+    assert report["results"][0]["ratio_cpu"] is None

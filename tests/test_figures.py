@@ -623,3 +623,40 @@ def test_random_specs_fit_and_parse() -> None:
             _check_latex(figure.latex)
             _check_caption(figure.caption)
             _svg(figure)
+
+
+# --- the image kinds' figures ---------------------------------------------------------------
+
+
+def test_the_conv_figures_use_the_picture_environment_only() -> None:
+    for figure in (figures.convolution_figure(), figures.pooling_figure()):
+        _check_latex(figure.latex.replace("\\star", "").replace("\\cdot", ""))
+        assert set(re.findall(r"\\([A-Za-z]+)", figure.latex)) - ALLOWED <= {"star", "cdot"}
+        root = _svg(figure)
+        assert root.find(f"{SVG}title") is not None
+
+
+def test_the_conv_figures_show_the_worked_numbers() -> None:
+    conv = figures.convolution_figure()
+    # the output of the worked example, and the sum of its framed window
+    assert "z_{12} = 1\\cdot 2 + 0\\cdot 0 + (-1)\\cdot 1 + 2\\cdot 3 = 7" in conv.latex
+    for value in (3, 7, 1, 4):
+        assert f"{{\\small ${value}$}}" in conv.latex
+    assert conv.svg.count('class="window"') == 4  # the input's window and the output cell
+    pool = figures.pooling_figure()
+    assert pool.svg.count('class="max"') == 4  # one circled maximum per window
+    for text in ("2.5", "2.25", "1.75"):  # the averages
+        assert f"${text}$" in pool.latex
+    windows = figures.pool_windows(figures.POOL_INPUT)
+    assert [max(c[0] for c in cells) for _, _, cells in windows] == [4, 5, 6, 3]
+
+
+@pytest.mark.slow
+@needs_pdflatex
+def test_the_conv_figures_compile_cleanly(tmp_path) -> None:  # noqa: ANN001
+    log, text = _compile(
+        _document([figures.convolution_figure(), figures.pooling_figure()]), tmp_path
+    )
+    _clean(log)
+    for label in ("input x", "kernel W", "output z", "max pool", "average pool", "slide"):
+        assert label in text, label

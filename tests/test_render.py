@@ -222,8 +222,10 @@ def test_output_is_deterministic() -> None:
 def test_golden_documents_cover_every_example() -> None:
     files = render.golden_documents()
     expected = {f"generated/{n}.{ext}" for n in bundled_examples() for ext in ("tex", "md")}
-    figures = ("network", "descent", "big-picture")  # the Markdown's, beside it
-    expected |= {f"generated/{n}-{f}.svg" for n in bundled_examples() for f in figures}
+    for name, path in bundled_examples().items():  # the Markdown's figures, beside it
+        drawn = render.document_figures(load_spec(path))
+        assert tuple(drawn)[:3] == ("network", "descent", "big-picture")
+        expected |= {f"generated/{name}-{f}.svg" for f in drawn}
     assert set(files) == expected
     assert all(text.endswith("\n") for text in files.values())
 
