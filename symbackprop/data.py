@@ -6,7 +6,8 @@ Contract
 deterministic train/test split.  ``source`` is ``"digits"`` (always the bundled dataset, even
 if a file of that name exists) or a path:
 
-- ``.npz``: arrays ``X`` (n, features) and ``y``, either (n,) or (n, k).
+- ``.npz``: arrays ``X`` (n, features) and ``y``, either (n,) or (n, k); ``X`` may also be
+  images (n, C, H, W), read as rows of C·H·W features in C order.
 - ``.csv`` / ``.csv.gz``: comma-separated numbers, one sample per row.  The last column is the
   target; for regression with ``outputs > 1`` the last ``outputs`` columns are the targets.
   One header row is allowed (recognised by a non-numeric cell in the first row); blank lines
@@ -134,6 +135,7 @@ class _Table:
     y: np.ndarray  # float64 (n,) or (n, k)
     name: str
     rows: np.ndarray | None  # csv: the file line of each sample; npz: None
+    image: tuple[int, ...] = ()  # an .npz's X of shape (n, C, H, W): its (C, H, W)
 
     def where(self, i: int) -> str:
         return f"row {int(self.rows[i])}" if self.rows is not None else f"y[{i}]"
@@ -223,9 +225,14 @@ def _read_npz(file: Path, name: str, field: str) -> _Table:
             field, f"{name}: cannot read as an .npz archive: {_one_line(error)}"
         ) from None
     X, y = arrays["X"], arrays["y"]
+    image: tuple[int, ...] = ()
+    if X.ndim == 4 and min(X.shape[1:]) > 0:  # images (samples, C, H, W): rows in C order
+        image, X = tuple(int(d) for d in X.shape[1:]), X.reshape(X.shape[0], -1)
     if X.ndim != 2:
         raise InputError(
-            field, f"{name}: X has shape {shorten(X.shape)}; expected (samples, features)"
+            field,
+            f"{name}: X has shape {shorten(X.shape)}; expected (samples, features) or "
+            "(samples, C, H, W)",
         )
     if X.shape[0] == 0:
         raise InputError(field, f"{name}: the data is empty (X has no samples)")
@@ -244,7 +251,7 @@ def _read_npz(file: Path, name: str, field: str) -> _Table:
             index = ", ".join(str(int(i)) for i in bad[0])
             value = values[tuple(bad[0])]
             raise InputError(field, f"{name}: {key}[{index}] is {value}; expected a finite number")
-    return _Table(X, y, name, None)
+    return _Table(X, y, name, None, image)
 
 
 def _npz_members(archive: zipfile.ZipFile, name: str, field: str) -> dict[str, zipfile.ZipInfo]:
@@ -894,6 +901,12 @@ def _image_shape(shape: tuple[int, ...] | None) -> tuple[int, int, int] | None:
 def _check_image_rows(table: _Table, image: tuple[int, int, int], field: str) -> None:
     """Every row must hold one whole image: C * H * W feature columns."""
     width, need = table.X.shape[1], math.prod(image)
+    if table.image and table.image != image:
+        raise InputError(
+            field,
+            f"{table.name}: X holds images of shape {table.image} but the spec's inputs "
+            f"are {list(image)}",
+        )
     if width != need:
         dims = "x".join(map(str, image))
         raise InputError(

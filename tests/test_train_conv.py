@@ -13,6 +13,7 @@ import pytest
 from symbackprop import training
 from symbackprop.cli import main
 from symbackprop.data import load_dataset
+from symbackprop.errors import InputError
 from symbackprop.graph import build
 from symbackprop.spec import load_spec
 
@@ -135,3 +136,17 @@ def test_train_digits_cnn_reaches_98_5_percent(in_tmp: Path, capsys: pytest.Capt
     match = FINAL.match(out.rstrip("\n").splitlines()[-1])
     assert match, out
     assert float(match.group(1)) >= 0.985
+
+
+def test_an_npz_of_images_is_read_for_an_image_spec(in_tmp: Path) -> None:
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(30, 2, 3, 4))
+    np.savez("d.npz", X=X, y=np.arange(30) % 2)
+    data = load_dataset("d.npz", outputs=2, classification=True, shape=(2, 3, 4))
+    flat = load_dataset("d.npz", outputs=2, classification=True)  # a flat spec: rows
+    assert data.X_train.shape == (24, 2, 3, 4) and flat.X_train.shape == (24, 24)
+    np.testing.assert_array_equal(flat.X_test.reshape(-1, 2, 3, 4), data.X_test)
+    first = data.X_test[0]  # a sample kept whole: one of the file's images
+    assert any(np.array_equal(first, image) for image in X)
+    with pytest.raises(InputError, match=r"--data: d.npz: X holds images of shape \(2, 3, 4\)"):
+        load_dataset("d.npz", outputs=2, classification=True, shape=(2, 4, 3))
