@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import types
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import sympy
@@ -110,6 +110,7 @@ class Forward:
     pre_activations: dict[int, np.ndarray]  # dense layer -> Z
     normalized: dict[int, np.ndarray]  # a normalization -> x hat (RMS norm: no mean)
     output: np.ndarray  # the network's output
+    choices: dict[int, np.ndarray] = field(default_factory=dict)  # max pool -> first argmax
 
 
 def _softmax(Z: np.ndarray) -> np.ndarray:
@@ -121,6 +122,24 @@ def _normalize(A: np.ndarray, axis: int, eps: float) -> np.ndarray:
     mean = A.mean(axis=axis, keepdims=True)
     var = ((A - mean) ** 2).mean(axis=axis, keepdims=True)
     return (A - mean) / np.sqrt(var + eps)
+
+
+def image(layer: FlatLayer, A: np.ndarray) -> np.ndarray:
+    """A layer's input as (batch, C, H, W) (a flat input's rows in C order)."""
+    return np.asarray(A).reshape((len(A), *layer.in_shape))
+
+
+def patches(layer: FlatLayer, A: np.ndarray) -> np.ndarray:
+    """The receptive field of every output position of a conv or pool layer: (batch, C, Ho,
+    Wo, kh, kw), zero padding included (a view where no padding is needed)."""
+    spec = layer.layer
+    (kh, kw), (sh, sw), (ph, pw) = spec.kernel, spec.stride, spec.padding
+    A = image(layer, A)
+    if ph or pw:
+        A = np.pad(A, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    windows = np.lib.stride_tricks.sliding_window_view(A, (kh, kw), axis=(2, 3))
+    _, rows, columns = layer.shape
+    return windows[:, :, : rows * sh : sh, : columns * sw : sw]
 
 
 class Probe:
@@ -170,16 +189,35 @@ class Probe:
             return A * masks[index] / (1 - spec.rate)
         if layer.kind == "residual":
             return A + run.outputs[layer.sources[1]]
+        if layer.kind == "conv2d":
+            P = patches(layer, A)  # (batch, C, Ho, Wo, kh, kw)
+            Z = np.einsum("bchwij,fcij->bfhw", P, params[f"W{index}"])
+            if spec.bias:
+                Z = Z + params[f"b{index}"][None, :, None, None]
+            run.pre_activations[index] = Z
+            fn = self.activations[index]
+            return np.broadcast_to(fn(Z), Z.shape)
+        if layer.kind == "max_pool2d":
+            windows = patches(layer, A)
+            flat = windows.reshape(windows.shape[:4] + (-1,))
+            run.choices[index] = flat.argmax(axis=-1)  # the first maximum, as PyTorch
+            return flat.max(axis=-1)
+        if layer.kind == "avg_pool2d":
+            return patches(layer, A).mean(axis=(4, 5))
+        if layer.kind == "flatten":
+            return A.reshape(len(A), -1)  # C order over (C, H, W), as nn.Flatten
         raise ValueError(f"{layer.path}: the probe has no forward for kind {layer.kind!r}")
 
     def forward(self, params: Mapping, X: np.ndarray, masks: Masks | None = None) -> Forward:
         """Training mode: batch statistics, dropout with ``masks``."""
+        if self.net.spec.image:
+            X = np.asarray(X).reshape((len(X), *self.net.spec.input_shape))
         run = Forward({0: X}, {}, {}, X)
         for index in self.net.spec.order:
             layer = self.net.flat[index - 1]
             run.outputs[index] = self._layer(layer, params, run, masks)
         out = run.outputs[self.net.output_layer.index]
-        return Forward(run.outputs, run.pre_activations, run.normalized, out)
+        return Forward(run.outputs, run.pre_activations, run.normalized, out, run.choices)
 
     def entry_scales(
         self, params: Mapping, X: np.ndarray, masks: Masks | None = None
@@ -195,7 +233,12 @@ class Probe:
         for layer in self.net.flat:
             index = layer.index
             for key, shape in layers.parameters(layer).items():
-                if key == f"W{index}":
+                if key == f"W{index}" and layer.kind == "conv2d":
+                    # W[f, c, i, j] multiplies channel c at offset (i, j) of every window
+                    P = np.abs(patches(layer, run.outputs[layer.sources[0]]))
+                    columns = np.maximum(1.0, P.max(axis=(0, 2, 3), initial=0.0))
+                    out[key] = np.broadcast_to(columns, shape).reshape(-1)
+                elif key == f"W{index}":
                     source = run.outputs[layer.sources[0]]
                     columns = np.maximum(1.0, np.abs(source).max(axis=0, initial=0.0))
                     out[key] = np.broadcast_to(columns, shape).reshape(-1)
@@ -222,6 +265,8 @@ class Probe:
             for index, kinks in self.kinks.items():
                 Z = run.pre_activations[index]
                 signs += [np.sign(np.broadcast_to(k(Z), Z.shape)).ravel() for k in kinks]
+            # a max pool's gradient goes to its window's first maximum: which one it is
+            signs += [choice.ravel() for choice in run.choices.values()]
             yhat = run.output
             signs += [
                 np.sign(np.broadcast_to(k(yhat, Y), Y.shape)).ravel() for k in self.loss_kinks
@@ -276,13 +321,15 @@ def point(
         X, y = np.array(data[0][:batch], dtype=np.float64), _targets(net, data[1][:batch])
     else:
         X, y = data_rng.normal(0.0, 1.0, size=(batch, net.sizes[0])), None
+    if net.spec.image:  # images as the module takes them: (batch, C, H, W)
+        X = X.reshape((len(X), *net.spec.input_shape))
     masks = point_masks(net, seed, len(X))
     # Biases are random so that every bias path is exercised, and redrawn (a bounded number
     # of times) while a pre-activation sits close to 0, where ReLU-like functions kink; the
     # finite-difference witness also chooses its steps so that no stencil crosses a kink.
     probe = Probe(net)
     table = _redraw_table(net)
-    attempts = min(REDRAW_ATTEMPTS, max(1, REDRAW_BUDGET // max(1, len(X) * net.parameter_count)))
+    attempts = min(REDRAW_ATTEMPTS, max(1, REDRAW_BUDGET // max(1, len(X) * net.operations)))
     with np.errstate(all="ignore"):
         for _ in range(attempts):
             for key, (mean, spread) in table.items():

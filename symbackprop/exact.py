@@ -218,6 +218,10 @@ def _plan(nodes: tuple[Node, ...]) -> Plan:
     """
     forward, local = [], []
     for node in nodes:
+        if node.kind == "max":  # a max pool: the first maximum's value and gradient
+            forward.append((node.symbol, node.expr, None))
+            local.append((node.symbol, ("max", node.expr.args)))
+            continue
         expr = to_textbook_form(node.expr)
         if node.kind in ("mu", "mean_loss"):  # (1/n) (x_1 + ... + x_n): distribute the 1/n
             expr = sympy.expand(expr)
@@ -254,6 +258,10 @@ def _run(plan: Plan, values: dict, seed: sympy.Symbol) -> tuple[dict, dict]:
     for symbol, partials in reversed(local):
         bar = adjoint.get(symbol)
         if bar is None:
+            continue
+        if partials[0] == "max":  # the window's first entry equal to the maximum
+            first = next(a for a in partials[1] if numbers[a] == numbers[symbol])
+            adjoint[first] = adjoint.get(first, 0) + bar * _evaluate(sympy.S.One, numbers, values)
             continue
         for s, partial in partials:
             adjoint[s] = adjoint.get(s, 0) + bar * _evaluate(partial, numbers, values)
@@ -703,13 +711,13 @@ class _Program:
         self.keys: list[tuple[str, tuple[int, ...]]] = []
         self.slot: dict[sympy.Symbol, int] = {}
         self.symbols: list[sympy.Symbol | None] = []  # None: a weight (``param_symbols``)
-        weights: dict[int, tuple[int, int]] = {}  # dense layer -> (first slot, fan-in)
+        weights: dict[int, tuple[int, tuple]] = {}  # layer -> (first slot, W's shape)
         for layer in net.flat:
             named = parameter_symbols(layer, weights=False)
             for key, shape in layers.parameters(layer).items():
                 self.keys.append((key, tuple(shape)))
                 if key == f"W{layer.index}":
-                    weights[layer.index] = (len(self.symbols), shape[1])
+                    weights[layer.index] = (len(self.symbols), shape)
                     self.symbols.extend([None] * math.prod(shape))
                 else:
                     for s in named[key]:
@@ -728,18 +736,37 @@ class _Program:
         for node in nodes:
             out = self._slot(node.symbol)
             if node.dense is not None:
-                n, i, inputs, has_bias = node.dense
-                first, fan_in = weights[n]
-                row = first + (i - 1) * fan_in
-                pairs = [(row + j, self.slot[x]) for j, x in enumerate(inputs)]
-                bias_slot = self.slot[bias(n, i)] if has_bias else None
+                n, i, inputs, has_bias, *conv = node.dense
+                first, shape = weights[n]
+                if conv:  # a conv output element: its taps' kernel entries, the bias b_f
+                    f, taps = conv[0]
+                    strides = [math.prod(shape[k + 1 :]) for k in range(4)]
+                    at = [
+                        first + sum((t - 1) * st for t, st in zip(tap, strides, strict=True))
+                        for tap in taps
+                    ]
+                    labels = ["w{}_{}_{}_{}_{}".format(n, *tap) for tap in taps]
+                    row_bias = f
+                else:
+                    row = first + (i - 1) * shape[1]
+                    at = [row + j for j in range(len(inputs))]
+                    labels = [f"w{n}_{i}_{j + 1}" for j in range(len(inputs))]
+                    row_bias = i
+                pairs = [(w, self.slot[x]) for w, x in zip(at, inputs, strict=True)]
+                bias_slot = self.slot[bias(n, row_bias)] if has_bias else None
                 self.forward.append(("dense", out, pairs, bias_slot))
                 self.backward.append(("dense", out, pairs, bias_slot))
-                touched = [(f"w{n}_{i}_{j + 1}", row + j) for j in range(len(inputs))]
+                touched = list(zip(labels, at, strict=True))
                 touched += [(x.name, self.slot[x]) for x in inputs]
                 if has_bias:
-                    touched.append((f"b{n}_{i}", bias_slot))
+                    touched.append((f"b{n}_{row_bias}", bias_slot))
                 names.append(sorted(touched))
+                continue
+            if node.kind == "max":  # a max pool: the value and gradient of the first maximum
+                window = [self._known(a) for a in node.expr.args]
+                self.forward.append(("max", out, window))
+                self.backward.append(("max", out, window))
+                names.append([(a.name, k) for a, k in zip(node.expr.args, window, strict=True)])
                 continue
             expr = to_textbook_form(node.expr)
             if node.kind in ("mu", "mean_loss"):
@@ -843,6 +870,8 @@ class _Program:
                 if step[3] is not None:
                     terms.append(v[step[3]])
                 v[step[1]] = total(terms, prec, rnd)
+            elif kind == "max":
+                v[step[1]] = v[_first_maximum(v, step[2])]
             elif kind == "linear":
                 terms = []
                 for c, factors in step[2]:
@@ -858,6 +887,12 @@ class _Program:
         for step in self.backward:
             bar = adjoint[step[1]]
             if bar is None:
+                continue
+            if step[0] == "max":
+                target = _first_maximum(v, step[2])
+                p = mul(bar, _fone, prec, rnd)
+                old = adjoint[target]
+                adjoint[target] = p if old is None else add(old, p, prec, rnd)
                 continue
             if step[0] == "dense":
                 for w, x in step[2]:
@@ -884,6 +919,15 @@ class _Program:
                 old = adjoint[target]
                 adjoint[target] = p if old is None else add(old, p, prec, rnd)
         return v, adjoint
+
+
+def _first_maximum(v: list, window: list[int]) -> int:
+    """The slot of a window's first maximum (row-major), as PyTorch's max pool."""
+    best = window[0]
+    for k in window[1:]:
+        if libmp.mpf_cmp(v[k], v[best]) > 0:
+            best = k
+    return best
 
 
 class _Lazy(Mapping):
@@ -964,7 +1008,7 @@ def evaluate(
     ``evaluate_reference``, bit for bit, from a program compiled once per network (see
     "the compiled evaluation" above); ``values`` and ``shared`` are made on first read.
     """
-    X, Y = np.asarray(X), np.asarray(Y)
+    X, Y = _rows(X), np.asarray(Y)
     batch = len(X)
     check_masks(net, masks, batch)
     if not _finite(net, params, X, Y):  # inf/nan: SymPy's own special values
@@ -979,7 +1023,11 @@ def evaluate(
             v, adj = program.run(theta, data)
             values = program.values(v, data)
             loss = _make_mpf(v[program.seed])
-            summed = {program.symbol(k): _make_mpf(adj[k]) * batch for k in program.order}
+            summed = {
+                program.symbol(k): _make_mpf(adj[k]) * batch
+                for k in program.order
+                if adj[k] is not None
+            }
             per_sample, adjoints, shared = _split(values, summed, batch)
             zero = mpmath.mpf(0)
             totals = [summed.get(s, zero) for s in program.param_symbols]
@@ -1003,7 +1051,7 @@ def evaluate(
                     {
                         program.symbols[k]: sympy.Float._new(adj[k], PREC)
                         for k in program.order
-                        if k >= count
+                        if k >= count and adj[k] is not None
                     }
                 )
             shared = _Lazy(functools.partial(_shared, program, raw))
@@ -1044,8 +1092,14 @@ def _run_reference(net: SymbolicNetwork, batch: int | None, values: dict, seed: 
     return _run(_plan(nodes), values, seed)
 
 
+def _rows(X: np.ndarray) -> np.ndarray:
+    """The inputs as flat rows (an image's (C, H, W) in C order, as the graph's x_i)."""
+    X = np.asarray(X)
+    return X.reshape(len(X), -1) if X.ndim > 2 else X
+
+
 def _exact_evaluation(net, params, X, Y, masks, run) -> ExactEvaluation:
-    X, Y = np.asarray(X), np.asarray(Y)
+    X, Y = _rows(X), np.asarray(Y)
     batch = len(X)
     check_masks(net, masks, batch)
     theta = parameter_values(net, params)
@@ -1115,7 +1169,7 @@ def deltas(net: SymbolicNetwork, result: ExactEvaluation) -> dict[int, np.ndarra
     batch = len(result.adjoints)
     out = {}
     for layer in net.flat:
-        if layer.kind == "dense":
+        if layer.kind in ("dense", "conv2d"):
             symbol = pre_activation
         elif layers.parameters(layer):  # a normalization: its parameters act on its output
             symbol = activation

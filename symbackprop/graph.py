@@ -22,6 +22,7 @@ Two scalar views, for the document and the certificate:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 
@@ -51,6 +52,12 @@ def matrix_name(kind: str, layer: int) -> str:
 @lru_cache(maxsize=1 << 16)
 def weight(layer: int, i: int, j: int) -> sympy.Symbol:
     return sympy.Symbol(f"w{layer}_{i}_{j}", real=True)
+
+
+@lru_cache(maxsize=1 << 16)
+def conv_weight(layer: int, f: int, c: int, u: int, v: int) -> sympy.Symbol:
+    """A conv kernel's entry W<l>[f, c, u, v] (1-based): w<l>_<f>_<c>_<u>_<v>."""
+    return sympy.Symbol(f"w{layer}_{f}_{c}_{u}_{v}", real=True)
 
 
 def bias(layer: int, i: int) -> sympy.Symbol:
@@ -122,13 +129,25 @@ def parameter_symbols(layer: FlatLayer, weights: bool = True) -> dict[str, list[
     }
     out: dict[str, list[sympy.Symbol]] = {}
     for key, shape in layers.parameters(layer).items():
-        if key == f"W{index}":
+        if key == f"W{index}" and len(shape) == 4:  # a conv kernel (F, C, kh, kw)
+            if not weights:
+                continue
+            out[key] = [conv_weight(index, *(k + 1 for k in at)) for at in _indices(shape)]
+        elif key == f"W{index}":
             if not weights:
                 continue
             rows, cols = shape
             out[key] = [weight(index, i + 1, j + 1) for i in range(rows) for j in range(cols)]
         else:
             out[key] = [scalar[key](i + 1) for i in range(shape[0])]
+    return out
+
+
+def _indices(shape: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """Every index of an array of ``shape`` in C (row-major) order, 0-based."""
+    out: list[tuple[int, ...]] = [()]
+    for size in shape:
+        out = [(*at, k) for at in out for k in range(size)]
     return out
 
 
@@ -180,10 +199,14 @@ class Node:
 
     ``dense``: a dense pre-activation's structure, (layer n, row i, its inputs a_1..a_m,
     whether it has a bias), for z_i = sum_j w^{(n)}_{ij} a_j + b_i; None for every other
-    node.  ``products`` (the factor symbols of each term: ((w_i1, a_1), ..., (b_i,))) and
-    ``expr`` are then made from it on first use only: the exact witness reads the structure
-    and never builds the weights' symbols or the SymPy sum.  Immutable; equal when symbol,
-    expr, kind, layer and sample are.
+    node.  A conv2d output element has a fifth entry (filter f, taps): ``taps[k]`` is the
+    kernel index (f, c, u, v), 1-based, that multiplies ``inputs[k]`` (its receptive field
+    without the zero padding) and the bias is b_f: z = sum_k w^{(n)}_{taps[k]} a_k + b_f.
+    ``kind`` "max" is a max pool's output, max of its window, whose gradient goes to the
+    window's first maximum (row-major), as PyTorch's.  ``products`` (the factor symbols
+    of each term: ((w_i1, a_1), ..., (b_i,))) and ``expr`` are then made from it on first
+    use only: the exact witness reads the structure and never builds the weights' symbols
+    or the SymPy sum.  Immutable; equal when symbol, expr, kind, layer and sample are.
     """
 
     __slots__ = ("symbol", "kind", "layer", "sample", "dense", "_products", "_expr")
@@ -195,7 +218,7 @@ class Node:
         kind: str,
         layer: int,
         sample: int | None = None,
-        dense: tuple[int, int, tuple[sympy.Symbol, ...], bool] | None = None,
+        dense: tuple | None = None,
     ) -> None:
         if (expr is None) == (dense is None):
             raise ValueError("a node has its expression or its dense structure")
@@ -218,10 +241,16 @@ class Node:
         if self.dense is None:
             return None
         if self._products is None:
-            n, i, inputs, has_bias = self.dense
-            products = [(weight(n, i, j + 1), x) for j, x in enumerate(inputs)]
-            if has_bias:
-                products.append((bias(n, i),))
+            n, i, inputs, has_bias, *conv = self.dense
+            if conv:
+                f, taps = conv[0]
+                products = [(conv_weight(n, *t), x) for t, x in zip(taps, inputs, strict=True)]
+                if has_bias:
+                    products.append((bias(n, f),))
+            else:
+                products = [(weight(n, i, j + 1), x) for j, x in enumerate(inputs)]
+                if has_bias:
+                    products.append((bias(n, i),))
             object.__setattr__(self, "_products", tuple(products))
         return self._products
 
@@ -280,6 +309,13 @@ class SymbolicNetwork:
     @property
     def parameter_count(self) -> int:
         return self.spec.parameter_count
+
+    @property
+    def operations(self) -> int:
+        """Multiply-adds of one sample's forward pass: the parameters of a flat network;
+        C kh kw (+ 1 for the bias) per conv output element, kh kw per pooled element and
+        one per flattened entry (``layer_operations``)."""
+        return sum(layer_operations(layer) for layer in self.flat)
 
     @property
     def output_layer(self) -> FlatLayer:
@@ -371,7 +407,7 @@ class SymbolicNetwork:
 
         A network with batch norm has none (its samples are coupled): ``batch_graph``.
         """
-        _check_limit(self.parameter_count, GRAPH_LIMIT, "the neuron-level graph")
+        _check_limit(self.parameter_count, GRAPH_LIMIT, "the neuron-level graph", self.operations)
         if self.couples_batch:
             raise ValueError(
                 "batch norm couples the samples of a batch: the network's graph is "
@@ -382,7 +418,7 @@ class SymbolicNetwork:
     def batch_graph(self, batch: int) -> tuple[Node, ...]:
         """The whole batch as one function: per-sample symbols carry their sample (1..B),
         one loss node per sample, the mean loss ``MEAN_LOSS`` last."""
-        _check_limit(self.parameter_count, GRAPH_LIMIT, "the neuron-level graph")
+        _check_limit(self.parameter_count, GRAPH_LIMIT, "the neuron-level graph", self.operations)
         if batch < 1:
             raise ValueError(f"a batch graph needs at least one sample, got {batch}")
         return _batch_graph(self, batch)
@@ -513,6 +549,81 @@ def _residual(layer: FlatLayer, xs: Outputs, ys: Outputs, samples: Samples) -> t
     return nodes, outs
 
 
+def _windows(layer: FlatLayer) -> list[list[tuple[int, tuple[int, int, int], int]]]:
+    """Per output element of a conv or pool layer (C order over its output shape, the
+    filter/channel first), its receptive field: (flat input index, kernel offset (c, u, v),
+    both 0-based) for every tap inside the input (zero padding: no term)."""
+    spec = layer.layer
+    channels, height, width = layer.in_shape
+    out_channels, rows, columns = layer.shape
+    (kh, kw), (sh, sw), (ph, pw) = spec.kernel, spec.stride, spec.padding
+    pooling = layer.kind != "conv2d"  # a pool reads its own channel only
+    out = []
+    for f in range(out_channels):
+        for r in range(rows):
+            for q in range(columns):
+                field = []
+                for c in (f,) if pooling else range(channels):
+                    for u in range(kh):
+                        y = r * sh - ph + u
+                        if not 0 <= y < height:
+                            continue
+                        for v in range(kw):
+                            x = q * sw - pw + v
+                            if 0 <= x < width:
+                                field.append(((c * height + y) * width + x, (c, u, v)))
+                out.append(field)
+    return out
+
+
+def _conv2d(net: SymbolicNetwork, layer: FlatLayer, xs: Outputs, samples: Samples) -> tuple:
+    n, nodes, outs = layer.index, [], []
+    per_filter = layer.units // layer.shape[0]
+    windows = _windows(layer)
+    for x, s in zip(xs, samples, strict=True):
+        zs = []
+        for i, field in enumerate(windows, start=1):
+            f = (i - 1) // per_filter + 1
+            inputs = tuple(x[k] for k, _ in field)
+            taps = tuple((f, c + 1, u + 1, v + 1) for _, (c, u, v) in field)
+            zs.append(at_sample(pre_activation(n, i), s))
+            structure = (n, i, inputs, layer.layer.bias, (f, taps))
+            nodes.append(Node(zs[-1], None, "z", n, s, structure))
+        out = [at_sample(activation(n, i + 1), s) for i in range(layer.units)]
+        applied = net.apply(n, zs)
+        nodes.extend(Node(a, e, "a", n, s) for a, e in zip(out, applied, strict=True))
+        outs.append(out)
+    return nodes, outs
+
+
+def _pool(layer: FlatLayer, xs: Outputs, samples: Samples) -> tuple:
+    """max_pool2d: a = Max(window) (kind "max"); avg_pool2d: a = the window's mean."""
+    n, nodes, outs = layer.index, [], []
+    windows = _windows(layer)
+    maximum = layer.kind == "max_pool2d"
+    for x, s in zip(xs, samples, strict=True):
+        out = [at_sample(activation(n, i + 1), s) for i in range(layer.units)]
+        for a, field in zip(out, windows, strict=True):
+            window = [x[k] for k, _ in field]
+            if maximum:
+                nodes.append(Node(a, sympy.Max(*window, evaluate=False), "max", n, s))
+            else:  # the mean as a sum of (1/k) x: a linear node
+                share = sympy.Rational(1, len(window))
+                nodes.append(Node(a, sympy.Add(*(share * w for w in window)), "a", n, s))
+        outs.append(out)
+    return nodes, outs
+
+
+def _flatten(layer: FlatLayer, xs: Outputs, samples: Samples) -> tuple:
+    """A renumbering: an image's entries are already in C order over (C, H, W)."""
+    n, nodes, outs = layer.index, [], []
+    for x, s in zip(xs, samples, strict=True):
+        out = [at_sample(activation(n, i + 1), s) for i in range(layer.units)]
+        nodes.extend(Node(a, e, "a", n, s) for a, e in zip(out, x, strict=True))
+        outs.append(out)
+    return nodes, outs
+
+
 def _layer_nodes(
     net: SymbolicNetwork, layer: FlatLayer, inputs: list[Outputs], samples: Samples
 ) -> tuple[list[Node], Outputs]:
@@ -528,6 +639,12 @@ def _layer_nodes(
         return _residual(layer, inputs[0], inputs[1], samples)
     if layer.kind == "rms_norm":
         return _rms_norm(layer, inputs[0], samples)
+    if layer.kind == "conv2d":
+        return _conv2d(net, layer, inputs[0], samples)
+    if layer.kind in ("max_pool2d", "avg_pool2d"):
+        return _pool(layer, inputs[0], samples)
+    if layer.kind == "flatten":
+        return _flatten(layer, inputs[0], samples)
     raise ValueError(f"{layer.path}: no neuron-level graph for kind {layer.kind!r}")
 
 
@@ -557,7 +674,27 @@ def _batch_graph(net: SymbolicNetwork, batch: int) -> tuple[Node, ...]:
     return _build(net, tuple(range(1, batch + 1)))
 
 
-def _check_limit(count: int, limit: int, what: str) -> None:
+def layer_operations(layer: FlatLayer) -> int:
+    """One sample's multiply-adds of a layer (its parameters, for the flat kinds)."""
+    if layer.kind == "conv2d":
+        channels = layer.in_shape[0]
+        kh, kw = layer.layer.kernel
+        return layer.units * (channels * kh * kw + int(layer.layer.bias))
+    if layer.kind in ("max_pool2d", "avg_pool2d"):
+        kh, kw = layer.layer.kernel
+        return layer.units * kh * kw
+    if layer.kind == "flatten":
+        return layer.units
+    return sum(math.prod(shape) for shape in layers.parameters(layer).values())
+
+
+def _check_limit(count: int, limit: int, what: str, operations: int | None = None) -> None:
+    if operations is not None and operations > count and operations > limit:
+        raise SizeLimitError(
+            "spec",
+            f"{what} is limited to {limit:,} operations per sample (the parameters of a "
+            f"flat network) and this network's image layers take {operations:,}",
+        )
     if count > limit:
         raise SizeLimitError(
             "spec",

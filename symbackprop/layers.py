@@ -413,6 +413,24 @@ def torch_forward(
         if keep is None:
             return F.dropout(inputs[0], spec.rate, training=True)
         return inputs[0] * keep / (1 - spec.rate)
+    if layer.kind == "conv2d":
+        x = inputs[0].reshape(-1, *layer.in_shape)
+        z = F.conv2d(
+            x,
+            tensors[f"W{index}"],
+            tensors.get(f"b{index}"),
+            stride=tuple(spec.stride),
+            padding=tuple(spec.padding),
+        )
+        return z if activation is None else activation(z)
+    if layer.kind == "max_pool2d":
+        x = inputs[0].reshape(-1, *layer.in_shape)
+        return F.max_pool2d(x, tuple(spec.kernel), tuple(spec.stride))
+    if layer.kind == "avg_pool2d":
+        x = inputs[0].reshape(-1, *layer.in_shape)
+        return F.avg_pool2d(x, tuple(spec.kernel), tuple(spec.stride))
+    if layer.kind == "flatten":
+        return torch.flatten(inputs[0], start_dim=1)  # C order, as nn.Flatten
     return inputs[0] + inputs[1]
 
 

@@ -55,6 +55,7 @@ from symbackprop.checkpoint import (
     Probe,
     load_module,
     mask_rng,
+    patches,
     point,
     point_masks,
 )
@@ -219,13 +220,21 @@ class Certificate:
 
 
 def pass_cost(net: SymbolicNetwork, samples: int) -> int:
-    """One float64 pass (loss or probe) over ``samples``: sample x parameter products."""
-    return samples * net.parameter_count + LAYER_COST * net.depth
+    """One float64 pass (loss or probe) over ``samples``: sample x parameter products, in
+    which a conv layer counts C kh kw (+ 1) products per output element and a pool kh kw
+    per pooled element (``SymbolicNetwork.operations``; the parameters of a flat net)."""
+    return samples * net.operations + LAYER_COST * net.depth
 
 
 def exact_cost(net: SymbolicNetwork) -> int:
     """Exact-arithmetic operations of the neuron-level witness per sample."""
-    return net.parameter_count + NEURON_COST * (sum(net.sizes[1:]) + 1)
+    return net.operations + NEURON_COST * (sum(net.sizes[1:]) + 1)
+
+
+def graph_reachable(net: SymbolicNetwork) -> bool:
+    """Whether the neuron-level graph is within ``GRAPH_LIMIT`` (parameters, and for image
+    layers operations per sample: a conv's graph has a term per tap of every output)."""
+    return max(net.parameter_count, net.operations) <= GRAPH_LIMIT
 
 
 def least_samples(net: SymbolicNetwork) -> int:
@@ -387,6 +396,12 @@ def term_sizes(
             source = np.abs(run.outputs[layer.sources[0]])
             sizes[f"W{index}"] = float((d.T @ source).max(initial=0.0))
             sizes[f"b{index}"] = float(d.sum(axis=0).max(initial=0.0))
+        elif layer.kind == "conv2d":  # every output position of a filter adds its terms
+            d = d.reshape((len(d), *layer.shape))
+            P = np.abs(patches(layer, run.outputs[layer.sources[0]]))
+            sizes[f"W{index}"] = float(np.einsum("bfhw,bchwij->fcij", d, P).max(initial=0.0))
+            if f"b{index}" in layers.parameters(layer):
+                sizes[f"b{index}"] = float(d.sum(axis=(0, 2, 3)).max(initial=0.0))
         else:
             sizes[f"gamma{index}"] = float(
                 (d * np.abs(run.normalized[index])).sum(axis=0).max(initial=0.0)
@@ -667,8 +682,7 @@ def large_inputs(
     points = _large_points(net, params, X, Y)
     failures, notes = [], []
     exact_reachable = (
-        net.parameter_count <= GRAPH_LIMIT
-        and exact_cost(net) * LARGE_SAMPLES * len(points) <= 4 * exact_budget
+        graph_reachable(net) and exact_cost(net) * LARGE_SAMPLES * len(points) <= 4 * exact_budget
     )
     for label, p, Xs, Ys in points:
         try:
@@ -746,10 +760,12 @@ def certify(
             f"batch norm normalizes over the batch: a check batch needs at least "
             f"{least_samples(net)} samples, got {batch}",
         )
-    if batch * count > WORK_LIMIT:
+    work = net.operations
+    if batch * work > WORK_LIMIT:
+        what = f"{count} parameters" if work == count else f"{work:,} operations per sample"
         raise InputError(
             "--batch",
-            f"a check batch of {batch} x {count} parameters is over the certificate's limit "
+            f"a check batch of {batch} x {what} is over the certificate's limit "
             f"of {WORK_LIMIT:,} sample-parameter products; use a smaller batch",
         )
     torch_why = "not requested" if use_torch is False else "torch is not importable (optional)"
@@ -757,14 +773,17 @@ def certify(
         use_torch = torch_available()
     probe = Probe(net)
     arrays = len(net.spec.parameters)
-    exact_samples = min(batch, exact_budget // exact_cost(net)) if count <= GRAPH_LIMIT else 0
+    exact_samples = min(batch, exact_budget // exact_cost(net)) if graph_reachable(net) else 0
     if exact_samples < least_samples(net):
         exact_samples = 0
     fd_samples, entries = _fd_plan(net, batch, probe.has_kinks)
     if not fd_samples and not use_torch and not exact_samples:
+        size = f"{count:,} parameters in {arrays} arrays"
+        if net.operations > count:
+            size += f" ({net.operations:,} operations per sample)"
         raise InputError(
             "spec",
-            f"{count:,} parameters in {arrays} arrays is too large for the certificate "
+            f"{size} is too large for the certificate "
             "without torch: finite differences would need more than "
             f"{FD_BUDGET:,} sample-parameter products; install torch (the PyTorch "
             "witness) or check a smaller network",
@@ -850,6 +869,15 @@ def certify(
                 "exact",
                 f"{count} parameters is above the neuron-level limit of {GRAPH_LIMIT}; "
                 "finite differences and PyTorch still check every layer",
+            )
+        )
+    elif not graph_reachable(net):
+        skipped.append(
+            (
+                "exact",
+                f"{net.operations:,} operations per sample (conv taps and pooled entries) "
+                f"is above the neuron-level limit of {GRAPH_LIMIT:,}; finite differences "
+                "and PyTorch still check every layer",
             )
         )
     else:
