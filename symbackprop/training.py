@@ -21,8 +21,8 @@ from symbackprop.data import Dataset, check_features, load_dataset
 from symbackprop.derive import Derivation, derive
 from symbackprop.errors import InputError
 from symbackprop.graph import SymbolicNetwork, build
-from symbackprop.spec import OPTIMIZERS, FlatLayer, NetworkSpec, TrainSpec, layer_parameters
-from symbackprop.verify import LAYER_COST, Certificate, certify
+from symbackprop.spec import OPTIMIZERS, NetworkSpec, TrainSpec
+from symbackprop.verify import Certificate, certify, pass_cost
 
 CHECK_BATCH = 4
 
@@ -169,25 +169,6 @@ def _loss(module: types.ModuleType, params: dict, X: np.ndarray, y: np.ndarray, 
     return total / len(X)
 
 
-def layer_products(layer: FlatLayer) -> int:
-    """Multiply-adds of one layer's forward pass over one sample: a convolution's C*kh*kw
-    per output element (its weights are shared, so its parameters undercount it), a pooling
-    window's kh*kw per output element, the parameters of any other layer (a dense layer's
-    weights and biases)."""
-    spec = layer.layer
-    if layer.kind == "conv2d":
-        channels = layer.in_shape[0]
-        return layer.units * (channels * spec.kernel[0] * spec.kernel[1] + spec.bias)
-    if layer.kind in ("max_pool2d", "avg_pool2d"):
-        return layer.units * spec.kernel[0] * spec.kernel[1]
-    return sum(math.prod(shape) for shape in layer_parameters(layer).values())
-
-
-def sample_products(spec: NetworkSpec) -> int:
-    """Multiply-adds of a forward pass over one sample; a flat network's parameter count."""
-    return sum(layer_products(layer) for layer in spec.flat)
-
-
 def pass_elements(spec: NetworkSpec) -> int:
     """Numbers in the largest array a pass builds per sample: a convolution's im2col matrix
     (output positions x C*kh*kw), else the widest layer."""
@@ -200,17 +181,12 @@ def pass_elements(spec: NetworkSpec) -> int:
     return largest
 
 
-def step_cost(net: SymbolicNetwork, samples: int) -> int:
-    """One float64 pass over ``samples`` in the certificate's unit (``verify.pass_cost``),
-    with the convolutions' multiply-adds counted: for a flat network, ``pass_cost``."""
-    return samples * sample_products(net.spec) + LAYER_COST * net.depth
-
-
 def training_work(net: SymbolicNetwork, samples: int, opts: TrainSpec) -> int:
-    """The multiply-adds of fit's float64 passes over ``samples`` training rows."""
+    """The multiply-adds of fit's float64 passes over ``samples`` training rows, in the
+    certificate's unit (``verify.pass_cost``: a convolution's C*kh*kw per output element)."""
     batch = max(1, min(opts.batch_size, samples))
     steps = opts.epochs * math.ceil(samples / batch)
-    return steps * STEP_PASSES * step_cost(net, batch)
+    return steps * STEP_PASSES * pass_cost(net, batch)
 
 
 def check_work(net: SymbolicNetwork, samples: int, opts: TrainSpec) -> None:
@@ -229,7 +205,7 @@ def check_work(net: SymbolicNetwork, samples: int, opts: TrainSpec) -> None:
     if work > MAX_TRAINING_WORK:
         raise InputError(
             "SPEC",
-            f"training {spec.name} ({spec.shape_text()}, {sample_products(spec):,} "
+            f"training {spec.name} ({spec.shape_text()}, {net.operations:,} "
             f"multiply-adds per sample) for {opts.epochs:,} epochs of {samples:,} samples "
             f"needs {work:.3g} multiply-adds, over the limit of {MAX_TRAINING_WORK:.0e}; "
             "use fewer epochs, less data or a smaller network",
