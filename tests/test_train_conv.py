@@ -149,3 +149,19 @@ def test_an_npz_of_images_is_read_for_an_image_spec(in_tmp: Path) -> None:
     assert any(np.array_equal(first, image) for image in X)
     with pytest.raises(InputError, match=r"--data: d.npz: X holds images of shape \(2, 3, 4\)"):
         load_dataset("d.npz", outputs=2, classification=True, shape=(2, 4, 3))
+
+
+@pytest.mark.slow
+def test_the_pytorch_twin_of_digits_cnn_trains_to_the_same_weights() -> None:
+    pytest.importorskip("torch")
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "digits_cnn_reference.py"
+    loader = importlib.util.spec_from_file_location("digits_cnn_reference", path)
+    reference = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(reference)
+    report = reference.benchmark(1, 1, lambda message: None)
+    (row,) = report["rows"]
+    assert row["generated"] == row["torch"] >= 0.985
+    assert row["max_param_difference"] < 1e-10
+    assert f"| 0 | {100 * row['generated']:.2f} % (" in reference.markdown(report)
