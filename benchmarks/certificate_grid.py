@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """The certificate over a grid of networks: the largest error each witness saw.
 
-Run on demand (about a minute):
+Run on demand (about a minute; the conv grid alone about 15 s):
 
-    python benchmarks/certificate_grid.py [--json out.json]
+    python benchmarks/certificate_grid.py [--json out.json] [--conv N] [--conv-only]
 
 The grid is the one the tests use: every built-in hidden activation and five custom ones
 under a softmax/cross-entropy output, every output/loss pair (custom losses included) after
@@ -12,7 +12,9 @@ witness it reports the maximum over all parameters and networks of the error mea
 (max |g - r| / max(max |g|, max |r|, floor), per parameter array) and of the maximum
 absolute error, and which networks fail the large-input row (inf/nan where the exact value
 is finite). Then the batch grid: seed_mlp and a ReLU/leaky-ReLU/abs network at batches 1,
-7, 64, 1000 and 4096, with the finite-difference witness's worst error at each.
+7, 64, 1000 and 4096, with the finite-difference witness's worst error at each.  Then N
+random small conv nets (``random_conv_spec``: kernels 1-3, strides 1-2, padding 0-1, 1-3
+channels, max and average pools, flatten, dense), each witness's error measure per net.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import argparse
 import json
 import sys
 import time
+
+import numpy as np
 
 from symbackprop.functions import ACTIVATIONS
 from symbackprop.spec import from_dict
@@ -70,6 +74,94 @@ def grid() -> list[tuple[str, object]]:
     return networks
 
 
+CONV_ACTIVATIONS = ["relu", "tanh", "identity", "leaky_relu", "sigmoid", "elu", "softplus"]
+
+
+def random_conv_spec(seed: int) -> object:
+    """A small random conv net: an image of 1-3 channels, 1-2 conv2d layers (kernel 1-3,
+    stride 1-2, padding 0-1, 1-3 filters, with or without bias), a max or average pool
+    where the image is large enough, flatten, an optional dense layer, a dense output.
+
+    Small enough for the exact witness (at most a few thousand operations per sample).
+    """
+    rng = np.random.default_rng((seed, 12))
+    channels = int(rng.integers(1, 4))
+    height, width = int(rng.integers(3, 8)), int(rng.integers(3, 8))
+    items: list[dict] = []
+    shape = (channels, height, width)
+    for k in range(int(rng.integers(1, 3))):
+        kernel = int(rng.integers(1, 4))
+        padding = int(rng.integers(0, 2))
+        stride = int(rng.integers(1, 3))
+        if min(shape[1:]) + 2 * padding < kernel:
+            kernel = 1
+        filters = int(rng.integers(1, 4))
+        act = CONV_ACTIVATIONS[rng.integers(len(CONV_ACTIVATIONS))]
+        item = {"kind": "conv2d", "filters": filters, "kernel": kernel, "stride": stride}
+        item.update({"padding": padding, "activation": act, "bias": bool(rng.random() < 0.8)})
+        items.append(item)
+        rows = (shape[1] + 2 * padding - kernel) // stride + 1
+        columns = (shape[2] + 2 * padding - kernel) // stride + 1
+        shape = (filters, rows, columns)
+        if min(rows, columns) >= 2 and (k == 0 or rng.random() < 0.5):
+            pool = "max_pool2d" if rng.random() < 0.6 else "avg_pool2d"
+            step = int(rng.integers(1, 3))
+            items.append({"kind": pool, "kernel": 2, "stride": step})
+            shape = (filters, (rows - 2) // step + 1, (columns - 2) // step + 1)
+    items.append({"kind": "flatten"})
+    if rng.random() < 0.4:
+        act = CONV_ACTIVATIONS[rng.integers(len(CONV_ACTIVATIONS))]
+        items.append({"units": int(rng.integers(2, 5)), "activation": act})
+    if rng.random() < 0.7:
+        loss, output, units = "cross_entropy", "softmax", int(rng.integers(2, 4))
+    else:
+        loss, output, units = "mse", "identity", int(rng.integers(1, 3))
+    items.append({"units": units, "activation": output})
+    return from_dict(
+        {
+            "name": f"conv{seed}",
+            "inputs": [channels, height, width],
+            "loss": loss,
+            "l2": float(rng.choice([0.0, 0.01])),
+            "layers": items,
+        }
+    )
+
+
+def conv_grid(seeds: range) -> list[dict]:
+    """The certificate of every random conv net: each witness's worst error measure."""
+    rows = []
+    for seed in seeds:
+        network = random_conv_spec(seed)
+        certificate = certify(network)
+        row = {"network": network.name, "passed": certificate.passed}
+        row["shapes"] = network.shape_text()
+        for witness in ("finite-diff", "exact", "pytorch"):
+            row[witness] = certificate.max_rel(witness)
+        rows.append(row)
+        errors = "  ".join(f"{w} {row[w]:.1e}" for w in ("finite-diff", "exact", "pytorch"))
+        print(f"{network.name:<8} {'pass' if row['passed'] else 'FAIL'}  {errors}", file=sys.stderr)
+    return rows
+
+
+def print_conv(rows: list[dict]) -> None:
+    """The conv grid as a table: each net's shapes and each witness's error measure, then
+    the worst of each witness."""
+    print("| conv net | shapes | finite-diff | exact | pytorch | result |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        errors = " | ".join(f"{r[w]:.1e}" for w in ("finite-diff", "exact", "pytorch"))
+        print(
+            f"| {r['network']} | {r['shapes']} | {errors} | {'pass' if r['passed'] else 'FAIL'} |"
+        )
+    worst = {
+        w: max((r[w] for r in rows if r[w] == r[w]), default=float("nan"))
+        for w in ("finite-diff", "exact", "pytorch")
+    }
+    cells = ", ".join(f"{w} {v:.1e}" for w, v in worst.items())
+    print(f"worst over {len(rows)} conv nets: {cells}")
+
+
 BATCHES = (1, 7, 64, 1000, 4096)
 
 
@@ -99,7 +191,22 @@ def batch_grid() -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", help="write the numbers here")
+    parser.add_argument(
+        "--conv", type=int, default=40, metavar="N", help="random conv nets (default 40)"
+    )
+    parser.add_argument(
+        "--conv-only", action="store_true", help="only the grid of random conv nets"
+    )
     args = parser.parse_args(argv)
+    if args.conv_only:
+        start = time.perf_counter()
+        conv = conv_grid(range(args.conv))
+        print_conv(conv)
+        print(f"all passed: {all(r['passed'] for r in conv)}; {time.perf_counter() - start:.1f} s")
+        if args.json:
+            with open(args.json, "w", encoding="utf-8") as stream:
+                json.dump({"conv": conv}, stream, indent=2)
+        return 0 if all(r["passed"] for r in conv) else 1
     worst: dict[str, dict[str, float]] = {}
     rows = []
     start = time.perf_counter()
@@ -130,13 +237,17 @@ def main(argv: list[str] | None = None) -> int:
             if r["network"] == label
         ]
         print(f"| {label} | " + " | ".join(cells) + " |")
-    everything = rows + batches
+    conv = conv_grid(range(args.conv))
+    print()
+    print_conv(conv)
+    everything = rows + batches + conv
     print(
         f"all passed: {all(r['passed'] for r in everything)}; {time.perf_counter() - start:.1f} s"
     )
     if args.json:
         with open(args.json, "w", encoding="utf-8") as stream:
-            json.dump({"witnesses": worst, "networks": rows, "batches": batches}, stream, indent=2)
+            numbers = {"witnesses": worst, "networks": rows, "batches": batches, "conv": conv}
+            json.dump(numbers, stream, indent=2)
     return 0 if all(r["passed"] for r in everything) else 1
 
 

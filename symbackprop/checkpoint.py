@@ -9,7 +9,9 @@ inputs each parameter entry multiplies, and the side of every kink each dense
 pre-activation (and each custom loss term) sits on, so that the finite-difference witness
 can choose steps whose stencil never crosses a kink.  The other kinds are smooth: the
 normalizations' sqrt(var + eps) has eps > 0, dropout with fixed masks and the residual sum
-are linear.
+are linear.  Image inputs are drawn as (batch, C, H, W); a conv2d's pre-activations are
+checked for kinks as a dense layer's, a max pool's kink is a change of its window's first
+maximum (part of the pattern), average pooling and flatten are linear.
 """
 
 from __future__ import annotations

@@ -6,7 +6,9 @@ the document's worked example (``symbackprop.render``).  It walks the neuron-lev
 arithmetic, then reverse accumulation with each node's local partials from ``sympy.diff``
 (smooth primitives spelled out in exp/log first, so SymPy's own rules differentiate them).
 Without batch norm it walks the graph of one sample once per sample; with batch norm, the
-whole batch's graph once.  Dropout masks are data: the same keep masks the module draws
+whole batch's graph once.  Image inputs are read as flat rows in C order (the graph's x_i);
+a max pool's node takes the value and the whole gradient of its window's first maximum.
+Dropout masks are data: the same keep masks the module draws
 (``symbackprop.layers.draw_masks``), as mask values 0 or 1/(1 - rate).
 
 Two evaluators of that one graph, with the same numbers bit for bit: ``evaluate_reference``

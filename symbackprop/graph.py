@@ -340,8 +340,9 @@ class SymbolicNetwork:
 
     @property
     def weight_keys(self) -> tuple[str, ...]:
-        """The dense layers' weight arrays (the l2 term's and the weight init's)."""
-        return tuple(f"W{layer.index}" for layer in self.flat if layer.kind == "dense")
+        """The dense layers' weights and conv kernels (the l2 term's and the weight init's)."""
+        kinds = ("dense", "conv2d")
+        return tuple(f"W{layer.index}" for layer in self.flat if layer.kind in kinds)
 
     def activation_of(self, layer: int) -> Activation | None:
         return self.activations[layer - 1]

@@ -30,11 +30,19 @@ the floor TERMS * (those terms' size, from the reference witness's own per-sampl
 adjoints).  A parameter passes when that measure is at most the witness's tolerance (finite
 differences also allow the rounding of the loss divided by each entry's step).
 
+Conv nets (DESIGN §2c) are certified the same way: X is (batch, C, H, W); the exact graph
+has a linear node per conv output element over its receptive field (zero padding: missing
+terms), max pools pass the value and gradient of the window's first maximum, average pools
+are means and flatten renumbers in C order; PyTorch runs F.conv2d, F.max_pool2d,
+F.avg_pool2d and flatten.
+
 Every witness has an operation budget (sample x parameter products, exact-arithmetic
-operations): above it a witness runs on the first samples of the batch only, which checks
-the same generated code; past ``WORK_LIMIT`` the certificate refuses (InputError).  Finally
-the module is evaluated at large inputs (inputs x1e3, output logits +-1e3): a loss or
-gradient that is inf/nan where the exact value is finite fails the certificate.
+operations; a conv layer counts C kh kw products per output element,
+``SymbolicNetwork.operations``): above it a witness runs on the first samples of the
+batch only, which checks the same generated code; past ``WORK_LIMIT`` the certificate
+refuses (InputError).  Finally the module is evaluated at large inputs (inputs x1e3, output
+logits +-1e3): a loss or gradient that is inf/nan where the exact value is finite fails the
+certificate.
 """
 
 from __future__ import annotations
@@ -843,7 +851,10 @@ def certify(
             (
                 "finite-diff",
                 f"over its budget of {FD_BUDGET:,} sample-parameter products for "
-                f"{count:,} parameters in {arrays} arrays",
+                f"{count:,} parameters in {arrays} arrays"
+                + (
+                    f" ({net.operations:,} operations per sample)" if net.operations > count else ""
+                ),
             )
         )
 
