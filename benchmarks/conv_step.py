@@ -6,10 +6,11 @@ Run on demand, never as a timed test:
     python benchmarks/conv_step.py [--quick] [--configs NAME ...] [--dtypes ...]
                                    [--batch N] [--json out.json] [--no-torch]
 
-Configurations: ``digits_cnn`` (1x8x8: conv 3x3 x8 padding 1 relu, max-pool 2, conv 3x3 x16
-padding 1 relu, flatten, dense 10 softmax) and ``lenet`` (1x28x28: conv 5x5 x6 relu,
-max-pool 2, conv 5x5 x16 relu, max-pool 2, flatten, dense 120 relu, 84 relu, 10 softmax), at
-batch 64.  For every configuration x dtype (float64, float32) the script
+Configurations: ``digits_cnn`` (examples/digits_cnn.toml, 1x8x8: conv 3x3 x16 padding 1 relu,
+max-pool 2, conv 3x3 x32 padding 1 relu, max-pool 2, flatten, dense 10 softmax) and
+``lenet`` (1x28x28: conv 5x5 x6 relu, max-pool 2, conv 5x5 x16 relu, max-pool 2, flatten,
+dense 120 relu, 84 relu, 10 softmax), at batch 64.  For every configuration x dtype (float64,
+float32) the script
 
 1. generates the module (``symbackprop.codegen.generate`` of a ``from_dict`` spec) and loads
    it with ``symbackprop.checkpoint.load_module``;
@@ -85,8 +86,16 @@ FLATTEN = {"kind": "flatten"}
 CONFIGS: dict[str, tuple[list[int], list[dict], str]] = {
     "digits_cnn": (
         [1, 8, 8],
-        [_conv(8, 3, 1), POOL, _conv(16, 3, 1), FLATTEN, {"units": 10, "activation": "softmax"}],
-        "1x8x8: conv 3x3 x8 pad 1 relu, max-pool 2, conv 3x3 x16 pad 1 relu, flatten, 10 softmax",
+        [
+            _conv(16, 3, 1),
+            POOL,
+            _conv(32, 3, 1),
+            POOL,
+            FLATTEN,
+            {"units": 10, "activation": "softmax"},
+        ],
+        "1x8x8: conv 3x3 x16 pad 1 relu, max-pool 2, conv 3x3 x32 pad 1 relu, max-pool 2, "
+        "flatten, 10 softmax (examples/digits_cnn.toml)",
     ),
     "lenet": (
         [1, 28, 28],

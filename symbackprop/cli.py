@@ -481,7 +481,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         )
     use_torch = _torch_witness(args)
 
-    sizes = "-".join(map(str, spec.sizes))
+    sizes = spec.shape_text()
     print(
         "symbackprop demo: the article's network -- two ReLU hidden layers and a softmax output --"
     )

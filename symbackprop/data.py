@@ -6,7 +6,8 @@ Contract
 deterministic train/test split.  ``source`` is ``"digits"`` (always the bundled dataset, even
 if a file of that name exists) or a path:
 
-- ``.npz``: arrays ``X`` (n, features) and ``y``, either (n,) or (n, k).
+- ``.npz``: arrays ``X`` (n, features) and ``y``, either (n,) or (n, k); ``X`` may also be
+  images (n, C, H, W), read as rows of C·H·W features in C order.
 - ``.csv`` / ``.csv.gz``: comma-separated numbers, one sample per row.  The last column is the
   target; for regression with ``outputs > 1`` the last ``outputs`` columns are the targets.
   One header row is allowed (recognised by a non-numeric cell in the first row); blank lines
@@ -20,7 +21,12 @@ Targets:
   back as int64 of shape (n,);
 - regression: float64 of shape (n, outputs).
 
-Features come back as float64 (n, features); the digits' pixels are scaled to [0, 1].
+Features come back as float64 (n, features); the digits' pixels are scaled to [0, 1].  With
+``shape=(C, H, W)`` (a spec whose ``inputs`` is an image, DESIGN §2c) they come back as
+(n, C, H, W): every row of C·H·W numbers is one image in C order (channel, then row, then
+column), as ``numpy.reshape`` reads it; the bundled digits are 1×8×8 images.  A row of any
+other length is bad input.  The split is made on the rows before they are reshaped, so a
+flat and an image spec hold out the same samples for the same seed.
 
 Limits (module constants, checked before anything is inflated or allocated): X and y hold
 at most ``MAX_DATA_ELEMENTS`` numbers together, read from the ``.npy`` headers of an
@@ -103,7 +109,7 @@ _LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+")  # a line as readline(new
 class Dataset:
     """A train/test split, ready for the generated module.  The arrays are read-only."""
 
-    X_train: np.ndarray  # float64 (n_train, features)
+    X_train: np.ndarray  # float64 (n_train, features), or (n_train, C, H, W) for images
     y_train: np.ndarray  # int64 (n_train,) labels, or float64 (n_train, outputs) for regression
     X_test: np.ndarray
     y_test: np.ndarray
@@ -112,7 +118,13 @@ class Dataset:
 
     @property
     def features(self) -> int:
-        return int(self.X_train.shape[1])
+        """Numbers per sample: C * H * W for images."""
+        return math.prod(int(size) for size in self.X_train.shape[1:])
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """One sample's shape: (features,) or (C, H, W)."""
+        return tuple(int(size) for size in self.X_train.shape[1:])
 
 
 @dataclass(frozen=True)
@@ -123,6 +135,7 @@ class _Table:
     y: np.ndarray  # float64 (n,) or (n, k)
     name: str
     rows: np.ndarray | None  # csv: the file line of each sample; npz: None
+    image: tuple[int, ...] = ()  # an .npz's X of shape (n, C, H, W): its (C, H, W)
 
     def where(self, i: int) -> str:
         return f"row {int(self.rows[i])}" if self.rows is not None else f"y[{i}]"
@@ -212,9 +225,14 @@ def _read_npz(file: Path, name: str, field: str) -> _Table:
             field, f"{name}: cannot read as an .npz archive: {_one_line(error)}"
         ) from None
     X, y = arrays["X"], arrays["y"]
+    image: tuple[int, ...] = ()
+    if X.ndim == 4 and min(X.shape[1:]) > 0:  # images (samples, C, H, W): rows in C order
+        image, X = tuple(int(d) for d in X.shape[1:]), X.reshape(X.shape[0], -1)
     if X.ndim != 2:
         raise InputError(
-            field, f"{name}: X has shape {shorten(X.shape)}; expected (samples, features)"
+            field,
+            f"{name}: X has shape {shorten(X.shape)}; expected (samples, features) or "
+            "(samples, C, H, W)",
         )
     if X.shape[0] == 0:
         raise InputError(field, f"{name}: the data is empty (X has no samples)")
@@ -233,7 +251,7 @@ def _read_npz(file: Path, name: str, field: str) -> _Table:
             index = ", ".join(str(int(i)) for i in bad[0])
             value = values[tuple(bad[0])]
             raise InputError(field, f"{name}: {key}[{index}] is {value}; expected a finite number")
-    return _Table(X, y, name, None)
+    return _Table(X, y, name, None, image)
 
 
 def _npz_members(archive: zipfile.ZipFile, name: str, field: str) -> dict[str, zipfile.ZipInfo]:
@@ -828,14 +846,18 @@ def load_dataset(
     test_fraction: float = 0.2,
     seed: int = 0,
     field: str = "--data",
+    shape: tuple[int, ...] | None = None,
 ) -> Dataset:
     """Read ``source`` ("digits" or a path), check its targets against the spec, and split it.
 
-    Classification splits are stratified.  Checking the number of features against the spec
-    is left to the caller (``check_features``), which knows the spec.
+    Classification splits are stratified.  Checking the number of features of flat data
+    against the spec is left to the caller (``check_features``), which knows the spec;
+    with an image ``shape`` (C, H, W) the rows must have C * H * W features, and X comes
+    back as (n, C, H, W).
     """
     if isinstance(outputs, bool) or not isinstance(outputs, int) or outputs < 1:
         raise ValueError(f"outputs must be a positive integer, got {outputs!r}")
+    image = _image_shape(shape)
     _check_fraction(test_fraction)
     _check_seed(seed)
     if source == DIGITS:
@@ -843,6 +865,8 @@ def load_dataset(
         table = _Table(X, labels.astype(np.float64), DIGITS, None)
     else:
         table = _read(source, 1 if classification else outputs, field)
+    if image is not None:
+        _check_image_rows(table, image, field)
     if classification:
         y = _classification_labels(table, outputs, field)
     else:
@@ -855,10 +879,41 @@ def load_dataset(
     X_train, y_train, X_test, y_test = split(
         table.X, y, test_fraction, seed, stratify=classification, field=field
     )
+    if image is not None:  # C order: a row is channel by channel, each row by row
+        X_train, X_test = (part.reshape(len(part), *image) for part in (X_train, X_test))
     for part in (X_train, y_train, X_test, y_test):
         part.flags.writeable = False
     classes = max(outputs, 2) if classification else None
     return Dataset(X_train, y_train, X_test, y_test, table.name, classes)
+
+
+def _image_shape(shape: tuple[int, ...] | None) -> tuple[int, int, int] | None:
+    """An image's (C, H, W), or None for flat data ((n,) or None)."""
+    if shape is None:
+        return None
+    dims = tuple(shape)
+    valid = all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) for d in dims)
+    if not valid or len(dims) not in (1, 3) or min(dims, default=0) < 1:
+        raise ValueError(f"shape must be (features,) or (C, H, W) of positive ints, got {shape!r}")
+    return None if len(dims) == 1 else (int(dims[0]), int(dims[1]), int(dims[2]))
+
+
+def _check_image_rows(table: _Table, image: tuple[int, int, int], field: str) -> None:
+    """Every row must hold one whole image: C * H * W feature columns."""
+    width, need = table.X.shape[1], math.prod(image)
+    if table.image and table.image != image:
+        raise InputError(
+            field,
+            f"{table.name}: X holds images of shape {table.image} but the spec's inputs "
+            f"are {list(image)}",
+        )
+    if width != need:
+        dims = "x".join(map(str, image))
+        raise InputError(
+            field,
+            f"{table.name}: the data has {width} feature column{'s' * (width != 1)} but the "
+            f"spec's inputs {list(image)} need {need} ({dims} values per row, in C order)",
+        )
 
 
 def check_features(dataset: Dataset, inputs: int, field: str = "--data") -> None:

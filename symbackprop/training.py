@@ -20,7 +20,7 @@ from symbackprop.codegen import generate
 from symbackprop.data import Dataset, check_features, load_dataset
 from symbackprop.derive import Derivation, derive
 from symbackprop.errors import InputError
-from symbackprop.graph import SymbolicNetwork
+from symbackprop.graph import SymbolicNetwork, build
 from symbackprop.spec import OPTIMIZERS, NetworkSpec, TrainSpec
 from symbackprop.verify import Certificate, certify, pass_cost
 
@@ -37,6 +37,12 @@ EXACT_OP_PRODUCTS = 50_000
 # exact operations always allowed: a small network's exact witness costs less than its
 # derivation (seed_mlp: 929 per sample)
 EXACT_FLOOR = 4_000
+# Training is refused before anything is derived or generated when its work, by the same
+# count, is past these: MAX_TRAINING_WORK products in all (a few hours of one core), and
+# MAX_PASS_ELEMENTS numbers in the largest array one pass builds (a convolution's im2col
+# matrix: rows x output positions x C*kh*kw; 1 GiB of float64).
+MAX_TRAINING_WORK = 10**13
+MAX_PASS_ELEMENTS = 1 << 27
 
 
 class CheckFailed(Exception):
@@ -125,27 +131,90 @@ def options(spec: NetworkSpec, **overrides: object) -> TrainSpec:
     return replace(spec.train, **chosen)
 
 
+def _chunks(count: int, rows: int) -> list[slice]:
+    return [slice(first, first + rows) for first in range(0, count, rows)] or [slice(0, 0)]
+
+
 def _metric(
-    module: types.ModuleType, params: dict, X: np.ndarray, y: np.ndarray, classification: bool
+    module: types.ModuleType,
+    params: dict,
+    X: np.ndarray,
+    y: np.ndarray,
+    classification: bool,
+    rows: int,
 ) -> float:
+    """Accuracy or RMSE, ``rows`` samples at a time (one call for the flat examples)."""
     if classification:
-        return float(np.mean(module.predict(params, X) == y))
-    outputs = module.forward(params, X)
-    return float(np.sqrt(np.mean((outputs - y.reshape(outputs.shape)) ** 2)))
+        right = sum(
+            int(np.sum(module.predict(params, X[part]) == y[part]))
+            for part in _chunks(len(X), rows)
+        )
+        return right / len(X) if len(X) else float("nan")
+    squares = 0.0
+    for part in _chunks(len(X), rows):
+        outputs = module.forward(params, X[part])
+        squares += float(np.sum((outputs - y[part].reshape(outputs.shape)) ** 2))
+    return math.sqrt(squares / y.size) if y.size else float("nan")
 
 
-def _loss(module: types.ModuleType, params: dict, X: np.ndarray, y: np.ndarray) -> float:
-    """The loss in inference mode (the module's loss trains otherwise: dropout, batch stats)."""
-    if "train" in inspect.signature(module.loss).parameters:
-        return module.loss(params, X, y, train=False)
-    return module.loss(params, X, y)
+def _loss(module: types.ModuleType, params: dict, X: np.ndarray, y: np.ndarray, rows: int) -> float:
+    """The loss in inference mode (the module's loss trains otherwise: dropout, batch stats),
+    ``rows`` samples at a time: the mean of the parts' losses weighted by their sizes (the
+    l2 term, the same in each, counts once)."""
+    keyword = {"train": False} if "train" in inspect.signature(module.loss).parameters else {}
+    parts = _chunks(len(X), rows)
+    if len(parts) == 1:
+        return module.loss(params, X, y, **keyword)
+    total = sum(len(X[part]) * module.loss(params, X[part], y[part], **keyword) for part in parts)
+    return total / len(X)
+
+
+def pass_elements(spec: NetworkSpec) -> int:
+    """Numbers in the largest array a pass builds per sample: a convolution's im2col matrix
+    (output positions x C*kh*kw), else the widest layer."""
+    largest = max(spec.sizes)
+    for layer in spec.flat:
+        if layer.kind == "conv2d":
+            _, rows, columns = layer.shape
+            kh, kw = layer.layer.kernel
+            largest = max(largest, rows * columns * layer.in_shape[0] * kh * kw)
+    return largest
 
 
 def training_work(net: SymbolicNetwork, samples: int, opts: TrainSpec) -> int:
-    """The sample-parameter products of fit's float64 passes over ``samples`` training rows."""
+    """The multiply-adds of fit's float64 passes over ``samples`` training rows, in the
+    certificate's unit (``verify.pass_cost``: a convolution's C*kh*kw per output element)."""
     batch = max(1, min(opts.batch_size, samples))
     steps = opts.epochs * math.ceil(samples / batch)
     return steps * STEP_PASSES * pass_cost(net, batch)
+
+
+def check_work(net: SymbolicNetwork, samples: int, opts: TrainSpec) -> None:
+    """Refuse a training too large to run, by operation counts, before any work is done."""
+    spec = net.spec
+    batch = max(1, min(opts.batch_size, samples))
+    elements = batch * pass_elements(spec)
+    if elements > MAX_PASS_ELEMENTS:
+        raise InputError(
+            "--batch-size",
+            f"a mini-batch of {batch} of {spec.name} ({spec.shape_text()}) needs arrays of "
+            f"{elements:,} numbers, over the limit of {MAX_PASS_ELEMENTS:,}; use a smaller "
+            "batch or a smaller network",
+        )
+    work = training_work(net, samples, opts)
+    if work > MAX_TRAINING_WORK:
+        raise InputError(
+            "SPEC",
+            f"training {spec.name} ({spec.shape_text()}, {net.operations:,} "
+            f"multiply-adds per sample) for {opts.epochs:,} epochs of {samples:,} samples "
+            f"needs {work:.3g} multiply-adds, over the limit of {MAX_TRAINING_WORK:.0e}; "
+            "use fewer epochs, less data or a smaller network",
+        )
+
+
+def eval_rows(spec: NetworkSpec) -> int:
+    """Samples evaluated at once after training, so that no array passes MAX_PASS_ELEMENTS."""
+    return max(1, MAX_PASS_ELEMENTS // pass_elements(spec))
 
 
 def exact_budget(net: SymbolicNetwork, samples: int, opts: TrainSpec) -> int:
@@ -172,8 +241,7 @@ def train(
     ``exact_budget``, and PyTorch only with ``use_torch`` (its import alone outweighs the
     training of the bundled examples).
     """
-    derivation = derive(spec)
-    net = derivation.network
+    net = build(spec)
     opts = train_options or spec.train
     dataset = load_dataset(
         data,
@@ -181,8 +249,11 @@ def train(
         classification=net.loss.classification,
         test_fraction=test_fraction,
         seed=opts.seed,
+        shape=spec.input_shape,
     )
     check_features(dataset, net.sizes[0])
+    check_work(net, len(dataset.X_train), opts)
+    derivation = derive(net)
     if any(layer.kind == "batch_norm" for layer in spec.flat):
         count = len(dataset.X_train)
         if opts.batch_size == 1 or count % opts.batch_size == 1:
@@ -209,6 +280,7 @@ def train(
         raise CheckFailed(certificate)
 
     classification = dataset.classes is not None
+    rows = eval_rows(spec)
     params = module.init_params(seed=opts.seed)
     start = time.perf_counter()
     epochs: list[float] = []
@@ -216,7 +288,7 @@ def train(
     def report(epoch: int, loss: float) -> None:
         epochs.append(loss)
         if progress is not None:
-            metric = _metric(module, params, dataset.X_test, dataset.y_test, classification)
+            metric = _metric(module, params, dataset.X_test, dataset.y_test, classification, rows)
             progress(
                 Progress(
                     epoch, opts.epochs, loss, metric, time.perf_counter() - start, classification
@@ -245,10 +317,14 @@ def train(
     else:
         with np.errstate(all="ignore"):
             # in inference mode: running statistics, no dropout
-            train_loss = _loss(module, params, dataset.X_train, dataset.y_train)
-            test_loss = _loss(module, params, dataset.X_test, dataset.y_test)
-            train_metric = _metric(module, params, dataset.X_train, dataset.y_train, classification)
-            test_metric = _metric(module, params, dataset.X_test, dataset.y_test, classification)
+            train_loss = _loss(module, params, dataset.X_train, dataset.y_train, rows)
+            test_loss = _loss(module, params, dataset.X_test, dataset.y_test, rows)
+            train_metric = _metric(
+                module, params, dataset.X_train, dataset.y_train, classification, rows
+            )
+            test_metric = _metric(
+                module, params, dataset.X_test, dataset.y_test, classification, rows
+            )
     return TrainResult(
         derivation=derivation,
         source=source,
