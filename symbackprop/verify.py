@@ -769,8 +769,14 @@ def certify(
             f"{least_samples(net)} samples, got {batch}",
         )
     work = net.operations
+    what = f"{count} parameters" if work == count else f"{work:,} operations per sample"
+    if least_samples(net) * work > WORK_LIMIT:
+        raise InputError(
+            "spec",
+            f"{what} is too large for the certificate: its smallest check batch is over "
+            f"the limit of {WORK_LIMIT:,} operations; check a smaller network",
+        )
     if batch * work > WORK_LIMIT:
-        what = f"{count} parameters" if work == count else f"{work:,} operations per sample"
         raise InputError(
             "--batch",
             f"a check batch of {batch} x {what} is over the certificate's limit "

@@ -318,3 +318,27 @@ def test_flat_rows_of_images_are_the_same_batch() -> None:
     assert flat.passed and images.passed, flat.table()
     assert flat.loss == images.loss
     assert flat.max_rel("exact") == images.max_rel("exact")
+
+
+def test_a_network_whose_one_sample_is_over_the_limit_is_refused_as_too_large() -> None:
+    # 16x250x250 -> 16x246x246 (16 x 5x5 taps each): one sample alone is over WORK_LIMIT,
+    # so a smaller batch cannot help and the message must not suggest one
+    spec = from_dict(
+        {
+            "name": "vast",
+            "inputs": [16, 250, 250],
+            "loss": "cross_entropy",
+            "layers": [
+                {"kind": "conv2d", "filters": 16, "kernel": 5},
+                {"kind": "max_pool2d", "kernel": 246},
+                {"kind": "flatten"},
+                {"units": 2, "activation": "softmax"},
+            ],
+        }
+    )
+    assert build(spec).operations > WORK_LIMIT
+    with pytest.raises(InputError) as refused:
+        certify(spec, batch=1, use_torch=False)
+    assert refused.value.field == "spec"
+    assert "too large for the certificate" in str(refused.value)
+    assert "smaller batch" not in str(refused.value)
