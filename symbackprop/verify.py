@@ -735,6 +735,13 @@ def large_inputs(
     return LargeInputs(tuple(label for label, *_ in points), tuple(failures), tuple(notes))
 
 
+def _still_checking(fd_samples: int, use_torch: bool) -> str:
+    """Which witnesses still check every layer when the exact one is skipped."""
+    witnesses = (("finite differences", fd_samples), ("PyTorch", use_torch))
+    names = [name for name, on in witnesses if on]
+    return f"{' and '.join(names)} still check{'s' if len(names) == 1 else ''} every layer"
+
+
 def _first(samples: int, batch: int) -> str:
     """'the first 12 of the 1000 samples', 'the first of the 4 samples'."""
     return f"the first {'' if samples == 1 else f'{samples} '}of the {batch} samples"
@@ -885,7 +892,7 @@ def certify(
             (
                 "exact",
                 f"{count} parameters is above the neuron-level limit of {GRAPH_LIMIT}; "
-                "finite differences and PyTorch still check every layer",
+                f"{_still_checking(fd_samples, use_torch)}",
             )
         )
     elif not graph_reachable(net):
@@ -893,8 +900,8 @@ def certify(
             (
                 "exact",
                 f"{net.operations:,} operations per sample (conv taps and pooled entries) "
-                f"is above the neuron-level limit of {GRAPH_LIMIT:,}; finite differences "
-                "and PyTorch still check every layer",
+                f"is above the neuron-level limit of {GRAPH_LIMIT:,}; "
+                f"{_still_checking(fd_samples, use_torch)}",
             )
         )
     else:

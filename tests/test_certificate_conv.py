@@ -262,6 +262,10 @@ def test_the_digits_cnn_is_certified_with_the_exact_witness_skipped_by_its_opera
     reasons = dict(certificate.skipped)
     assert "27,146 operations per sample" in reasons["exact"]
     assert "neuron-level limit of 10,000" in reasons["exact"]
+    assert reasons["exact"].endswith("finite differences and PyTorch still check every layer")
+    # without PyTorch the reason names only the witness that still runs
+    alone = dict(certify(from_dict(DIGITS_CNN), use_torch=False).skipped)["exact"]
+    assert alone.endswith("; finite differences still checks every layer"), alone
 
 
 def test_a_huge_conv_spec_is_refused_or_skipped_by_operation_counts() -> None:
