@@ -856,6 +856,11 @@ def _diff_all(loss: sympy.Expr, symbols: Sequence[sympy.Symbol]) -> sympy.Immuta
     return _matrix_row([sympy.diff(loss, s) for s in symbols])
 
 
+def _pair_text(pair: tuple[int, int]) -> str:
+    """``2`` for (2, 2), ``(2, 1)`` otherwise: rows first, as the spec writes it."""
+    return str(pair[0]) if pair[0] == pair[1] else f"({pair[0]}, {pair[1]})"
+
+
 def _conv_case(
     channels: int,
     size: tuple[int, int],
@@ -908,7 +913,7 @@ def _conv_case(
     what = (
         f"{channels} channel{'s' if channels > 1 else ''}, {size[0]} x {size[1]} input, "
         f"{filters} filter{'s' if filters > 1 else ''} of {kernel[0]} x {kernel[1]}, "
-        f"stride {stride[0]}, padding {padding[0]}"
+        f"stride {_pair_text(stride)}, padding {_pair_text(padding)}"
     )
     return ConvCase(what, tuple(xs), tuple(gs), sympy.ImmutableMatrix(zs), derived, formulas)
 

@@ -221,3 +221,9 @@ def test_conv_spec_derives_with_the_contract_numbers() -> None:
     assert "avg_pool2d.forward" not in numbers
     assert d.layers[0] is not None and d.layers[0].activation.name == "relu"  # f'(z), as dense
     assert {5, 7, 26, 27, 28, 29, 30, 31, 34, 35} <= set(d.cited)
+
+
+def test_each_instance_is_described_with_its_own_stride_and_padding() -> None:
+    whats = [case.what for case in rules.derive_conv_rule("conv2d").cases]
+    assert "1 channel, 4 x 3 input, 1 filter of 3 x 2, stride (2, 1), padding (1, 0)" in whats
+    assert "1 channel, 3 x 3 input, 1 filter of 2 x 2, stride 2, padding 1" in whats
