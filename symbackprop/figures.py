@@ -852,17 +852,41 @@ class _Row:
     layer: int  # 0 for the input and the gap
 
 
+def _dims(shape: Sequence[int]) -> str:
+    """16 x 8 x 8 (math, for a label)."""
+    return "$" + " \\times ".join(map(str, shape)) + "$"
+
+
+def _box_name(layer: FlatLayer) -> str:
+    name = activation_name(layer)
+    return f"$f_{{{layer.index}}}$" if label_width(name, "small") > 4 * NAME_WIDTH else name
+
+
 def _box_text(layer: FlatLayer) -> str:
-    kind = layer.kind
+    kind, spec = layer.kind, layer.layer
     if kind == "dense":
-        name = activation_name(layer)
-        if label_width(name, "small") > 4 * NAME_WIDTH:
-            name = f"$f_{{{layer.index}}}$"
-        bias = "" if layer.layer.bias else ", no bias"
-        return f"{layer.index}: dense {layer.units}, {name}{bias}"
+        bias = "" if spec.bias else ", no bias"
+        return f"{layer.index}: dense {layer.units}, {_box_name(layer)}{bias}"
     if kind == "dropout":
-        return f"{layer.index}: dropout {_float_text(layer.layer.rate)}"
+        return f"{layer.index}: dropout {_float_text(spec.rate)}"
+    if kind == "conv2d":
+        bias = "" if spec.bias else ", no bias"
+        return (
+            f"{layer.index}: conv {_dims(spec.kernel)}, {_box_name(layer)}{bias} "
+            f"$\\to$ {_dims(layer.shape)}"
+        )
+    if kind in ("max_pool2d", "avg_pool2d"):
+        what = "max" if kind == "max_pool2d" else "average"
+        return f"{layer.index}: {what} pool {_dims(spec.kernel)} $\\to$ {_dims(layer.shape)}"
+    if kind == "flatten":
+        return f"{layer.index}: flatten $\\to$ {layer.units}"
     return f"{layer.index}: {_KIND_NAMES.get(kind, _escape(kind))}"
+
+
+def _input_text(spec: NetworkSpec) -> str:
+    if spec.image:
+        return f"$x$: {_dims(spec.input_shape)} image"
+    return f"$x$: {spec.inputs} input{'s' if spec.inputs > 1 else ''}"
 
 
 def _block_range(spec: NetworkSpec, residual: FlatLayer) -> tuple[int, int]:
@@ -908,7 +932,7 @@ def _elide(count: int, limit: int) -> tuple[list[int | None], dict[int, int]]:
 def _layer_boxes(spec: NetworkSpec) -> tuple[list[Item], str]:
     """A column of layer boxes in the order of the forward pass, the input on top."""
     flat = spec.flat
-    rows = [_Row("box", f"$x$: {spec.inputs} input{'s' if spec.inputs > 1 else ''}", 0)]
+    rows = [_Row("box", _input_text(spec), 0)]
     for index in spec.order:
         layer = flat[index - 1]
         if layer.kind == "residual":
@@ -974,11 +998,17 @@ def _layer_boxes(spec: NetworkSpec) -> tuple[list[Item], str]:
     return items, _boxes_caption(spec, hidden)
 
 
+def _input_caption(spec: NetworkSpec) -> str:
+    if spec.image:
+        return f"a {_dims(spec.input_shape)} image input ({spec.inputs} values)"
+    return f"{spec.inputs} input{'s' if spec.inputs > 1 else ''}"
+
+
 def _boxes_caption(spec: NetworkSpec, hidden: Sequence[int]) -> str:
     flat = spec.flat
     parts = [
         f"The network, one box per layer in the order of the forward pass: "
-        f"{spec.inputs} input{'s' if spec.inputs > 1 else ''}, {len(flat)} "
+        f"{_input_caption(spec)}, {len(flat)} "
         f"layer{'s' if len(flat) > 1 else ''} and {spec.output_layer.units} "
         f"output{'s' if spec.output_layer.units > 1 else ''}"
     ]

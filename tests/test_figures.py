@@ -660,3 +660,19 @@ def test_the_conv_figures_compile_cleanly(tmp_path) -> None:  # noqa: ANN001
     _clean(log)
     for label in ("input x", "kernel W", "output z", "max pool", "average pool", "slide"):
         assert label in text, label
+
+
+def test_the_layer_boxes_of_a_conv_net_give_each_kernel_and_output_shape() -> None:
+    spec = load_spec("digits_cnn")
+    figure = figures.network_figure(spec)
+    for text in (
+        "x: 1×8×8 image",
+        "1: conv 3×3, ReLU → 16×8×8",
+        "2: max pool 2×2 → 16×4×4",
+        "4: max pool 2×2 → 32×2×2",
+        "5: flatten → 128",
+        "6: dense 10, softmax",
+    ):
+        plain = "".join(re.sub(r"<[^>]+>", "", line) for line in figure.svg.splitlines())
+        assert text.replace(" ", "") in plain.replace(" ", "").replace("\u2009", ""), text
+    assert "a $1 \\times 8 \\times 8$ image input (64 values)" in figure.caption
