@@ -510,8 +510,8 @@ def _svg_text(item: Text, flip: Callable[[float], float]) -> str:
         parts.append(f"<tspan {' '.join(attrs)}>{body}</tspan>" if attrs else body)
     return (
         f'<text x="{_n(item.x)}" y="{_n(baseline)}" font-size="{_n(em)}" '
-        f'text-anchor="{anchor}" stroke="none">{"".join(parts)}</text>'
-    )
+        f'text-anchor="{anchor}" stroke="none" xml:space="preserve">{"".join(parts)}</text>'
+    )  # preserve: a run's leading space ("δ_pq to ...") is a word break in every renderer
 
 
 def _svg_item(item: Item, flip: Callable[[float], float]) -> str:
@@ -1745,8 +1745,11 @@ def pool_windows(x: Sequence[Sequence[int]], k: int = 2) -> list[tuple[int, int,
     return out
 
 
-def _grid(x0: float, top: float, values: Sequence[Sequence[object]], name: str) -> list[Item]:
-    """A grid of numbered cells, its upper left corner at (x0, top), its name above."""
+def _grid(
+    x0: float, top: float, values: Sequence[Sequence[object]], name: str, size: str = "small"
+) -> list[Item]:
+    """A grid of numbered cells, its upper left corner at (x0, top), its name above; the
+    numbers at ``size``."""
     rows, cols = len(values), len(values[0])
     items: list[Item] = []
     for i in range(rows):
@@ -1755,7 +1758,7 @@ def _grid(x0: float, top: float, values: Sequence[Sequence[object]], name: str) 
             items.append(Box(x, y, CELL, CELL, "cell"))
             text = values[i][j]
             text = f"${text}$" if isinstance(text, int) else str(text)
-            items.append(Text(x + CELL / 2, y + CELL / 2, text))
+            items.append(Text(x + CELL / 2, y + CELL / 2, text, size=size))
     items.append(Text(x0 + cols * CELL / 2, top + 9, name))
     return items
 
@@ -1823,7 +1826,7 @@ def pooling_figure() -> Figure:
         total = sum(c[0] for c in cells)
         means[p][q] = f"${_float_text(total / 4)}$"
     items += _grid(120, top - CELL, maxima, "max pool")
-    items += _grid(200, top - CELL, means, "average pool")
+    items += _grid(200, top - CELL, means, "average pool", "footnotesize")  # 2.25 fits
     items.append(Arrow(96, top - 2 * CELL, 114, top - 2 * CELL))
     items.append(
         Text(

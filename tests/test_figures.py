@@ -676,3 +676,15 @@ def test_the_layer_boxes_of_a_conv_net_give_each_kernel_and_output_shape() -> No
         plain = "".join(re.sub(r"<[^>]+>", "", line) for line in figure.svg.splitlines())
         assert text.replace(" ", "") in plain.replace(" ", "").replace("\u2009", ""), text
     assert "a $1 \\times 8 \\times 8$ image input (64 values)" in figure.caption
+
+
+def test_word_breaks_between_a_labels_runs_survive_every_svg_renderer() -> None:
+    # "max sends δ_pq to the circled entry": the space opens the run after the subscript;
+    # without xml:space="preserve" some renderers strip it and print "δpqto"
+    root = ET.fromstring(figures.pooling_figure().svg)
+    texts = [e for e in root.iter() if e.tag.endswith("text")]
+    assert texts
+    spaced = [e for e in texts if any((t.text or "").startswith(" ") for t in e.iter())]
+    assert spaced, "the pooling caption has a run that starts with a space"
+    for element in texts:
+        assert element.get("{http://www.w3.org/XML/1998/namespace}space") == "preserve"
