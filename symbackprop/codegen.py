@@ -216,6 +216,16 @@ def _kind_eqs(derivation: Derivation, kind: str) -> dict[str, int]:
     }
 
 
+def _add_buffers(
+    rows: list[tuple[str, str, str | None]], buffers: list[tuple[str, str]], fixed: dict[str, str]
+) -> None:
+    """A kind's workspace arrays into ``buffers``; those of their own dtype into ``fixed``."""
+    for buffer, shape_text, own in rows:
+        buffers.append((buffer, shape_text))
+        if own is not None:
+            fixed[buffer] = own
+
+
 def context(derivation: Derivation) -> dict[str, object]:
     net = derivation.network
     spec = net.spec
@@ -315,10 +325,7 @@ def context(derivation: Derivation) -> dict[str, object]:
                 kind = LAYERS[layer.kind]
                 entry["fields"] = kind.fields(layer)
                 entry["eqs"] = _kind_eqs(derivation, layer.kind)
-                for buffer, shape_text, own in kind.buffers(layer):
-                    buffers.append((buffer, shape_text))
-                    if own is not None:
-                        fixed[buffer] = own
+                _add_buffers(kind.buffers(layer), buffers, fixed)
                 weight = spec.parameters[f"W{index}"]
                 buffers.append((f"dW{index}", str(weight)))
                 if layer.layer.bias:
@@ -340,10 +347,7 @@ def context(derivation: Derivation) -> dict[str, object]:
             if layer.kind == "residual":
                 entry["block_output"] = names[layer.sources[1]]
             entry["eqs"] = _kind_eqs(derivation, layer.kind)
-            for buffer, shape_text, own in kind.buffers(layer):
-                buffers.append((buffer, shape_text))
-                if own is not None:
-                    fixed[buffer] = own
+            _add_buffers(kind.buffers(layer), buffers, fixed)
         codes[index] = LayerCode(**common, **entry)  # type: ignore[arg-type]
 
     for code in codes.values():  # an image has one reader: its send writes, never adds

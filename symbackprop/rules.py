@@ -37,7 +37,7 @@ import sympy
 
 from symbackprop import layers
 from symbackprop.expressions import simplify
-from symbackprop.spec import FlatLayer, LayerSpec
+from symbackprop.spec import FlatLayer, LayerSpec, output_size
 
 # the image kinds (DESIGN §2c) have rules of their own, on image instances: symbackprop.conv
 CONV_KINDS = ("conv2d", "max_pool2d", "avg_pool2d", "flatten")
@@ -719,10 +719,6 @@ def _padded(x: sympy.NDimArray, padding: tuple[int, int]) -> Callable[[int, int,
     return entry
 
 
-def conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
-    return (size + 2 * padding - kernel) // stride + 1
-
-
 def conv_forward(
     x: sympy.NDimArray,
     w: sympy.NDimArray,
@@ -733,8 +729,8 @@ def conv_forward(
     """z[f, p, q] = b[f] + sum_{c,u,v} W[f, c, u, v] xpad[c, S p + u, S q + v] (nn.Conv2d)."""
     filters, channels, kh, kw = w.shape
     _, height, width = x.shape
-    ho = conv_output_size(height, kh, stride[0], padding[0])
-    wo = conv_output_size(width, kw, stride[1], padding[1])
+    ho = output_size(height, kh, stride[0], padding[0])
+    wo = output_size(width, kw, stride[1], padding[1])
     xp = _padded(x, padding)
     z = sympy.MutableDenseNDimArray.zeros(filters, ho, wo)
     for f, p, q in _indices((filters, ho, wo)):
@@ -815,8 +811,8 @@ def conv_grad_input_full(
 def im2col(x: sympy.NDimArray, kernel: Pair, stride: Pair, padding: Pair) -> sympy.Matrix:
     """The (C kh kw) x (Ho Wo) matrix of equation conv2d.im2col: row (c, u, v), column (p, q)."""
     channels, height, width = x.shape
-    ho = conv_output_size(height, kernel[0], stride[0], padding[0])
-    wo = conv_output_size(width, kernel[1], stride[1], padding[1])
+    ho = output_size(height, kernel[0], stride[0], padding[0])
+    wo = output_size(width, kernel[1], stride[1], padding[1])
     xp = _padded(x, padding)
     rows = _indices((channels, *kernel))
     cols = _indices((ho, wo))
@@ -835,8 +831,8 @@ def col2im(
     """Every entry of dcols added back to the input pixel it was copied from (the padding's
     entries dropped): the transpose of im2col."""
     channels, height, width = shape
-    ho = conv_output_size(height, kernel[0], stride[0], padding[0])
-    wo = conv_output_size(width, kernel[1], stride[1], padding[1])
+    ho = output_size(height, kernel[0], stride[0], padding[0])
+    wo = output_size(width, kernel[1], stride[1], padding[1])
     dx = sympy.MutableDenseNDimArray.zeros(*shape)
     rows = _indices((channels, *kernel))
     cols = _indices((ho, wo))
@@ -923,8 +919,8 @@ def _window_cases(
 ) -> tuple[sympy.NDimArray, list[list[tuple[int, int, int]]], tuple[int, int, int]]:
     """(x, windows, output symbols...) of a 1-channel pooling instance."""
     x = _image("x", (1, *size))
-    ho = conv_output_size(size[0], kernel, stride, 0)
-    wo = conv_output_size(size[1], kernel, stride, 0)
+    ho = output_size(size[0], kernel, stride, 0)
+    wo = output_size(size[1], kernel, stride, 0)
     windows = [
         [(0, stride * p + u, stride * q + v) for u in range(kernel) for v in range(kernel)]
         for p, q in _indices((ho, wo))

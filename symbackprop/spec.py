@@ -758,6 +758,12 @@ def _layer_list(
     return tuple(layers)
 
 
+def output_size(size: int, kernel: int, stride: int, padding: int) -> int:
+    """A conv or pool output's rows (or columns): floor((size + 2 padding - kernel) / stride) + 1
+    (DESIGN §2c)."""
+    return (size + 2 * padding - kernel) // stride + 1
+
+
 def _shape_text(shape: tuple[int, ...]) -> str:
     if len(shape) == 3:
         return f"{shape[0]} channel{'s' if shape[0] > 1 else ''} of {shape[1]}x{shape[2]}"
@@ -863,8 +869,8 @@ def _image_layer(value: Mapping, kind: str, path: str, shape: tuple[int, ...]) -
         )
     out = (
         filters if kind == "conv2d" else channels,
-        (rows - kernel[0]) // stride[0] + 1,
-        (columns - kernel[1]) // stride[1] + 1,
+        output_size(height, kernel[0], stride[0], padding[0]),
+        output_size(width, kernel[1], stride[1], padding[1]),
     )
     if math.prod(out) > MAX_UNITS:
         raise InputError(
