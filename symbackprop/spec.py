@@ -251,6 +251,30 @@ def layer_state(layer: FlatLayer) -> dict[str, tuple[int, ...]]:
     return {}
 
 
+# A parameter's or state entry's name in the state_dict of the exported PyTorch model
+# (``symbackprop export --torch``): layer l is the submodule ``layer<l>`` (nn.Linear,
+# nn.Conv2d, nn.LayerNorm, nn.RMSNorm, nn.BatchNorm1d), so W3 is ``layer3.weight``.
+TORCH_SUFFIXES = {
+    "W": "weight",
+    "b": "bias",
+    "gamma": "weight",
+    "beta": "bias",
+    "mean": "running_mean",
+    "var": "running_var",
+}
+# The input standardization (``train --standardize``): entries of params that every function
+# of the generated module applies to X, and buffers of the exported model.
+INPUT_SCALING = ("x_mean", "x_scale")
+
+
+def torch_key(name: str) -> str:
+    """The exported model's state_dict key of a params entry: W3 -> layer3.weight."""
+    if name in INPUT_SCALING:
+        return name
+    prefix = name.rstrip("0123456789")
+    return f"layer{name[len(prefix):]}.{TORCH_SUFFIXES[prefix]}"
+
+
 @dataclass(frozen=True)
 class TrainSpec:
     """Trainer defaults; hyperparameters mean what they mean in torch.optim.SGD / Adam."""
@@ -338,6 +362,13 @@ class NetworkSpec:
     def state(self) -> dict[str, tuple[int, ...]]:
         """Batch norm's running statistics by code name."""
         return {k: v for layer in self.flat for k, v in layer_state(layer).items()}
+
+    @property
+    def torch_keys(self) -> dict[str, str]:
+        """Every params entry (trainable, then state) -> its key in the exported model's
+        state_dict; batch norm layer l also has ``layer<l>.num_batches_tracked`` there."""
+        names = [*self.parameters, *self.state]
+        return {name: torch_key(name) for name in names}
 
     @property
     def parameter_count(self) -> int:
