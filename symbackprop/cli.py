@@ -169,6 +169,24 @@ def cmd_codegen(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from symbackprop.derive import derive
+    from symbackprop.export import torch_source
+    from symbackprop.graph import build
+
+    path = None if args.output is None else output_path(args.output, "-o")
+    inputs = _spec_input(args.spec)
+    if path is not None:
+        check_outputs([path], "-o", inputs)
+    source = torch_source(derive(build(_spec(args))))
+    if path is None:
+        sys.stdout.write(source)
+    else:
+        write_outputs({path: source}, "-o", inputs)
+        print(f"wrote {args.output}", file=sys.stderr)
+    return EXIT_OK
+
+
 def cmd_derive(args: argparse.Namespace) -> int:
     from symbackprop.derive import derive
     from symbackprop.render import compile_pdf, markdown_figures, render_markdown, render_tex
@@ -291,57 +309,104 @@ def _number(value: float, digits: int) -> str:
 
 
 def _progress_line(p: object) -> str:
-    metric = "test accuracy" if p.classification else "test rmse"
-    return (
-        f"epoch {p.epoch:>{len(str(p.epochs))}}/{p.epochs}  loss {_number(p.loss, 6)}  "
-        f"{metric} {_number(p.test_metric, 4)}  {p.seconds:6.1f} s"
-    )
+    kind = "accuracy" if p.classification else "rmse"
+    line = f"epoch {p.epoch:>{len(str(p.epochs))}}/{p.epochs}  loss {_number(p.loss, 6)}  "
+    if p.val_loss is not None:
+        line += f"val loss {_number(p.val_loss, 6)}  val {kind} {_number(p.val_metric, 4)}  "
+    if math.isfinite(p.test_metric):
+        line += f"test {kind} {_number(p.test_metric, 4)}  "
+    return line + f"{p.seconds:6.1f} s"
 
 
 def _print_progress(p: object) -> None:
     print(_progress_line(p), flush=True)
 
 
-def _train(spec: object, args: argparse.Namespace, use_torch: bool) -> object | None:
+def _train(
+    spec: object, args: argparse.Namespace, use_torch: bool, record: bool = False
+) -> object | None:
     """Shared by train and demo: check, train with progress, print the summary.
 
     None when the certificate failed (training refused; the table says why).
     """
     from symbackprop import training
+    from symbackprop.progress import Bar
 
-    opts = training.options(
-        spec,
-        epochs=args.epochs,
-        lr=args.lr,
-        batch_size=args.batch_size,
-        optimizer=args.optimizer,
-        seed=args.seed,
-    )
+    given = {key: getattr(args, key, None) for key in TRAIN_OPTIONS}
+    opts = training.options(spec, **given)
+    bar = Bar("certificate")
 
     def checked(certificate: object) -> None:
+        bar.close()
         print(certificate.table(), flush=True)
         print(flush=True)
 
+    schedule = getattr(opts, "schedule", "constant")
     print(
-        f"training {spec.name} on {args.data}: {opts.optimizer}, lr {opts.lr}, "
-        f"{opts.epochs} epochs, batch size {opts.batch_size}, seed {opts.seed}",
+        f"training {spec.name} on {args.data}: {opts.optimizer}, lr {opts.lr}"
+        f"{'' if schedule == 'constant' else f' ({schedule} schedule)'}, "
+        f"{opts.epochs} epochs, batch size {opts.batch_size}, seed {opts.seed}"
+        + ("" if getattr(args, "split_seed", None) is None else f", split seed {args.split_seed}")
+        + (", standardized features" if getattr(args, "standardize", False) else ""),
         flush=True,
     )
+    epochs = Bar("training")
+
+    def progress(p: object) -> None:
+        epochs.close()
+        _print_progress(p)
+        epochs.update(p.epoch / p.epochs, f"epoch {p.epoch}/{p.epochs}")
+
     try:
-        result = training.train(
-            spec,
-            args.data,
-            opts,
-            test_fraction=args.test_fraction,
-            progress=_print_progress,
-            checked=checked,
-            use_torch=use_torch,
-        )
+        with bar, epochs:
+            result = training.train(
+                spec,
+                args.data,
+                opts,
+                test_fraction=args.test_fraction,
+                split_seed=getattr(args, "split_seed", None),
+                val_fraction=getattr(args, "val_fraction", None) or 0.0,
+                patience=getattr(args, "patience", None),
+                standardize=getattr(args, "standardize", False),
+                check=not getattr(args, "no_check", False),
+                record=record,
+                threads=getattr(args, "threads", None),
+                progress=progress,
+                checked=checked,
+                use_torch=use_torch,
+                checking=lambda fraction, what: bar.update(fraction, what),
+            )
     except training.CheckFailed as failed:
         print(f"symbackprop: {failed}", file=sys.stderr)
         return None
+    if result.certificate is None:
+        print("certificate skipped (--no-check): the gradients were not checked on this data")
+    if result.dataset.class_names is not None:
+        names = ", ".join(f"{i} = {name}" for i, name in enumerate(result.dataset.class_names))
+        print(f"classes: {names}")
+    if result.stopped_early:
+        print(
+            f"stopped early after epoch {len(result.history)}: no better validation loss for "
+            f"{args.patience} epochs; kept the weights of epoch {result.best_epoch}"
+        )
+    elif result.best_epoch:
+        print(f"kept the weights of epoch {result.best_epoch} (the best validation loss)")
     _summary(result)
     return result
+
+
+# the options of a run that TrainSpec holds (None on the command line: the spec's)
+TRAIN_OPTIONS = (
+    "epochs",
+    "lr",
+    "batch_size",
+    "optimizer",
+    "seed",
+    "schedule",
+    "step_size",
+    "gamma",
+    "min_lr",
+)
 
 
 def _diverged(result: object) -> bool:
@@ -349,19 +414,51 @@ def _diverged(result: object) -> bool:
     if not result.diverged:
         return False
     why = result.stop_reason or "the loss is not finite; try a smaller --lr"
-    print(f"symbackprop: training diverged, no weights saved: {why}", file=sys.stderr)
+    print(f"symbackprop: training diverged, no weights saved: {why}{result.hint}", file=sys.stderr)
     print(result.final_line())
     return True
 
 
+# the files of ``train --out DIR`` (the module is SPEC_NAME.py)
+OUT_FILES = {
+    "weights": "weights.npz",
+    "metrics": "metrics.json",
+    "split": "split.json",
+    "curve": "training_curve.png",
+}
+
+
+def _out_files(out: str, name: str) -> dict[str, Path] | None:
+    """train --out: None for a weights file (.npz), else the folder's files, checked."""
+    if out.lower().endswith(".npz"):
+        return None
+    if not out.strip():
+        raise InputError("--out", "expected a file or folder name, got an empty string")
+    folder = Path(out)
+    if folder.exists() and not folder.is_dir():
+        raise InputError(
+            "--out", f"{out} exists and is not a folder (a weights file must end in .npz)"
+        )
+    files = {"module": folder / f"{name}.py"}
+    files.update({key: folder / file for key, file in OUT_FILES.items()})
+    return files
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    out = None if args.out is None else output_path(args.out, "--out")
     inputs = {**_spec_input(args.spec), "--data": _data_input(args.data)}
+    spec = _spec(args)
+    folder = None if args.out is None else _out_files(args.out, spec.name)
+    out = None if args.out is None or folder is not None else output_path(args.out, "--out")
     if out is not None:
         check_outputs([out], "--out", inputs)
+    if folder is not None:
+        check_outputs(folder.values(), "--out", inputs)
+    if args.patience is not None and not args.val_fraction:
+        raise InputError(
+            "--patience", "early stopping watches a validation part: give --val-fraction too"
+        )
     use_torch = _torch_witness(args)
-    spec = _spec(args)
-    result = _train(spec, args, use_torch)
+    result = _train(spec, args, use_torch, record=folder is not None)
     if result is None:
         return EXIT_CHECK_FAILED
     if _diverged(result):
@@ -369,8 +466,33 @@ def cmd_train(args: argparse.Namespace) -> int:
     if out is not None:
         write_outputs({out: _weights_bytes(result)}, "--out", inputs)
         print(f"saved weights to {args.out} (load them with the generated module's load())")
+    if folder is not None:
+        _write_folder(result, folder, args, inputs)
     print(result.final_line())
     return EXIT_OK
+
+
+def _write_folder(
+    result: object, files: dict[str, Path], args: argparse.Namespace, inputs: dict
+) -> None:
+    from symbackprop import outputs
+
+    contents: dict[Path, str | bytes] = {
+        files["module"]: result.source,
+        files["weights"]: _weights_bytes(result),
+        files["metrics"]: outputs.metrics_json(result, args.data),
+        files["split"]: outputs.split_json(result),
+    }
+    curve = outputs.curve_png(result)
+    if curve is not None:
+        contents[files["curve"]] = curve
+    write_outputs(contents, "--out", inputs)
+    print(f"wrote {args.out}:")
+    for path in contents:
+        print(f"  {path}")
+    if curve is None:
+        print("  (no training curve: matplotlib is not installed; pip install 'symbackprop[plot]')")
+    print(f"  use it: python {files['module']} predict DATA --weights {files['weights']}")
 
 
 def _data_input(data: str) -> Path | None:
@@ -381,23 +503,36 @@ def _data_input(data: str) -> Path | None:
 
 
 def _weights_bytes(result: object) -> bytes:
+    """The weights as the module's save writes them, with the input scaling and the class
+    names when there are any (the module's load reads them back)."""
     import io
 
     import numpy
 
     buffer = io.BytesIO()
-    numpy.savez(buffer, **result.params)
+    numpy.savez(buffer, **result.weights)
     return buffer.getvalue()
 
 
 def _summary(result: object) -> None:
     metric = "accuracy" if result.classification else "rmse"
+    held = len(result.dataset.y_test)
+    test = (
+        f"test loss {_number(result.test_loss, 6)}, "
+        if held
+        else "no test part (--test-fraction 0), "
+    )
+    scores = f"train {metric} {_number(result.train_metric, 4)}"
+    if held:
+        scores += f", test {metric} {_number(result.test_metric, 4)} ({held} test samples)"
+    if result.dataset.X_val is not None:
+        scores += (
+            f"; validation loss {_number(result.val_loss, 6)}, validation {metric} "
+            f"{_number(result.val_metric, 4)} ({len(result.dataset.y_val)} samples)"
+        )
     print(
         f"trained in {result.seconds:.1f} s: train loss {_number(result.train_loss, 6)}, "
-        f"test loss {_number(result.test_loss, 6)}, "
-        f"train {metric} {_number(result.train_metric, 4)}, "
-        f"test {metric} {_number(result.test_metric, 4)} "
-        f"({len(result.dataset.y_test)} test samples)"
+        f"{test}{scores}"
     )
 
 
@@ -627,7 +762,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("train", cmd_train, "generate, verify and train on a dataset", LOSSES_EPILOG)
     sub.add_argument("spec", metavar="SPEC", help=spec_help)
     _training_arguments(sub, data_required=True)
-    sub.add_argument("--out", metavar="WEIGHTS", help="save the trained weights (.npz)")
+    _own_data_arguments(sub)
+    sub.add_argument(
+        "--out",
+        metavar="PATH",
+        help="FILE.npz: the weights alone; any other PATH is a folder that receives the "
+        "module, weights.npz, metrics.json, split.json and training_curve.png",
+    )
+
+    sub = command("export", cmd_export, "a standalone PyTorch module equivalent to the spec")
+    sub.add_argument("spec", metavar="SPEC", help=spec_help)
+    sub.add_argument(
+        "--torch", action="store_true", required=True, help="PyTorch (the one target for now)"
+    )
+    sub.add_argument("-o", "--output", metavar="FILE", help="write here instead of standard output")
 
     sub = command(
         "demo", cmd_demo, "the main job: derive, generate, check and train the digits network"
@@ -649,12 +797,63 @@ def _training_arguments(sub: argparse.ArgumentParser, data_required: bool) -> No
     sub.add_argument("--epochs", type=int, help="default: the spec's [train] epochs")
     sub.add_argument("--lr", type=float, help="learning rate (default: the spec's)")
     sub.add_argument("--batch-size", type=int, help="mini-batch size (default: the spec's)")
-    sub.add_argument("--optimizer", choices=("sgd", "momentum", "adam"), help="default: the spec's")
-    sub.add_argument("--seed", type=int, help="seed for initialisation, shuffling and the split")
     sub.add_argument(
-        "--test-fraction", type=float, default=0.2, help="held-out share of the data (default 0.2)"
+        "--optimizer",
+        choices=("sgd", "momentum", "adam", "rmsprop"),
+        help="default: the spec's (torch.optim's definitions)",
+    )
+    sub.add_argument(
+        "--seed",
+        type=int,
+        help="seed for initialisation and shuffling, and for the split unless --split-seed",
+    )
+    sub.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.2,
+        help="held-out share of the data (default 0.2; 0: train on everything)",
     )
     _torch_arguments(sub)
+
+
+def _own_data_arguments(sub: argparse.ArgumentParser) -> None:
+    """train's options for a user's own data (README "Your own data")."""
+    sub.add_argument(
+        "--standardize",
+        action="store_true",
+        help="scale every feature by the training part's mean and standard deviation "
+        "(saved with the weights, applied by the module; recommended for raw features)",
+    )
+    sub.add_argument("--split-seed", type=int, help="seed of the split alone (default: --seed)")
+    sub.add_argument(
+        "--val-fraction",
+        type=float,
+        help="a validation part of this share of the data, drawn after the test part",
+    )
+    sub.add_argument(
+        "--patience",
+        type=int,
+        help="stop after N epochs without a better validation loss; keep the best weights",
+    )
+    sub.add_argument(
+        "--schedule",
+        choices=("constant", "step", "cosine"),
+        help="learning-rate schedule per epoch: torch's StepLR or CosineAnnealingLR "
+        "(T_max = epochs); default: the spec's",
+    )
+    sub.add_argument("--step-size", type=int, help="step schedule: epochs between decays")
+    sub.add_argument("--gamma", type=float, help="step schedule: the decay factor")
+    sub.add_argument("--min-lr", type=float, help="cosine schedule: the final learning rate")
+    sub.add_argument(
+        "--threads",
+        type=int,
+        help="BLAS threads while training (needs threadpoolctl; default: BLAS's own choice)",
+    )
+    sub.add_argument(
+        "--no-check",
+        action="store_true",
+        help="skip the certificate (the gradients are then not checked on this data)",
+    )
 
 
 def _torch_arguments(sub: argparse.ArgumentParser) -> None:

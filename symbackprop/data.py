@@ -61,6 +61,7 @@ import zlib
 from array import array
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from dataclasses import field as _field
 from importlib import resources
 from pathlib import Path
 from typing import BinaryIO
@@ -82,6 +83,8 @@ __all__ = [
     "read_table",
     "rmse",
     "split",
+    "split_indices",
+    "standardizer",
 ]
 
 DIGITS = "digits"
@@ -115,6 +118,11 @@ class Dataset:
     y_test: np.ndarray
     name: str  # "digits" or the path as given
     classes: int | None  # classification: number of classes (2 for one sigmoid output)
+    X_val: np.ndarray | None = None  # the validation part (``val_fraction``), else None
+    y_val: np.ndarray | None = None
+    class_names: tuple[str, ...] | None = None  # a csv's class names, label i = names[i]
+    # the sample numbers (0-based, in the file's order) of each part: train, validation, test
+    indices: dict[str, np.ndarray] = _field(default_factory=dict)
 
     @property
     def features(self) -> int:
@@ -136,6 +144,7 @@ class _Table:
     name: str
     rows: np.ndarray | None  # csv: the file line of each sample; npz: None
     image: tuple[int, ...] = ()  # an .npz's X of shape (n, C, H, W): its (C, H, W)
+    names: tuple[str, ...] | None = None  # a csv's class names; y then holds their indices
 
     def where(self, i: int) -> str:
         return f"row {int(self.rows[i])}" if self.rows is not None else f"y[{i}]"
@@ -171,7 +180,7 @@ def read_table(
     return table.X, table.y
 
 
-def _read(path: str, targets: int, field: str) -> _Table:
+def _read(path: str, targets: int, field: str, names: bool = False) -> _Table:
     file = Path(path)
     try:
         exists = file.exists()
@@ -188,7 +197,7 @@ def _read(path: str, targets: int, field: str) -> _Table:
     if lower.endswith(".npz"):
         return _read_npz(file, path, field)
     if lower.endswith((".csv", ".csv.gz")):
-        return _read_csv(file, path, targets, field)
+        return _read_csv(file, path, targets, field, names)
     raise InputError(field, f"{path}: unknown file type; expected one of {', '.join(_SUFFIXES)}")
 
 
@@ -313,7 +322,7 @@ def _npy_header(
     return shape, dtype
 
 
-def _read_csv(file: Path, name: str, targets: int, field: str) -> _Table:
+def _read_csv(file: Path, name: str, targets: int, field: str, names: bool = False) -> _Table:
     compressed = name.lower().endswith(".gz")
     try:
         size = file.stat().st_size
@@ -321,7 +330,7 @@ def _read_csv(file: Path, name: str, targets: int, field: str) -> _Table:
         raise InputError(field, f"{name}: cannot read: {_one_line(error)}") from None
     if not compressed and size > MAX_CSV_BYTES:
         raise InputError(field, f"{name}: is larger than {MAX_CSV_BYTES:,} bytes, the limit")
-    parser = _CsvParser(name, targets, field, compressed)
+    parser = _CsvParser(name, targets, field, compressed, names)
     try:
         with open(file, "rb") as raw:
             parser.run(_blocks(_text(raw, compressed)))
@@ -420,8 +429,13 @@ class _CsvParser:
     block that it would pass unchanged.
     """
 
-    def __init__(self, name: str, targets: int, field: str, compressed: bool) -> None:
+    def __init__(
+        self, name: str, targets: int, field: str, compressed: bool, names: bool = False
+    ) -> None:
         self.name, self.targets, self.field, self.compressed = name, targets, field, compressed
+        # class labels may be names: sample number -> its label's text (the array holds NaN)
+        self.names: dict[int, str] | None = {} if names else None
+        self.first_label = 0  # the line of the first number label, for a mixed column's message
         self.width = 0  # columns, fixed by the header or the first row of numbers
         self.elements = 0  # numbers read
         self.total = 0  # characters read
@@ -512,6 +526,11 @@ class _CsvParser:
         if not "".join(cells).strip():
             return  # a blank line
         values = _numbers(cells)
+        label = None
+        if values is None and self.names is not None and len(cells) > 1:
+            features = _numbers(cells[:-1])
+            if features is not None:  # numbers, then a class name
+                label, values = cells[-1].strip(), [*features, math.nan]
         if values is None and not self.samples and not self.width:
             self.width = len(cells)  # the header: it fixes the width, it is not data
             return
@@ -528,11 +547,33 @@ class _CsvParser:
         if self.width < self.targets + 1:  # known from the first row: refuse before reading on
             _too_few_columns(name, self.width, self.targets, field)
         self._count(self.width)
+        if self.names is not None:
+            self._label(label, line)
         self.pending_rows.append(values)
         self.pending_lines.append(line)
         self.samples += 1
         if len(self.pending_rows) * self.width >= _CHUNK_ELEMENTS:
             self._flush()
+
+    def _label(self, label: str | None, line: int) -> None:
+        """Class labels are all numbers or all names: a column of both is a mistake."""
+        if label is None:
+            if self.names:
+                self._mixed(line, "a number")
+            self.first_label = self.first_label or line
+            return
+        if not label:
+            raise InputError(self.field, f"{self.name}: row {line}: the class label is empty")
+        if self.first_label:
+            self._mixed(line, repr(shorten(label, 40)))
+        self.names[self.samples] = label
+
+    def _mixed(self, line: int, what: str) -> None:
+        raise InputError(
+            self.field,
+            f"{self.name}: row {line}: the class label is {what}, but earlier rows' labels "
+            "are not; class labels must be all numbers or all names",
+        )
 
     def _count(self, numbers: int) -> None:
         self.elements += numbers
@@ -566,7 +607,7 @@ class _CsvParser:
                 stop = found
         if stop < len(text):
             text = text[: text.rfind("\n", 0, stop) + 1]
-        if not text:
+        if not text or self.names:  # after a class name, rows go one by one (mixed labels)
             return 0
         crlf = "\r" in text
         plain = text.replace("\r\n", "\n") if crlf else text
@@ -594,6 +635,8 @@ class _CsvParser:
         self._flush()
         self.blocks.append(rows)
         first = self.line_number + 1
+        if self.names is not None and not self.first_label:
+            self.first_label = first
         self.lines.append(np.arange(first, first + len(lines), dtype=np.int64))
         self.line_number += len(lines)
         self.total += len(text)
@@ -611,6 +654,10 @@ class _CsvParser:
         table = self.blocks[0] if len(self.blocks) == 1 else np.concatenate(self.blocks)
         rows = self.lines[0] if len(self.lines) == 1 else np.concatenate(self.lines)
         self.blocks, self.lines = [], []
+        names = None
+        if self.names:  # every label is a name (a number among them was refused)
+            names, indices = np.unique(np.array(list(self.names.values())), return_inverse=True)
+            table[:, -1] = indices
         bad = np.argwhere(~np.isfinite(table))
         if bad.size:
             row, column = (int(i) for i in bad[0])
@@ -620,7 +667,8 @@ class _CsvParser:
                 f"{table[row, column]} is not a finite number",
             )
         y = table[:, -targets:] if targets > 1 else table[:, -1]
-        return _Table(table[:, :-targets], y, name, rows)
+        classes = None if names is None else tuple(str(n) for n in names)
+        return _Table(table[:, :-targets], y, name, rows, names=classes)
 
 
 def _parse_block(lines: list[str], width: int) -> np.ndarray | None:
@@ -676,6 +724,17 @@ def _one_line(error: BaseException) -> str:
 
 
 def _classification_labels(table: _Table, outputs: int, field: str) -> np.ndarray:
+    bound = max(outputs, 2)  # one sigmoid output still has two classes, 0 and 1
+    if table.names is not None:
+        if len(table.names) > bound:
+            shown = cut_list(table.names)
+            raise InputError(
+                field,
+                f"{table.name}: the class labels name {len(table.names)} classes ({shown}) but "
+                f"the spec has {outputs} output{'s' * (outputs != 1)} "
+                f"({bound} classes)",
+            )
+        return table.y.astype(np.int64)
     y = table.y
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
@@ -689,7 +748,6 @@ def _classification_labels(table: _Table, outputs: int, field: str) -> np.ndarra
             f"{table.name}: {table.where(i)}: label {_show(y[i])} is not an integer "
             f"(classification needs class labels {_label_range(outputs)})",
         )
-    bound = max(outputs, 2)  # one sigmoid output still has two classes, 0 and 1
     inside = (y >= 0) & (y < bound)
     if not inside.all():
         i = int(np.argmin(inside))
@@ -753,22 +811,40 @@ def split(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Deterministic shuffled split: ``(X_train, y_train, X_test, y_test)``.
 
-    The test part has round(n * test_fraction) samples (half up), kept between 1 and n - 1.
-    Stratified, samples are grouped by their value of y (rows of a 2-D y) and every group of
-    two or more samples lands in both parts whenever the sizes allow (the training part
-    first); within that, each group's test count is its proportional share rounded up or
-    down.  Unstratified, the test part is a plain random draw.
+    The test part has round(n * test_fraction) samples (half up), kept between 1 and n - 1,
+    or none with ``test_fraction == 0``.  Stratified, samples are grouped by their value of
+    y (rows of a 2-D y) and every group of two or more samples lands in both parts whenever
+    the sizes allow (the training part first); within that, each group's test count is its
+    proportional share rounded up or down.  Unstratified, the test part is a plain random
+    draw.  ``split_indices`` gives the same split as sample numbers.
     """
     X, y = np.asarray(X), np.asarray(y)
-    _check_fraction(test_fraction)
+    if len(y) != len(X):
+        raise InputError(field, f"X has {len(X)} samples but y has {len(y)}")
+    train, test = split_indices(y, test_fraction, seed, stratify, field=field)
+    return X[train], y[train], X[test], y[test]
+
+
+def split_indices(
+    y: ArrayLike,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    stratify: bool = True,
+    *,
+    field: str = "--data",
+    fraction_field: str = "--test-fraction",
+) -> tuple[np.ndarray, np.ndarray]:
+    """``split``'s choice as sample numbers: (train, test), each in shuffled order."""
+    y = np.asarray(y)
+    _check_fraction(test_fraction, fraction_field)
     _check_seed(seed)
-    n = len(X)
-    if len(y) != n:
-        raise InputError(field, f"X has {n} samples but y has {len(y)}")
-    if n < 2:
+    n = len(y)
+    if n < 2 and test_fraction > 0:
         raise InputError(field, f"{n} sample{'s' * (n != 1)} cannot be split; need at least 2")
-    n_test = min(max(math.floor(n * test_fraction + 0.5), 1), n - 1)
     rng = np.random.default_rng(seed)
+    if test_fraction == 0:  # everything trains; still shuffled, as a split's parts are
+        return rng.permutation(n), np.zeros(0, dtype=np.int64)
+    n_test = min(max(math.floor(n * test_fraction + 0.5), 1), n - 1)
     if stratify:
         _, groups = np.unique(y.reshape(n, -1), axis=0, return_inverse=True)
         test = _stratified_test(groups.reshape(-1), n_test, rng)
@@ -779,7 +855,7 @@ def split(
     # Shuffled, so that neither part comes out sorted by class.
     train = rng.permutation(np.flatnonzero(~is_test))
     test = rng.permutation(np.flatnonzero(is_test))
-    return X[train], y[train], X[test], y[test]
+    return train, test
 
 
 def _stratified_test(groups: np.ndarray, n_test: int, rng: np.random.Generator) -> np.ndarray:
@@ -816,12 +892,12 @@ def _allocate(counts: np.ndarray, n_test: int, rng: np.random.Generator) -> np.n
     return quota
 
 
-def _check_fraction(test_fraction: float) -> None:
+def _check_fraction(test_fraction: float, field: str = "--test-fraction") -> None:
     number = isinstance(test_fraction, (int, float, np.integer, np.floating))
-    if isinstance(test_fraction, bool) or not number or not 0 < test_fraction < 1:
+    if isinstance(test_fraction, bool) or not number or not 0 <= test_fraction < 1:
         raise InputError(
-            "--test-fraction",
-            f"expected a number between 0 and 1 (exclusive), got {_plain(test_fraction)!r}",
+            field,
+            f"expected a number from 0 up to (not including) 1, got {_plain(test_fraction)!r}",
         )
 
 
@@ -847,24 +923,38 @@ def load_dataset(
     seed: int = 0,
     field: str = "--data",
     shape: tuple[int, ...] | None = None,
+    val_fraction: float = 0.0,
 ) -> Dataset:
     """Read ``source`` ("digits" or a path), check its targets against the spec, and split it.
 
-    Classification splits are stratified.  Checking the number of features of flat data
-    against the spec is left to the caller (``check_features``), which knows the spec;
-    with an image ``shape`` (C, H, W) the rows must have C * H * W features, and X comes
-    back as (n, C, H, W).
+    ``seed`` chooses the split (the CLI's ``--split-seed``).  The test part is
+    ``test_fraction`` of the samples (none with 0); with ``val_fraction`` > 0 a validation
+    part of that share of all the samples is then drawn from the rest, by a generator of its
+    own, so the test part is the same with or without one.  Classification splits are
+    stratified.  A csv's class labels may be names (every label of the column): the sorted
+    names are the classes, label i is ``class_names[i]``.  Checking the number of features of
+    flat data against the spec is left to the caller (``check_features``), which knows the
+    spec; with an image ``shape`` (C, H, W) the rows must have C * H * W features, and X
+    comes back as (n, C, H, W).
     """
     if isinstance(outputs, bool) or not isinstance(outputs, int) or outputs < 1:
         raise ValueError(f"outputs must be a positive integer, got {outputs!r}")
     image = _image_shape(shape)
     _check_fraction(test_fraction)
+    _check_fraction(val_fraction, "--val-fraction")
+    if test_fraction + val_fraction >= 1:
+        raise InputError(
+            "--val-fraction",
+            f"--test-fraction {_plain(test_fraction)} and --val-fraction "
+            f"{_plain(val_fraction)} leave no samples to train on; their sum must be below 1",
+        )
     _check_seed(seed)
     if source == DIGITS:
         X, labels = load_digits()
         table = _Table(X, labels.astype(np.float64), DIGITS, None)
     else:
-        table = _read(source, 1 if classification else outputs, field)
+        targets = 1 if classification else outputs
+        table = _read(source, targets, field, names=classification)
     if image is not None:
         _check_image_rows(table, image, field)
     if classification:
@@ -872,19 +962,47 @@ def load_dataset(
     else:
         y = _regression_targets(table, outputs, field)
     n = len(y)
-    if n < 2:
+    if n < 2 and test_fraction + val_fraction > 0:
         raise InputError(
             field, f"{table.name}: {n} sample is too few to split into training and test parts"
         )
-    X_train, y_train, X_test, y_test = split(
-        table.X, y, test_fraction, seed, stratify=classification, field=field
-    )
-    if image is not None:  # C order: a row is channel by channel, each row by row
-        X_train, X_test = (part.reshape(len(part), *image) for part in (X_train, X_test))
-    for part in (X_train, y_train, X_test, y_test):
-        part.flags.writeable = False
+    train, test = split_indices(y, test_fraction, seed, stratify=classification, field=field)
+    val = np.zeros(0, dtype=np.int64)
+    if val_fraction > 0:
+        share = min(val_fraction / (1 - test_fraction), 1.0)
+        if len(train) < 2:
+            raise InputError("--val-fraction", f"{len(train)} training sample cannot be split")
+        rest, chosen = split_indices(
+            y[train], share, _val_seed(seed), stratify=classification, field=field
+        )
+        train, val = train[rest], train[chosen]
+    parts = {"train": train, "validation": val, "test": test}
+    arrays = {}
+    for part, rows in parts.items():
+        X = table.X[rows]
+        if image is not None:  # C order: a row is channel by channel, each row by row
+            X = X.reshape(len(X), *image)
+        arrays[part] = (X, y[rows])
+        for values in (X, arrays[part][1], rows):
+            values.flags.writeable = False
     classes = max(outputs, 2) if classification else None
-    return Dataset(X_train, y_train, X_test, y_test, table.name, classes)
+    X_val, y_val = arrays["validation"] if val_fraction > 0 else (None, None)
+    return Dataset(
+        *arrays["train"],
+        *arrays["test"],
+        table.name,
+        classes,
+        X_val=X_val,
+        y_val=y_val,
+        class_names=table.names,
+        indices=parts,
+    )
+
+
+def _val_seed(seed: int) -> int:
+    """The validation part's own seed, derived from the split's (a draw that never
+    changes the test part)."""
+    return int(np.random.default_rng([seed, 1]).integers(2**63))
 
 
 def _image_shape(shape: tuple[int, ...] | None) -> tuple[int, int, int] | None:
@@ -925,6 +1043,43 @@ def check_features(dataset: Dataset, inputs: int, field: str = "--data") -> None
             f"{'s' * (dataset.features != 1)} but the spec expects {inputs} "
             f"input{'s' * (inputs != 1)}",
         )
+
+
+# --- standardization -------------------------------------------------------------------------
+
+# Features whose spread or mean is past this (or whose spread is below its inverse) are
+# "not standardized" in the hint of a refused or diverged training run.
+UNSCALED = 10.0
+
+
+def standardizer(X: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, scale) of every feature over the samples (axis 0), as scikit-learn's
+    StandardScaler: scale is the population standard deviation, or 1 for a feature that is
+    constant in X (so that it stays 0 rather than dividing by 0)."""
+    X = np.asarray(X, dtype=np.float64)
+    if len(X) == 0:
+        raise ValueError("cannot standardize no samples")
+    mean = X.mean(axis=0)
+    scale = X.std(axis=0)
+    constant = (X.max(axis=0) == X.min(axis=0)) | (scale == 0)
+    scale[constant] = 1.0
+    return mean, scale
+
+
+def unscaled_feature(X: ArrayLike) -> str | None:
+    """The feature furthest from standardized, described for a hint ("feature 13 has mean
+    747 and spread 315"), or None when every feature's mean and spread are moderate."""
+    X = np.asarray(X, dtype=np.float64).reshape(len(X), -1)
+    if len(X) < 2:
+        return None
+    mean, spread = X.mean(axis=0), X.std(axis=0)
+    varying = spread > 0
+    badness = np.maximum(np.abs(mean), spread)
+    badness = np.maximum(badness, np.where(varying, 1.0 / np.where(varying, spread, 1.0), 0.0))
+    worst = int(np.argmax(badness))
+    if badness[worst] <= UNSCALED:
+        return None
+    return f"feature {worst + 1} has mean {mean[worst]:.3g} and spread {spread[worst]:.3g}"
 
 
 # --- targets and scores ----------------------------------------------------------------------

@@ -272,7 +272,7 @@ def torch_key(name: str) -> str:
     if name in INPUT_SCALING:
         return name
     prefix = name.rstrip("0123456789")
-    return f"layer{name[len(prefix):]}.{TORCH_SUFFIXES[prefix]}"
+    return f"layer{name[len(prefix) :]}.{TORCH_SUFFIXES[prefix]}"
 
 
 @dataclass(frozen=True)

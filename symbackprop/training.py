@@ -17,7 +17,13 @@ import numpy as np
 
 from symbackprop.checkpoint import load_module
 from symbackprop.codegen import generate
-from symbackprop.data import Dataset, check_features, load_dataset
+from symbackprop.data import (
+    Dataset,
+    check_features,
+    load_dataset,
+    standardizer,
+    unscaled_feature,
+)
 from symbackprop.derive import Derivation, derive
 from symbackprop.errors import InputError
 from symbackprop.graph import SymbolicNetwork, build
@@ -48,11 +54,11 @@ MAX_PASS_ELEMENTS = 1 << 27
 class CheckFailed(Exception):
     """The certificate did not pass, so training was refused."""
 
-    def __init__(self, certificate: Certificate) -> None:
+    def __init__(self, certificate: Certificate, hint: str = "") -> None:
         self.certificate = certificate
         super().__init__(
             f"the certificate for {certificate.name} failed, so not training: "
-            f"{certificate.why_failed()}"
+            f"{certificate.why_failed()}{hint}"
         )
 
 
@@ -64,6 +70,25 @@ class Progress:
     test_metric: float  # accuracy (classification) or RMSE (regression) on the test part
     seconds: float
     classification: bool
+    val_loss: float | None = None  # on the validation part, when there is one
+    val_metric: float | None = None
+
+
+@dataclass(frozen=True)
+class Epoch:
+    """One epoch's numbers for the metrics file and the training curve.  ``loss`` is fit's
+    mean mini-batch loss (training mode); the others are measured after the epoch, in
+    inference mode, on each part there is (None for a part that is missing or unmeasured)."""
+
+    epoch: int
+    lr: float
+    loss: float
+    train_loss: float | None = None
+    train_metric: float | None = None
+    val_loss: float | None = None
+    val_metric: float | None = None
+    test_loss: float | None = None
+    test_metric: float | None = None
 
 
 @dataclass(frozen=True)
@@ -71,10 +96,10 @@ class TrainResult:
     derivation: Derivation
     source: str  # the generated module's text
     module: types.ModuleType
-    dataset: Dataset
-    certificate: Certificate
+    dataset: Dataset  # as read: features not standardized
+    certificate: Certificate | None  # None with check=False
     options: TrainSpec
-    params: dict[str, np.ndarray]
+    params: dict[str, np.ndarray]  # the network's, on standardized features if scaling
     history: tuple[float, ...]
     train_loss: float
     test_loss: float
@@ -82,6 +107,13 @@ class TrainResult:
     test_metric: float
     seconds: float
     stop_reason: str = ""  # why the generated fit stopped a diverging run ("" if it did not)
+    scaling: tuple[np.ndarray, np.ndarray] | None = None  # (x_mean, x_scale) of --standardize
+    epochs: tuple[Epoch, ...] = ()
+    val_loss: float = math.nan
+    val_metric: float = math.nan
+    best_epoch: int = 0  # with patience: the epoch whose weights were kept
+    stopped_early: bool = False
+    hint: str = ""  # "; try --standardize ..." when the features look unscaled
 
     @property
     def classification(self) -> bool:
@@ -93,6 +125,17 @@ class TrainResult:
         return bool(self.stop_reason) or not (
             math.isfinite(self.train_loss) and math.isfinite(self.test_loss)
         )
+
+    @property
+    def weights(self) -> dict[str, np.ndarray]:
+        """What is saved: the params, with the input scaling (x_mean, x_scale, applied by
+        every function of the generated module) and the class names when there are any."""
+        weights = dict(self.params)
+        if self.scaling is not None:
+            weights["x_mean"], weights["x_scale"] = self.scaling
+        if self.dataset.class_names is not None:
+            weights["classes"] = np.array(self.dataset.class_names)
+        return weights
 
     def final_line(self) -> str:
         """The machine-readable last line of ``train`` and ``demo``."""
@@ -110,20 +153,25 @@ def options(spec: NetworkSpec, **overrides: object) -> TrainSpec:
     def integer(value: object) -> bool:
         return isinstance(value, int) and not isinstance(value, bool)
 
-    for key, least in (("epochs", 1), ("batch_size", 1), ("seed", 0)):
+    for key, least in (("epochs", 1), ("batch_size", 1), ("seed", 0), ("step_size", 1)):
         if key in chosen and not (integer(chosen[key]) and chosen[key] >= least):
             kind = "a positive" if least else "a non-negative"
             flag = "--" + key.replace("_", "-")
             raise InputError(flag, f"expected {kind} integer, got {chosen[key]!r}")
-    if "lr" in chosen:
-        lr = chosen["lr"]
+    for key, least in (("lr", 0.0), ("gamma", 0.0), ("min_lr", None)):
+        if key not in chosen:
+            continue
+        value = chosen[key]
         if (
-            isinstance(lr, bool)
-            or not isinstance(lr, (int, float))
-            or not (math.isfinite(lr) and lr > 0)
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+            or (value <= least if least is not None else value < 0)
         ):
-            raise InputError("--lr", f"expected a positive number, got {lr!r}")
-        chosen["lr"] = float(lr)
+            kind = "a positive" if least is not None else "a non-negative"
+            flag = "--" + key.replace("_", "-")
+            raise InputError(flag, f"expected {kind} number, got {value!r}")
+        chosen[key] = float(value)
     if "optimizer" in chosen and chosen["optimizer"] not in OPTIMIZERS:
         raise InputError(
             "--optimizer", f"expected one of {', '.join(OPTIMIZERS)}, got {chosen['optimizer']!r}"
@@ -231,11 +279,28 @@ def train(
     train_options: TrainSpec | None = None,
     *,
     test_fraction: float = 0.2,
+    split_seed: int | None = None,
+    val_fraction: float = 0.0,
+    patience: int | None = None,
+    standardize: bool = False,
+    check: bool = True,
+    record: bool = False,
+    threads: int | None = None,
     progress: Callable[[Progress], None] | None = None,
     checked: Callable[[Certificate], None] | None = None,
     use_torch: bool = False,
+    checking: Callable[[float, str], None] | None = None,
 ) -> TrainResult:
     """Generate, certify on a batch of the data, train, evaluate; raises CheckFailed.
+
+    ``split_seed`` chooses the split (default: the options' seed, which also initializes
+    and shuffles); ``val_fraction`` draws a validation part, on which ``patience`` stops
+    training after that many epochs without a better validation loss and keeps the best
+    epoch's weights; ``standardize`` scales every feature by the training part's mean and
+    spread (saved with the weights); ``check=False`` skips the certificate; ``record``
+    measures every part after every epoch (``TrainResult.epochs``; the metrics file and the
+    training curve); ``threads`` limits the BLAS threads while training; ``checking`` is
+    the certificate's progress (``verify.certify``'s ``progress``).
 
     The certificate's witnesses: finite differences, the exact witness within
     ``exact_budget``, and PyTorch only with ``use_torch`` (its import alone outweighs the
@@ -243,13 +308,21 @@ def train(
     """
     net = build(spec)
     opts = train_options or spec.train
+    if patience is not None:
+        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
+            raise InputError("--patience", f"expected a positive integer, got {patience!r}")
+        if not val_fraction:
+            raise InputError(
+                "--patience", "early stopping watches a validation part: give --val-fraction too"
+            )
     dataset = load_dataset(
         data,
         outputs=net.sizes[-1],
         classification=net.loss.classification,
         test_fraction=test_fraction,
-        seed=opts.seed,
+        seed=opts.seed if split_seed is None else split_seed,
         shape=spec.input_shape,
+        val_fraction=val_fraction,
     )
     check_features(dataset, net.sizes[0])
     check_work(net, len(dataset.X_train), opts)
@@ -262,45 +335,100 @@ def train(
                 f"batch size {opts.batch_size} leaves a mini-batch of 1 of the {count} training "
                 "samples; batch norm needs at least 2 per mini-batch in training",
             )
+    scaling = None
+    if standardize:
+        mean, scale = standardizer(dataset.X_train.reshape(len(dataset.X_train), -1))
+        scaling = (mean.reshape(dataset.shape), scale.reshape(dataset.shape))
+    parts = _Parts(dataset, scaling)
+    hint = "" if standardize else _hint(dataset.X_train)
     source = generate(derivation)
     module = load_module(source, spec.name)
-    sample = (dataset.X_train[:CHECK_BATCH], dataset.y_train[:CHECK_BATCH])
-    certificate = certify(
-        derivation,
-        batch=len(sample[0]),
-        seed=opts.seed,
-        module_source=source,
-        data=sample,
-        use_torch=use_torch,
-        exact_budget=exact_budget(net, len(dataset.X_train), opts),
-    )
-    if checked is not None:
-        checked(certificate)
-    if not certificate.passed:
-        raise CheckFailed(certificate)
+    certificate = None
+    if check:
+        sample = (parts.X_train[:CHECK_BATCH], dataset.y_train[:CHECK_BATCH])
+        certificate = certify(
+            derivation,
+            batch=len(sample[0]),
+            seed=opts.seed,
+            module_source=source,
+            data=sample,
+            use_torch=use_torch,
+            exact_budget=exact_budget(net, len(dataset.X_train), opts),
+            progress=checking,
+        )
+        if checked is not None:
+            checked(certificate)
+        if not certificate.passed:
+            raise CheckFailed(certificate, hint)
 
     classification = dataset.classes is not None
     rows = eval_rows(spec)
     params = module.init_params(seed=opts.seed)
     start = time.perf_counter()
-    epochs: list[float] = []
+    losses: list[float] = []
+    epochs: list[Epoch] = []
+    best = {"loss": math.inf, "epoch": 0, "params": None}
 
-    def report(epoch: int, loss: float) -> None:
-        epochs.append(loss)
+    def measure(X: np.ndarray | None, y: np.ndarray | None) -> tuple[float | None, float | None]:
+        if X is None or not len(X):
+            return None, None
+        return (
+            _loss(module, params, X, y, rows),
+            _metric(module, params, X, y, classification, rows),
+        )
+
+    def report(epoch: int, loss: float) -> bool:
+        losses.append(loss)
+        val_loss, val_metric = measure(parts.X_val, dataset.y_val)
+        test_metric = math.nan
+        if record:
+            train_loss, train_metric = measure(parts.X_train, dataset.y_train)
+            test_loss, test_metric = measure(parts.X_test, dataset.y_test)
+            epochs.append(
+                Epoch(
+                    epoch,
+                    _lr(opts, epoch),
+                    loss,
+                    train_loss,
+                    train_metric,
+                    val_loss,
+                    val_metric,
+                    test_loss,
+                    test_metric,
+                )  # fmt: skip
+            )
+        elif progress is not None and len(parts.X_test):
+            test_metric = _metric(
+                module, params, parts.X_test, dataset.y_test, classification, rows
+            )
         if progress is not None:
-            metric = _metric(module, params, dataset.X_test, dataset.y_test, classification, rows)
             progress(
                 Progress(
-                    epoch, opts.epochs, loss, metric, time.perf_counter() - start, classification
+                    epoch,
+                    opts.epochs,
+                    loss,
+                    math.nan if test_metric is None else test_metric,
+                    time.perf_counter() - start,
+                    classification,
+                    val_loss,
+                    val_metric,
                 )
             )
+        if patience is None or val_loss is None:
+            return False
+        if val_loss < best["loss"]:
+            best.update(loss=val_loss, epoch=epoch, params=_copy(params))
+            return False
+        return epoch - best["epoch"] >= patience  # True stops fit after this epoch
 
     stop_reason = ""
+    extra = {"threads": threads} if threads is not None else {}
+    extra.update(_schedule(opts))
     with np.errstate(all="ignore"):  # a diverging run is reported once, not per operation
         try:
             module.fit(
                 params,
-                dataset.X_train,
+                parts.X_train,
                 dataset.y_train,
                 epochs=opts.epochs,
                 batch_size=opts.batch_size,
@@ -308,23 +436,27 @@ def train(
                 optimizer=opts.optimizer,
                 seed=opts.seed,
                 callback=report,
+                **extra,
             )
         except FloatingPointError as stopped:  # the module's fit saw the loss diverge
             stop_reason = str(stopped)
     seconds = time.perf_counter() - start
+    stopped_early = patience is not None and len(losses) < opts.epochs and not stop_reason
+    if best["params"] is not None and not stop_reason:  # keep the best epoch's weights
+        for key, value in best["params"].items():
+            params[key][...] = value
+    measured = {}
     if stop_reason:  # nothing is measured on the parameters of a diverged run
         train_loss = test_loss = train_metric = test_metric = math.nan
     else:
         with np.errstate(all="ignore"):
             # in inference mode: running statistics, no dropout
-            train_loss = _loss(module, params, dataset.X_train, dataset.y_train, rows)
-            test_loss = _loss(module, params, dataset.X_test, dataset.y_test, rows)
-            train_metric = _metric(
-                module, params, dataset.X_train, dataset.y_train, classification, rows
-            )
-            test_metric = _metric(
-                module, params, dataset.X_test, dataset.y_test, classification, rows
-            )
+            train_loss, train_metric = measure(parts.X_train, dataset.y_train)
+            test_loss, test_metric = measure(parts.X_test, dataset.y_test)
+            val_loss, val_metric = measure(parts.X_val, dataset.y_val)
+            if val_loss is not None:
+                measured = {"val_loss": val_loss, "val_metric": val_metric}
+    nan = math.nan
     return TrainResult(
         derivation=derivation,
         source=source,
@@ -333,11 +465,65 @@ def train(
         certificate=certificate,
         options=opts,
         params=params,
-        history=tuple(epochs),
+        history=tuple(losses),
         train_loss=train_loss,
-        test_loss=test_loss,
+        test_loss=nan if test_loss is None else test_loss,
         train_metric=train_metric,
-        test_metric=test_metric,
+        test_metric=nan if test_metric is None else test_metric,
         seconds=seconds,
         stop_reason=stop_reason,
+        scaling=scaling,
+        epochs=tuple(epochs),
+        best_epoch=best["epoch"],
+        stopped_early=stopped_early,
+        hint=hint,
+        **measured,
     )
+
+
+class _Parts:
+    """The features of each part as the network sees them: standardized with ``scaling``
+    ((X - x_mean) / x_scale, the generated module's own order of operations), else as read."""
+
+    def __init__(self, dataset: Dataset, scaling: tuple[np.ndarray, np.ndarray] | None) -> None:
+        def scaled(X: np.ndarray | None) -> np.ndarray | None:
+            if X is None or scaling is None:
+                return X
+            return (X - scaling[0]) / scaling[1]
+
+        self.X_train = scaled(dataset.X_train)
+        self.X_val = scaled(dataset.X_val)
+        self.X_test = scaled(dataset.X_test)
+
+
+def _copy(params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {key: value.copy() for key, value in params.items()}
+
+
+def _hint(X: np.ndarray) -> str:
+    """The suggestion to standardize, when some feature is far from it."""
+    unscaled = unscaled_feature(X)
+    return (
+        f"; the features are not standardized ({unscaled}): try --standardize" if unscaled else ""
+    )
+
+
+SCHEDULE_KEYS = ("schedule", "step_size", "gamma", "min_lr")
+
+
+def _schedule(opts: TrainSpec) -> dict[str, object]:
+    """fit's schedule keywords, from options that have them (none: fit's defaults)."""
+    return {key: getattr(opts, key) for key in SCHEDULE_KEYS if hasattr(opts, key)}
+
+
+def _lr(opts: TrainSpec, epoch: int) -> float:
+    """The learning rate of epoch ``epoch`` (from 1) under the options' schedule, as
+    torch.optim.lr_scheduler's closed forms give it (StepLR, CosineAnnealingLR(T_max=epochs))."""
+    schedule = getattr(opts, "schedule", "constant")
+    done = epoch - 1  # scheduler steps taken before this epoch
+    if schedule == "step":
+        return opts.lr * opts.gamma ** (done // opts.step_size)
+    if schedule == "cosine":
+        low = opts.min_lr
+        return low + (opts.lr - low) * (1 + math.cos(math.pi * done / opts.epochs)) / 2
+    return opts.lr

@@ -756,12 +756,15 @@ def certify(
     use_torch: bool | None = None,
     data: tuple[np.ndarray, np.ndarray] | None = None,
     exact_budget: int = EXACT_BUDGET,
+    progress: Callable[[float, str], None] | None = None,
 ) -> Certificate:
     """Run every witness on the generated module of a spec; see the module docstring.
 
     ``exact_budget``: the exact witness's operations (``exact_cost`` per sample); a caller
-    with less time to spend (training) may give a smaller one.  Raises InputError for a bad
-    batch or seed, and when the network is too large for the witnesses' operation budgets.
+    with less time to spend (training) may give a smaller one.  ``progress(fraction, what)``,
+    if given, is told as each witness starts (a terminal's progress bar).  Raises InputError
+    for a bad batch or seed, and when the network is too large for the witnesses' operation
+    budgets.
     """
     check_arguments(batch, seed)
     if isinstance(exact_budget, bool) or not isinstance(exact_budget, int) or exact_budget < 0:
@@ -817,6 +820,13 @@ def certify(
             "--batch", f"batch norm needs at least 2 samples, and the data has {batch}"
         )
     spent = [3 * pass_cost(net, batch)]
+    stages = ["finite-diff"] * bool(fd_samples) + ["exact"] * bool(exact_samples)
+    stages += ["pytorch"] * bool(use_torch) + ["large inputs"]
+
+    def stage(what: str) -> None:
+        if progress is not None:
+            progress(stages.index(what) / len(stages), what)
+
     with np.errstate(all="ignore"):
         value, grads = module.gradients(params, X, Y, **module_rng(net, seed))
     prefix = {batch: (value, grads)}
@@ -838,6 +848,7 @@ def certify(
     notes: list[str] = []
 
     if fd_samples:
+        stage("finite-diff")
         witnesses.append("finite-diff")
         Xf, Yf = X[:fd_samples], Y[:fd_samples]
         fd_value, fd_grads = module_on(fd_samples)
@@ -873,6 +884,7 @@ def certify(
 
     exact_view = ""
     if exact_samples:
+        stage("exact")
         witnesses.append("exact")
         exact_view = "the neuron-level graph (reverse accumulation, 40 digits)"
         if net.couples_batch:
@@ -918,6 +930,7 @@ def certify(
     if use_torch and not _import_torch():
         use_torch, torch_why = False, "torch is not importable (optional)"
     if use_torch:
+        stage("pytorch")
         witnesses.append("pytorch")
         spent[0] += 3 * pass_cost(net, batch)
         masks = point_masks(net, seed, batch)
@@ -931,6 +944,7 @@ def certify(
     else:
         skipped.append(("pytorch", torch_why))
 
+    stage("large inputs")
     large = large_inputs(module, net, params, X, Y, seed, exact_budget)
     spent[0] += 3 * 3 * pass_cost(net, LARGE_SAMPLES)
     parameters = tuple(ParameterCheck(k, params[k].shape, tuple(v)) for k, v in results.items())

@@ -367,11 +367,10 @@ def test_help_defines_the_losses(workdir, capsys, command):
 
 
 def progress_line(loss: float, metric: float = 0.5, classification: bool = True) -> str:
-    from types import SimpleNamespace
-
     from symbackprop.cli import _progress_line
+    from symbackprop.training import Progress
 
-    p = SimpleNamespace(
+    p = Progress(
         epoch=3,
         epochs=30,
         loss=loss,
