@@ -381,6 +381,8 @@ def _train(
         return None
     if result.certificate is None:
         print("certificate skipped (--no-check): the gradients were not checked on this data")
+    if result.hint:
+        print(f"note: {result.hint.removeprefix('; ')}")
     if result.dataset.class_names is not None:
         names = ", ".join(f"{i} = {name}" for i, name in enumerate(result.dataset.class_names))
         print(f"classes: {names}")

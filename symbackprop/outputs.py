@@ -92,27 +92,30 @@ def curve_png(result: TrainResult) -> bytes | None:
     loss_axes, metric_axes = figure.subplots(1, 2)
     series = {
         "loss": [
-            ("train (during the epoch)", [e.loss for e in result.epochs], "-"),
-            ("train", [e.train_loss for e in result.epochs], "--"),
-            (held_name, [getattr(e, f"{held}_loss") for e in result.epochs], "-"),
+            ("train, during the epoch", [e.loss for e in result.epochs], ":", "0.55"),
+            ("train", [e.train_loss for e in result.epochs], "--", "C0"),
+            (held_name, [getattr(e, f"{held}_loss") for e in result.epochs], "-", "C1"),
         ],
         metric: [
-            ("train", [e.train_metric for e in result.epochs], "--"),
-            (held_name, [getattr(e, f"{held}_metric") for e in result.epochs], "-"),
+            ("train", [e.train_metric for e in result.epochs], "--", "C0"),
+            (held_name, [getattr(e, f"{held}_metric") for e in result.epochs], "-", "C1"),
         ],
     }
     for axes, (name, lines) in zip((loss_axes, metric_axes), series.items(), strict=True):
-        for label, values, style in lines:
+        for label, values, style, color in lines:
             points = [(x, v) for x, v in zip(epochs, values, strict=True) if v is not None]
             if points:
-                axes.plot(*zip(*points, strict=True), style, label=label, linewidth=1.5)
+                x, y = zip(*points, strict=True)
+                axes.plot(x, y, style, color=color, label=label, linewidth=1.5)
         axes.set_xlabel("epoch")
         axes.set_ylabel(name)
         axes.grid(alpha=0.3)
         axes.legend(fontsize=8)
-    if result.best_epoch:
+    if result.best_epoch:  # the weights kept (early stopping)
         for axes in (loss_axes, metric_axes):
-            axes.axvline(result.best_epoch, color="grey", linestyle=":", linewidth=1)
+            axes.axvline(result.best_epoch, color="C2", linestyle=":", linewidth=1.2)
+        metric_axes.plot([], [], ":", color="C2", label=f"kept: epoch {result.best_epoch}")
+        metric_axes.legend(fontsize=8)
     loss_axes.set_title(f"{result.derivation.network.spec.name}: loss", fontsize=10)
     metric_axes.set_title(metric, fontsize=10)
     figure.tight_layout()
