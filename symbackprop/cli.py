@@ -290,12 +290,19 @@ def cmd_descent(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from symbackprop.progress import Bar
     from symbackprop.verify import certify, check_arguments
 
     check_arguments(args.batch, args.seed)  # before any work: one line, exit 2
-    certificate = certify(
-        _spec(args), batch=args.batch, seed=args.seed, use_torch=False if args.no_torch else None
-    )
+    spec = _spec(args)
+    with Bar("certificate") as bar:
+        certificate = certify(
+            spec,
+            batch=args.batch,
+            seed=args.seed,
+            use_torch=False if args.no_torch else None,
+            progress=bar.update,
+        )
     print(certificate.table())
     return EXIT_OK if certificate.passed else EXIT_CHECK_FAILED
 

@@ -122,8 +122,9 @@ class TrainResult:
     @property
     def diverged(self) -> bool:
         """fit stopped a diverging run, or the final loss is not finite: lr was too large."""
+        held = len(self.dataset.y_test) > 0  # no test part: its loss is NaN, not diverged
         return bool(self.stop_reason) or not (
-            math.isfinite(self.train_loss) and math.isfinite(self.test_loss)
+            math.isfinite(self.train_loss) and (math.isfinite(self.test_loss) or not held)
         )
 
     @property
