@@ -474,7 +474,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         return EXIT_CHECK_FAILED
     if out is not None:
         write_outputs({out: _weights_bytes(result)}, "--out", inputs)
-        print(f"saved weights to {args.out} (load them with the generated module's load())")
+        print(
+            f"saved weights to {args.out}: load them with the generated module's load() "
+            f"(symbackprop codegen {args.spec} -o {spec.name}.py writes it; --out DIR writes "
+            "both)"
+        )
     if folder is not None:
         _write_folder(result, folder, args, inputs)
     print(result.final_line())
