@@ -59,9 +59,23 @@ TRAIN_DEFAULTS = {
     "beta1": 0.9,
     "beta2": 0.999,
     "eps": 1e-08,
+    "alpha": 0.99,
+    "schedule": "constant",
+    "step_size": 10,
+    "gamma": 0.1,
+    "min_lr": 0.0,
 }
 PARAMETERS = {"W1": (3, 2), "b1": (3,), "W2": (3, 3), "b2": (3,), "W3": (2, 3), "b3": (2,)}
 _SHAPES = {"W1": (3, 2), "b1": (3,), "W2": (3, 3), "b2": (3,), "W3": (2, 3), "b3": (2,)}
+_TORCH_KEYS = {
+    "W1": "layer1.weight",
+    "b1": "layer1.bias",
+    "W2": "layer2.weight",
+    "b2": "layer2.bias",
+    "W3": "layer3.weight",
+    "b3": "layer3.bias",
+}
+_TRACKED = ()
 _INIT = {
     "W1": ("he", (3, 2)),
     "b1": ("zeros", (3,)),
@@ -77,6 +91,10 @@ _PARAMETER_COUNT = 29
 _GRADIENTS = frozenset("d" + key for key in PARAMETERS)
 _FLOAT_MAX = sys.float_info.max
 _EXPLOSION = 1e6  # fit: a mini-batch loss above 1e6 * max(1, the first one) has diverged
+_SAMPLE_SHAPE = (2,)  # one sample of X: the shape of x_mean and x_scale
+_CLASS_COUNT = 2  # the names in params["classes"]
+_EXTRAS = frozenset(("x_mean", "x_scale", "classes"))  # optional params entries, never trained
+_ENTRIES = len(_SHAPES)  # params with more entries hold some of _EXTRAS
 
 
 # --- checks ---------------------------------------------------------------------------------
@@ -102,22 +120,97 @@ def _check_params(params):
 
 
 def _check_params_fully(params):
-    """_check_params for any params: a ValueError naming what is wrong, else the dtype."""
-    if not isinstance(params, dict) or params.keys() != _SHAPES.keys():
-        keys = sorted(params) if isinstance(params, dict) else type(params).__name__
-        raise ValueError(f"params has keys {keys}, expected {sorted(_SHAPES)}")
-    dtype = getattr(params["W1"], "dtype", None)
+    """_check_params for any params: a ValueError naming what is wrong, else the dtype.
+
+    params may also hold the input standardization (x_mean and x_scale, together) and the
+    class names (classes); see _check_extras.
+    """
+    if not isinstance(params, dict) or params.keys() - _EXTRAS != _SHAPES.keys():
+        if not isinstance(params, dict):
+            raise ValueError(f"params is a {_type_name(params)}, expected a dict of NumPy arrays")
+        message = f"params has keys {sorted(params)}, expected {sorted(_SHAPES)}"
+        message += " (and optionally x_mean, x_scale, classes)"
+        if any("." in str(key) for key in params):
+            message += "; a PyTorch state_dict converts with from_state_dict(state_dict)"
+        raise ValueError(message)
+    for key, shape in _SHAPES.items():
+        if not isinstance(params[key], numpy.ndarray):
+            raise ValueError(_not_an_array(f"params[{key!r}]", params[key], shape))
+    dtype = params["W1"].dtype
     if dtype not in (numpy.float32, numpy.float64):
         raise ValueError(f"params['W1'] has dtype {dtype}, expected float32 or float64")
     for key, shape in _SHAPES.items():
         value = params[key]
-        if not isinstance(value, numpy.ndarray) or value.shape != shape or value.dtype != dtype:
-            if isinstance(value, numpy.ndarray):
-                got = f"shape {value.shape} of {value.dtype}"
-            else:
-                got = type(value).__name__
+        if value.shape != shape or value.dtype != dtype:
+            got = f"shape {value.shape} of {value.dtype}"
             raise ValueError(f"params[{key!r}] has {got}, expected shape {shape} of {dtype}")
+    if len(params) != _ENTRIES:
+        _check_extras(params, dtype)
     return dtype
+
+
+def _check_extras(params, dtype):
+    """x_mean and x_scale: arrays of one sample's shape and the params' dtype, x_scale finite
+    and positive; classes: a 1-D array of _CLASS_COUNT strings (NumPy unicode)."""
+    if ("x_mean" in params) != ("x_scale" in params):
+        raise ValueError("params holds one of x_mean and x_scale; the standardization needs both")
+    for key in ("x_mean", "x_scale"):
+        if key not in params:
+            continue
+        value = params[key]
+        if not isinstance(value, numpy.ndarray):
+            raise ValueError(_not_an_array(f"params[{key!r}]", value, _SAMPLE_SHAPE))
+        if value.shape != _SAMPLE_SHAPE or value.dtype != dtype:
+            got = f"shape {value.shape} of {value.dtype}"
+            expected = f"shape {_SAMPLE_SHAPE} of {dtype}"
+            raise ValueError(f"params[{key!r}] has {got}, expected {expected}")
+    if "x_mean" in params:
+        if not numpy.isfinite(params["x_mean"]).all():
+            raise ValueError("params['x_mean'] holds NaN or infinite values")
+        scale = params["x_scale"]
+        if not (numpy.isfinite(scale).all() and (scale > 0).all()):
+            raise ValueError("params['x_scale'] holds values that are not finite and positive")
+    if "classes" in params:
+        value = params["classes"]
+        if not _CLASS_COUNT:
+            raise ValueError(f"params holds classes, but the loss {LOSS!r} is not a classification")
+        if not isinstance(value, numpy.ndarray):
+            raise ValueError(_not_an_array("params['classes']", value, (_CLASS_COUNT,)))
+        if value.dtype.kind != "U" or value.shape != (_CLASS_COUNT,):
+            got = f"shape {value.shape} of {value.dtype}"
+            expected = f"shape ({_CLASS_COUNT},) of strings (a NumPy unicode array)"
+            raise ValueError(f"params['classes'] has {got}, expected {expected}")
+
+
+def _type_name(value):
+    """A value's type for a message: list, torch.Tensor, pandas.core.frame.DataFrame."""
+    kind = type(value)
+    if kind.__module__ == "builtins":
+        return kind.__qualname__
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
+def _is_torch(value):
+    """Whether value is a PyTorch object, by its type's module (torch is never imported)."""
+    return type(value).__module__.partition(".")[0] == "torch"
+
+
+def _not_an_array(label, value, shape):
+    """The message for a params entry that is not a NumPy array, saying what to do."""
+    if _is_torch(value):
+        return (
+            f"{label} is a {_type_name(value)}; convert it with "
+            "from_state_dict(model.state_dict()) or tensor.detach().cpu().numpy()"
+        )
+    return f"{label} is a {_type_name(value)}, expected a NumPy array of shape {shape}"
+
+
+def _check_data(label, value):
+    """X or Y as PyTorch tensors: a ValueError that says how to convert them."""
+    if _is_torch(value):
+        raise ValueError(
+            f"{label} is a {_type_name(value)}; convert it with {label}.detach().cpu().numpy()"
+        )
 
 
 def _check_lr(lr):
@@ -143,7 +236,7 @@ def _check_finite(params, X, Y=None):
     finite, to tell a bad input from an overflow: nothing is spent on it in the normal path.
     """
     named = [("X", X)] if Y is None else [("X", X), ("Y", Y)]
-    named += [(f"params[{key!r}]", value) for key, value in params.items()]
+    named += [(f"params[{key!r}]", params[key]) for key in _SHAPES]
     for label, value in named:
         if not numpy.isfinite(value).all():
             raise ValueError(f"{label} holds NaN or infinite values")
@@ -154,8 +247,11 @@ def _check_updatable(params):
 
     Otherwise a step could stop half done, or step one array twice.  The overlap test is
     exact but slow, so each thread remembers the arrays it last found apart (an overlap of
-    two arrays cannot change while they live; whether they are writable can).
+    two arrays cannot change while they live; whether they are writable can).  x_mean,
+    x_scale and classes are never updated, so they are not looked at.
     """
+    if len(params) != _ENTRIES:
+        params = {key: params[key] for key in _SHAPES}
     for key, value in params.items():
         if not value.flags.writeable:
             raise ValueError(f"params[{key!r}] is read-only, so it cannot be updated in place")
@@ -176,8 +272,9 @@ def _check_updatable(params):
     apart.update(ids=ids, refs=[weakref.ref(array, lambda _: forget()) for array in arrays])
 
 
-def _inputs(X, dtype):
-    """X as a (batch, 2) array of dtype."""
+def _inputs(X, dtype, params):
+    """X as a (batch, 2) array of dtype: standardized, (X - x_mean) / x_scale, when params
+    hold x_mean and x_scale."""
     if (
         type(X) is numpy.ndarray
         and X.dtype is dtype
@@ -185,13 +282,24 @@ def _inputs(X, dtype):
         and X.shape[1] == LAYER_SIZES[0]
         and X.shape[0]
     ):
-        return X
+        return X if len(params) == _ENTRIES else _standardized(params, X)
+    _check_data("X", X)
     X = numpy.asarray(X)
     if X.dtype.kind not in "biuf":
         raise ValueError(f"X has dtype {X.dtype}, expected real numbers")
     if X.ndim != 2 or X.shape[1] != LAYER_SIZES[0] or X.shape[0] == 0:
         raise ValueError(f"X has shape {X.shape}, expected (batch, {LAYER_SIZES[0]})")
-    return X if X.dtype == dtype else X.astype(dtype)
+    X = X if X.dtype == dtype else X.astype(dtype)
+    return X if len(params) == _ENTRIES else _standardized(params, X)
+
+
+def _standardized(params, X):
+    """(X - x_mean) / x_scale, a new array, when params hold x_mean and x_scale; else X."""
+    if "x_mean" not in params:
+        return X
+    X = numpy.subtract(X, params["x_mean"])
+    numpy.divide(X, params["x_scale"], out=X)
+    return X
 
 
 def _targets(Y, batch, dtype, ws=None):
@@ -207,6 +315,7 @@ def _targets(Y, batch, dtype, ws=None):
         and Y.flags.c_contiguous
     ):
         return Y, False
+    _check_data("Y", Y)
     Y = numpy.asarray(Y)
     if Y.ndim == 1 and Y.shape[0] == batch and CLASSIFICATION and Y.dtype.kind in "iub":
         low, high = (0, 1) if outputs == 1 else (0, outputs - 1)
@@ -424,7 +533,7 @@ def _step(params, X, Y, rng=None, dtype=None):
     """
     if dtype is None:
         dtype = _check_params(params)
-        X = _inputs(X, dtype)
+        X = _inputs(X, dtype, params)
     rng = _generator(rng)
     ws = _workspace(X.shape[0], dtype)
     Y, unit_rows = _targets(Y, X.shape[0], dtype, ws)
@@ -592,7 +701,7 @@ def init_params(seed=0, dtype=numpy.float64):
 def forward(params, X):
     """The last layer's outputs (probabilities), shape (batch, 2)."""
     dtype = _check_params(params)
-    X = _inputs(X, dtype)
+    X = _inputs(X, dtype, params)
     outputs = _forward(params, X, _workspace(X.shape[0], dtype)).copy()
     if not math.isfinite(outputs.sum()):  # a bad input (ValueError), else an overflow
         _check_finite(params, X)
@@ -619,7 +728,7 @@ def train_step(params, X, Y, lr, rng=None):
     """
     _check_lr(lr)
     dtype = _check_params(params)
-    X = _inputs(X, dtype)
+    X = _inputs(X, dtype, params)
     if X.shape[0] == 1:  # one sample: Python floats beat NumPy's per-call cost here
         value = _scalar_step(params, X, Y, lr, rng, dtype)
         if value is not None:
@@ -630,17 +739,22 @@ def train_step(params, X, Y, lr, rng=None):
     return value
 
 
-def _optimizer(params, optimizer, lr):
-    """(gradient scale, update(ws)) for sgd, momentum or adam (torch.optim's definitions).
+_OPTIMIZERS = ("sgd", "momentum", "adam", "rmsprop")
+_SCHEDULES = ("constant", "step", "cosine")
 
-    sgd lets the backward pass scale by lr and step the parameters itself (update is None).
-    The others work on every parameter at once: their state is one flat array each, as
-    ws["grads"] holds every gradient.
+
+def _optimizer(params, optimizer):
+    """update(ws, lr) for momentum, adam or rmsprop (torch.optim's definitions), None for sgd.
+
+    sgd lets the backward pass scale by lr and step the parameters itself.  The others work
+    on every parameter at once: their state is one flat array each, as ws["grads"] holds
+    every gradient; lr is the learning rate of the epoch (see _next_rate).
     """
     if optimizer == "sgd":
-        return lr, None
-    if optimizer not in ("momentum", "adam"):
-        raise ValueError(f"optimizer is {optimizer!r}, expected 'sgd', 'momentum' or 'adam'")
+        return None
+    if not isinstance(optimizer, str) or optimizer not in _OPTIMIZERS:
+        expected = ", ".join(map(repr, _OPTIMIZERS))
+        raise ValueError(f"optimizer is {optimizer!r}, expected one of {expected}")
     dtype = params["W1"].dtype
     scratch = numpy.empty(_PARAMETER_COUNT, dtype)
     steps = [(params[key], part) for key, part in _views(scratch).items()]
@@ -648,20 +762,38 @@ def _optimizer(params, optimizer, lr):
         mu = TRAIN_DEFAULTS["momentum"]
         velocity = numpy.zeros(_PARAMETER_COUNT, dtype)
 
-        def update(ws):
+        def update(ws, lr):
             numpy.multiply(velocity, mu, out=velocity)
             numpy.add(velocity, ws["grads"], out=velocity)
             numpy.multiply(velocity, lr, out=scratch)
             for param, part in steps:
                 param -= part
-        return 1.0, update
-    beta1, beta2 = TRAIN_DEFAULTS["beta1"], TRAIN_DEFAULTS["beta2"]
+        return update
     eps = TRAIN_DEFAULTS["eps"]
+    if optimizer == "rmsprop":
+        alpha = TRAIN_DEFAULTS["alpha"]
+        square = numpy.zeros(_PARAMETER_COUNT, dtype)
+
+        def update(ws, lr):
+            # v = alpha v + (1 - alpha) g^2, p -= lr g / (sqrt(v) + eps); no momentum, uncentered
+            grad, v, t = ws["grads"], square, scratch
+            numpy.multiply(v, alpha, out=v)
+            numpy.square(grad, out=t)
+            numpy.multiply(t, 1.0 - alpha, out=t)
+            numpy.add(v, t, out=v)
+            numpy.sqrt(v, out=t)
+            numpy.add(t, eps, out=t)
+            numpy.divide(grad, t, out=t)
+            numpy.multiply(t, lr, out=t)
+            for param, part in steps:
+                param -= part
+        return update
+    beta1, beta2 = TRAIN_DEFAULTS["beta1"], TRAIN_DEFAULTS["beta2"]
     first = numpy.zeros(_PARAMETER_COUNT, dtype)
     second = numpy.zeros(_PARAMETER_COUNT, dtype)
     count = [0]
 
-    def update(ws):
+    def update(ws, lr):
         count[0] += 1
         correction1 = 1.0 - beta1 ** count[0]
         correction2 = 1.0 - beta2 ** count[0]
@@ -680,7 +812,38 @@ def _optimizer(params, optimizer, lr):
         numpy.multiply(t, lr / correction1, out=t)
         for param, part in steps:
             param -= part
-    return 1.0, update
+    return update
+
+
+def _check_schedule(schedule, step_size, gamma, min_lr):
+    """fit's schedule and its settings, as the spec's [train] table takes them.  Returns
+    gamma and min_lr as Python floats (a NumPy float32 would make every rate a float32)."""
+    if not isinstance(schedule, str) or schedule not in _SCHEDULES:
+        expected = ", ".join(map(repr, _SCHEDULES))
+        raise ValueError(f"schedule is {schedule!r}, expected one of {expected}")
+    integer = isinstance(step_size, (int, numpy.integer)) and not isinstance(step_size, bool)
+    if not integer or step_size < 1:
+        raise ValueError(f"step_size is {step_size!r}, expected a positive integer")
+    if isinstance(gamma, bool) or not isinstance(gamma, _REALS) or not 0.0 < gamma < math.inf:
+        raise ValueError(f"gamma is {gamma!r}, expected a finite positive number")
+    if isinstance(min_lr, bool) or not isinstance(min_lr, _REALS) or not 0.0 <= min_lr < math.inf:
+        raise ValueError(f"min_lr is {min_lr!r}, expected a finite number >= 0")
+    return float(gamma), float(min_lr)
+
+
+def _next_rate(rate, epoch, epochs, schedule, step_size, gamma, min_lr):
+    """The learning rate of epoch (counted from 0, and > 0) after rate, the one before it, as
+    torch.optim.lr_scheduler steps StepLR(step_size, gamma) and CosineAnnealingLR(T_max=
+    epochs, eta_min=min_lr) once per epoch: by its recursive forms, so that the rates are
+    PyTorch's to the last bit."""
+    if schedule == "step":
+        return rate * gamma if epoch % step_size == 0 else rate
+    if schedule == "cosine":
+        ratio = (1.0 + math.cos(math.pi * epoch / epochs)) / (
+            1.0 + math.cos(math.pi * (epoch - 1) / epochs)
+        )
+        return ratio * (rate - min_lr) + min_lr
+    return rate
 
 
 def fit(
@@ -696,35 +859,51 @@ def fit(
     verbose=False,
     callback=None,
     threads=None,
+    schedule="constant",
+    step_size=TRAIN_DEFAULTS["step_size"],
+    gamma=TRAIN_DEFAULTS["gamma"],
+    min_lr=TRAIN_DEFAULTS["min_lr"],
 ):
     """Train in place on shuffled mini-batches; returns the per-epoch mean losses.
 
-    callback(epoch, mean_loss), if given, is called after every epoch.  threads, if given,
-    is the number of BLAS threads while fit runs (see blas_threads; None leaves them as
-    they are).  Bad inputs or hyperparameters raise ValueError before anything changes.
+    optimizer: "sgd", "momentum", "adam" or "rmsprop", as torch.optim defines them (their
+    momentum, betas, eps and alpha are TRAIN_DEFAULTS').  schedule sets each epoch's
+    learning rate as torch.optim.lr_scheduler does, stepped once per epoch: "constant" (lr),
+    "step" (StepLR: lr * gamma ** (epoch // step_size), epochs counted from 0) or "cosine"
+    (CosineAnnealingLR with T_max = epochs: min_lr + (lr - min_lr) * (1 + cos(pi * epoch /
+    epochs)) / 2).  callback(epoch, mean_loss), if given, is called after every epoch; when
+    it returns a true value, training stops there (the history is then shorter).  threads,
+    if given, is the number of BLAS threads while fit runs (see blas_threads; None leaves
+    them as they are).  With x_mean and x_scale in params, X is standardized once, up front;
+    fit never changes x_mean, x_scale or classes.  Bad inputs or hyperparameters raise
+    ValueError before anything changes.
     Training stops with a FloatingPointError when a mini-batch loss is not finite or above
     _EXPLOSION times max(1, the first mini-batch's loss), or the parameters stop being
     finite: lr is too large for this data (params then hold the last steps taken).
     """
     dtype = _check_params(params)
-    X = _inputs(X, dtype)
+    X = _inputs(X, dtype, params)
     Y, unit_rows = _targets(Y, X.shape[0], dtype)
     for label, value in (("epochs", epochs), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, (int, numpy.integer)) or value < 1:
             raise ValueError(f"{label} is {value!r}, expected a positive integer")
     _check_lr(lr)
+    gamma, min_lr = _check_schedule(schedule, step_size, gamma, min_lr)
     if threads is not None:
         _check_threads(threads)
     _check_finite(params, X, Y)
     _check_updatable(params)
-    scale, update = _optimizer(params, optimizer, lr)
+    update = _optimizer(params, optimizer)
     limit_threads = blas_threads(threads) if threads is not None else contextlib.nullcontext()
     with limit_threads:
         rng = numpy.random.default_rng(seed)
         count = X.shape[0]
         history = []
         first, limit = None, _FLOAT_MAX  # any finite loss, until the first mini-batch's
+        rate = lr if schedule == "constant" else float(lr)
         for epoch in range(1, epochs + 1):
+            if epoch > 1:
+                rate = _next_rate(rate, epoch - 1, epochs, schedule, step_size, gamma, min_lr)
             order = rng.permutation(count)
             total = 0.0
             for number, start in enumerate(range(0, count, batch_size), start=1):
@@ -735,24 +914,25 @@ def fit(
                 _forward(params, Xb, ws)
                 value = _loss(params, Xb, Yb, ws)
                 if not -_FLOAT_MAX <= value <= limit:  # also NaN
-                    raise FloatingPointError(_diverged(value, first, epoch, number, lr))
+                    raise FloatingPointError(_diverged(value, first, epoch, number, rate))
                 if first is None:
                     first, limit = value, _EXPLOSION * max(1.0, value)
                 total += value * len(batch)
                 if update is None:  # sgd: the backward pass steps params itself
-                    _backward(params, Xb, Yb, ws, scale / len(batch), scale, unit_rows, sgd=True)
+                    _backward(params, Xb, Yb, ws, rate / len(batch), rate, unit_rows, sgd=True)
                 else:
-                    _backward(params, Xb, Yb, ws, scale / len(batch), scale, unit_rows)
-                    update(ws)
-            for key, param in params.items():  # the epoch's last step is not followed by a loss
+                    _backward(params, Xb, Yb, ws, 1.0 / len(batch), 1.0, unit_rows)
+                    update(ws, rate)
+            for key in _SHAPES:  # the epoch's last step is not followed by a loss
+                param = params[key]
                 if not math.isfinite(param.sum()) and not numpy.isfinite(param).all():
                     what = f"params[{key!r}] became NaN or infinite"
-                    raise FloatingPointError(_diverged(what, first, epoch, number, lr))
+                    raise FloatingPointError(_diverged(what, first, epoch, number, rate))
             history.append(total / count)
             if verbose:
                 print(f"epoch {epoch}/{epochs}: loss {history[-1]:.6g}")
-            if callback is not None:
-                callback(epoch, history[-1])
+            if callback is not None and callback(epoch, history[-1]):
+                break
     return history
 
 
