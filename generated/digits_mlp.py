@@ -22,6 +22,15 @@ Bad arrays, shapes, keys or hyperparameters raise ValueError before anything cha
 or infinite values in X, Y or params are found when they make the loss or the outputs
 non-finite, and by fit up front); fit raises FloatingPointError when training diverges.
 
+params may also hold x_mean and x_scale (arrays of one sample's shape, (64,)): then
+every function takes raw X and works on (X - x_mean) / x_scale; and classes, the class
+names (a NumPy unicode array), which save and load keep and the script's predict writes.
+to_state_dict and from_state_dict convert params to and from the state_dict of the PyTorch
+model that `symbackprop export --torch` writes, without importing torch.  Run as a script,
+the file trains (`python FILE DATA`, see --help), evaluates saved weights (`python FILE
+evaluate DATA --weights W.npz`: the loss and the accuracy) and predicts (`python FILE
+predict DATA --weights W.npz [-o OUT.csv]`: CSV).
+
 BLAS threads: NumPy's matrix products run in its BLAS library, which by default starts one
 thread per core (OpenBLAS).  Small networks gain nothing from them, and on a machine busy
 with other work, threads that wait for a core cost far more than they save (a loaded 2-core
@@ -33,12 +42,15 @@ MKL, OMP_NUM_THREADS=1 for either), which needs nothing.
 
 import argparse
 import contextlib
+import csv
+import gzip
 import importlib
 import math
 import sys
 import threading
 import warnings
 import weakref
+import zipfile
 
 import numpy
 
@@ -841,17 +853,98 @@ def predict(params, X):
 
 
 def save(params, path):
-    """Write params to a .npz file."""
+    """Write params to a .npz file (x_mean, x_scale and classes too, when params hold them)."""
     _check_params(params)
     numpy.savez(path, **params)
 
 
 def load(path):
-    """Read params written by save (checked against LAYER_SIZES)."""
-    with numpy.load(path) as data:
+    """Read params written by save (checked against LAYER_SIZES); never unpickles."""
+    with numpy.load(path, allow_pickle=False) as data:
         params = {key: data[key] for key in data.files}
     _check_params(params)
     return params
+
+
+# --- PyTorch state_dict ---------------------------------------------------------------------
+
+
+def to_state_dict(params):
+    """params as a state_dict of the PyTorch model that symbackprop export writes: a dict of
+    its keys (W<l> -> layer<l>.weight, b<l> -> layer<l>.bias, gamma<l>, beta<l>, mean<l>,
+    var<l> -> layer<l>.weight, .bias, .running_mean, .running_var) to NumPy copies.
+
+    Batch norm layer l also gets layer<l>.num_batches_tracked (0, int64), and x_mean and
+    x_scale are always there (zeros and ones without a standardization in params), as the
+    exported model has these buffers.  No torch is needed; in PyTorch:
+    model.load_state_dict({key: torch.from_numpy(value) for key, value in state.items()}).
+    """
+    dtype = _check_params(params)
+    state = {torch_key: params[key].copy() for key, torch_key in _TORCH_KEYS.items()}
+    for key in _TRACKED:
+        state[key] = numpy.array(0, dtype=numpy.int64)
+    if "x_mean" in params:
+        state["x_mean"], state["x_scale"] = params["x_mean"].copy(), params["x_scale"].copy()
+    else:
+        state["x_mean"] = numpy.zeros(_SAMPLE_SHAPE, dtype)
+        state["x_scale"] = numpy.ones(_SAMPLE_SHAPE, dtype)
+    return state
+
+
+def from_state_dict(state):
+    """params from a state_dict of the exported PyTorch model (or of to_state_dict).
+
+    Values are NumPy arrays or tensors (anything with .detach().cpu().numpy(); torch is not
+    imported), copied, float64 or float32 as they come.  num_batches_tracked is ignored;
+    x_mean and x_scale become params entries unless they are exactly zeros and ones (no
+    standardization).  A missing or unexpected key, or a bad shape or dtype, is a
+    ValueError naming it.
+    """
+    if not (hasattr(state, "keys") and hasattr(state, "__getitem__")):
+        raise ValueError(
+            f"state is a {_type_name(state)}, expected a mapping such as model.state_dict()"
+        )
+    names = {torch_key: key for key, torch_key in _TORCH_KEYS.items()}
+    known = {*names, *_TRACKED, "x_mean", "x_scale"}
+    for key in state.keys():
+        if key not in known:
+            raise ValueError(f"state has the unexpected key {key!r}; expected {sorted(names)}")
+    for key, name in names.items():
+        if key not in state:
+            raise ValueError(f"state lacks the key {key!r} (params[{name!r}])")
+    params = {name: _state_array(state, key, _SHAPES[name]) for key, name in names.items()}
+    first = next(iter(names))
+    dtype = params[names[first]].dtype
+    for key, name in names.items():
+        if params[name].dtype != dtype:
+            got = params[name].dtype
+            raise ValueError(f"state[{key!r}] has dtype {got}, but state[{first!r}] has {dtype}")
+    scaling = {}
+    for key in ("x_mean", "x_scale"):
+        if key in state:
+            scaling[key] = _state_array(state, key, _SAMPLE_SHAPE)
+    mean = scaling.get("x_mean", numpy.zeros(_SAMPLE_SHAPE, dtype))
+    scale = scaling.get("x_scale", numpy.ones(_SAMPLE_SHAPE, dtype))
+    if (mean != 0).any() or (scale != 1).any():
+        params["x_mean"], params["x_scale"] = mean.astype(dtype), scale.astype(dtype)
+    _check_params(params)
+    return params
+
+
+def _state_array(state, key, shape):
+    """A copy of state[key] as a float NumPy array of shape, else a ValueError naming key."""
+    value = state[key]
+    if not isinstance(value, numpy.ndarray):
+        if not hasattr(value, "detach"):
+            kind = _type_name(value)
+            raise ValueError(f"state[{key!r}] is a {kind}, expected a NumPy array or a tensor")
+        value = value.detach().cpu().numpy()
+    value = numpy.array(value, copy=True)
+    if value.dtype not in (numpy.float32, numpy.float64):
+        raise ValueError(f"state[{key!r}] has dtype {value.dtype}, expected float32 or float64")
+    if value.shape != shape:
+        raise ValueError(f"state[{key!r}] has shape {value.shape}, expected {shape}")
+    return value
 
 
 # --- BLAS threads ---------------------------------------------------------------------------
@@ -948,21 +1041,64 @@ def _labels(y):
     return y
 
 
+def _score(params, X, y):
+    """The accuracy of predict's labels on (X, y)."""
+    return float(numpy.mean(predict(params, X) == _labels(y)))
+
+
+_METRIC = "accuracy"
+_SCRIPT = "digits_mlp.py"
+_COMMANDS = "\n".join(
+    [
+        "also:",
+        f"  python {_SCRIPT} train DATA [options]: the same as without the word train",
+        f"  python {_SCRIPT} evaluate DATA --weights W.npz: the loss and the {_METRIC}",
+        f"  python {_SCRIPT} predict DATA --weights W.npz [-o OUT.csv]: predictions as CSV",
+    ]
+)
+
+
 def main(argv=None):
-    """Train on a data file and save the weights: exit 0, 1 if training diverged (no weights
-    are saved then), 2 for bad input; an error is one line on stderr."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
+    """Script mode: train on a data file (the default, or the subcommand train), evaluate
+    saved weights on one, or write their predictions for one as CSV.
+
+    Exit 0, 1 if training diverged (no weights are saved then), 2 for bad input; an error
+    is one line on stderr.
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "evaluate":
+        return _evaluate_main(argv[1:])
+    if argv and argv[0] == "predict":
+        return _predict_main(argv[1:])
+    if argv and argv[0] == "train":
+        argv = argv[1:]
+    return _train_main(argv)
+
+
+def _train_main(argv):
+    """Train on a data file and save the weights."""
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n", 1)[0],
+        epilog=_COMMANDS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument(
         "data", help="a .npz file (arrays X, y) or a .csv / .csv.gz (last column: target)"
     )
     parser.add_argument("--epochs", type=int, default=TRAIN_DEFAULTS["epochs"])
     parser.add_argument("--lr", type=float, default=TRAIN_DEFAULTS["lr"])
     parser.add_argument("--batch-size", type=int, default=TRAIN_DEFAULTS["batch_size"])
+    parser.add_argument("--optimizer", choices=_OPTIMIZERS, default=TRAIN_DEFAULTS["optimizer"])
     parser.add_argument(
-        "--optimizer",
-        choices=("sgd", "momentum", "adam"),
-        default=TRAIN_DEFAULTS["optimizer"],
+        "--schedule",
+        choices=_SCHEDULES,
+        default=TRAIN_DEFAULTS["schedule"],
+        help="the learning rate per epoch: constant, step (--step-size, --gamma) or cosine "
+        "(down to --min-lr)",
     )
+    parser.add_argument("--step-size", type=int, default=TRAIN_DEFAULTS["step_size"])
+    parser.add_argument("--gamma", type=float, default=TRAIN_DEFAULTS["gamma"])
+    parser.add_argument("--min-lr", type=float, default=TRAIN_DEFAULTS["min_lr"])
     parser.add_argument("--seed", type=int, default=TRAIN_DEFAULTS["seed"])
     parser.add_argument("--float32", action="store_true", help="train in float32")
     parser.add_argument(
@@ -994,6 +1130,10 @@ def main(argv=None):
                 seed=args.seed,
                 verbose=True,
                 threads=args.threads,
+                schedule=args.schedule,
+                step_size=args.step_size,
+                gamma=args.gamma,
+                min_lr=args.min_lr,
             )
             final = loss(params, X, y)
         if not math.isfinite(final):
@@ -1001,7 +1141,7 @@ def main(argv=None):
                 f"fit: the final loss is {final} (lr={args.lr!r}); "
                 "try a smaller lr or standardize the features"
             )
-        metric = "train_accuracy", float(numpy.mean(predict(params, X) == _labels(y)))
+        metric = _score(params, X, y)
         save(params, args.out)
     except FloatingPointError as err:  # training diverged
         print(f"error: {err}", file=sys.stderr)
@@ -1010,8 +1150,208 @@ def main(argv=None):
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"saved weights to {args.out}")
-    print(f"final: train_loss={final!r} {metric[0]}={metric[1]!r}")
+    print(f"final: train_loss={final!r} train_{_METRIC}={metric!r}")
     return 0
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line on stderr (exit 2), like every other error."""
+
+    def error(self, message):
+        self.exit(2, f"error: {self.prog}: {message}\n")
+
+    def parse(self, argv):
+        """(the arguments, None), or (None, the exit code) after --help or a usage error."""
+        try:
+            return self.parse_args(argv), None
+        except SystemExit as stop:
+            return None, stop.code
+
+
+def _evaluate_main(argv):
+    """The loss and the accuracy (or RMSE) of saved weights on a data file."""
+    parser = _Parser(
+        prog=f"{_SCRIPT} evaluate",
+        description=f"The loss and the {_METRIC} of saved weights on a data file.",
+    )
+    parser.add_argument("data", help=_DATA_HELP + " with targets")
+    parser.add_argument("--weights", required=True, help="a .npz written by save or by training")
+    args, code = parser.parse(argv)
+    if args is None:
+        return code
+    try:
+        params = _load_weights(args.weights)
+        X, y = _read_samples(args.data, params, targets=True)
+        with numpy.errstate(all="ignore"):
+            value = loss(params, X, y)
+            metric = _score(params, X, y)
+    except (OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"{args.weights} on {len(X)} samples of {args.data}")
+    print(f"final: loss={value!r} {_METRIC}={metric!r}")
+    return 0
+
+
+def _predict_main(argv):
+    """Predictions of saved weights for a data file, as CSV."""
+    parser = _Parser(
+        prog=f"{_SCRIPT} predict",
+        description="Predictions of saved weights for a data file, as CSV: "
+        + _PREDICTION_COLUMNS,
+    )
+    parser.add_argument("data", help=_DATA_HELP + " (targets, if there, are ignored)")
+    parser.add_argument("--weights", required=True, help="a .npz written by save or by training")
+    parser.add_argument("-o", "--out", help="the CSV file to write (default: standard output)")
+    args, code = parser.parse(argv)
+    if args is None:
+        return code
+    try:
+        params = _load_weights(args.weights)
+        X = _read_samples(args.data, params, targets=False)[0]
+        with numpy.errstate(all="ignore"):
+            header, rows = _prediction_table(params, X)
+        if args.out is None:
+            _write_csv(sys.stdout, header, rows)
+        else:
+            with open(args.out, "w", newline="", encoding="utf-8") as out:
+                _write_csv(out, header, rows)
+    except (OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.out is not None:
+        print(f"wrote {len(rows)} predictions to {args.out}")
+    return 0
+
+
+_DATA_HELP = "a .npz file (array X, and y) or a .csv / .csv.gz (a row per sample)"
+_PREDICTION_COLUMNS = (
+    "label (the class name, when the weights hold classes, else its index), then p_<name>: "
+    "the probability of each class"
+)
+
+
+def _load_weights(path):
+    """load(path), with a file that is not weights as a ValueError naming it."""
+    with open(path, "rb") as handle:
+        if handle.read(4) != b"PK\x03\x04":  # a .npz is a zip archive
+            raise ValueError(f"{path}: not a .npz file of weights (as save writes them)")
+    try:
+        return load(path)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+    except (KeyError, EOFError, zipfile.BadZipFile) as err:  # a damaged archive
+        raise ValueError(f"{path}: not a .npz file of weights ({err})") from None
+
+
+def _class_names(params):
+    """The class names of params, as strings: theirs, or the class indices."""
+    if "classes" in params:
+        return [str(name) for name in params["classes"].tolist()]
+    return [str(index) for index in range(_CLASS_COUNT)]
+
+
+def _read_samples(path, params, targets):
+    """(X, y) from a .npz (X, and y) or a .csv / .csv.gz: a row of features per sample, then
+    (when targets, or when the row has them) the target columns; y is None without them.
+    Class labels in a CSV may be indices or, when params hold classes, class names."""
+    features = math.prod(_SAMPLE_SHAPE)
+    if path.endswith(".npz"):
+        with numpy.load(path, allow_pickle=False) as data:
+            if "X" not in data.files or (targets and "y" not in data.files):
+                wanted = "arrays X and y" if targets else "an array X"
+                raise ValueError(f"{path}: expected {wanted}, found {data.files}")
+            X = numpy.asarray(data["X"])
+            y = numpy.asarray(data["y"]) if "y" in data.files else None
+        if X.dtype.kind not in "biuf":
+            raise ValueError(f"{path}: X has dtype {X.dtype}, expected real numbers")
+        X = X.astype(numpy.float64)
+    elif path.endswith((".csv", ".csv.gz")):
+        X, y = _read_csv(path, features, targets, params)
+    else:
+        raise ValueError(f"{path}: expected a .npz, .csv or .csv.gz file")
+    if not numpy.isfinite(X).all():
+        raise ValueError(f"{path}: the features hold NaN or infinite values")
+    if y is not None and y.dtype.kind in "fc" and not numpy.isfinite(y).all():
+        raise ValueError(f"{path}: the targets hold NaN or infinite values")
+    return X, y
+
+
+def _read_csv(path, features, targets, params):
+    """The rows of a CSV as (X, y): see _read_samples.  A first row that is not numbers is
+    a header and is skipped."""
+    width = LAYER_SIZES[-1] if not CLASSIFICATION and LAYER_SIZES[-1] > 1 else 1
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rt", newline="", encoding="utf-8") as handle:
+        rows = [row for row in csv.reader(handle) if row and any(field.strip() for field in row)]
+    if rows and not _numbers(rows[0][:features]):
+        rows = rows[1:]
+    if not rows:
+        raise ValueError(f"{path}: no rows of data")
+    allowed = (features + width,) if targets else (features, features + width)
+    columns = len(rows[0])
+    if columns not in allowed:
+        expected = " or ".join(map(str, allowed))
+        raise ValueError(f"{path}: expected {expected} columns, found {columns}")
+    X = numpy.empty((len(rows), features))
+    target_rows = []
+    for number, row in enumerate(rows, start=1):
+        if len(row) != columns:
+            raise ValueError(f"{path}: row {number} has {len(row)} columns, expected {columns}")
+        try:
+            X[number - 1] = [float(field) for field in row[:features]]
+        except ValueError:
+            raise ValueError(f"{path}: row {number} has a feature that is not a number") from None
+        target_rows.append(row[features:])
+    if columns == features:
+        return X, None
+    names = {}
+    if "classes" in params:
+        names = {name: index for index, name in enumerate(_class_names(params))}
+    y = numpy.empty(len(rows), dtype=numpy.int64)
+    for number, (label,) in enumerate(target_rows, start=1):
+        y[number - 1] = _class_index(label.strip(), names, path, number)
+    return X, y
+
+
+def _numbers(fields):
+    """Whether every field reads as a number."""
+    try:
+        for field in fields:
+            float(field)
+    except ValueError:
+        return False
+    return True
+
+
+def _class_index(label, names, path, number):
+    """A CSV label as a class index: a class name of params["classes"], or an integer."""
+    if label in names:
+        return names[label]
+    try:
+        value = float(label)
+    except ValueError:
+        known = f"; the weights' classes are {sorted(names)}" if names else ""
+        raise ValueError(f"{path}: row {number}: unknown class {label!r}{known}") from None
+    if not value.is_integer():
+        raise ValueError(f"{path}: row {number}: the class label {label!r} is not an integer")
+    return int(value)
+
+
+def _prediction_table(params, X):
+    """(header, rows) of predict's CSV, every value a string."""
+    outputs = forward(params, X)
+    names = _class_names(params)
+    header = ["label", *(f"p_{name}" for name in names)]
+    labels = outputs.argmax(axis=1).tolist()
+    rows = [[names[labels[i]], *map(repr, row)] for i, row in enumerate(outputs.tolist())]
+    return header, rows
+
+
+def _write_csv(handle, header, rows):
+    writer = csv.writer(handle, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
 
 
 if __name__ == "__main__":
