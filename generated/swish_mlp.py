@@ -25,6 +25,15 @@ Bad arrays, shapes, keys or hyperparameters raise ValueError before anything cha
 or infinite values in X, Y or params are found when they make the loss or the outputs
 non-finite, and by fit up front); fit raises FloatingPointError when training diverges.
 
+params may also hold x_mean and x_scale (arrays of one sample's shape, (4,)): then
+every function takes raw X and works on (X - x_mean) / x_scale; and classes, the class
+names (a NumPy unicode array), which save and load keep and the script's predict writes.
+to_state_dict and from_state_dict convert params to and from the state_dict of the PyTorch
+model that `symbackprop export --torch` writes, without importing torch.  Run as a script,
+the file trains (`python FILE DATA`, see --help), evaluates saved weights (`python FILE
+evaluate DATA --weights W.npz`: the loss and the accuracy) and predicts (`python FILE
+predict DATA --weights W.npz [-o OUT.csv]`: CSV).
+
 BLAS threads: NumPy's matrix products run in its BLAS library, which by default starts one
 thread per core (OpenBLAS).  Small networks gain nothing from them, and on a machine busy
 with other work, threads that wait for a core cost far more than they save (a loaded 2-core
@@ -36,12 +45,15 @@ MKL, OMP_NUM_THREADS=1 for either), which needs nothing.
 
 import argparse
 import contextlib
+import csv
+import gzip
 import importlib
 import math
 import sys
 import threading
 import warnings
 import weakref
+import zipfile
 
 import numpy
 
@@ -59,9 +71,21 @@ TRAIN_DEFAULTS = {
     "beta1": 0.9,
     "beta2": 0.999,
     "eps": 1e-08,
+    "alpha": 0.99,
+    "schedule": "constant",
+    "step_size": 10,
+    "gamma": 0.1,
+    "min_lr": 0.0,
 }
 PARAMETERS = {"W1": (5, 4), "b1": (5,), "W2": (3, 5), "b2": (3,)}
 _SHAPES = {"W1": (5, 4), "b1": (5,), "W2": (3, 5), "b2": (3,)}
+_TORCH_KEYS = {
+    "W1": "layer1.weight",
+    "b1": "layer1.bias",
+    "W2": "layer2.weight",
+    "b2": "layer2.bias",
+}
+_TRACKED = ()
 _INIT = {
     "W1": ("xavier", (5, 4)),
     "b1": ("zeros", (5,)),
@@ -76,6 +100,10 @@ _PARAMETER_COUNT = 43
 _GRADIENTS = frozenset("d" + key for key in PARAMETERS)
 _FLOAT_MAX = sys.float_info.max
 _EXPLOSION = 1e6  # fit: a mini-batch loss above 1e6 * max(1, the first one) has diverged
+_SAMPLE_SHAPE = (4,)  # one sample of X: the shape of x_mean and x_scale
+_CLASS_COUNT = 3  # the names in params["classes"]
+_EXTRAS = frozenset(("x_mean", "x_scale", "classes"))  # optional params entries, never trained
+_ENTRIES = len(_SHAPES)  # params with more entries hold some of _EXTRAS
 
 
 # --- checks ---------------------------------------------------------------------------------
@@ -101,22 +129,97 @@ def _check_params(params):
 
 
 def _check_params_fully(params):
-    """_check_params for any params: a ValueError naming what is wrong, else the dtype."""
-    if not isinstance(params, dict) or params.keys() != _SHAPES.keys():
-        keys = sorted(params) if isinstance(params, dict) else type(params).__name__
-        raise ValueError(f"params has keys {keys}, expected {sorted(_SHAPES)}")
-    dtype = getattr(params["W1"], "dtype", None)
+    """_check_params for any params: a ValueError naming what is wrong, else the dtype.
+
+    params may also hold the input standardization (x_mean and x_scale, together) and the
+    class names (classes); see _check_extras.
+    """
+    if not isinstance(params, dict) or params.keys() - _EXTRAS != _SHAPES.keys():
+        if not isinstance(params, dict):
+            raise ValueError(f"params is a {_type_name(params)}, expected a dict of NumPy arrays")
+        message = f"params has keys {sorted(params)}, expected {sorted(_SHAPES)}"
+        message += " (and optionally x_mean, x_scale, classes)"
+        if any("." in str(key) for key in params):
+            message += "; a PyTorch state_dict converts with from_state_dict(state_dict)"
+        raise ValueError(message)
+    for key, shape in _SHAPES.items():
+        if not isinstance(params[key], numpy.ndarray):
+            raise ValueError(_not_an_array(f"params[{key!r}]", params[key], shape))
+    dtype = params["W1"].dtype
     if dtype not in (numpy.float32, numpy.float64):
         raise ValueError(f"params['W1'] has dtype {dtype}, expected float32 or float64")
     for key, shape in _SHAPES.items():
         value = params[key]
-        if not isinstance(value, numpy.ndarray) or value.shape != shape or value.dtype != dtype:
-            if isinstance(value, numpy.ndarray):
-                got = f"shape {value.shape} of {value.dtype}"
-            else:
-                got = type(value).__name__
+        if value.shape != shape or value.dtype != dtype:
+            got = f"shape {value.shape} of {value.dtype}"
             raise ValueError(f"params[{key!r}] has {got}, expected shape {shape} of {dtype}")
+    if len(params) != _ENTRIES:
+        _check_extras(params, dtype)
     return dtype
+
+
+def _check_extras(params, dtype):
+    """x_mean and x_scale: arrays of one sample's shape and the params' dtype, x_scale finite
+    and positive; classes: a 1-D array of _CLASS_COUNT strings (NumPy unicode)."""
+    if ("x_mean" in params) != ("x_scale" in params):
+        raise ValueError("params holds one of x_mean and x_scale; the standardization needs both")
+    for key in ("x_mean", "x_scale"):
+        if key not in params:
+            continue
+        value = params[key]
+        if not isinstance(value, numpy.ndarray):
+            raise ValueError(_not_an_array(f"params[{key!r}]", value, _SAMPLE_SHAPE))
+        if value.shape != _SAMPLE_SHAPE or value.dtype != dtype:
+            got = f"shape {value.shape} of {value.dtype}"
+            expected = f"shape {_SAMPLE_SHAPE} of {dtype}"
+            raise ValueError(f"params[{key!r}] has {got}, expected {expected}")
+    if "x_mean" in params:
+        if not numpy.isfinite(params["x_mean"]).all():
+            raise ValueError("params['x_mean'] holds NaN or infinite values")
+        scale = params["x_scale"]
+        if not (numpy.isfinite(scale).all() and (scale > 0).all()):
+            raise ValueError("params['x_scale'] holds values that are not finite and positive")
+    if "classes" in params:
+        value = params["classes"]
+        if not _CLASS_COUNT:
+            raise ValueError(f"params holds classes, but the loss {LOSS!r} is not a classification")
+        if not isinstance(value, numpy.ndarray):
+            raise ValueError(_not_an_array("params['classes']", value, (_CLASS_COUNT,)))
+        if value.dtype.kind != "U" or value.shape != (_CLASS_COUNT,):
+            got = f"shape {value.shape} of {value.dtype}"
+            expected = f"shape ({_CLASS_COUNT},) of strings (a NumPy unicode array)"
+            raise ValueError(f"params['classes'] has {got}, expected {expected}")
+
+
+def _type_name(value):
+    """A value's type for a message: list, torch.Tensor, pandas.core.frame.DataFrame."""
+    kind = type(value)
+    if kind.__module__ == "builtins":
+        return kind.__qualname__
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
+def _is_torch(value):
+    """Whether value is a PyTorch object, by its type's module (torch is never imported)."""
+    return type(value).__module__.partition(".")[0] == "torch"
+
+
+def _not_an_array(label, value, shape):
+    """The message for a params entry that is not a NumPy array, saying what to do."""
+    if _is_torch(value):
+        return (
+            f"{label} is a {_type_name(value)}; convert it with "
+            "from_state_dict(model.state_dict()) or tensor.detach().cpu().numpy()"
+        )
+    return f"{label} is a {_type_name(value)}, expected a NumPy array of shape {shape}"
+
+
+def _check_data(label, value):
+    """X or Y as PyTorch tensors: a ValueError that says how to convert them."""
+    if _is_torch(value):
+        raise ValueError(
+            f"{label} is a {_type_name(value)}; convert it with {label}.detach().cpu().numpy()"
+        )
 
 
 def _check_lr(lr):
@@ -142,7 +245,7 @@ def _check_finite(params, X, Y=None):
     finite, to tell a bad input from an overflow: nothing is spent on it in the normal path.
     """
     named = [("X", X)] if Y is None else [("X", X), ("Y", Y)]
-    named += [(f"params[{key!r}]", value) for key, value in params.items()]
+    named += [(f"params[{key!r}]", params[key]) for key in _SHAPES]
     for label, value in named:
         if not numpy.isfinite(value).all():
             raise ValueError(f"{label} holds NaN or infinite values")
@@ -153,8 +256,11 @@ def _check_updatable(params):
 
     Otherwise a step could stop half done, or step one array twice.  The overlap test is
     exact but slow, so each thread remembers the arrays it last found apart (an overlap of
-    two arrays cannot change while they live; whether they are writable can).
+    two arrays cannot change while they live; whether they are writable can).  x_mean,
+    x_scale and classes are never updated, so they are not looked at.
     """
+    if len(params) != _ENTRIES:
+        params = {key: params[key] for key in _SHAPES}
     for key, value in params.items():
         if not value.flags.writeable:
             raise ValueError(f"params[{key!r}] is read-only, so it cannot be updated in place")
@@ -175,8 +281,9 @@ def _check_updatable(params):
     apart.update(ids=ids, refs=[weakref.ref(array, lambda _: forget()) for array in arrays])
 
 
-def _inputs(X, dtype):
-    """X as a (batch, 4) array of dtype."""
+def _inputs(X, dtype, params):
+    """X as a (batch, 4) array of dtype: standardized, (X - x_mean) / x_scale, when params
+    hold x_mean and x_scale."""
     if (
         type(X) is numpy.ndarray
         and X.dtype is dtype
@@ -184,13 +291,24 @@ def _inputs(X, dtype):
         and X.shape[1] == LAYER_SIZES[0]
         and X.shape[0]
     ):
-        return X
+        return X if len(params) == _ENTRIES else _standardized(params, X)
+    _check_data("X", X)
     X = numpy.asarray(X)
     if X.dtype.kind not in "biuf":
         raise ValueError(f"X has dtype {X.dtype}, expected real numbers")
     if X.ndim != 2 or X.shape[1] != LAYER_SIZES[0] or X.shape[0] == 0:
         raise ValueError(f"X has shape {X.shape}, expected (batch, {LAYER_SIZES[0]})")
-    return X if X.dtype == dtype else X.astype(dtype)
+    X = X if X.dtype == dtype else X.astype(dtype)
+    return X if len(params) == _ENTRIES else _standardized(params, X)
+
+
+def _standardized(params, X):
+    """(X - x_mean) / x_scale, a new array, when params hold x_mean and x_scale; else X."""
+    if "x_mean" not in params:
+        return X
+    X = numpy.subtract(X, params["x_mean"])
+    numpy.divide(X, params["x_scale"], out=X)
+    return X
 
 
 def _targets(Y, batch, dtype, ws=None):
@@ -206,6 +324,7 @@ def _targets(Y, batch, dtype, ws=None):
         and Y.flags.c_contiguous
     ):
         return Y, False
+    _check_data("Y", Y)
     Y = numpy.asarray(Y)
     if Y.ndim == 1 and Y.shape[0] == batch and CLASSIFICATION and Y.dtype.kind in "iub":
         low, high = (0, 1) if outputs == 1 else (0, outputs - 1)
@@ -426,7 +545,7 @@ def _step(params, X, Y, rng=None, dtype=None):
     """
     if dtype is None:
         dtype = _check_params(params)
-        X = _inputs(X, dtype)
+        X = _inputs(X, dtype, params)
     rng = _generator(rng)
     ws = _workspace(X.shape[0], dtype)
     Y, unit_rows = _targets(Y, X.shape[0], dtype, ws)
@@ -645,7 +764,7 @@ def init_params(seed=0, dtype=numpy.float64):
 def forward(params, X):
     """The last layer's outputs (probabilities), shape (batch, 3)."""
     dtype = _check_params(params)
-    X = _inputs(X, dtype)
+    X = _inputs(X, dtype, params)
     outputs = _forward(params, X, _workspace(X.shape[0], dtype)).copy()
     if not math.isfinite(outputs.sum()):  # a bad input (ValueError), else an overflow
         _check_finite(params, X)
@@ -672,7 +791,7 @@ def train_step(params, X, Y, lr, rng=None):
     """
     _check_lr(lr)
     dtype = _check_params(params)
-    X = _inputs(X, dtype)
+    X = _inputs(X, dtype, params)
     if X.shape[0] == 1:  # one sample: Python floats beat NumPy's per-call cost here
         value = _scalar_step(params, X, Y, lr, rng, dtype)
         if value is not None:
@@ -683,17 +802,22 @@ def train_step(params, X, Y, lr, rng=None):
     return value
 
 
-def _optimizer(params, optimizer, lr):
-    """(gradient scale, update(ws)) for sgd, momentum or adam (torch.optim's definitions).
+_OPTIMIZERS = ("sgd", "momentum", "adam", "rmsprop")
+_SCHEDULES = ("constant", "step", "cosine")
 
-    sgd lets the backward pass scale by lr and step the parameters itself (update is None).
-    The others work on every parameter at once: their state is one flat array each, as
-    ws["grads"] holds every gradient.
+
+def _optimizer(params, optimizer):
+    """update(ws, lr) for momentum, adam or rmsprop (torch.optim's definitions), None for sgd.
+
+    sgd lets the backward pass scale by lr and step the parameters itself.  The others work
+    on every parameter at once: their state is one flat array each, as ws["grads"] holds
+    every gradient; lr is the learning rate of the epoch (see _next_rate).
     """
     if optimizer == "sgd":
-        return lr, None
-    if optimizer not in ("momentum", "adam"):
-        raise ValueError(f"optimizer is {optimizer!r}, expected 'sgd', 'momentum' or 'adam'")
+        return None
+    if not isinstance(optimizer, str) or optimizer not in _OPTIMIZERS:
+        expected = ", ".join(map(repr, _OPTIMIZERS))
+        raise ValueError(f"optimizer is {optimizer!r}, expected one of {expected}")
     dtype = params["W1"].dtype
     scratch = numpy.empty(_PARAMETER_COUNT, dtype)
     steps = [(params[key], part) for key, part in _views(scratch).items()]
@@ -701,20 +825,38 @@ def _optimizer(params, optimizer, lr):
         mu = TRAIN_DEFAULTS["momentum"]
         velocity = numpy.zeros(_PARAMETER_COUNT, dtype)
 
-        def update(ws):
+        def update(ws, lr):
             numpy.multiply(velocity, mu, out=velocity)
             numpy.add(velocity, ws["grads"], out=velocity)
             numpy.multiply(velocity, lr, out=scratch)
             for param, part in steps:
                 param -= part
-        return 1.0, update
-    beta1, beta2 = TRAIN_DEFAULTS["beta1"], TRAIN_DEFAULTS["beta2"]
+        return update
     eps = TRAIN_DEFAULTS["eps"]
+    if optimizer == "rmsprop":
+        alpha = TRAIN_DEFAULTS["alpha"]
+        square = numpy.zeros(_PARAMETER_COUNT, dtype)
+
+        def update(ws, lr):
+            # v = alpha v + (1 - alpha) g^2, p -= lr g / (sqrt(v) + eps); no momentum, uncentered
+            grad, v, t = ws["grads"], square, scratch
+            numpy.multiply(v, alpha, out=v)
+            numpy.square(grad, out=t)
+            numpy.multiply(t, 1.0 - alpha, out=t)
+            numpy.add(v, t, out=v)
+            numpy.sqrt(v, out=t)
+            numpy.add(t, eps, out=t)
+            numpy.divide(grad, t, out=t)
+            numpy.multiply(t, lr, out=t)
+            for param, part in steps:
+                param -= part
+        return update
+    beta1, beta2 = TRAIN_DEFAULTS["beta1"], TRAIN_DEFAULTS["beta2"]
     first = numpy.zeros(_PARAMETER_COUNT, dtype)
     second = numpy.zeros(_PARAMETER_COUNT, dtype)
     count = [0]
 
-    def update(ws):
+    def update(ws, lr):
         count[0] += 1
         correction1 = 1.0 - beta1 ** count[0]
         correction2 = 1.0 - beta2 ** count[0]
@@ -733,7 +875,38 @@ def _optimizer(params, optimizer, lr):
         numpy.multiply(t, lr / correction1, out=t)
         for param, part in steps:
             param -= part
-    return 1.0, update
+    return update
+
+
+def _check_schedule(schedule, step_size, gamma, min_lr):
+    """fit's schedule and its settings, as the spec's [train] table takes them.  Returns
+    gamma and min_lr as Python floats (a NumPy float32 would make every rate a float32)."""
+    if not isinstance(schedule, str) or schedule not in _SCHEDULES:
+        expected = ", ".join(map(repr, _SCHEDULES))
+        raise ValueError(f"schedule is {schedule!r}, expected one of {expected}")
+    integer = isinstance(step_size, (int, numpy.integer)) and not isinstance(step_size, bool)
+    if not integer or step_size < 1:
+        raise ValueError(f"step_size is {step_size!r}, expected a positive integer")
+    if isinstance(gamma, bool) or not isinstance(gamma, _REALS) or not 0.0 < gamma < math.inf:
+        raise ValueError(f"gamma is {gamma!r}, expected a finite positive number")
+    if isinstance(min_lr, bool) or not isinstance(min_lr, _REALS) or not 0.0 <= min_lr < math.inf:
+        raise ValueError(f"min_lr is {min_lr!r}, expected a finite number >= 0")
+    return float(gamma), float(min_lr)
+
+
+def _next_rate(rate, epoch, epochs, schedule, step_size, gamma, min_lr):
+    """The learning rate of epoch (counted from 0, and > 0) after rate, the one before it, as
+    torch.optim.lr_scheduler steps StepLR(step_size, gamma) and CosineAnnealingLR(T_max=
+    epochs, eta_min=min_lr) once per epoch: by its recursive forms, so that the rates are
+    PyTorch's to the last bit."""
+    if schedule == "step":
+        return rate * gamma if epoch % step_size == 0 else rate
+    if schedule == "cosine":
+        ratio = (1.0 + math.cos(math.pi * epoch / epochs)) / (
+            1.0 + math.cos(math.pi * (epoch - 1) / epochs)
+        )
+        return ratio * (rate - min_lr) + min_lr
+    return rate
 
 
 def fit(
@@ -749,35 +922,51 @@ def fit(
     verbose=False,
     callback=None,
     threads=None,
+    schedule="constant",
+    step_size=TRAIN_DEFAULTS["step_size"],
+    gamma=TRAIN_DEFAULTS["gamma"],
+    min_lr=TRAIN_DEFAULTS["min_lr"],
 ):
     """Train in place on shuffled mini-batches; returns the per-epoch mean losses.
 
-    callback(epoch, mean_loss), if given, is called after every epoch.  threads, if given,
-    is the number of BLAS threads while fit runs (see blas_threads; None leaves them as
-    they are).  Bad inputs or hyperparameters raise ValueError before anything changes.
+    optimizer: "sgd", "momentum", "adam" or "rmsprop", as torch.optim defines them (their
+    momentum, betas, eps and alpha are TRAIN_DEFAULTS').  schedule sets each epoch's
+    learning rate as torch.optim.lr_scheduler does, stepped once per epoch: "constant" (lr),
+    "step" (StepLR: lr * gamma ** (epoch // step_size), epochs counted from 0) or "cosine"
+    (CosineAnnealingLR with T_max = epochs: min_lr + (lr - min_lr) * (1 + cos(pi * epoch /
+    epochs)) / 2).  callback(epoch, mean_loss), if given, is called after every epoch; when
+    it returns a true value, training stops there (the history is then shorter).  threads,
+    if given, is the number of BLAS threads while fit runs (see blas_threads; None leaves
+    them as they are).  With x_mean and x_scale in params, X is standardized once, up front;
+    fit never changes x_mean, x_scale or classes.  Bad inputs or hyperparameters raise
+    ValueError before anything changes.
     Training stops with a FloatingPointError when a mini-batch loss is not finite or above
     _EXPLOSION times max(1, the first mini-batch's loss), or the parameters stop being
     finite: lr is too large for this data (params then hold the last steps taken).
     """
     dtype = _check_params(params)
-    X = _inputs(X, dtype)
+    X = _inputs(X, dtype, params)
     Y, unit_rows = _targets(Y, X.shape[0], dtype)
     for label, value in (("epochs", epochs), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, (int, numpy.integer)) or value < 1:
             raise ValueError(f"{label} is {value!r}, expected a positive integer")
     _check_lr(lr)
+    gamma, min_lr = _check_schedule(schedule, step_size, gamma, min_lr)
     if threads is not None:
         _check_threads(threads)
     _check_finite(params, X, Y)
     _check_updatable(params)
-    scale, update = _optimizer(params, optimizer, lr)
+    update = _optimizer(params, optimizer)
     limit_threads = blas_threads(threads) if threads is not None else contextlib.nullcontext()
     with limit_threads:
         rng = numpy.random.default_rng(seed)
         count = X.shape[0]
         history = []
         first, limit = None, _FLOAT_MAX  # any finite loss, until the first mini-batch's
+        rate = lr if schedule == "constant" else float(lr)
         for epoch in range(1, epochs + 1):
+            if epoch > 1:
+                rate = _next_rate(rate, epoch - 1, epochs, schedule, step_size, gamma, min_lr)
             order = rng.permutation(count)
             total = 0.0
             for number, start in enumerate(range(0, count, batch_size), start=1):
@@ -788,24 +977,25 @@ def fit(
                 _forward(params, Xb, ws)
                 value = _loss(params, Xb, Yb, ws)
                 if not -_FLOAT_MAX <= value <= limit:  # also NaN
-                    raise FloatingPointError(_diverged(value, first, epoch, number, lr))
+                    raise FloatingPointError(_diverged(value, first, epoch, number, rate))
                 if first is None:
                     first, limit = value, _EXPLOSION * max(1.0, value)
                 total += value * len(batch)
                 if update is None:  # sgd: the backward pass steps params itself
-                    _backward(params, Xb, Yb, ws, scale / len(batch), scale, unit_rows, sgd=True)
+                    _backward(params, Xb, Yb, ws, rate / len(batch), rate, unit_rows, sgd=True)
                 else:
-                    _backward(params, Xb, Yb, ws, scale / len(batch), scale, unit_rows)
-                    update(ws)
-            for key, param in params.items():  # the epoch's last step is not followed by a loss
+                    _backward(params, Xb, Yb, ws, 1.0 / len(batch), 1.0, unit_rows)
+                    update(ws, rate)
+            for key in _SHAPES:  # the epoch's last step is not followed by a loss
+                param = params[key]
                 if not math.isfinite(param.sum()) and not numpy.isfinite(param).all():
                     what = f"params[{key!r}] became NaN or infinite"
-                    raise FloatingPointError(_diverged(what, first, epoch, number, lr))
+                    raise FloatingPointError(_diverged(what, first, epoch, number, rate))
             history.append(total / count)
             if verbose:
                 print(f"epoch {epoch}/{epochs}: loss {history[-1]:.6g}")
-            if callback is not None:
-                callback(epoch, history[-1])
+            if callback is not None and callback(epoch, history[-1]):
+                break
     return history
 
 
@@ -830,17 +1020,98 @@ def predict(params, X):
 
 
 def save(params, path):
-    """Write params to a .npz file."""
+    """Write params to a .npz file (x_mean, x_scale and classes too, when params hold them)."""
     _check_params(params)
     numpy.savez(path, **params)
 
 
 def load(path):
-    """Read params written by save (checked against LAYER_SIZES)."""
-    with numpy.load(path) as data:
+    """Read params written by save (checked against LAYER_SIZES); never unpickles."""
+    with numpy.load(path, allow_pickle=False) as data:
         params = {key: data[key] for key in data.files}
     _check_params(params)
     return params
+
+
+# --- PyTorch state_dict ---------------------------------------------------------------------
+
+
+def to_state_dict(params):
+    """params as a state_dict of the PyTorch model that symbackprop export writes: a dict of
+    its keys (W<l> -> layer<l>.weight, b<l> -> layer<l>.bias, gamma<l>, beta<l>, mean<l>,
+    var<l> -> layer<l>.weight, .bias, .running_mean, .running_var) to NumPy copies.
+
+    Batch norm layer l also gets layer<l>.num_batches_tracked (0, int64), and x_mean and
+    x_scale are always there (zeros and ones without a standardization in params), as the
+    exported model has these buffers.  No torch is needed; in PyTorch:
+    model.load_state_dict({key: torch.from_numpy(value) for key, value in state.items()}).
+    """
+    dtype = _check_params(params)
+    state = {torch_key: params[key].copy() for key, torch_key in _TORCH_KEYS.items()}
+    for key in _TRACKED:
+        state[key] = numpy.array(0, dtype=numpy.int64)
+    if "x_mean" in params:
+        state["x_mean"], state["x_scale"] = params["x_mean"].copy(), params["x_scale"].copy()
+    else:
+        state["x_mean"] = numpy.zeros(_SAMPLE_SHAPE, dtype)
+        state["x_scale"] = numpy.ones(_SAMPLE_SHAPE, dtype)
+    return state
+
+
+def from_state_dict(state):
+    """params from a state_dict of the exported PyTorch model (or of to_state_dict).
+
+    Values are NumPy arrays or tensors (anything with .detach().cpu().numpy(); torch is not
+    imported), copied, float64 or float32 as they come.  num_batches_tracked is ignored;
+    x_mean and x_scale become params entries unless they are exactly zeros and ones (no
+    standardization).  A missing or unexpected key, or a bad shape or dtype, is a
+    ValueError naming it.
+    """
+    if not (hasattr(state, "keys") and hasattr(state, "__getitem__")):
+        raise ValueError(
+            f"state is a {_type_name(state)}, expected a mapping such as model.state_dict()"
+        )
+    names = {torch_key: key for key, torch_key in _TORCH_KEYS.items()}
+    known = {*names, *_TRACKED, "x_mean", "x_scale"}
+    for key in state.keys():
+        if key not in known:
+            raise ValueError(f"state has the unexpected key {key!r}; expected {sorted(names)}")
+    for key, name in names.items():
+        if key not in state:
+            raise ValueError(f"state lacks the key {key!r} (params[{name!r}])")
+    params = {name: _state_array(state, key, _SHAPES[name]) for key, name in names.items()}
+    first = next(iter(names))
+    dtype = params[names[first]].dtype
+    for key, name in names.items():
+        if params[name].dtype != dtype:
+            got = params[name].dtype
+            raise ValueError(f"state[{key!r}] has dtype {got}, but state[{first!r}] has {dtype}")
+    scaling = {}
+    for key in ("x_mean", "x_scale"):
+        if key in state:
+            scaling[key] = _state_array(state, key, _SAMPLE_SHAPE)
+    mean = scaling.get("x_mean", numpy.zeros(_SAMPLE_SHAPE, dtype))
+    scale = scaling.get("x_scale", numpy.ones(_SAMPLE_SHAPE, dtype))
+    if (mean != 0).any() or (scale != 1).any():
+        params["x_mean"], params["x_scale"] = mean.astype(dtype), scale.astype(dtype)
+    _check_params(params)
+    return params
+
+
+def _state_array(state, key, shape):
+    """A copy of state[key] as a float NumPy array of shape, else a ValueError naming key."""
+    value = state[key]
+    if not isinstance(value, numpy.ndarray):
+        if not hasattr(value, "detach"):
+            kind = _type_name(value)
+            raise ValueError(f"state[{key!r}] is a {kind}, expected a NumPy array or a tensor")
+        value = value.detach().cpu().numpy()
+    value = numpy.array(value, copy=True)
+    if value.dtype not in (numpy.float32, numpy.float64):
+        raise ValueError(f"state[{key!r}] has dtype {value.dtype}, expected float32 or float64")
+    if value.shape != shape:
+        raise ValueError(f"state[{key!r}] has shape {value.shape}, expected {shape}")
+    return value
 
 
 # --- BLAS threads ---------------------------------------------------------------------------
@@ -937,21 +1208,64 @@ def _labels(y):
     return y
 
 
+def _score(params, X, y):
+    """The accuracy of predict's labels on (X, y)."""
+    return float(numpy.mean(predict(params, X) == _labels(y)))
+
+
+_METRIC = "accuracy"
+_SCRIPT = "swish_mlp.py"
+_COMMANDS = "\n".join(
+    [
+        "also:",
+        f"  python {_SCRIPT} train DATA [options]: the same as without the word train",
+        f"  python {_SCRIPT} evaluate DATA --weights W.npz: the loss and the {_METRIC}",
+        f"  python {_SCRIPT} predict DATA --weights W.npz [-o OUT.csv]: predictions as CSV",
+    ]
+)
+
+
 def main(argv=None):
-    """Train on a data file and save the weights: exit 0, 1 if training diverged (no weights
-    are saved then), 2 for bad input; an error is one line on stderr."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
+    """Script mode: train on a data file (the default, or the subcommand train), evaluate
+    saved weights on one, or write their predictions for one as CSV.
+
+    Exit 0, 1 if training diverged (no weights are saved then), 2 for bad input; an error
+    is one line on stderr.
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "evaluate":
+        return _evaluate_main(argv[1:])
+    if argv and argv[0] == "predict":
+        return _predict_main(argv[1:])
+    if argv and argv[0] == "train":
+        argv = argv[1:]
+    return _train_main(argv)
+
+
+def _train_main(argv):
+    """Train on a data file and save the weights."""
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n", 1)[0],
+        epilog=_COMMANDS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument(
         "data", help="a .npz file (arrays X, y) or a .csv / .csv.gz (last column: target)"
     )
     parser.add_argument("--epochs", type=int, default=TRAIN_DEFAULTS["epochs"])
     parser.add_argument("--lr", type=float, default=TRAIN_DEFAULTS["lr"])
     parser.add_argument("--batch-size", type=int, default=TRAIN_DEFAULTS["batch_size"])
+    parser.add_argument("--optimizer", choices=_OPTIMIZERS, default=TRAIN_DEFAULTS["optimizer"])
     parser.add_argument(
-        "--optimizer",
-        choices=("sgd", "momentum", "adam"),
-        default=TRAIN_DEFAULTS["optimizer"],
+        "--schedule",
+        choices=_SCHEDULES,
+        default=TRAIN_DEFAULTS["schedule"],
+        help="the learning rate per epoch: constant, step (--step-size, --gamma) or cosine "
+        "(down to --min-lr)",
     )
+    parser.add_argument("--step-size", type=int, default=TRAIN_DEFAULTS["step_size"])
+    parser.add_argument("--gamma", type=float, default=TRAIN_DEFAULTS["gamma"])
+    parser.add_argument("--min-lr", type=float, default=TRAIN_DEFAULTS["min_lr"])
     parser.add_argument("--seed", type=int, default=TRAIN_DEFAULTS["seed"])
     parser.add_argument("--float32", action="store_true", help="train in float32")
     parser.add_argument(
@@ -983,6 +1297,10 @@ def main(argv=None):
                 seed=args.seed,
                 verbose=True,
                 threads=args.threads,
+                schedule=args.schedule,
+                step_size=args.step_size,
+                gamma=args.gamma,
+                min_lr=args.min_lr,
             )
             final = loss(params, X, y)
         if not math.isfinite(final):
@@ -990,7 +1308,7 @@ def main(argv=None):
                 f"fit: the final loss is {final} (lr={args.lr!r}); "
                 "try a smaller lr or standardize the features"
             )
-        metric = "train_accuracy", float(numpy.mean(predict(params, X) == _labels(y)))
+        metric = _score(params, X, y)
         save(params, args.out)
     except FloatingPointError as err:  # training diverged
         print(f"error: {err}", file=sys.stderr)
@@ -999,8 +1317,208 @@ def main(argv=None):
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"saved weights to {args.out}")
-    print(f"final: train_loss={final!r} {metric[0]}={metric[1]!r}")
+    print(f"final: train_loss={final!r} train_{_METRIC}={metric!r}")
     return 0
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line on stderr (exit 2), like every other error."""
+
+    def error(self, message):
+        self.exit(2, f"error: {self.prog}: {message}\n")
+
+    def parse(self, argv):
+        """(the arguments, None), or (None, the exit code) after --help or a usage error."""
+        try:
+            return self.parse_args(argv), None
+        except SystemExit as stop:
+            return None, stop.code
+
+
+def _evaluate_main(argv):
+    """The loss and the accuracy (or RMSE) of saved weights on a data file."""
+    parser = _Parser(
+        prog=f"{_SCRIPT} evaluate",
+        description=f"The loss and the {_METRIC} of saved weights on a data file.",
+    )
+    parser.add_argument("data", help=_DATA_HELP + " with targets")
+    parser.add_argument("--weights", required=True, help="a .npz written by save or by training")
+    args, code = parser.parse(argv)
+    if args is None:
+        return code
+    try:
+        params = _load_weights(args.weights)
+        X, y = _read_samples(args.data, params, targets=True)
+        with numpy.errstate(all="ignore"):
+            value = loss(params, X, y)
+            metric = _score(params, X, y)
+    except (OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"{args.weights} on {len(X)} samples of {args.data}")
+    print(f"final: loss={value!r} {_METRIC}={metric!r}")
+    return 0
+
+
+def _predict_main(argv):
+    """Predictions of saved weights for a data file, as CSV."""
+    parser = _Parser(
+        prog=f"{_SCRIPT} predict",
+        description="Predictions of saved weights for a data file, as CSV: "
+        + _PREDICTION_COLUMNS,
+    )
+    parser.add_argument("data", help=_DATA_HELP + " (targets, if there, are ignored)")
+    parser.add_argument("--weights", required=True, help="a .npz written by save or by training")
+    parser.add_argument("-o", "--out", help="the CSV file to write (default: standard output)")
+    args, code = parser.parse(argv)
+    if args is None:
+        return code
+    try:
+        params = _load_weights(args.weights)
+        X = _read_samples(args.data, params, targets=False)[0]
+        with numpy.errstate(all="ignore"):
+            header, rows = _prediction_table(params, X)
+        if args.out is None:
+            _write_csv(sys.stdout, header, rows)
+        else:
+            with open(args.out, "w", newline="", encoding="utf-8") as out:
+                _write_csv(out, header, rows)
+    except (OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.out is not None:
+        print(f"wrote {len(rows)} predictions to {args.out}")
+    return 0
+
+
+_DATA_HELP = "a .npz file (array X, and y) or a .csv / .csv.gz (a row per sample)"
+_PREDICTION_COLUMNS = (
+    "label (the class name, when the weights hold classes, else its index), then p_<name>: "
+    "the probability of each class"
+)
+
+
+def _load_weights(path):
+    """load(path), with a file that is not weights as a ValueError naming it."""
+    with open(path, "rb") as handle:
+        if handle.read(4) != b"PK\x03\x04":  # a .npz is a zip archive
+            raise ValueError(f"{path}: not a .npz file of weights (as save writes them)")
+    try:
+        return load(path)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+    except (KeyError, EOFError, zipfile.BadZipFile) as err:  # a damaged archive
+        raise ValueError(f"{path}: not a .npz file of weights ({err})") from None
+
+
+def _class_names(params):
+    """The class names of params, as strings: theirs, or the class indices."""
+    if "classes" in params:
+        return [str(name) for name in params["classes"].tolist()]
+    return [str(index) for index in range(_CLASS_COUNT)]
+
+
+def _read_samples(path, params, targets):
+    """(X, y) from a .npz (X, and y) or a .csv / .csv.gz: a row of features per sample, then
+    (when targets, or when the row has them) the target columns; y is None without them.
+    Class labels in a CSV may be indices or, when params hold classes, class names."""
+    features = math.prod(_SAMPLE_SHAPE)
+    if path.endswith(".npz"):
+        with numpy.load(path, allow_pickle=False) as data:
+            if "X" not in data.files or (targets and "y" not in data.files):
+                wanted = "arrays X and y" if targets else "an array X"
+                raise ValueError(f"{path}: expected {wanted}, found {data.files}")
+            X = numpy.asarray(data["X"])
+            y = numpy.asarray(data["y"]) if "y" in data.files else None
+        if X.dtype.kind not in "biuf":
+            raise ValueError(f"{path}: X has dtype {X.dtype}, expected real numbers")
+        X = X.astype(numpy.float64)
+    elif path.endswith((".csv", ".csv.gz")):
+        X, y = _read_csv(path, features, targets, params)
+    else:
+        raise ValueError(f"{path}: expected a .npz, .csv or .csv.gz file")
+    if not numpy.isfinite(X).all():
+        raise ValueError(f"{path}: the features hold NaN or infinite values")
+    if y is not None and y.dtype.kind in "fc" and not numpy.isfinite(y).all():
+        raise ValueError(f"{path}: the targets hold NaN or infinite values")
+    return X, y
+
+
+def _read_csv(path, features, targets, params):
+    """The rows of a CSV as (X, y): see _read_samples.  A first row that is not numbers is
+    a header and is skipped."""
+    width = LAYER_SIZES[-1] if not CLASSIFICATION and LAYER_SIZES[-1] > 1 else 1
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rt", newline="", encoding="utf-8") as handle:
+        rows = [row for row in csv.reader(handle) if row and any(field.strip() for field in row)]
+    if rows and not _numbers(rows[0][:features]):
+        rows = rows[1:]
+    if not rows:
+        raise ValueError(f"{path}: no rows of data")
+    allowed = (features + width,) if targets else (features, features + width)
+    columns = len(rows[0])
+    if columns not in allowed:
+        expected = " or ".join(map(str, allowed))
+        raise ValueError(f"{path}: expected {expected} columns, found {columns}")
+    X = numpy.empty((len(rows), features))
+    target_rows = []
+    for number, row in enumerate(rows, start=1):
+        if len(row) != columns:
+            raise ValueError(f"{path}: row {number} has {len(row)} columns, expected {columns}")
+        try:
+            X[number - 1] = [float(field) for field in row[:features]]
+        except ValueError:
+            raise ValueError(f"{path}: row {number} has a feature that is not a number") from None
+        target_rows.append(row[features:])
+    if columns == features:
+        return X, None
+    names = {}
+    if "classes" in params:
+        names = {name: index for index, name in enumerate(_class_names(params))}
+    y = numpy.empty(len(rows), dtype=numpy.int64)
+    for number, (label,) in enumerate(target_rows, start=1):
+        y[number - 1] = _class_index(label.strip(), names, path, number)
+    return X, y
+
+
+def _numbers(fields):
+    """Whether every field reads as a number."""
+    try:
+        for field in fields:
+            float(field)
+    except ValueError:
+        return False
+    return True
+
+
+def _class_index(label, names, path, number):
+    """A CSV label as a class index: a class name of params["classes"], or an integer."""
+    if label in names:
+        return names[label]
+    try:
+        value = float(label)
+    except ValueError:
+        known = f"; the weights' classes are {sorted(names)}" if names else ""
+        raise ValueError(f"{path}: row {number}: unknown class {label!r}{known}") from None
+    if not value.is_integer():
+        raise ValueError(f"{path}: row {number}: the class label {label!r} is not an integer")
+    return int(value)
+
+
+def _prediction_table(params, X):
+    """(header, rows) of predict's CSV, every value a string."""
+    outputs = forward(params, X)
+    names = _class_names(params)
+    header = ["label", *(f"p_{name}" for name in names)]
+    labels = outputs.argmax(axis=1).tolist()
+    rows = [[names[labels[i]], *map(repr, row)] for i, row in enumerate(outputs.tolist())]
+    return header, rows
+
+
+def _write_csv(handle, header, rows):
+    writer = csv.writer(handle, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
 
 
 if __name__ == "__main__":

@@ -157,6 +157,15 @@ def _predict(derivation: Derivation) -> tuple[str, str]:
     return "outputs", f"The outputs, shape (batch, {outputs})."
 
 
+def _class_count(derivation: Derivation) -> int:
+    """How many class names a params["classes"] entry holds: one per output, two for one
+    sigmoid output (0 and 1); 0 when the loss is not a classification loss."""
+    net = derivation.network
+    if not net.loss.classification:
+        return 0
+    return 2 if net.sizes[-1] == 1 else net.sizes[-1]
+
+
 @dataclass(frozen=True)
 class LayerCode:
     """What the template blocks of one layer read (templates/numpy/layers/<kind>.py.j2)."""
@@ -421,6 +430,7 @@ def context(derivation: Derivation) -> dict[str, object]:
     scalar = step_source(derivation)
     scalar_code, scalar_helpers = scalar if scalar is not None else ("", ())
     shapes = {**spec.parameters, **spec.state}
+    batch_norms_flat = [layer for layer in flat if layer.kind == "batch_norm"]
     train = spec.train
     defaults = {
         "optimizer": train.optimizer,
@@ -432,7 +442,14 @@ def context(derivation: Derivation) -> dict[str, object]:
         "beta1": train.beta1,
         "beta2": train.beta2,
         "eps": train.eps,
+        "alpha": train.alpha,
+        "schedule": train.schedule,
+        "step_size": train.step_size,
+        "gamma": train.gamma,
+        "min_lr": train.min_lr,
     }
+    # batch norm layer l's counter in the exported model's state_dict (not a params entry)
+    tracked = tuple(f"layer{layer.index}.num_batches_tracked" for layer in batch_norms_flat)
     name = spec.name
     header = f'symbackprop {__version__}, from the spec named "{name}"; '
     header += "regenerate with symbackprop codegen."
@@ -510,6 +527,9 @@ def context(derivation: Derivation) -> dict[str, object]:
             "_WEIGHTS", tuple(k for k in spec.parameters if k.startswith("W"))
         ),
         "train_defaults": _assignment("TRAIN_DEFAULTS", defaults),
+        "torch_keys": _assignment("_TORCH_KEYS", spec.torch_keys),
+        "tracked": _assignment("_TRACKED", tracked),
+        "class_count": _class_count(derivation),
         "parameters": _assignment("PARAMETERS", spec.parameters),
         "shapes": _assignment("_SHAPES", shapes),
         "init_table": _assignment("_INIT", init_table(spec)),

@@ -20,7 +20,8 @@ Schema (DESIGN §2, §2b)::
     kind = "dropout"           # momentum), "dropout" (rate), "residual" (block: a list
     rate = 0.1                 # of layers that ends with its input's width) or "rms_norm" (eps)
     [train]                    # optional: optimizer, lr, epochs, batch_size, seed,
-                               # momentum, beta1, beta2, eps
+                               # momentum, beta1, beta2, eps, alpha (rmsprop), and the
+                               # learning-rate schedule: schedule, step_size, gamma, min_lr
 
 Image inputs (DESIGN §2c): ``inputs = [C, H, W]``, then layers of kind ``conv2d`` (filters,
 kernel, stride 1, padding 0, activation, bias), ``max_pool2d`` / ``avg_pool2d`` (kernel,
@@ -58,7 +59,10 @@ try:  # Python >= 3.11
 except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-OPTIMIZERS = ("sgd", "momentum", "adam")
+OPTIMIZERS = ("sgd", "momentum", "adam", "rmsprop")
+# Learning-rate schedules, per epoch, as torch.optim.lr_scheduler defines them: constant,
+# StepLR(step_size, gamma), CosineAnnealingLR(T_max=epochs, eta_min=min_lr).
+SCHEDULES = ("constant", "step", "cosine")
 # The registry's names (symbackprop.functions; a test keeps the two in step).  A custom
 # function may not take one: the document, the module and the checks refer to f by its name.
 BUILTIN_ACTIVATIONS = (
@@ -277,7 +281,9 @@ def torch_key(name: str) -> str:
 
 @dataclass(frozen=True)
 class TrainSpec:
-    """Trainer defaults; hyperparameters mean what they mean in torch.optim.SGD / Adam."""
+    """Trainer defaults; hyperparameters mean what they mean in torch.optim.SGD / Adam /
+    RMSprop (alpha) and in torch.optim.lr_scheduler's StepLR (step_size, gamma) and
+    CosineAnnealingLR (min_lr is its eta_min; T_max is the number of epochs)."""
 
     optimizer: str = "sgd"
     lr: float = 0.1
@@ -288,6 +294,11 @@ class TrainSpec:
     beta1: float = 0.9
     beta2: float = 0.999
     eps: float = 1e-8
+    alpha: float = 0.99
+    schedule: str = "constant"
+    step_size: int = 10
+    gamma: float = 0.1
+    min_lr: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -1071,10 +1082,17 @@ def _train(value: Any) -> TrainSpec:
         )
     beta1 = _number(value.get("beta1", defaults.beta1), "train.beta1")
     beta2 = _number(value.get("beta2", defaults.beta2), "train.beta2")
-    for key, beta in (("beta1", beta1), ("beta2", beta2)):
+    alpha = _number(value.get("alpha", defaults.alpha), "train.alpha")
+    for key, beta in (("beta1", beta1), ("beta2", beta2), ("alpha", alpha)):
         if not 0 <= beta < 1:
             raise InputError(f"train.{key}", f"expected a number in [0, 1), got {beta!r}")
     momentum = _nonnegative_float(value.get("momentum", defaults.momentum), "train.momentum")
+    schedule = value.get("schedule", defaults.schedule)
+    if not isinstance(schedule, str) or schedule not in SCHEDULES:
+        raise InputError(
+            "train.schedule",
+            f"unknown schedule {_kind(schedule)} (known: {', '.join(SCHEDULES)})",
+        )
     return TrainSpec(
         optimizer=optimizer,
         lr=_positive_float(value.get("lr", defaults.lr), "train.lr"),
@@ -1087,4 +1105,11 @@ def _train(value: Any) -> TrainSpec:
         beta1=beta1,
         beta2=beta2,
         eps=_positive_float(value.get("eps", defaults.eps), "train.eps"),
+        alpha=alpha,
+        schedule=schedule,
+        step_size=_positive_int(
+            value.get("step_size", defaults.step_size), "train.step_size", MAX_COUNT
+        ),
+        gamma=_positive_float(value.get("gamma", defaults.gamma), "train.gamma"),
+        min_lr=_nonnegative_float(value.get("min_lr", defaults.min_lr), "train.min_lr"),
     )
