@@ -166,13 +166,12 @@ class TorchKernel:
         if base == sympy.E:
             return f"torch.exp({self.code(exponent)})"
         inner = self.code(base)
-        if exponent == 2:
-            return f"torch.square({inner})"
-        if exponent == sympy.S.Half:
-            return f"torch.sqrt({inner})"
-        if exponent == -sympy.S.Half:
-            return f"torch.rsqrt({inner})"
-        if exponent == -1:
+        # floatify has made 1/2 the float 0.5
+        value = float(exponent) if exponent.is_number else None
+        spelled = {2.0: "torch.square", 0.5: "torch.sqrt", -0.5: "torch.rsqrt"}
+        if value in spelled:
+            return f"{spelled[value]}({inner})"
+        if value == -1.0:
             return f"torch.reciprocal({inner})"
         if exponent.is_Integer:
             return f"torch.pow({inner}, {int(exponent)})"
@@ -261,6 +260,16 @@ def _doc(text: str, indent: int) -> str:
     return "\n".join(lines)
 
 
+def _call(indent: int, head: str, function: str, args: str) -> str:
+    """``head function(args)`` at ``indent`` spaces, its arguments on a line of their own
+    when it is too long (as ruff formats it)."""
+    prefix = " " * indent
+    line = f"{prefix}{head}{function}({args})"
+    if len(line) <= LINE_LENGTH:
+        return line
+    return f"{prefix}{head}{function}(\n{prefix}    {args}\n{prefix})"
+
+
 def _camel(name: str) -> str:
     return "".join(part[:1].upper() + part[1:] for part in name.split("_") if part)
 
@@ -270,9 +279,12 @@ class CustomActivation:
     name: str
     cls: str  # the autograd.Function's class name
     doc: str  # its docstring
+    forward_doc: str
     derivative_doc: str
-    forward: tuple[str, ...]  # body of _activation_<name>(z)
-    derivative: tuple[str, ...]  # body of _activation_<name>_derivative(<args>)
+    backward_line: str  # backward's return statement
+    kernel: str  # the forward kernel's function name (the derivative's adds _derivative)
+    forward: tuple[str, ...]  # the forward kernel's body
+    derivative: tuple[str, ...]  # the derivative kernel's body
     saved: tuple[str, ...]  # what backward reads: ("z",), ("a",) or ("z", "a")
     through_output: bool
 
@@ -286,17 +298,27 @@ class CustomActivation:
 class CustomLoss:
     name: str
     cls: str
+    kernel: str
     doc: str
+    value_doc: str
+    dyhat_doc: str
+    dy_doc: str
+    dyhat_line: str
+    dy_line: str
     value: tuple[str, ...]
     dyhat: tuple[str, ...]
     dy: tuple[str, ...]
 
 
-def _custom_activation(d: ActivationDerivative, cls: str) -> CustomActivation:
+KERNEL_NAME_LENGTH = 40  # longer spec names: kernels numbered, so that every line fits
+
+
+def _custom_activation(d: ActivationDerivative, cls: str, number: int) -> CustomActivation:
     prime = d.through_output if d.uses_output else d.derivative
     uses = prime.free_symbols
     saved = tuple(name for symbol, name in ((Z, "z"), (A, "a")) if symbol in uses) or ("z",)
     name = d.activation.name
+    kernel = f"_activation_{name}" if len(name) <= KERNEL_NAME_LENGTH else f"_activation{number}"
     doc = f"The custom activation {name}(x) = {sympy.sstr(d.activation.expr)}; backward"
     doc += " multiplies by its derivative as SymPy derived it."
     derivative_doc = f"d{name}/dz as SymPy derived it"
@@ -304,8 +326,11 @@ def _custom_activation(d: ActivationDerivative, cls: str) -> CustomActivation:
     return CustomActivation(
         name=name,
         cls=cls,
+        kernel=kernel,
         doc=_doc(doc, 4),
+        forward_doc=_doc(f"{name}(z) as the spec writes it (in a form that does not overflow).", 4),
         derivative_doc=_doc(derivative_doc, 4),
+        backward_line=_call(8, "return grad * ", f"{kernel}_derivative", ", ".join(saved)),
         forward=tuple(torch_kernel(d.f, {Z: "z"}, "z")),
         derivative=tuple(torch_kernel(prime, {Z: "z", A: "a"}, saved[0])),
         saved=saved,
@@ -314,13 +339,20 @@ def _custom_activation(d: ActivationDerivative, cls: str) -> CustomActivation:
 
 
 def _custom_loss(loss: Loss, cls: str) -> CustomLoss:
+    kernel = f"_loss_{loss.name}" if len(loss.name) <= KERNEL_NAME_LENGTH else "_loss"
     names = {YHAT: "yhat", Y: "y"}
     doc = f"The custom per-output loss {loss.name}(yhat, y) = {sympy.sstr(loss.expr)};"
     doc += " backward multiplies by its derivatives as SymPy derived them."
     return CustomLoss(
         name=loss.name,
         cls=cls,
+        kernel=kernel,
         doc=_doc(doc, 4),
+        value_doc=_doc(f"The per-output loss {loss.name}(yhat, y) as the spec writes it.", 4),
+        dyhat_doc=_doc(f"d{loss.name}/dyhat as SymPy derived it.", 4),
+        dy_doc=_doc(f"d{loss.name}/dy as SymPy derived it.", 4),
+        dyhat_line=_call(12, "dyhat = grad * ", f"{kernel}_dyhat", "yhat, y"),
+        dy_line=_call(12, "dy = grad * ", f"{kernel}_dy", "yhat, y"),
         value=tuple(torch_kernel(loss.expr, names, "yhat")),
         dyhat=tuple(torch_kernel(sympy.diff(loss.expr, YHAT), names, "yhat")),
         dy=tuple(torch_kernel(sympy.diff(loss.expr, Y), names, "yhat")),
@@ -414,14 +446,15 @@ def context(derivation: Derivation) -> dict[str, object]:
             cls = f"{cls}_"
         taken.add(cls)
         classes[d.activation.name] = cls
-        activations.append(_custom_activation(d, cls))
+        activations.append(_custom_activation(d, cls, len(activations) + 1))
     loss = net.loss
     custom_loss = _custom_loss(loss, f"{_camel(loss.name)}Loss") if loss.custom else None
 
     modules = []
     for layer in flat:
         module = _submodule(layer)
-        comment = f"# layer {layer.index}: {_summary(layer, net.activations[layer.index - 1])}"
+        summary = _summary(layer, net.activations[layer.index - 1])
+        comment = _wrap(f"layer {layer.index}: {summary}", "        # ", width=LINE_LENGTH)
         if module is not None:
             modules.append((comment, _statement(f"self.layer{layer.index}", module)))
         else:
@@ -518,6 +551,12 @@ def context(derivation: Derivation) -> dict[str, object]:
         "header": _wrap(header, "# ", width=LINE_LENGTH),
         "module_doc": module_doc,
         "loss_doc": _doc(loss_doc, 4),
+        "model_doc": _doc(f'The network of the spec "{name}" (see the module\'s docstring).', 4),
+        "outputs_line": (
+            _call(4, "outputs = ", *output_code[:-1].split("(", 1))
+            if "(" in output_code
+            else f"    outputs = {output_code}"
+        ),
         "image": spec.image,
         "input_shape": spec.input_shape,
         "input_shape_text": batch_shape,
