@@ -23,7 +23,7 @@ import sympy
 from symbackprop import __version__
 from symbackprop import printing as _printing
 from symbackprop.codegen import LINE_LENGTH, _assignment, _wrap, environment
-from symbackprop.derive import ActivationDerivative, Derivation, Z, derive, stable_form
+from symbackprop.derive import ActivationDerivative, Derivation, Z, _tidy, derive, stable_form
 from symbackprop.functions import YHAT, A, Activation, Loss, Y
 from symbackprop.printing import floatify
 from symbackprop.spec import FlatLayer, NetworkSpec, torch_key
@@ -109,10 +109,8 @@ class TorchKernel:
         name = type(expr).__name__
         if name in _UNARY and len(expr.args) == 1:
             return f"{_UNARY[name]}({self.code(expr.args[0])})"
-        if name in _RECIPES and len(expr.args) == 1:
-            arg = expr.args[0]
-            inner = self.code(arg) if arg.is_Symbol else self._temp(arg)
-            return _RECIPES[name].format(x=inner)
+        if name in _RECIPES and len(expr.args) == 1 and expr.args[0].is_Symbol:
+            return _RECIPES[name].format(x=self.code(expr.args[0]))  # _hoist made it a name
         raise RuntimeError(f"no torch spelling for {name} in {expr}")
 
     def _factor(self, expr: sympy.Expr) -> str:
@@ -216,9 +214,25 @@ class TorchKernel:
         if not expr.args:
             return expr
         name = self._temp(expr)
-        symbol = sympy.Dummy(name)
+        symbol = sympy.Symbol(name)  # unique: t<k> names no other symbol
         self.names[symbol] = name
         return symbol
+
+    def _hoist(self, expr: sympy.Expr) -> sympy.Expr:
+        """``expr`` with the arguments of the recipes that read theirs twice (softplus,
+        step) assigned to temporaries first, innermost first."""
+
+        def named(node: sympy.Expr) -> sympy.Expr:
+            return node.func(self._symbol(node.args[0]))
+
+        def recipe(node: sympy.Basic) -> bool:
+            return (
+                type(node).__name__ in _RECIPES
+                and len(node.args) == 1
+                and not node.args[0].is_Symbol
+            )
+
+        return expr.replace(recipe, named)
 
     def body(self, expr: sympy.Expr, like: str) -> list[str]:
         """The statements of a function returning ``expr`` (a tensor shaped as ``like``)."""
@@ -226,8 +240,10 @@ class TorchKernel:
         replacements, (reduced,) = sympy.cse([stable], symbols=sympy.numbered_symbols("c"))
         for symbol, value in replacements:
             name = str(symbol)
+            value = self._hoist(value)
             self.lines.append(f"{name} = {self.statement(value)}")
             self.names[symbol] = name
+        reduced = self._hoist(reduced)
         if reduced.is_number:  # a constant derivative: a tensor of it
             self.lines.append(f"return torch.full_like({like}, {_number(reduced)})")
         else:
@@ -354,8 +370,9 @@ def _custom_loss(loss: Loss, cls: str) -> CustomLoss:
         dyhat_line=_call(12, "dyhat = grad * ", f"{kernel}_dyhat", "yhat, y"),
         dy_line=_call(12, "dy = grad * ", f"{kernel}_dy", "yhat, y"),
         value=tuple(torch_kernel(loss.expr, names, "yhat")),
-        dyhat=tuple(torch_kernel(sympy.diff(loss.expr, YHAT), names, "yhat")),
-        dy=tuple(torch_kernel(sympy.diff(loss.expr, Y), names, "yhat")),
+        # the derivation's clean-up (log cosh' = sinh/cosh is tanh: no inf/inf past 710)
+        dyhat=tuple(torch_kernel(_tidy(sympy.diff(loss.expr, YHAT)), names, "yhat")),
+        dy=tuple(torch_kernel(_tidy(sympy.diff(loss.expr, Y)), names, "yhat")),
     )
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import json
+import math
 import re
 import subprocess
 import sys
@@ -108,7 +109,20 @@ SIGMOID_CUSTOM_LOSS = {
     "loss": {"name": "brier", "expr": "(yhat - y)**2 + abs(yhat - y)/10"},
     "layers": [{"units": 3, "activation": "relu"}, {"units": 2, "activation": "sigmoid"}],
 }
-SPECS = {s["name"]: s for s in (DENSE, NORMS, CONV, SIGMOID_CE, CUSTOM_OUTPUT, SIGMOID_CUSTOM_LOSS)}
+KINKS = {
+    "name": "kinks",
+    "inputs": 3,
+    "loss": {"name": "ce_plus", "expr": "-y*log(yhat) + yhat**2"},
+    "layers": [
+        {"units": 4, "activation": {"name": "f1", "expr": "Max(x, 0)*sin(x) + Min(x, 1)"}},
+        {"units": 4, "activation": {"name": "f2", "expr": "abs(x)**1.5 + erf(x)*exp(-x)"}},
+        {"units": 3, "activation": "softmax"},
+    ],
+}
+SPECS = {
+    s["name"]: s
+    for s in (DENSE, NORMS, CONV, SIGMOID_CE, CUSTOM_OUTPUT, SIGMOID_CUSTOM_LOSS, KINKS)
+}
 EXAMPLES = tuple(bundled_examples())
 ALL = (*EXAMPLES, *SPECS)
 # the largest relative difference seen per quantity (tests/test_export.py -s prints them)
@@ -297,13 +311,14 @@ def _gradcheck_inputs(function, seed=0):
     shape = (5, 3)
     first = torch.randn(shape, dtype=torch.float64, generator=generator) * 2
     first = first + torch.sign(first) * 0.1  # away from abs's kink at 0
-    if "Loss" in function.__name__:
-        second = torch.randn(shape, dtype=torch.float64, generator=generator)
-        return (first.requires_grad_(), second.requires_grad_())
+    if "Loss" in function.__name__:  # yhat in (0.1, 0.9): a probability for log(yhat)
+        yhat = 0.1 + 0.8 * torch.rand(shape, dtype=torch.float64, generator=generator)
+        y = torch.rand(shape, dtype=torch.float64, generator=generator)
+        return (yhat.requires_grad_(), y.requires_grad_())
     return (first.requires_grad_(),)
 
 
-CUSTOM = ["dense_custom", "custom_output", "sigmoid_custom_loss", "swish_mlp"]
+CUSTOM = ["dense_custom", "custom_output", "sigmoid_custom_loss", "swish_mlp", "kinks"]
 
 
 @pytest.mark.parametrize("name", CUSTOM)
@@ -353,6 +368,18 @@ def test_custom_functions_backward_is_the_sympy_derivative_through_the_output():
     assert torch.allclose(got, want, rtol=1e-14, atol=1e-300)
     huge = torch.tensor([-1e4, 1e4], dtype=torch.float64)  # no overflow to nan
     assert torch.isfinite(exported._activation_swish_derivative(huge)).all()
+
+
+def test_custom_kernels_stay_finite_where_their_mathematics_is():
+    """log cosh(u) and its derivative tanh(u) at |u| = 1e3, where cosh overflows."""
+    _, _, exported = modules("dense_custom")
+    yhat = torch.tensor([-1e3, 1e3, 0.5], dtype=torch.float64)
+    y = torch.zeros(3, dtype=torch.float64)
+    value = exported._loss_logcosh(yhat, y)
+    assert torch.allclose(value[:2], torch.tensor([1e3 - math.log(2)] * 2, dtype=torch.float64))
+    np.testing.assert_array_equal(exported._loss_logcosh_dyhat(yhat, y)[:2].numpy(), [-1, 1])
+    z = torch.tensor([-1e3, 1e3], dtype=torch.float64)
+    assert torch.isfinite(exported._activation_mish_derivative(z)).all()
 
 
 def test_kernels_print_each_power_and_extremum_as_a_call():
