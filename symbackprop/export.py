@@ -490,7 +490,11 @@ def context(derivation: Derivation) -> dict[str, object]:
         value = f"self.layer{index}({source})"
         act = net.activations[index - 1]
         if act is not None and index != out_layer.index:
-            value = _activation_code(act, classes, value)
+            code = _activation_code(act, classes, "{x}")
+            if code.count("{x}") > 1:  # softplus reads its argument twice: name it first
+                forward.append(_statement(f"z{index}", value))
+                value = f"z{index}"
+            value = code.replace("{x}", value)
         forward.append(_statement(target, value))
 
     probability = output_act.softmax or output_act.name == "sigmoid" and not output_act.custom

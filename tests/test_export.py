@@ -82,7 +82,13 @@ CONV = {
             "activation": "relu",
         },
         {"kind": "max_pool2d", "kernel": 2, "stride": 1},
-        {"kind": "conv2d", "filters": 2, "kernel": 2, "bias": False, "activation": "tanh"},
+        {
+            "kind": "conv2d",
+            "filters": 2,
+            "kernel": 2,
+            "bias": False,
+            "activation": {"name": "xtanh", "expr": "x*tanh(x)"},  # a custom Function on 4-D
+        },
         {"kind": "avg_pool2d", "kernel": 2},
         {"kind": "flatten"},
         {"units": 3, "activation": "softmax"},
@@ -318,7 +324,7 @@ def _gradcheck_inputs(function, seed=0):
     return (first.requires_grad_(),)
 
 
-CUSTOM = ["dense_custom", "custom_output", "sigmoid_custom_loss", "swish_mlp", "kinks"]
+CUSTOM = ["dense_custom", "custom_output", "sigmoid_custom_loss", "swish_mlp", "kinks", "conv"]
 
 
 @pytest.mark.parametrize("name", CUSTOM)
@@ -483,6 +489,25 @@ def test_float32_models_and_wrapped_models():
     _check("loss", exported.loss(wrapped, X, Y).item(), exported.loss(model64, X, Y).item())
     eval_loss = exported.loss(model64, X, Y).item()
     assert eval_loss != pytest.approx(numpy_module.loss(params, X, Y, rng=np.random.default_rng(7)))
+
+
+def test_dropout_is_torchs_own_in_training_mode_only():
+    spec, numpy_module, exported = modules("residual_mlp")
+    params, X, _ = _point(spec, numpy_module)
+    model = _model(spec, exported, params)
+    with torch.no_grad():
+        inference = model.eval()(X)
+        model.train()
+        torch.manual_seed(5)
+        first = model(X)
+        torch.manual_seed(5)
+        again = model(X)
+    assert torch.equal(first, again) and not torch.allclose(first, inference)
+    torch.manual_seed(6)
+    dropped = model.layer6(torch.ones(1000, 64, dtype=torch.float64))
+    kept = float((dropped != 0).double().mean())
+    assert abs(kept - 0.8) < 0.01
+    assert torch.all((dropped == 0) | (dropped == 1 / 0.8))
 
 
 def test_forward_is_thread_safe():
