@@ -23,7 +23,8 @@ Weights from the NumPy module (its init_params, load or to_state_dict) and back:
 
     net = Model()
     load_arrays(net, params)  # NumPy arrays by name (W1, ...) or by state_dict key
-    params = {name: arrays(net)[key] for name, key in KEYS.items()}
+    state = arrays(net)  # NumPy arrays by state_dict key
+    params = {name: state[key] for name, key in KEYS.items()}
 
 Before the first layer, forward computes (x - x_mean) / x_scale with the buffers x_mean
 (zeros) and x_scale (ones) of one sample's shape: the identity, until they are set to the

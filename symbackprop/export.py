@@ -549,7 +549,8 @@ def context(derivation: Derivation) -> dict[str, object]:
     example = (
         "    net = Model()\n"
         "    load_arrays(net, params)  # NumPy arrays by name (W1, ...) or by state_dict key\n"
-        "    params = {name: arrays(net)[key] for name, key in KEYS.items()}"
+        "    state = arrays(net)  # NumPy arrays by state_dict key\n"
+        "    params = {name: state[key] for name, key in KEYS.items()}"
     )
     after = [
         "Before the first layer, forward computes (x - x_mean) / x_scale with the buffers"

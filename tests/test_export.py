@@ -475,6 +475,20 @@ def test_bad_arrays_raise_value_errors_naming_them():
         np.testing.assert_array_equal(value, exported.arrays(by_key)[key])
 
 
+@pytest.mark.parametrize("name", ["batchnorm_mlp", "conv"])
+def test_the_docstrings_round_trip_gives_the_numpy_params_back(name):
+    spec, numpy_module, exported = modules(name)
+    params, _, _ = _point(spec, numpy_module)
+    net = exported.Model()
+    exported.load_arrays(net, params)
+    state = exported.arrays(net)
+    back = {key: state[torch_key] for key, torch_key in exported.KEYS.items()}
+    assert set(back) == set(params)
+    for key, value in params.items():
+        np.testing.assert_array_equal(back[key], value)
+        assert back[key].dtype == np.float64
+
+
 def test_float32_models_and_wrapped_models():
     spec, numpy_module, exported = modules("residual_mlp")
     params, X, Y = _point(spec, numpy_module)
