@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from symbackprop.codegen import generate
+from symbackprop.export import torch_source
 from symbackprop.render import golden_documents
 from symbackprop.spec import bundled_examples, load_spec
 
@@ -20,6 +21,8 @@ GENERATED = Path(__file__).resolve().parent.parent / "generated"
 def golden_files() -> dict[str, str]:
     """Relative path in generated/ -> the text symbackprop produces now."""
     files = {f"{name}.py": generate(load_spec(name)) for name in bundled_examples()}
+    # the PyTorch export of each example (symbackprop export --torch)
+    files.update({f"{name}_torch.py": torch_source(load_spec(name)) for name in bundled_examples()})
     documents = golden_documents()
     files.update({path.removeprefix("generated/"): text for path, text in documents.items()})
     return files
