@@ -386,3 +386,54 @@ def test_train_draws_progress_on_a_terminal(iris, capsys, monkeypatch) -> None:
     assert "\r" not in out and final(out)  # the last line stays machine-readable
     drawn = screen.getvalue()
     assert "\rtraining [" in drawn and "epoch 2/2" in drawn and "\rcertificate [" in drawn
+
+
+# --- NumPy -> PyTorch -> NumPy ------------------------------------------------------------
+
+
+def test_round_trip_through_pytorch(iris, capsys) -> None:
+    """Train with the CLI (standardized, class names), export, load the weights into the
+    PyTorch model, train on there with torch.optim, load them back: the outputs agree to
+    1e-12 in float64 at every stage, and continuing in NumPy from the same point with the
+    same batches gives PyTorch's weights."""
+    torch = pytest.importorskip("torch")
+    toml, csv = iris
+    assert main(["train", str(toml), "--data", str(csv), "--standardize", "--out", "run"]) == 0
+    assert main(["export", str(toml), "--torch", "-o", "iris_torch.py"]) == 0
+    capsys.readouterr()
+    numpy_module = load_module(Path("run/iris.py").read_text(), "iris_numpy")
+    torch_module = load_module(Path("iris_torch.py").read_text(), "iris_torch")
+    params = numpy_module.load("run/weights.npz")
+    X = datasets.load_iris().data
+
+    model = torch_module.Model()
+    model.load_state_dict(
+        {k: torch.from_numpy(v) for k, v in numpy_module.to_state_dict(params).items()}
+    )
+    model.eval()
+    with torch.no_grad():
+        outputs = model(torch.from_numpy(X)).numpy()
+    reference = numpy_module.forward(params, X)
+    assert np.max(np.abs(outputs - reference)) <= 1e-12 * np.max(np.abs(reference))
+
+    # go on training in PyTorch, and in NumPy from the same weights on the same batches
+    labels = torch.from_numpy(datasets.load_iris().target)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    moved = {k: v.copy() for k, v in params.items()}
+    model.train()
+    for step in range(20):
+        rows = np.random.default_rng(step).choice(150, 16, replace=False)
+        optimizer.zero_grad()
+        torch_module.loss(model, torch.from_numpy(X[rows]), labels[rows]).backward()
+        optimizer.step()
+        numpy_module.train_step(moved, X[rows], datasets.load_iris().target[rows], 0.05)
+    back = numpy_module.from_state_dict(model.state_dict())
+    assert set(back) == {*params} - {"classes"}  # the scaling comes back; names are NumPy's
+    model.eval()
+    with torch.no_grad():
+        outputs = model(torch.from_numpy(X)).numpy()
+    again = numpy_module.forward(back, X)
+    assert np.max(np.abs(outputs - again)) <= 1e-12 * np.max(np.abs(again))
+    for key in numpy_module.PARAMETERS:
+        scale = np.max(np.abs(moved[key]))
+        assert np.max(np.abs(back[key] - moved[key])) <= 1e-12 * scale, key
