@@ -144,8 +144,7 @@ def _check_params_fully(params):
             message += "; a PyTorch state_dict converts with from_state_dict(state_dict)"
         raise ValueError(message)
     for key, shape in _SHAPES.items():
-        if not isinstance(params[key], numpy.ndarray):
-            raise ValueError(_not_an_array(f"params[{key!r}]", params[key], shape))
+        _check_array(f"params[{key!r}]", params[key], shape)
     dtype = params["W1"].dtype
     if dtype not in (numpy.float32, numpy.float64):
         raise ValueError(f"params['W1'] has dtype {dtype}, expected float32 or float64")
@@ -168,8 +167,7 @@ def _check_extras(params, dtype):
         if key not in params:
             continue
         value = params[key]
-        if not isinstance(value, numpy.ndarray):
-            raise ValueError(_not_an_array(f"params[{key!r}]", value, _SAMPLE_SHAPE))
+        _check_array(f"params[{key!r}]", value, _SAMPLE_SHAPE)
         if value.shape != _SAMPLE_SHAPE or value.dtype != dtype:
             got = f"shape {value.shape} of {value.dtype}"
             expected = f"shape {_SAMPLE_SHAPE} of {dtype}"
@@ -184,8 +182,7 @@ def _check_extras(params, dtype):
         value = params["classes"]
         if not _CLASS_COUNT:
             raise ValueError(f"params holds classes, but the loss {LOSS!r} is not a classification")
-        if not isinstance(value, numpy.ndarray):
-            raise ValueError(_not_an_array("params['classes']", value, (_CLASS_COUNT,)))
+        _check_array("params['classes']", value, (_CLASS_COUNT,))
         if value.dtype.kind != "U" or value.shape != (_CLASS_COUNT,):
             got = f"shape {value.shape} of {value.dtype}"
             expected = f"shape ({_CLASS_COUNT},) of strings (a NumPy unicode array)"
@@ -205,14 +202,16 @@ def _is_torch(value):
     return type(value).__module__.partition(".")[0] == "torch"
 
 
-def _not_an_array(label, value, shape):
-    """The message for a params entry that is not a NumPy array, saying what to do."""
+def _check_array(label, value, shape):
+    """A params entry that is not a NumPy array: a ValueError that says what to do."""
+    if isinstance(value, numpy.ndarray):
+        return
     if _is_torch(value):
-        return (
+        raise ValueError(
             f"{label} is a {_type_name(value)}; convert it with "
             "from_state_dict(model.state_dict()) or tensor.detach().cpu().numpy()"
         )
-    return f"{label} is a {_type_name(value)}, expected a NumPy array of shape {shape}"
+    raise ValueError(f"{label} is a {_type_name(value)}, expected a NumPy array of shape {shape}")
 
 
 def _check_data(label, value):
@@ -906,7 +905,7 @@ def from_state_dict(state):
         )
     names = {torch_key: key for key, torch_key in _TORCH_KEYS.items()}
     known = {*names, *_TRACKED, "x_mean", "x_scale"}
-    for key in state.keys():
+    for key in state:
         if key not in known:
             raise ValueError(f"state has the unexpected key {key!r}; expected {sorted(names)}")
     for key, name in names.items():
