@@ -949,3 +949,21 @@ def test_the_file_runs_as_a_script(trained: tuple, tmp_path: object) -> None:
     assert result.stdout.splitlines()[-1].startswith("final: loss=")
     result = subprocess.run([*run_script, "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "net.py predict DATA --weights W.npz" in result.stdout
+
+
+def test_predict_of_several_sigmoid_outputs_names_those_above_one_half(
+    tmp_path: object, capsys: object
+) -> None:
+    module = module_of([{"units": 3, "activation": "sigmoid"}], loss="binary_cross_entropy")
+    params = {**module.init_params(seed=0), "classes": np.array(["red", "green", "blue"])}
+    params["W1"] = np.array([[4.0, 0, 0], [0, 4.0, 0], [0, 0, 4.0]])
+    weights = str(tmp_path / "w.npz")
+    module.save(params, weights)
+    X = np.array([[1.0, 1.0, -1.0], [-1.0, -1.0, -1.0], [-1.0, 1.0, 1.0]])
+    data = tmp_path / "x.npz"
+    np.savez(data, X=X)
+    code, out, err = run(module, capsys, "predict", data, "--weights", weights)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0] == "label,p_red,p_green,p_blue"
+    assert [line.split(",")[0] for line in lines[1:]] == ["red;green", "", "green;blue"]
