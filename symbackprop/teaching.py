@@ -327,7 +327,54 @@ def saturation(doc: Doc) -> None:
 
 
 def optimizer_rules(doc: Doc) -> None:
-    """The update rule of the spec's optimizer when it is momentum or Adam."""
+    """The update rule of the spec's optimizer when it is not plain SGD, and its schedule."""
+    _optimizer_rule(doc)
+    _schedule_rule(doc)
+
+
+def _schedule_rule(doc: Doc) -> None:
+    """The learning rate of each epoch e = 1, 2, ..., E when the spec schedules it."""
+    train = doc.d.network.spec.train
+    schedule = getattr(train, "schedule", "constant")
+    if schedule == "step":
+        doc.text(
+            "The learning rate is not constant: as `torch.optim.lr_scheduler.StepLR`, it is "
+            f"multiplied by $\\gamma = {decimal(train.gamma)}$ every {train.step_size} "
+            f"epoch{'s' * (train.step_size != 1)}, so epoch $e$ (from 1) uses"
+        )
+        doc.math(
+            doc.sub(
+                "update",
+                (
+                    (
+                        r"\eta_e",
+                        rf" = \eta\, \gamma^{{\lfloor (e - 1) / {train.step_size} \rfloor}}",
+                    ),
+                ),
+            )
+        )
+    elif schedule == "cosine":
+        doc.text(
+            "The learning rate is not constant: as "
+            "`torch.optim.lr_scheduler.CosineAnnealingLR` over the "
+            f"$E = {train.epochs}$ epochs, it falls from $\\eta$ along half a cosine towards "
+            f"$\\eta_{{\\min}} = {decimal(train.min_lr)}$, so epoch $e$ (from 1) uses"
+        )
+        doc.math(
+            doc.sub(
+                "update",
+                (
+                    (
+                        r"\eta_e",
+                        r" = \eta_{\min} + \tfrac{1}{2}(\eta - \eta_{\min})"
+                        r"\left(1 + \cos \frac{(e - 1)\pi}{E}\right)",
+                    ),
+                ),
+            )
+        )
+
+
+def _optimizer_rule(doc: Doc) -> None:
     train = doc.d.network.spec.train
     if train.optimizer == "momentum":
         mu = train.momentum
@@ -344,6 +391,26 @@ def optimizer_rules(doc: Doc) -> None:
                         r"v",
                         r" \leftarrow \mu v + \frac{\partial L}{\partial \theta},\quad "
                         r"\theta \leftarrow \theta - \eta v",
+                    ),
+                ),
+            )
+        )
+    elif train.optimizer == "rmsprop":
+        alpha, eps = train.alpha, train.eps
+        doc.text(
+            "The spec trains with RMSprop (as `torch.optim.RMSprop`): each parameter keeps a "
+            "running mean $v$ of its squared gradient $g^2$, starting at 0, and divides its "
+            f"gradient by the root of it ($\\alpha = {decimal(alpha)}$, "
+            f"$\\epsilon = {decimal(eps)}$):"
+        )
+        doc.math(
+            doc.sub(
+                "update",
+                (
+                    (
+                        r"v",
+                        r" \leftarrow \alpha v + (1 - \alpha)\, g^2,\quad "
+                        r"\theta \leftarrow \theta - \eta\, \frac{g}{\sqrt{v} + \epsilon}",
                     ),
                 ),
             )

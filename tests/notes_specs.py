@@ -172,6 +172,9 @@ def random_specs(count: int, seed: int, prefix: str) -> tuple[RandomSpec, ...]:
             blocks[0] = _dense(sizes[1], hidden[0], bias=False)
         blocks.append(_dense(sizes[-1], output))
         optimizer = rng.choice(("sgd", "momentum", "adam"))
+        if i % 5 == 4:  # by position, so that the generator's draws stay those of before
+            optimizer = "rmsprop"
+        schedule = ("constant", "step", "constant", "cosine")[i % 4]
         head = [
             f'name = "{prefix}_{i}"',
             f"inputs = {sizes[0]}",
@@ -186,6 +189,9 @@ def random_specs(count: int, seed: int, prefix: str) -> tuple[RandomSpec, ...]:
             "batch_size = 16",
             f"seed = {rng.randrange(100)}",
         ]
+        if schedule != "constant":
+            train.append(f'schedule = "{schedule}"')
+            train.append("step_size = 2" if schedule == "step" else "min_lr = 0.001")
         toml = "\n\n".join(["\n".join(head), *blocks, "\n".join(train)]) + "\n"
         out.append(RandomSpec(f"{prefix}_{i}", toml))
     return tuple(out)
