@@ -831,7 +831,7 @@ def _optimizer(params, optimizer):
 
     sgd lets the backward pass scale by lr and step the parameters itself.  The others work
     on every parameter at once: their state is one flat array each, as ws["grads"] holds
-    every gradient; lr is the learning rate of the epoch (see _next_rate).
+    every gradient; lr is the learning rate of the epoch (see learning_rates).
     """
     if optimizer == "sgd":
         return None
@@ -914,6 +914,31 @@ def _check_schedule(schedule, step_size, gamma, min_lr):
     return float(gamma), float(min_lr)
 
 
+def learning_rates(
+    lr,
+    epochs,
+    schedule="constant",
+    step_size=TRAIN_DEFAULTS["step_size"],
+    gamma=TRAIN_DEFAULTS["gamma"],
+    min_lr=TRAIN_DEFAULTS["min_lr"],
+):
+    """The learning rate of each of the epochs, as fit uses them (see fit's schedule)."""
+    _check_lr(lr)
+    if isinstance(epochs, bool) or not isinstance(epochs, (int, numpy.integer)) or epochs < 1:
+        raise ValueError(f"epochs is {epochs!r}, expected a positive integer")
+    gamma, min_lr = _check_schedule(schedule, step_size, gamma, min_lr)
+    return list(_rates(lr, epochs, schedule, step_size, gamma, min_lr))
+
+
+def _rates(lr, epochs, schedule, step_size, gamma, min_lr):
+    """learning_rates for checked arguments, one epoch at a time."""
+    rate = lr if schedule == "constant" else float(lr)
+    yield rate
+    for epoch in range(1, epochs):
+        rate = _next_rate(rate, epoch, epochs, schedule, step_size, gamma, min_lr)
+        yield rate
+
+
 def _next_rate(rate, epoch, epochs, schedule, step_size, gamma, min_lr):
     """The learning rate of epoch (counted from 0, and > 0) after rate, the one before it, as
     torch.optim.lr_scheduler steps StepLR(step_size, gamma) and CosineAnnealingLR(T_max=
@@ -988,10 +1013,8 @@ def fit(
         count = X.shape[0]
         history = []
         first, limit = None, _FLOAT_MAX  # any finite loss, until the first mini-batch's
-        rate = lr if schedule == "constant" else float(lr)
-        for epoch in range(1, epochs + 1):
-            if epoch > 1:
-                rate = _next_rate(rate, epoch - 1, epochs, schedule, step_size, gamma, min_lr)
+        rates = _rates(lr, epochs, schedule, step_size, gamma, min_lr)
+        for epoch, rate in enumerate(rates, start=1):
             order = rng.permutation(count)
             total = 0.0
             for number, start in enumerate(range(0, count, batch_size), start=1):

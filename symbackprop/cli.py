@@ -170,15 +170,13 @@ def cmd_codegen(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from symbackprop.derive import derive
     from symbackprop.export import torch_source
-    from symbackprop.graph import build
 
     path = None if args.output is None else output_path(args.output, "-o")
     inputs = _spec_input(args.spec)
     if path is not None:
         check_outputs([path], "-o", inputs)
-    source = torch_source(derive(build(_spec(args))))
+    source = torch_source(_spec(args))
     if path is None:
         sys.stdout.write(source)
     else:
@@ -348,7 +346,7 @@ def _train(
         print(certificate.table(), flush=True)
         print(flush=True)
 
-    schedule = getattr(opts, "schedule", "constant")
+    schedule = opts.schedule
     print(
         f"training {spec.name} on {args.data}: {opts.optimizer}, lr {opts.lr}"
         f"{'' if schedule == 'constant' else f' ({schedule} schedule)'}, "

@@ -430,7 +430,6 @@ def context(derivation: Derivation) -> dict[str, object]:
     scalar = step_source(derivation)
     scalar_code, scalar_helpers = scalar if scalar is not None else ("", ())
     shapes = {**spec.parameters, **spec.state}
-    batch_norms_flat = [layer for layer in flat if layer.kind == "batch_norm"]
     train = spec.train
     defaults = {
         "optimizer": train.optimizer,
@@ -448,8 +447,6 @@ def context(derivation: Derivation) -> dict[str, object]:
         "gamma": train.gamma,
         "min_lr": train.min_lr,
     }
-    # batch norm layer l's counter in the exported model's state_dict (not a params entry)
-    tracked = tuple(f"layer{layer.index}.num_batches_tracked" for layer in batch_norms_flat)
     name = spec.name
     header = f'symbackprop {__version__}, from the spec named "{name}"; '
     header += "regenerate with symbackprop codegen."
@@ -528,7 +525,7 @@ def context(derivation: Derivation) -> dict[str, object]:
         ),
         "train_defaults": _assignment("TRAIN_DEFAULTS", defaults),
         "torch_keys": _assignment("_TORCH_KEYS", spec.torch_keys),
-        "tracked": _assignment("_TRACKED", tracked),
+        "tracked": _assignment("_TRACKED", spec.torch_counters),
         "class_count": _class_count(derivation),
         "parameters": _assignment("PARAMETERS", spec.parameters),
         "shapes": _assignment("_SHAPES", shapes),

@@ -595,11 +595,7 @@ def context(derivation: Derivation) -> dict[str, object]:
         "parameters": _assignment(
             "PARAMETERS", {torch_key(k): v for k, v in spec.parameters.items()}
         ),
-        "batch_norms": tuple(
-            f"layer{layer.index}.num_batches_tracked"
-            for layer in flat
-            if layer.kind == "batch_norm"
-        ),
+        "batch_norms": spec.torch_counters,
         "modules": modules,
         "forward": forward,
         "output_code": output_code,

@@ -382,6 +382,16 @@ class NetworkSpec:
         return {name: torch_key(name) for name in names}
 
     @property
+    def torch_counters(self) -> tuple[str, ...]:
+        """The exported model's state_dict keys that are no params entry: each batch norm
+        layer's ``layer<l>.num_batches_tracked``."""
+        return tuple(
+            f"layer{layer.index}.num_batches_tracked"
+            for layer in self.flat
+            if layer.kind == "batch_norm"
+        )
+
+    @property
     def parameter_count(self) -> int:
         return sum(math.prod(shape) for shape in self.parameters.values())
 

@@ -388,7 +388,7 @@ def train(
             epochs.append(
                 Epoch(
                     epoch,
-                    _lr(opts, epoch),
+                    rates[epoch - 1],
                     loss,
                     train_loss,
                     train_metric,
@@ -423,8 +423,9 @@ def train(
         return epoch - best["epoch"] >= patience  # True stops fit after this epoch
 
     stop_reason = ""
+    schedule = {key: getattr(opts, key) for key in ("schedule", "step_size", "gamma", "min_lr")}
+    rates = module.learning_rates(opts.lr, opts.epochs, **schedule)  # fit's own, per epoch
     extra = {"threads": threads} if threads is not None else {}
-    extra.update(_schedule(opts))
     with np.errstate(all="ignore"):  # a diverging run is reported once, not per operation
         try:
             module.fit(
@@ -437,6 +438,7 @@ def train(
                 optimizer=opts.optimizer,
                 seed=opts.seed,
                 callback=report,
+                **schedule,
                 **extra,
             )
         except FloatingPointError as stopped:  # the module's fit saw the loss diverge
@@ -507,24 +509,3 @@ def _hint(X: np.ndarray) -> str:
     return (
         f"; the features are not standardized ({unscaled}): try --standardize" if unscaled else ""
     )
-
-
-SCHEDULE_KEYS = ("schedule", "step_size", "gamma", "min_lr")
-
-
-def _schedule(opts: TrainSpec) -> dict[str, object]:
-    """fit's schedule keywords, from options that have them (none: fit's defaults)."""
-    return {key: getattr(opts, key) for key in SCHEDULE_KEYS if hasattr(opts, key)}
-
-
-def _lr(opts: TrainSpec, epoch: int) -> float:
-    """The learning rate of epoch ``epoch`` (from 1) under the options' schedule, as
-    torch.optim.lr_scheduler's closed forms give it (StepLR, CosineAnnealingLR(T_max=epochs))."""
-    schedule = getattr(opts, "schedule", "constant")
-    done = epoch - 1  # scheduler steps taken before this epoch
-    if schedule == "step":
-        return opts.lr * opts.gamma ** (done // opts.step_size)
-    if schedule == "cosine":
-        low = opts.min_lr
-        return low + (opts.lr - low) * (1 + math.cos(math.pi * done / opts.epochs)) / 2
-    return opts.lr

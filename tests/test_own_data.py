@@ -437,3 +437,26 @@ def test_round_trip_through_pytorch(iris, capsys) -> None:
     for key in numpy_module.PARAMETERS:
         scale = np.max(np.abs(moved[key]))
         assert np.max(np.abs(back[key] - moved[key])) <= 1e-12 * scale, key
+
+
+def test_learning_rates_are_torch_schedulers_and_the_metrics_file_records_them(iris, capsys):
+    torch = pytest.importorskip("torch")
+    toml, csv = iris
+    args = ["train", str(toml), "--data", str(csv), "--epochs", "7", "--out", "run"]
+    assert main([*args, "--schedule", "cosine", "--min-lr", "0.001"]) == 0
+    capsys.readouterr()
+    module = load_module(Path("run/iris.py").read_text(), "iris_rates")
+    recorded = [e["lr"] for e in json.loads(Path("run/metrics.json").read_text())["epochs"]]
+    assert recorded == module.learning_rates(0.01, 7, "cosine", min_lr=0.001)
+    for schedule, make in (
+        ("step", lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=2, gamma=0.5)),
+        ("cosine", lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, 7, eta_min=0.001)),
+    ):
+        optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.01)
+        scheduler, expected = make(optimizer), []
+        for _ in range(7):
+            expected.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            scheduler.step()
+        rates = module.learning_rates(0.01, 7, schedule, step_size=2, gamma=0.5, min_lr=0.001)
+        assert rates == expected, schedule
